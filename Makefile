@@ -1,0 +1,35 @@
+# Sparsekit: every target bootstraps .venv on a fresh machine first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: venv demo test lint protos bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: pip then takes the local CPU build instead of a CUDA one
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/python -m services.demo
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+protos: venv
+	$(BIN)/python -m services.protogen
+
+bench: venv
+	$(BIN)/python benchmarks/bm25_scifact.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

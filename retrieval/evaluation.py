@@ -1,0 +1,61 @@
+"""IR evaluation: NDCG@10, Recall@100 and MRR@10 through pytrec_eval (trec_eval semantics).
+
+Means are taken over every query that has relevance judgements; a judged query the run does not
+answer scores 0 on every metric (pytrec_eval alone would silently drop it). MRR@10 is trec_eval's
+``recip_rank`` on the run cut to its top 10.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytrec_eval
+
+Run = dict[str, dict[str, float]]
+Qrels = dict[str, dict[str, int]]
+
+METRICS = ("ndcg@10", "recall@100", "mrr@10")
+_TREC = {"ndcg@10": "ndcg_cut_10", "recall@100": "recall_100", "mrr@10": "recip_rank"}
+
+
+@dataclass
+class Evaluation:
+    """Per-query metric values and their means over the judged queries."""
+
+    per_query: dict[str, dict[str, float]]
+    means: dict[str, float] = field(default_factory=dict)
+    num_queries: int = 0
+
+
+def _top(run: Run, k: int) -> Run:
+    out = {}
+    for qid, scores in run.items():
+        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        out[qid] = dict(ranked)
+    return out
+
+
+def _trec_eval(qrels: Qrels, run: Run, measure: str) -> dict[str, float]:
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {measure})
+    result = evaluator.evaluate({q: run.get(q, {}) for q in qrels if run.get(q)})
+    return {qid: result.get(qid, {}).get(measure, 0.0) for qid in qrels}
+
+
+def evaluate(qrels: Qrels, run: Run) -> Evaluation:
+    """Score ``run`` (qid -> docid -> score) against ``qrels`` (qid -> docid -> grade)."""
+    if not qrels:
+        raise ValueError("qrels is empty: nothing to evaluate")
+    per_query: dict[str, dict[str, float]] = {qid: {} for qid in qrels}
+    for name in METRICS:
+        source = _top(run, 10) if name == "mrr@10" else run
+        values = _trec_eval(qrels, source, _TREC[name])
+        for qid, value in values.items():
+            per_query[qid][name] = float(value)
+    n = len(qrels)
+    means = {name: sum(per_query[q][name] for q in qrels) / n for name in METRICS}
+    return Evaluation(per_query=per_query, means=means, num_queries=n)
+
+
+def run_from_hits(qids: list[str], hits: list[list[tuple[str, float]]]) -> Run:
+    """Build a run dict from per-query ranked ``(doc_id, score)`` lists."""
+    return {qid: {doc: float(score) for doc, score in ranked} for qid, ranked in zip(qids, hits, strict=True)}

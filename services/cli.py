@@ -1,0 +1,166 @@
+"""The ``sparsekit`` command line: build indexes, search, evaluate, serve.
+
+Every command documents itself (``sparsekit COMMAND --help``). Long work shows progress bars.
+Errors in user input exit with status 2 and a one-line message naming the file/line or field.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sparsekit.errors import SparsekitError
+
+app = typer.Typer(
+    help="Sparsekit: sparse retrieval and recommendation embeddings. "
+         "Build indexes, search them, evaluate on BEIR data and serve them over gRPC.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2)
+
+
+def _corpus_file(corpus: Path) -> Path:
+    return corpus / "corpus.jsonl" if corpus.is_dir() else corpus
+
+
+@app.command()
+def index(
+    corpus: Annotated[Path, typer.Option(help="BEIR corpus.jsonl, or a BEIR folder holding one.")],
+    out: Annotated[Path, typer.Option(help="Index directory to create (written atomically).")],
+    kind: Annotated[str, typer.Option(help="Index kind: bm25 (Lucene BM25 via pyserini).")] = "bm25",
+    k1: Annotated[float, typer.Option(help="BM25 k1 (recorded in the manifest, used at search).")] = 0.9,
+    b: Annotated[float, typer.Option(help="BM25 b.")] = 0.4,
+    threads: Annotated[int, typer.Option(help="Indexing threads.")] = 2,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing index at OUT.")] = False,
+) -> None:
+    """Build an index over a corpus. The directory appears only when the build has finished."""
+    from retrieval.index import build_index
+
+    start = time.perf_counter()
+    try:
+        params = {"k1": k1, "b": b, "threads": threads, "overwrite": overwrite}
+        path = build_index(kind, _corpus_file(corpus), out, **params)
+    except (SparsekitError, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    console.print(f"built {kind} index at {path} in {time.perf_counter() - start:.1f}s")
+
+
+@app.command()
+def search(
+    index: Annotated[Path, typer.Option(help="Index directory.")],
+    query: Annotated[str, typer.Argument(help="Query text.")],
+    k: Annotated[int, typer.Option("-k", help="Number of hits.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Search an index directory locally (no server) and print the ranked hits."""
+    from retrieval.index import open_index
+
+    try:
+        hits = open_index(index).search(query, k)
+    except (SparsekitError, ValueError) as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps({"query": query, "hits": [{"doc_id": d, "score": s} for d, s in hits]}))
+        return
+    table = Table("rank", "doc_id", "score", title=f"{query!r}")
+    for rank, (doc, score) in enumerate(hits, 1):
+        table.add_row(str(rank), doc, f"{score:.4f}")
+    console.print(table)
+
+
+@app.command("eval")
+def evaluate_cmd(
+    index: Annotated[Path, typer.Option(help="Index directory.")],
+    data: Annotated[Path, typer.Option(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")],
+    split: Annotated[str, typer.Option(help="qrels split to evaluate (qrels/<split>.tsv).")] = "test",
+    k: Annotated[int, typer.Option("-k", help="Hits retrieved per query (R@100 needs >= 100).")] = 1000,
+    threads: Annotated[int, typer.Option(help="Search threads.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object, not a table.")] = False,
+) -> None:
+    """Evaluate an index on a BEIR split: NDCG@10, Recall@100, MRR@10 (pytrec_eval)."""
+    from retrieval.data.beir import load_qrels, load_queries
+    from retrieval.evaluation import evaluate, run_from_hits
+    from retrieval.index import open_index
+
+    try:
+        qrels = load_qrels(data / "qrels" / f"{split}.tsv")
+        queries = load_queries(data / "queries.jsonl")
+        missing = sorted(set(qrels) - set(queries))
+        if missing:
+            raise ValueError(f"{len(missing)} judged queries absent from queries.jsonl, e.g. {missing[:3]}")
+        ix = open_index(index)
+        qids = sorted(qrels)
+        start = time.perf_counter()
+        hits = ix.batch_search([queries[q] for q in qids], k, threads)
+        seconds = time.perf_counter() - start
+        result = evaluate(qrels, run_from_hits(qids, hits))
+    except (SparsekitError, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    summary = {"index": str(index), "kind": ix.kind, "data": str(data), "split": split,
+               "num_queries": result.num_queries, **result.means, "qps": len(qids) / seconds}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    table = Table("metric", "value", title=f"{ix.kind} on {data.name}/{split} ({len(qids)} queries)")
+    for name in ("ndcg@10", "recall@100", "mrr@10", "qps"):
+        table.add_row(name, f"{summary[name]:.4f}")
+    console.print(table)
+
+
+@app.command()
+def serve(
+    index: Annotated[list[str], typer.Option(help="NAME=DIR of an index to serve; repeat for several.")],
+    address: Annotated[str, typer.Option(help="host:port to bind.")] = "127.0.0.1:50051",
+    workers: Annotated[int, typer.Option(help="gRPC worker threads.")] = 4,
+) -> None:
+    """Serve indexes over gRPC (SearchService + health + reflection) until SIGINT/SIGTERM."""
+    from retrieval.index import open_index
+    from services.search_service import ServerConfig, make_server
+
+    try:
+        indexes = {}
+        for spec in index:
+            name, sep, path = spec.partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"--index {spec!r}: expected NAME=DIR")
+            indexes[name] = open_index(Path(path))
+        server, port = make_server(indexes, ServerConfig(address=address, workers=workers))
+    except (SparsekitError, ValueError, OSError) as exc:
+        _fail(exc)
+    server.start()
+    host = address.rsplit(":", 1)[0]
+    console.print(f"serving {sorted(indexes)} on {host}:{port} (Ctrl-C to stop)")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=5).wait()
+    console.print("stopped")
+
+
+@app.command()
+def demo() -> None:
+    """Run the end-to-end demo (index -> gRPC server -> queries -> evaluation), as `make demo` does."""
+    from services.demo import main
+
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    app()

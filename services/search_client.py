@@ -1,0 +1,51 @@
+"""A small blocking client for the gRPC SearchService (used by the demo, the CLI and tests)."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.api import search_pb2, search_pb2_grpc
+
+
+class SearchClient:
+    """Talks to a Sparsekit search server at ``address`` (``host:port``)."""
+
+    def __init__(self, address: str, timeout: float = 30.0) -> None:
+        self.channel = grpc.insecure_channel(address)
+        self.stub = search_pb2_grpc.SearchServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.timeout = timeout
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the server's health service reports SERVING."""
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        status = self.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout).status
+        if status != health_pb2.HealthCheckResponse.SERVING:
+            raise RuntimeError(f"server not serving (health status {status})")
+
+    def list_indexes(self) -> list[search_pb2.IndexInfo]:
+        return list(self.stub.ListIndexes(search_pb2.ListIndexesRequest(), timeout=self.timeout).indexes)
+
+    def search(self, index: str, text: str, k: int = 10) -> list[tuple[str, float]]:
+        resp = self.stub.Search(search_pb2.SearchRequest(index=index, text=text, k=k), timeout=self.timeout)
+        return [(h.doc_id, h.score) for h in resp.hits]
+
+    def batch_search(self, index: str, texts: list[str], k: int = 10, batch: int = 128
+                     ) -> list[list[tuple[str, float]]]:
+        """Search many texts, ``batch`` per BatchSearch call."""
+        out: list[list[tuple[str, float]]] = []
+        for start in range(0, len(texts), batch):
+            reqs = [search_pb2.SearchRequest(index=index, text=t, k=k) for t in texts[start:start + batch]]
+            resp = self.stub.BatchSearch(search_pb2.BatchSearchRequest(requests=reqs), timeout=self.timeout)
+            out.extend([(h.doc_id, h.score) for h in r.hits] for r in resp.responses)
+        return out
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> SearchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

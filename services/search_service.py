@@ -1,0 +1,159 @@
+"""gRPC SearchService (``protos/search.proto``) over any opened index, with health and reflection.
+
+Serves a name -> :class:`retrieval.index.SearchIndex` map. Bad requests get INVALID_ARGUMENT naming
+the field, an unknown index NOT_FOUND, an over-limit request RESOURCE_EXHAUSTED (the transport also
+enforces the 4 MiB message limit), a query past its deadline DEADLINE_EXCEEDED. The standard
+``grpc.health.v1`` service reports SERVING once the indexes are loaded, and server reflection lists
+the services.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from retrieval.index import SearchIndex
+from services.api import search_pb2, search_pb2_grpc
+from services.validation import Limits, RequestError, validate_batch, validate_search
+from sparsekit.errors import ArtifactError, InputError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
+MODE_KIND = {
+    search_pb2.SEARCH_MODE_BM25: "bm25",
+    search_pb2.SEARCH_MODE_SPARSE: "sparse",
+    search_pb2.SEARCH_MODE_DENSE: "dense",
+    search_pb2.SEARCH_MODE_BIGRANULAR: "bigranular",
+    search_pb2.SEARCH_MODE_HYBRID: "hybrid",
+}
+
+
+def _status_of(exc: Exception) -> grpc.StatusCode:
+    if isinstance(exc, InputError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, NotFoundError):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, ArtifactError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.INTERNAL
+
+
+class SearchServicer(search_pb2_grpc.SearchServiceServicer):
+    """Implements Search, BatchSearch and ListIndexes."""
+
+    def __init__(self, indexes: Mapping[str, SearchIndex], limits: Limits | None = None,
+                 threads: int = 1) -> None:
+        self.indexes = dict(indexes)
+        self.limits = limits or Limits()
+        self.threads = threads
+
+    def _index(self, name: str, field: str) -> SearchIndex:
+        if name not in self.indexes:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, field,
+                               f"unknown index {name!r}; serving {sorted(self.indexes)}")
+        return self.indexes[name]
+
+    def _check_mode(self, req: search_pb2.SearchRequest, index: SearchIndex, field: str) -> None:
+        wanted = MODE_KIND.get(req.mode)
+        if req.mode and wanted != index.kind:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}.mode",
+                               f"index {req.index!r} serves {index.kind!r}, not {wanted!r}")
+        if req.WhichOneof("query") == "sparse" and not hasattr(index, "search_sparse"):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}.sparse",
+                               f"index {req.index!r} ({index.kind}) takes text queries only")
+
+    def _run_one(self, req: search_pb2.SearchRequest, k: int, field: str) -> search_pb2.SearchResponse:
+        index = self._index(req.index, f"{field}.index")
+        self._check_mode(req, index, field)
+        start = time.perf_counter()
+        if req.WhichOneof("query") == "sparse":
+            hits = index.search_sparse(list(req.sparse.indices), list(req.sparse.values), k)
+        else:
+            hits = index.search(req.text, k)
+        return _response(req.index, hits, time.perf_counter() - start)
+
+    def _guard(self, context: grpc.ServicerContext, fn):
+        try:
+            return fn()
+        except RequestError as exc:
+            context.abort(exc.code, str(exc))
+        except (InputError, NotFoundError, ArtifactError) as exc:
+            context.abort(_status_of(exc), str(exc))
+        except Exception as exc:  # an engine fault: log it, tell the client only what failed
+            log.exception("search failed")
+            context.abort(grpc.StatusCode.INTERNAL, f"search failed: {type(exc).__name__}: {exc}")
+
+    def Search(self, request, context):
+        def work():
+            k = validate_search(request, self.limits)
+            return self._run_one(request, k, "request")
+
+        return self._guard(context, work)
+
+    def BatchSearch(self, request, context):
+        def work():
+            ks = validate_batch(request, self.limits)
+            out = []
+            for i, (req, k) in enumerate(zip(request.requests, ks, strict=True)):
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "requests",
+                                       f"deadline passed after {i} of {len(ks)} queries")
+                out.append(self._run_one(req, k, f"requests[{i}]"))
+            return search_pb2.BatchSearchResponse(responses=out)
+
+        return self._guard(context, work)
+
+    def ListIndexes(self, request, context):
+        infos = [search_pb2.IndexInfo(name=n, kind=ix.kind, num_docs=ix.num_docs)
+                 for n, ix in sorted(self.indexes.items())]
+        return search_pb2.ListIndexesResponse(indexes=infos)
+
+
+def _response(name: str, hits: list[tuple[str, float]], seconds: float) -> search_pb2.SearchResponse:
+    return search_pb2.SearchResponse(
+        index=name,
+        hits=[search_pb2.Hit(doc_id=d, score=float(s), rank=r) for r, (d, s) in enumerate(hits, 1)],
+        took_ms=seconds * 1000.0,
+    )
+
+
+@dataclass
+class ServerConfig:
+    """How to serve: address, worker threads and request limits."""
+
+    address: str = "127.0.0.1:50051"
+    workers: int = 4
+    engine_threads: int = 1
+    limits: Limits = field(default_factory=Limits)
+
+
+def make_server(indexes: Mapping[str, SearchIndex], config: ServerConfig | None = None
+                ) -> tuple[grpc.Server, int]:
+    """Build (not start) a server with Search + health + reflection; return it and its bound port."""
+    config = config or ServerConfig()
+    size = config.limits.max_message_bytes
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.workers),
+        options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", 4 * size)],
+    )
+    search_pb2_grpc.add_SearchServiceServicer_to_server(
+        SearchServicer(indexes, config.limits, config.engine_threads), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in (SERVICE_NAME, ""):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(config.address)
+    if port == 0:
+        raise OSError(f"cannot bind {config.address}")
+    return server, port

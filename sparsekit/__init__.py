@@ -1,0 +1,8 @@
+"""Sparsekit core: the small layer every package shares.
+
+Artifact directories with manifests and atomic writes (:mod:`sparsekit.artifacts`), the data root
+(:mod:`sparsekit.dataroot`), device selection (:mod:`sparsekit.device`) and the error types that
+name the offending input (:mod:`sparsekit.errors`). It imports none of the other packages.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,196 @@
+"""Artifact directories: ``manifest.json`` + files, written atomically, verified on open.
+
+Every index, model or table Sparsekit writes is a directory (DESIGN.md §4). The manifest records
+the format name and version, the parameters and source-data fingerprint that produced it, counts,
+and a SHA-256 + size for every file. Writers build the directory under a hidden temporary name
+beside the target and rename it into place only after every file and the manifest are flushed, so a
+killed job leaves no half-written artifact and never touches the published one. Replacing an
+existing artifact swaps directories with two renames; should a crash land between them, the next
+:func:`open_artifact` restores the previous version from its backup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparsekit import __version__
+from sparsekit.errors import ArtifactError
+
+MANIFEST = "manifest.json"
+_CHUNK = 1 << 20
+
+
+@dataclass
+class Manifest:
+    """The contents of ``manifest.json``."""
+
+    format: str
+    version: int
+    params: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    created: str = ""
+    producer: str = f"sparsekit {__version__}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: Path) -> Manifest:
+        missing = [k for k in ("format", "version", "files") if k not in data]
+        if missing:
+            raise ArtifactError(path, f"manifest lacks required field(s) {missing}")
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fingerprint(paths: list[Path]) -> dict[str, Any]:
+    """A source-data fingerprint: name, size and SHA-256 of each input file."""
+    return {str(p.name): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in paths}
+
+
+class ArtifactWriter:
+    """Handle given to the body of :func:`write_artifact`: a temp ``dir`` plus manifest fields."""
+
+    def __init__(self, tmp_dir: Path, manifest: Manifest) -> None:
+        self.dir = tmp_dir
+        self.manifest = manifest
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.manifest.counts
+
+    def path(self, name: str) -> Path:
+        """Path of file ``name`` inside the artifact being written."""
+        return self.dir / name
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _file_table(root: Path) -> dict[str, dict[str, Any]]:
+    table = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            rel = path.relative_to(root).as_posix()
+            table[rel] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    return table
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Move ``tmp`` to ``target``; an existing target is swapped out, then deleted."""
+    backup = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    if target.exists():
+        os.rename(target, backup)
+    os.rename(tmp, target)
+    if backup.exists():
+        shutil.rmtree(backup)
+
+
+@contextmanager
+def write_artifact(
+    target: str | Path,
+    format: str,
+    version: int,
+    params: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Iterator[ArtifactWriter]:
+    """Write an artifact directory atomically.
+
+    The body writes files into ``writer.dir`` (a hidden temp directory beside ``target``). On a
+    clean exit the manifest (with checksums) is written, everything is fsynced and the directory is
+    renamed to ``target``. On an exception, or a kill, ``target`` is left exactly as it was.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise ArtifactError(target, "already exists (pass overwrite=True / --overwrite to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    manifest = Manifest(format=format, version=version, params=dict(params or {}),
+                        source=dict(source or {}))
+    try:
+        yield ArtifactWriter(tmp, manifest)
+        manifest.files = _file_table(tmp)
+        manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        (tmp / MANIFEST).write_text(manifest.to_json())
+        _fsync_tree(tmp)
+        _publish(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _recover(target: Path) -> None:
+    """Restore a backup left by a crash between the two renames of :func:`_publish`."""
+    if target.exists():
+        return
+    backups = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if backups:
+        os.rename(backups[-1], target)
+
+
+def open_artifact(
+    path: str | Path, format: str | None = None, version: int | None = None, verify: bool = True
+) -> Manifest:
+    """Read and check an artifact's manifest.
+
+    Checks the format name and version when given, that every listed file exists with its recorded
+    size, and (``verify=True``) its SHA-256. Raises :class:`ArtifactError` naming the path and the
+    problem otherwise.
+    """
+    path = Path(path)
+    _recover(path)
+    if not path.is_dir():
+        raise ArtifactError(path, "no such artifact directory")
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise ArtifactError(path, f"missing {MANIFEST}: not a Sparsekit artifact, or an unfinished write")
+    try:
+        data = json.loads(mpath.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(mpath, f"corrupt manifest: {exc}") from exc
+    manifest = Manifest.from_dict(data, mpath)
+    if format is not None and manifest.format != format:
+        raise ArtifactError(path, f"format is {manifest.format!r}, expected {format!r}")
+    if version is not None and manifest.version != version:
+        raise ArtifactError(path, f"format version {manifest.version}, this build reads {version}")
+    for rel, meta in manifest.files.items():
+        fpath = path / rel
+        if not fpath.is_file():
+            raise ArtifactError(fpath, "listed in the manifest but missing")
+        if fpath.stat().st_size != meta["bytes"]:
+            raise ArtifactError(fpath, f"size {fpath.stat().st_size} != manifest {meta['bytes']} (corrupt)")
+        if verify and sha256_file(fpath) != meta["sha256"]:
+            raise ArtifactError(fpath, "checksum mismatch (corrupt)")
+    return manifest

@@ -1,0 +1,39 @@
+"""Error types that name the offending input.
+
+Every loader, reader and service raises one of these so that a user sees *which* file, line or
+field was wrong. The gRPC layer maps them onto status codes (see ``services/status.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SparsekitError(Exception):
+    """Base class of every error Sparsekit raises on purpose."""
+
+
+class InputError(SparsekitError, ValueError):
+    """Malformed input: names the source (file or field) and, when known, the line."""
+
+    def __init__(self, source: str | Path, message: str, line: int | None = None) -> None:
+        self.source = str(source)
+        self.line = line
+        self.reason = message
+        where = f"{self.source}:{line}" if line is not None else self.source
+        super().__init__(f"{where}: {message}")
+
+
+class ArtifactError(SparsekitError):
+    """A missing, corrupt or mismatched artifact directory."""
+
+    def __init__(self, path: str | Path, message: str) -> None:
+        self.path = str(path)
+        super().__init__(f"{self.path}: {message}")
+
+
+class NotFoundError(SparsekitError, KeyError):
+    """An unknown id or name (index, user, document)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else "not found"

@@ -1,0 +1,147 @@
+"""gRPC SearchService: results, status codes for bad input, health and reflection.
+
+Uses a small in-memory index implementing the SearchIndex protocol, so these tests exercise the
+service layer alone; tests/retrieval/test_bm25_index.py and test_cli_e2e.py cover the real engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from services.api import search_pb2, search_pb2_grpc
+from services.search_service import ServerConfig, make_server
+from services.validation import Limits
+
+
+class WordOverlapIndex:
+    """Scores documents by the number of query words they contain."""
+
+    kind = "bm25"
+
+    def __init__(self, docs: dict[str, str]) -> None:
+        self.docs = {d: set(t.lower().split()) for d, t in docs.items()}
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.docs)
+
+    def search(self, text: str, k: int) -> list[tuple[str, float]]:
+        words = set(text.lower().split())
+        scored = [(d, float(len(words & w))) for d, w in self.docs.items() if words & w]
+        return sorted(scored, key=lambda x: (-x[1], x[0]))[:k]
+
+    def batch_search(self, texts: list[str], k: int, threads: int = 1) -> list[list[tuple[str, float]]]:
+        return [self.search(t, k) for t in texts]
+
+
+class SparseIndex(WordOverlapIndex):
+    kind = "sparse"
+
+    def search_sparse(self, indices: list[int], values: list[float], k: int) -> list[tuple[str, float]]:
+        return [("d1", float(sum(values)))][:k]
+
+
+@pytest.fixture(scope="module")
+def channel() -> Iterator[grpc.Channel]:
+    docs = {"d1": "sparse retrieval with inverted index", "d2": "dense retrieval", "d3": "cooking pasta"}
+    limits = Limits(max_k=50, max_batch=4)
+    server, port = make_server({"toy": WordOverlapIndex(docs), "learned": SparseIndex(docs)},
+                               ServerConfig(address="127.0.0.1:0", limits=limits))
+    server.start()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        yield ch
+    server.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def stub(channel: grpc.Channel) -> search_pb2_grpc.SearchServiceStub:
+    return search_pb2_grpc.SearchServiceStub(channel)
+
+
+def _req(**kw) -> search_pb2.SearchRequest:
+    return search_pb2.SearchRequest(**{"index": "toy", **kw})
+
+
+def _code(call, request) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call(request, timeout=10)
+    return info.value.code(), info.value.details()
+
+
+def test_search_returns_ranked_hits(stub) -> None:
+    resp = stub.Search(_req(text="sparse retrieval", k=2), timeout=10)
+    assert [(h.doc_id, h.rank) for h in resp.hits] == [("d1", 1), ("d2", 2)]
+    assert resp.hits[0].score == 2.0 and resp.index == "toy"
+    assert len(stub.Search(_req(text="retrieval"), timeout=10).hits) == 2  # k=0 -> default 10
+
+
+@pytest.mark.parametrize(("request_kw", "field"), [
+    ({"text": "   "}, "request.text"),
+    ({}, "request.query"),
+    ({"text": "x", "k": 51}, "request.k"),
+    ({"index": "", "text": "x"}, "request.index"),
+    ({"sparse": search_pb2.SparseVector(indices=[1, 2], values=[1.0])}, "request.sparse"),
+    ({"sparse": search_pb2.SparseVector(indices=[2, 1], values=[1.0, 1.0])}, "request.sparse.indices[1]"),
+    ({"sparse": search_pb2.SparseVector(indices=[1, 1], values=[1.0, 1.0])}, "request.sparse.indices[1]"),
+    ({"sparse": search_pb2.SparseVector(indices=[1, 2], values=[1.0, float("nan")])},
+     "request.sparse.values[1]"),
+    ({"sparse": search_pb2.SparseVector(indices=[1], values=[1.0])}, "request.sparse"),  # bm25: text only
+    ({"text": "x", "mode": search_pb2.SEARCH_MODE_DENSE}, "request.mode"),
+])
+def test_bad_requests_are_invalid_argument(stub, request_kw, field) -> None:
+    code, details = _code(stub.Search, _req(**request_kw))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith(field + ":"), details
+
+
+def test_raw_sparse_query_reaches_a_sparse_index(stub) -> None:
+    vec = search_pb2.SparseVector(indices=[3, 9], values=[0.5, 1.5])
+    resp = stub.Search(search_pb2.SearchRequest(index="learned", sparse=vec, k=3), timeout=10)
+    assert [(h.doc_id, h.score) for h in resp.hits] == [("d1", 2.0)]
+
+
+def test_unknown_index_is_not_found(stub) -> None:
+    code, details = _code(stub.Search, _req(index="nope", text="x"))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert "nope" in details and "toy" in details
+
+
+def test_oversized_requests_are_resource_exhausted(stub) -> None:
+    code, _ = _code(stub.Search, _req(text="word " * (5 * 1024 * 1024 // 5)))  # > 4 MiB message
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    batch = search_pb2.BatchSearchRequest(requests=[_req(text="x")] * 5)  # limit is 4
+    code, details = _code(stub.BatchSearch, batch)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith("requests:")
+
+
+def test_batch_search_and_field_paths(stub) -> None:
+    batch = search_pb2.BatchSearchRequest(requests=[_req(text="dense"), _req(text="pasta", k=1)])
+    resp = stub.BatchSearch(batch, timeout=10)
+    assert [[h.doc_id for h in r.hits] for r in resp.responses] == [["d2"], ["d3"]]
+    bad = search_pb2.BatchSearchRequest(requests=[_req(text="ok"), _req(text="")])
+    code, details = _code(stub.BatchSearch, bad)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("requests[1].text:")
+    code, _ = _code(stub.BatchSearch, search_pb2.BatchSearchRequest())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_list_indexes(stub) -> None:
+    infos = stub.ListIndexes(search_pb2.ListIndexesRequest(), timeout=10).indexes
+    assert [(i.name, i.kind, i.num_docs) for i in infos] == [("learned", "sparse", 3), ("toy", "bm25", 3)]
+
+
+def test_health_and_reflection(channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "sparsekit.v1.SearchService"):
+        status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                          timeout=10)
+    names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"sparsekit.v1.SearchService", "grpc.health.v1.Health"} <= names

@@ -1,0 +1,119 @@
+"""Artifact directories: manifest verification and atomic, crash-safe writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from sparsekit.artifacts import MANIFEST, open_artifact, write_artifact
+from sparsekit.errors import ArtifactError
+
+
+def _write(target: Path, payload: bytes, overwrite: bool = False) -> None:
+    with write_artifact(target, format="toy", version=1, params={"p": 1}, overwrite=overwrite) as w:
+        w.path("data.bin").write_bytes(payload)
+        (w.dir / "sub").mkdir()
+        w.path("sub/more.txt").write_text("x")
+        w.counts["items"] = len(payload)
+
+
+def test_manifest_records_files_and_counts(tmp_path: Path) -> None:
+    target = tmp_path / "art"
+    _write(target, b"abc")
+    manifest = open_artifact(target, format="toy", version=1)
+    assert manifest.counts == {"items": 3}
+    assert set(manifest.files) == {"data.bin", "sub/more.txt"}
+    assert manifest.files["data.bin"]["bytes"] == 3
+    assert manifest.params == {"p": 1}
+    assert not list(tmp_path.glob(".art.*")), "temp dir left behind"
+
+
+def test_wrong_format_or_version_is_rejected(tmp_path: Path) -> None:
+    _write(tmp_path / "art", b"abc")
+    with pytest.raises(ArtifactError, match="format is 'toy', expected 'other'"):
+        open_artifact(tmp_path / "art", format="other")
+    with pytest.raises(ArtifactError, match="format version 1"):
+        open_artifact(tmp_path / "art", version=2)
+
+
+def test_corrupt_missing_and_truncated_files_are_detected(tmp_path: Path) -> None:
+    target = tmp_path / "art"
+    _write(target, b"abcdef")
+    (target / "data.bin").write_bytes(b"abcdeX")  # same size, different bytes
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        open_artifact(target)
+    (target / "data.bin").write_bytes(b"ab")
+    with pytest.raises(ArtifactError, match="size 2 != manifest 6"):
+        open_artifact(target, verify=False)
+    (target / "data.bin").unlink()
+    with pytest.raises(ArtifactError, match=r"data\.bin: listed in the manifest but missing"):
+        open_artifact(target)
+    (target / MANIFEST).write_text("{not json")
+    with pytest.raises(ArtifactError, match="corrupt manifest"):
+        open_artifact(target)
+    with pytest.raises(ArtifactError, match="no such artifact directory"):
+        open_artifact(tmp_path / "nope")
+
+
+def test_existing_artifact_needs_overwrite(tmp_path: Path) -> None:
+    _write(tmp_path / "art", b"one")
+    with pytest.raises(ArtifactError, match="already exists"):
+        _write(tmp_path / "art", b"two")
+    _write(tmp_path / "art", b"two", overwrite=True)
+    assert (tmp_path / "art" / "data.bin").read_bytes() == b"two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_exception_mid_write_keeps_previous_artifact(tmp_path: Path) -> None:
+    target = tmp_path / "art"
+    _write(target, b"old")
+    with pytest.raises(RuntimeError, match="boom"), \
+            write_artifact(target, format="toy", version=1, overwrite=True) as w:
+        w.path("data.bin").write_bytes(b"half-written")
+        raise RuntimeError("boom")
+    assert (target / "data.bin").read_bytes() == b"old"
+    open_artifact(target, format="toy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_killed_writer_leaves_previous_artifact_intact(tmp_path: Path) -> None:
+    """SIGKILL a process in the middle of replacing an artifact: the old one must survive."""
+    target = tmp_path / "art"
+    _write(target, b"old")
+    script = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from sparsekit.artifacts import write_artifact
+        with write_artifact(Path({str(target)!r}), format="toy", version=1, overwrite=True) as w:
+            w.path("data.bin").write_bytes(b"new" * 1000)
+            print("writing", flush=True)
+            time.sleep(60)
+    """)
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=repo,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert (target / "data.bin").read_bytes() == b"old"
+    open_artifact(target, format="toy", version=1)
+
+
+def test_crash_between_renames_is_recovered(tmp_path: Path) -> None:
+    """A crash after the old artifact was moved aside but before the new one landed."""
+    target = tmp_path / "art"
+    _write(target, b"old")
+    os.rename(target, tmp_path / ".art.old-deadbeef")
+    time.sleep(0.01)
+    manifest = open_artifact(target, format="toy")
+    assert manifest.counts["items"] == 3
+    assert json.loads((target / MANIFEST).read_text())["format"] == "toy"
