@@ -17,12 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from retrieval.index.bm25 import Bm25Index, build_bm25_index
 from rich.console import Console
 from rich.table import Table
 
 from retrieval.data.docstrings import write_docstring_corpus
 from retrieval.evaluation import evaluate, run_from_hits
+from retrieval.index.bm25 import Bm25Index, build_bm25_index
 from services.search_client import SearchClient
 from services.search_service import ServerConfig, make_server
 from sparsekit.dataroot import dataset_path
@@ -34,7 +34,8 @@ DOCSTRING_QUERIES = ("singular value decomposition of a matrix", "read a csv fil
 
 def _titles(corpus: Path) -> dict[str, str]:
     with open(corpus, encoding="utf-8") as fh:
-        return {d["_id"]: d.get("title", "") for d in map(json.loads, fh)}
+        docs = map(json.loads, fh)
+        return {d["_id"]: d["text"] if d.get("title", "") in ("", d["_id"]) else d["title"] for d in docs}
 
 
 def _pick_corpus(workdir: Path) -> tuple[str, Path, list[str]]:
