@@ -43,19 +43,26 @@ def _corpus_file(corpus: Path) -> Path:
 def index(
     corpus: Annotated[Path, typer.Option(help="BEIR corpus.jsonl, or a BEIR folder holding one.")],
     out: Annotated[Path, typer.Option(help="Index directory to create (written atomically).")],
-    kind: Annotated[str, typer.Option(help="Index kind: bm25 (Lucene BM25 via pyserini).")] = "bm25",
-    k1: Annotated[float, typer.Option(help="BM25 k1 (recorded in the manifest, used at search).")] = 0.9,
-    b: Annotated[float, typer.Option(help="BM25 b.")] = 0.4,
-    threads: Annotated[int, typer.Option(help="Indexing threads.")] = 2,
+    kind: Annotated[str, typer.Option(help="bm25 (Lucene) or sparse (learned; needs --model).")] = "bm25",
+    model: Annotated[Path | None, typer.Option(help="sparse: a trained model dir.")] = None,
+    k1: Annotated[float, typer.Option(help="bm25: k1 (recorded in the manifest, used at search).")] = 0.9,
+    b: Annotated[float, typer.Option(help="bm25: b.")] = 0.4,
+    threads: Annotated[int, typer.Option(help="bm25: indexing threads.")] = 2,
+    quantization: Annotated[str, typer.Option(help="sparse: uint8, uint16 or none.")] = "uint8",
+    top_k: Annotated[int | None, typer.Option(help="sparse: keep each document's top-k terms.")] = None,
+    batch_size: Annotated[int, typer.Option(help="sparse: encoding batch size.")] = 32,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing index at OUT.")] = False,
 ) -> None:
     """Build an index over a corpus. The directory appears only when the build has finished."""
     from retrieval.index import build_index
 
     start = time.perf_counter()
+    if kind == "sparse":
+        params = {"model": model, "quantization": quantization, "top_k": top_k, "batch_size": batch_size}
+    else:
+        params = {"k1": k1, "b": b, "threads": threads}
     try:
-        params = {"k1": k1, "b": b, "threads": threads, "overwrite": overwrite}
-        path = build_index(kind, _corpus_file(corpus), out, **params)
+        path = build_index(kind, _corpus_file(corpus), out, overwrite=overwrite, **params)
     except (SparsekitError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
     console.print(f"built {kind} index at {path} in {time.perf_counter() - start:.1f}s")
@@ -89,7 +96,7 @@ def evaluate_cmd(
     index: Annotated[Path, typer.Option(help="Index directory.")],
     data: Annotated[Path, typer.Option(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")],
     split: Annotated[str, typer.Option(help="qrels split to evaluate (qrels/<split>.tsv).")] = "test",
-    k: Annotated[int, typer.Option("-k", help="Hits retrieved per query (R@100 needs >= 100).")] = 1000,
+    k: Annotated[int, typer.Option("-k", help="Hits retrieved per query (R@100 needs >= 100).")] = 100,
     threads: Annotated[int, typer.Option(help="Search threads.")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object, not a table.")] = False,
 ) -> None:
@@ -152,6 +159,51 @@ def serve(
     stop.wait()
     server.stop(grace=5).wait()
     console.print("stopped")
+
+
+train_app = typer.Typer(help="Train models (Python API: retrieval.train_sparse_encoder).",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("sparse")
+def train_sparse(
+    data: Annotated[Path, typer.Option(help="BEIR folder; trains on qrels/<split>.tsv.")],
+    out: Annotated[Path, typer.Option(help="Model directory to write (sparse-doc-encoder artifact).")],
+    work_dir: Annotated[Path | None, typer.Option(help="Caches + checkpoints (default OUT.work).")] = None,
+    split: Annotated[str, typer.Option(help="Training qrels split.")] = "train",
+    distill: Annotated[str, typer.Option(help="ensemble | dense | bm25 | none (contrastive).")] = "ensemble",
+    idf_aware: Annotated[bool, typer.Option(help="IDF-aware matching (off: binary queries).")] = True,
+    epochs: Annotated[int, typer.Option(help="Passes over the training queries.")] = 2,
+    max_length: Annotated[int, typer.Option(help="Document tokens kept.")] = 256,
+    freeze_layers: Annotated[int, typer.Option(help="Frozen lower transformer layers (cached).")] = 4,
+    lr: Annotated[float, typer.Option(help="Learning rate of the trained layers.")] = 5e-5,
+    flops_lambda: Annotated[float, typer.Option(help="FLOPS weight after warm-up.")] = 0.002,
+    flops_warmup: Annotated[int, typer.Option(help="Steps of quadratic FLOPS warm-up.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 13,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
+) -> None:
+    """Train the inference-free sparse document encoder (IDF-aware FLOPS + ensemble distillation).
+
+    Resumes from the last checkpoint in WORK_DIR when run again with the same settings.
+    """
+    from retrieval.encoders.sparse_doc import SparseEncoderConfig
+    from retrieval.training.sparse import SparseTrainConfig, train_sparse_encoder
+
+    if distill not in ("ensemble", "dense", "bm25", "none"):
+        _fail(ValueError(f"--distill {distill!r}: expected ensemble, dense, bm25 or none"))
+    cfg = SparseTrainConfig(
+        data=str(data), out=str(out), work_dir=str(work_dir) if work_dir else None, split=split,
+        encoder=SparseEncoderConfig(max_length=max_length, freeze_layers=freeze_layers),
+        distill=distill, idf_aware=idf_aware, epochs=epochs, lr=lr, flops_lambda=flops_lambda,  # type: ignore[arg-type]
+        flops_warmup=flops_warmup, seed=seed, max_steps=max_steps, overwrite=overwrite)
+    start = time.perf_counter()
+    try:
+        path = train_sparse_encoder(cfg)
+    except (SparsekitError, ValueError, FileExistsError, FileNotFoundError) as exc:
+        _fail(exc)
+    console.print(f"trained model at {path} in {time.perf_counter() - start:.0f}s")
 
 
 @app.command()

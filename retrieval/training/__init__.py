@@ -1,0 +1,1 @@
+"""Training pipelines: the inference-free sparse encoder (teacher mining, distillation, checkpoints)."""

@@ -1,0 +1,283 @@
+"""Train the inference-free sparse document encoder (Geng et al. 2024) on a BEIR train split.
+
+Pipeline: carve a dev split out of the train queries (tuning happens there, never on test) ->
+mine candidates and cache BM25 + MiniLM teacher scores (:mod:`retrieval.training.teachers`) -> fit
+the query IDF table on the corpus -> cache the frozen lower layers' hidden states
+(:mod:`retrieval.training.hidden_cache`) -> train the upper layers and the head bias with
+
+    loss = KD(student, teacher) + lambda_t * FLOPS(doc weights)
+
+where the student scores a query's candidates with the IDF-aware matching function
+(``relu(idf) . w_d``; ``idf_aware=False`` uses a binary query: the "plain FLOPS" ablation), KD is
+the heterogeneous-ensemble KL (``distill="ensemble"``), one teacher alone (``"dense"``/``"bm25"``),
+or an in-candidate contrastive cross-entropy with no teacher (``"none"``), and lambda_t follows the
+quadratic warm-up. Seeded; checkpoints every ``checkpoint_every`` steps and resumes from them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from retrieval.data.beir import load_corpus, load_qrels, load_queries
+from retrieval.encoders.sparse_doc import SparseEncoderConfig, SparseModel
+from retrieval.losses.ensemble_kd import ensemble_kd_loss, ensemble_teacher_scores
+from retrieval.losses.flops import FlopsWarmup, flops_loss
+from retrieval.training.active_head import train_weights
+from retrieval.training.hidden_cache import HiddenCache, build_hidden_cache
+from retrieval.training.teachers import TeacherCache, TeacherConfig, doc_contents, mine_teachers
+from sparsekit.device import default_device
+
+Distill = Literal["ensemble", "dense", "bm25", "none"]
+
+
+@dataclass
+class SparseTrainConfig:
+    """Everything that defines a training run (stored in the model's manifest)."""
+
+    data: str                        # BEIR folder
+    out: str                         # model artifact directory to write
+    work_dir: str | None = None      # caches + checkpoints (default: <out>.work beside out)
+    split: str = "train"
+    dev_fraction: float = 0.1
+    seed: int = 13
+    encoder: SparseEncoderConfig = field(default_factory=lambda: SparseEncoderConfig(freeze_layers=4))
+    teachers: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: Distill = "ensemble"
+    idf_aware: bool = True
+    epochs: int = 2
+    queries_per_step: int = 8
+    candidates_per_query: int = 8    # 1 positive + hard negatives
+    negative_depth: int = 30         # negatives drawn from the teachers' top candidates
+    lr: float = 5e-5
+    bias_lr: float = 3e-3
+    kd_scale: float = 30.0
+    temperature: float = 1.0         # student score divisor (contrastive / KD)
+    flops_lambda: float = 0.002
+    flops_warmup: int = 200
+    checkpoint_every: int = 50
+    device: str | None = None
+    progress: bool = True
+    max_steps: int | None = None     # stop early (smoke tests)
+    dev_eval: bool = True            # full-corpus dev metrics before training and after each epoch
+    overwrite: bool = False
+
+
+def split_train_dev(qids: list[str], dev_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic split of the train queries into (train, dev)."""
+    order = sorted(qids)
+    random.Random(seed).shuffle(order)
+    n_dev = round(len(order) * dev_fraction)
+    return sorted(order[n_dev:]), sorted(order[:n_dev])
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class _Batcher:
+    """Per-step (queries, candidate rows, teacher scores) drawn from the teacher cache."""
+
+    def __init__(self, cache: TeacherCache, train_qids: list[str], cfg: SparseTrainConfig) -> None:
+        pos = {q: i for i, q in enumerate(cache.query_ids)}
+        self.rows = [pos[q] for q in train_qids if cache.positives[pos[q]].any()]
+        self.cache, self.cfg = cache, cfg
+
+    def steps_per_epoch(self) -> int:
+        return len(self.rows) // self.cfg.queries_per_step
+
+    def epoch(self, rng: np.random.Generator) -> list[np.ndarray]:
+        order = rng.permutation(self.rows)
+        size = self.cfg.queries_per_step
+        return [order[i:i + size] for i in range(0, len(order) - size + 1, size)]
+
+    def sample(self, qrow: int, rng: np.random.Generator) -> np.ndarray:
+        cand, positives = self.cache.candidates[qrow], self.cache.positives[qrow]
+        valid = cand >= 0
+        pos = np.flatnonzero(positives & valid)
+        neg = np.flatnonzero(~positives & valid)[: self.cfg.negative_depth]
+        need = self.cfg.candidates_per_query - 1
+        picks = rng.choice(neg, size=need, replace=len(neg) < need)
+        return np.concatenate([[rng.choice(pos)], picks])
+
+
+def _teacher_targets(cache: TeacherCache, qrows: np.ndarray, cols: np.ndarray, cfg: SparseTrainConfig
+                     ) -> torch.Tensor:
+    bm25 = torch.from_numpy(cache.bm25[qrows[:, None], cols])
+    dense = torch.from_numpy(cache.dense[qrows[:, None], cols])
+    teachers = {"ensemble": [bm25, dense], "bm25": [bm25], "dense": [dense]}[cfg.distill]
+    return ensemble_teacher_scores(teachers, scale=cfg.kd_scale)
+
+
+def _ranking_loss(student: torch.Tensor, teacher: torch.Tensor | None) -> torch.Tensor:
+    if teacher is None:  # contrastive: the positive sits in column 0
+        return F.cross_entropy(student, torch.zeros(student.shape[0], dtype=torch.long))
+    return ensemble_kd_loss(student, teacher)
+
+
+class _Checkpoint:
+    """Atomic save/restore of training state in the work dir, keyed by the config hash."""
+
+    def __init__(self, work_dir: Path, cfg: SparseTrainConfig) -> None:
+        key = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "overwrite", "max_steps")}
+        self.digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        self.path = work_dir / f"checkpoint-{self.digest}.pt"
+
+    def save(self, model: SparseModel, optim: torch.optim.Optimizer, step: int) -> None:
+        """Batches derive from (seed, epoch, step), so model + optimizer + step resume exactly."""
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({"doc": model.doc.state_dict(), "optim": optim.state_dict(), "step": step}, tmp)
+        os.replace(tmp, self.path)
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=False)
+
+
+def _optimizer(model: SparseModel, cfg: SparseTrainConfig) -> torch.optim.Optimizer:
+    bias = [model.doc.bias]
+    rest = [p for n, p in model.doc.named_parameters() if p.requires_grad and n != "bias"]
+    groups = [{"params": rest, "lr": cfg.lr}, {"params": bias, "lr": cfg.bias_lr, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, weight_decay=0.01)
+
+
+def _prepare(cfg: SparseTrainConfig, work: Path):
+    data = Path(cfg.data)
+    corpus = load_corpus(data / "corpus.jsonl")
+    queries = load_queries(data / "queries.jsonl")
+    qrels = load_qrels(data / "qrels" / f"{cfg.split}.tsv", query_ids=set(queries), doc_ids=set(corpus))
+    train_q, dev_q = split_train_dev(list(qrels), cfg.dev_fraction, cfg.seed)
+    cache = mine_teachers(corpus, {q: queries[q] for q in qrels}, qrels, cfg.teachers, work, cfg.progress)
+    return corpus, queries, qrels, train_q, dev_q, cache
+
+
+@dataclass
+class _DevSet:
+    """What the per-epoch dev evaluation needs."""
+
+    doc_ids: list[str]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    qids: list[str]
+    history: list[dict] = field(default_factory=list)
+
+    def run(self, model: SparseModel, hidden: HiddenCache, epoch: int, step: int, progress: bool) -> None:
+        from retrieval.training.dev_eval import encode_cached, evaluate_dev
+
+        docs = encode_cached(model, hidden, progress=progress)
+        metrics = evaluate_dev(model, docs, self.doc_ids, self.queries, self.qrels, self.qids)
+        self.history.append({"epoch": epoch, "step": step, **{k: round(v, 4) for k, v in metrics.items()}})
+        if progress:
+            tqdm.write(f"dev after epoch {epoch} (step {step}): " + ", ".join(
+                f"{k}={v:.4f}" for k, v in metrics.items()))
+
+
+def train_sparse_encoder(cfg: SparseTrainConfig) -> Path:
+    """Train per ``cfg`` and write the model artifact to ``cfg.out``; return its path."""
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out} exists (set overwrite=True / --overwrite to replace it)")
+    work = Path(cfg.work_dir) if cfg.work_dir else out.parent / f"{out.name}.work"
+    work.mkdir(parents=True, exist_ok=True)
+    _seed_all(cfg.seed)
+    device = cfg.device or default_device()
+    corpus, queries, qrels, train_q, dev_q, cache = _prepare(cfg, work)
+    dev = _DevSet(list(corpus), queries, qrels, dev_q) if cfg.dev_eval and dev_q else None
+    contents = [doc_contents(corpus[d]) for d in corpus]
+    model = SparseModel.from_minilm(cfg.encoder, device=device)
+    model.query.fit_idf(contents)
+    if not cfg.idf_aware:
+        model.query.set_table(np.ones(model.query.vocab_size, np.float32))
+    hidden = build_hidden_cache(contents, model.doc, work, progress=cfg.progress)
+    start = time.perf_counter()
+    stats = _train_loop(model, cache, hidden, queries, train_q, cfg, _Checkpoint(work, cfg), dev)
+    model.extra = {"training": {**_jsonable(cfg), "train_queries": len(train_q), "dev_queries": dev_q,
+                                "wall_s": round(time.perf_counter() - start, 1), **stats,
+                                "dev": dev.history if dev else []}}
+    return model.save(out, overwrite=cfg.overwrite, source={"data": str(cfg.data)})
+
+
+def _jsonable(cfg: SparseTrainConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+def _query_vectors(model: SparseModel, texts: list[str]) -> torch.Tensor:
+    ids, mask = model.query.tokenize(texts)
+    with torch.no_grad():
+        return model.query(ids, mask)
+
+
+def _step(model: SparseModel, cache: TeacherCache, hidden: HiddenCache, qtexts: list[str],
+          qrows: np.ndarray, cols: np.ndarray, cfg: SparseTrainConfig, lam: float) -> dict[str, float]:
+    b, c = cols.shape
+    docs = cache.candidates[qrows[:, None], cols].reshape(-1)
+    h, mask = hidden.batch(docs, model.doc.device)
+    weights = train_weights(model.doc, h, mask)                        # [B*C, V]
+    q = _query_vectors(model, qtexts).to(weights.device)              # [B, V]
+    student = torch.einsum("bv,bcv->bc", q, weights.view(b, c, -1)) / cfg.temperature
+    teacher = None if cfg.distill == "none" else _teacher_targets(cache, qrows, cols, cfg)
+    rank = _ranking_loss(student, teacher.to(student.device) if teacher is not None else None)
+    flops = flops_loss(weights)
+    loss = rank + lam * flops
+    loss.backward()
+    nnz = float((weights > 0).sum(dim=1).float().mean())
+    return {"loss": loss.item(), "rank": rank.item(), "flops": flops.item(), "nnz": nnz}
+
+
+def _train_loop(model: SparseModel, cache: TeacherCache, hidden: HiddenCache, queries: dict[str, str],
+                train_q: list[str], cfg: SparseTrainConfig, ckpt: _Checkpoint, dev: _DevSet | None
+                ) -> dict[str, float]:
+    batcher = _Batcher(cache, train_q, cfg)
+    optim = _optimizer(model, cfg)
+    warmup = FlopsWarmup(cfg.flops_lambda, cfg.flops_warmup)
+    total = batcher.steps_per_epoch() * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    step = 0
+    state = ckpt.load()
+    if state is not None:
+        model.doc.load_state_dict(state["doc"])
+        optim.load_state_dict(state["optim"])
+        step = state["step"]
+    model.doc.eval()  # no dropout anywhere: the cached lower layers were computed without it
+    if dev is not None and step == 0:
+        dev.run(model, hidden, 0, 0, cfg.progress)
+    bar = tqdm(total=total, initial=step, desc="train sparse", disable=not cfg.progress)
+    last: dict[str, float] = {}
+    for epoch in range(cfg.epochs):
+        for batch_no, qrows in enumerate(batcher.epoch(np.random.default_rng([cfg.seed, epoch]))):
+            global_step = epoch * batcher.steps_per_epoch() + batch_no
+            if global_step < step:
+                continue
+            if global_step >= total:
+                break
+            rng = np.random.default_rng([cfg.seed, epoch, batch_no])
+            cols = np.stack([batcher.sample(r, rng) for r in qrows])
+            qtexts = [queries[cache.query_ids[r]] for r in qrows]
+            optim.zero_grad(set_to_none=True)
+            last = _step(model, cache, hidden, qtexts, qrows, cols, cfg, warmup(global_step))
+            optim.step()
+            step = global_step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['loss']:.3f}", flops=f"{last['flops']:.2f}",
+                            nnz=f"{last['nnz']:.0f}")
+            if step % cfg.checkpoint_every == 0:
+                ckpt.save(model, optim, step)
+        if dev is not None and step == min(total, (epoch + 1) * batcher.steps_per_epoch()):
+            dev.run(model, hidden, epoch + 1, step, cfg.progress)
+    bar.close()
+    return {"steps": step, **{f"last_{k}": v for k, v in last.items()}}

@@ -1,0 +1,106 @@
+"""Sparse-encoder training: the exact active-entry head, batching, and a tiny train -> index -> search."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval.encoders.sparse_doc import SparseDocEncoder, SparseEncoderConfig
+from retrieval.training.active_head import train_weights
+from retrieval.training.sparse import SparseTrainConfig, split_train_dev, train_sparse_encoder
+from retrieval.training.teachers import TeacherConfig
+
+TEXTS = ["Aspirin lowers the risk of heart attack in older adults.",
+         "Vitamin D deficiency is linked to weak bones and fractures.",
+         "Sleep deprivation impairs memory consolidation in mice."]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> SparseDocEncoder:
+    cfg = SparseEncoderConfig(max_length=32, freeze_layers=4)
+    return SparseDocEncoder.from_minilm(cfg, device="cpu").double()
+
+
+def _grads(enc: SparseDocEncoder, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    enc.zero_grad()
+    probe = torch.arange(weights.shape[1], dtype=weights.dtype).sin()
+    (weights * probe).sum().backward()
+    return {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+
+
+def test_active_head_matches_dense_values_and_gradients(encoder: SparseDocEncoder) -> None:
+    ids, mask = encoder.tokenize(TEXTS)
+    with torch.no_grad():
+        low = encoder.lower(ids, mask)
+    dense = encoder.upper(low, mask)
+    g_dense = _grads(encoder, dense)
+    active = train_weights(encoder, low, mask)
+    g_active = _grads(encoder, active)
+    assert torch.allclose(dense, active, atol=1e-10)
+    assert set(g_dense) == set(g_active) and "bias" in g_dense
+    for name, grad in g_dense.items():
+        if name.endswith("attention.self.key.bias"):  # mathematically zero: softmax shift-invariance
+            continue
+        rel = (grad - g_active[name]).norm() / grad.norm().clamp_min(1e-30)
+        assert rel < 1e-8, name
+
+
+def test_split_train_dev_is_deterministic_and_disjoint() -> None:
+    qids = [f"q{i}" for i in range(50)]
+    train, dev = split_train_dev(qids, 0.2, seed=3)
+    assert len(dev) == 10 and not set(train) & set(dev) and set(train) | set(dev) == set(qids)
+    assert split_train_dev(list(reversed(qids)), 0.2, seed=3) == (train, dev)
+    assert split_train_dev(qids, 0.2, seed=4) != (train, dev)
+
+
+TOPICS = {
+    "aspirin": ("Aspirin and cardiovascular events", "Low dose aspirin reduces heart attack risk."),
+    "vitamin": ("Vitamin D and bone health", "Vitamin D supplements prevent fractures in elderly."),
+    "sleep": ("Sleep and memory", "Sleep loss disrupts hippocampal memory consolidation."),
+    "insulin": ("Insulin resistance", "Obesity causes insulin resistance and type 2 diabetes."),
+    "malaria": ("Malaria vaccines", "The RTS,S vaccine protects children from malaria infection."),
+    "statin": ("Statins and cholesterol", "Statins lower LDL cholesterol and mortality."),
+}
+
+
+def _tiny_beir(root: Path) -> None:
+    docs, queries, qrels = [], [], ["query-id\tcorpus-id\tscore"]
+    for topic, (title, text) in TOPICS.items():
+        for j in range(3):
+            docs.append({"_id": f"{topic}{j}", "title": title, "text": f"{text} Study {j} of {topic}."})
+        for j in range(2):
+            queries.append({"_id": f"{topic}-q{j}", "text": f"{text.split()[0]} {topic} claim {j}"})
+            qrels.append(f"{topic}-q{j}\t{topic}{j}\t1")
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (root / "qrels" / "train.tsv").write_text("\n".join(qrels) + "\n")
+    assert len(docs) == 18 and len(queries) == 12
+
+
+def test_tiny_train_index_search_end_to_end(tmp_path: Path) -> None:
+    from retrieval.index import build_index, open_index
+
+    data = tmp_path / "beir"
+    _tiny_beir(data)
+    cfg = SparseTrainConfig(
+        data=str(data), out=str(tmp_path / "model"), work_dir=str(tmp_path / "work"), dev_fraction=0.25,
+        encoder=SparseEncoderConfig(max_length=32, freeze_layers=4), teachers=TeacherConfig(depth=4),
+        epochs=1, queries_per_step=3, candidates_per_query=4, progress=False, device="cpu", seed=1)
+    model_dir = train_sparse_encoder(cfg)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    training = manifest["params"]["training"]
+    assert training["steps"] == 3 and len(training["dev"]) == 2  # 9 train queries / 3; dev before + after
+    assert np.isfinite(training["last_loss"])
+    index = open_index(build_index("sparse", data / "corpus.jsonl", tmp_path / "index", model=model_dir,
+                                   batch_size=8))
+    assert index.kind == "sparse" and index.num_docs == 18
+    hits = index.search("malaria vaccine for children", 3)
+    assert hits and hits[0][0].startswith("malaria")
+    assert index.batch_search(["malaria vaccine for children"], 3) == [hits]
+    with pytest.raises(FileExistsError):
+        train_sparse_encoder(cfg)
