@@ -44,6 +44,12 @@ def _open_learned_sparse(path: Path) -> SearchIndex:
     return LearnedSparseIndex.open(path)
 
 
+def _open_lucene_impact(path: Path) -> SearchIndex:
+    from retrieval.index.impact_export import LuceneImpactIndex
+
+    return LuceneImpactIndex.open(path)
+
+
 def _open_inverted(path: Path) -> SearchIndex:
     from retrieval.index.inverted import InvertedIndex
 
@@ -54,6 +60,7 @@ def _open_inverted(path: Path) -> SearchIndex:
 OPENERS: dict[str, Callable[[Path], SearchIndex]] = {
     "bm25-lucene": _open_bm25,
     "learned-sparse": _open_learned_sparse,
+    "learned-sparse-lucene": _open_lucene_impact,
     "sparse-inverted": _open_inverted,
 }
 KINDS: dict[str, str] = {"bm25": "bm25-lucene", "sparse": "learned-sparse"}

@@ -102,5 +102,51 @@ def test_tiny_train_index_search_end_to_end(tmp_path: Path) -> None:
     hits = index.search("malaria vaccine for children", 3)
     assert hits and hits[0][0].startswith("malaria")
     assert index.batch_search(["malaria vaccine for children"], 3) == [hits]
+    _check_lucene_export(tmp_path, index)
+    _check_grpc(index, hits)
     with pytest.raises(FileExistsError):
         train_sparse_encoder(cfg)
+
+
+def _check_lucene_export(tmp_path: Path, native) -> None:
+    """The same vectors on Lucene (impact index) give the same top-10 as the native engine."""
+    from retrieval.index import open_index
+    from retrieval.index.impact_export import export_impact_index
+
+    lucene = open_index(export_impact_index(tmp_path / "index", tmp_path / "lucene"))
+    try:
+        for query in ("aspirin heart attack", "vitamin D fractures", "insulin diabetes obesity"):
+            ours = [d for d, _ in native.search(query, 10)]
+            theirs = [d for d, _ in lucene.search(query, 10)]
+            assert set(ours[:3]) == set(theirs[:3]), query
+            assert len(set(ours) & set(theirs)) >= 0.8 * len(ours), query
+    finally:
+        lucene.close()
+
+
+def _check_grpc(index, hits) -> None:
+    """The gRPC Search service serves the learned-sparse index: text and raw sparse queries."""
+    import grpc
+
+    from services.api import search_pb2, search_pb2_grpc
+    from services.search_service import ServerConfig, make_server
+
+    server, port = make_server({"tiny": index}, ServerConfig(address="127.0.0.1:0"))
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            req = search_pb2.SearchRequest(index="tiny", text="malaria vaccine for children", k=3,
+                                           mode=search_pb2.SEARCH_MODE_SPARSE)
+            resp = stub.Search(req, timeout=30)
+            assert [(h.doc_id, round(h.score, 4)) for h in resp.hits] == [(d, round(s, 4)) for d, s in hits]
+            indices, values = index.encode_queries(["malaria vaccine for children"])[0]
+            raw = search_pb2.SparseVector(indices=indices.tolist(), values=values.tolist())
+            resp = stub.Search(search_pb2.SearchRequest(index="tiny", sparse=raw, k=3), timeout=30)
+            assert [h.doc_id for h in resp.hits] == [d for d, _ in hits]
+            bad = search_pb2.SparseVector(indices=[10**6], values=[1.0])
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Search(search_pb2.SearchRequest(index="tiny", sparse=bad, k=3), timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        server.stop(grace=None)

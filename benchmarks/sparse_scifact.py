@@ -1,0 +1,328 @@
+"""Benchmark: inference-free learned sparse retrieval on SciFact — quality, ablations, engine speed.
+
+One run, one JSON object (DESIGN.md §7), written to ``benchmarks/results/sparse_scifact.json``:
+
+1. **Quality.** The main model (IDF-aware FLOPS + BM25/MiniLM ensemble distillation) is trained on
+   the SciFact train qrels (``--model DIR`` reuses a model trained by exactly the recorded command).
+   Its dev metrics (a split of train) come from training; the test split is evaluated once, here,
+   through the learned-sparse index built by ``sparsekit index --kind sparse``: NDCG@10, R@100,
+   MRR@10, average non-zeros per document and FLOPS.
+2. **Ablations** (dev split only, all at ``--ablation-epochs``): plain FLOPS (binary queries, no IDF
+   in the matching), dense teacher alone, BM25 teacher alone, no distillation (contrastive), against
+   the main configuration at the same epoch.
+3. **Speed on SciFact** (one thread, k=100): the native engine on the trained model's index vs bm25s
+   (its own BM25 index over the same corpus, stemmer + stopwords), both timed from query text to
+   ranked ids: mean/median single-query latency and batch queries/s.
+4. **Scale**: a 1M-document synthetic corpus drawn from the trained model's term statistics
+   (document lengths, term document-frequencies, weights), the real test queries' vectors: build time,
+   index bytes, latency and batch throughput for the native engine, bm25s on the same postings, and
+   Lucene impact search (pyserini) on the same vectors as integer impacts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from sparse_engine import _commit, _machine, bm25s_over  # noqa: E402
+
+from retrieval.data.beir import load_corpus, load_qrels, load_queries  # noqa: E402
+from retrieval.evaluation import evaluate, run_from_hits  # noqa: E402
+from retrieval.index.inverted import InvertedIndex, build_inverted_index  # noqa: E402
+from retrieval.index.learned_sparse import LearnedSparseIndex, build_learned_sparse_index  # noqa: E402
+from retrieval.training.dev_eval import corpus_flops  # noqa: E402
+from retrieval.training.sparse import SparseTrainConfig, train_sparse_encoder  # noqa: E402
+from retrieval.training.teachers import Bm25Teacher, doc_contents  # noqa: E402
+from sparsekit.dataroot import dataset_path  # noqa: E402
+
+K = 100
+MAIN_COMMAND = ("sparsekit train sparse --data ../shared/data/scifact --out runs/sparse-main "
+                "--work-dir runs/work  # defaults: --distill ensemble --idf-aware --epochs 2 --lr 5e-5 "
+                "--freeze-layers 4 --max-length 256 --flops-lambda 0.002 --flops-warmup 200 --seed 13")
+ABLATIONS = {"plain_flops": {"idf_aware": False}, "dense_teacher_only": {"distill": "dense"},
+             "bm25_teacher_only": {"distill": "bm25"}, "no_distillation": {"distill": "none"}}
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _train(data: Path, out: Path, work: Path, **overrides: Any) -> tuple[Path, float]:
+    start = time.perf_counter()
+    if not (out / "manifest.json").exists():
+        train_sparse_encoder(SparseTrainConfig(data=str(data), out=str(out), work_dir=str(work), **overrides))
+    return out, time.perf_counter() - start
+
+
+def _training_info(model: Path) -> dict[str, Any]:
+    return json.loads((model / "manifest.json").read_text())["params"]["training"]
+
+
+def ablations(data: Path, runs: Path, epochs: int, main_model: Path) -> dict[str, Any]:
+    main_dev = {h["epoch"]: h for h in _training_info(main_model)["dev"]}
+    out: dict[str, Any] = {"epochs": epochs, "main": main_dev.get(epochs), "untrained": main_dev.get(0)}
+    for name, overrides in ABLATIONS.items():
+        model, _ = _train(data, runs / f"ablation-{name}", runs / "work", epochs=epochs,
+                          dev_eval_start=False, **overrides)
+        info = _training_info(model)
+        out[name] = {**info["dev"][-1], "overrides": overrides, "wall_s": info["wall_s"]}
+    return out
+
+
+def test_quality(data: Path, model: Path, index_dir: Path) -> tuple[dict[str, Any], LearnedSparseIndex]:
+    start = time.perf_counter()
+    build_learned_sparse_index(model, data / "corpus.jsonl", index_dir, overwrite=True)
+    build_s = time.perf_counter() - start
+    index = LearnedSparseIndex.open(index_dir)
+    qrels = load_qrels(data / "qrels" / "test.tsv")
+    queries = load_queries(data / "queries.jsonl")
+    qids = sorted(qrels)
+    hits = index.batch_search([queries[q] for q in qids], K)
+    means = evaluate(qrels, run_from_hits(qids, hits)).means
+    docs = _doc_matrix(index.postings)
+    return {**means, "avg_doc_nnz": docs.getnnz(axis=1).mean(), "flops": corpus_flops(docs),
+            "index_build_s": build_s, "index_bytes": _dir_bytes(index_dir)}, index
+
+
+def _doc_matrix(index: InvertedIndex) -> sp.csr_matrix:
+    post = index.postings
+    weights = np.asarray(post.weights, np.float32) * np.float32(index.scale)
+    return sp.csc_matrix((weights, np.asarray(post.docs), np.asarray(post.offsets)),
+                         shape=(index.num_docs, index.vocab_size)).tocsr()
+
+
+def _latency(fn, items: list) -> dict[str, float]:
+    for item in items[:10]:
+        fn(item)
+    ms = []
+    for item in items:
+        t0 = time.perf_counter()
+        fn(item)
+        ms.append((time.perf_counter() - t0) * 1e3)
+    ms.sort()
+    return {"mean_ms": statistics.fmean(ms), "median_ms": statistics.median(ms),
+            "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))]}
+
+
+def _qps(fn, items: list, repeats: int = 5) -> float:
+    fn(items[:8])
+    best = min(_timed(fn, items) for _ in range(repeats))
+    return len(items) / best
+
+
+def _timed(fn, arg) -> float:
+    t0 = time.perf_counter()
+    fn(arg)
+    return time.perf_counter() - t0
+
+
+def speed_scifact(data: Path, index: LearnedSparseIndex) -> dict[str, Any]:
+    import bm25s
+
+    corpus = load_corpus(data / "corpus.jsonl")
+    queries = load_queries(data / "queries.jsonl")
+    texts = [queries[q] for q in sorted(load_qrels(data / "qrels" / "test.tsv"))]
+    teacher = Bm25Teacher([doc_contents(d) for d in corpus.values()], 0.9, 0.4)
+    ids = np.array(list(corpus))
+
+    def theirs(qs: list[str]):
+        tokens = bm25s.tokenize(qs, stopwords="en", stemmer=teacher.stemmer, show_progress=False,
+                                return_ids=False)
+        docs, scores = teacher.retriever.retrieve(tokens, k=K, show_progress=False, n_threads=0)
+        return ids[docs], scores
+
+    def ours_arrays(qs: list[str]):
+        vecs = index.encode_queries(qs)
+        offsets = np.zeros(len(vecs) + 1, np.int64)
+        np.cumsum([len(i) for i, _ in vecs], out=offsets[1:])
+        terms = np.concatenate([i for i, _ in vecs])
+        values = np.concatenate([v for _, v in vecs]).astype(np.float32)
+        top = index.postings.search_topk(offsets, terms, values, K)
+        return index.postings.doc_ids[np.maximum(top.docs, 0)], top.scores
+
+    single = {"native_list_api": _latency(lambda t: index.search(t, K), texts),
+              "native_array_api": _latency(lambda t: ours_arrays([t]), texts),
+              "bm25s": _latency(lambda t: theirs([t]), texts)}
+    batch = {"native_list_api": _qps(lambda qs: index.batch_search(qs, K), texts),
+             "native_array_api": _qps(ours_arrays, texts), "bm25s": _qps(theirs, texts)}
+    return {"queries": len(texts), "threads": 1, "k": K, "single": single, "batch_qps": batch}
+
+
+def synthetic_from_model(docs: sp.csr_matrix, num_docs: int, seed: int = 0) -> sp.csr_matrix:
+    """Documents whose lengths, term document-frequencies and weights follow the model's corpus."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.choice(docs.getnnz(axis=1), size=num_docs)
+    df = np.bincount(docs.indices, minlength=docs.shape[1]).astype(np.float64)
+    p = df / df.sum()
+    blocks = []
+    for start in range(0, num_docs, 100_000):
+        rows = lengths[start:start + 100_000]
+        cols = rng.choice(docs.shape[1], size=int(rows.sum()), p=p).astype(np.int32)
+        vals = rng.choice(docs.data, size=len(cols)).astype(np.float32)
+        indptr = np.concatenate([[0], np.cumsum(rows)])
+        block = sp.csr_matrix((vals, cols, indptr), shape=(len(rows), docs.shape[1]))
+        block.sum_duplicates()
+        blocks.append(block)
+    return sp.vstack(blocks, format="csr")
+
+
+def scale(index: LearnedSparseIndex, texts: list[str], num_docs: int, work: Path,
+          lucene: bool) -> dict[str, Any]:
+    docs = _doc_matrix(index.postings)
+    t0 = time.perf_counter()
+    matrix = synthetic_from_model(docs, num_docs)
+    gen_s = time.perf_counter() - t0
+    ids = [f"s{i}" for i in range(num_docs)]
+    out: dict[str, Any] = {"num_docs": num_docs, "postings": int(matrix.nnz), "generate_s": gen_s}
+    t0 = time.perf_counter()
+    build_inverted_index(ids, matrix, work / "native", quantization="uint8")
+    native_build = time.perf_counter() - t0
+    native = InvertedIndex.open(work / "native", verify=False)
+    vecs = index.encode_queries(texts)
+    out["native"] = {"build_s": native_build, "index_bytes": _dir_bytes(work / "native"),
+                     "single": _latency(lambda q: native.search_sparse(q[0], q[1], K), vecs),
+                     "batch_qps": _qps(lambda qs: native.search_sparse_batch(qs, K), vecs, repeats=3)}
+    out["bm25s_same_postings"] = _bm25s_scale(work, ids, matrix, vecs)
+    if lucene:
+        out["lucene_impact"] = _lucene_scale(work, ids, matrix, index, vecs)
+    return out
+
+
+def _bm25s_scale(work: Path, ids: list[str], matrix: sp.csr_matrix, vecs: list) -> dict[str, Any]:
+    """bm25s's numba engine over the same (float32) postings; query terms unweighted (bm25s has no
+    query weights), which gives it the same postings to traverse."""
+    t0 = time.perf_counter()
+    build_inverted_index(ids, matrix, work / "f32", quantization="none")
+    retriever = bm25s_over(InvertedIndex.open(work / "f32", verify=False, mmap=False))
+    build_s = time.perf_counter() - t0
+    saved = work / "bm25s"
+    retriever.save(str(saved))
+    queries = [list(map(int, i)) for i, _ in vecs]
+    return {"build_s_from_matrix": build_s, "index_bytes": _dir_bytes(saved),
+            "single": _latency(lambda q: retriever.retrieve([q], k=K, show_progress=False, n_threads=0),
+                               queries),
+            "batch_qps": _qps(lambda qs: retriever.retrieve(qs, k=K, show_progress=False, n_threads=0),
+                              queries, repeats=3)}
+
+
+def _lucene_scale(work: Path, ids: list[str], matrix: sp.csr_matrix, index: LearnedSparseIndex,
+                  vecs: list) -> dict[str, Any]:
+    from retrieval.engines.lucene import ImpactSearcher, build_impact_index
+
+    vocab = _vocabulary_from(index)
+
+    def docs():
+        for row in range(matrix.shape[0]):
+            lo, hi = matrix.indptr[row], matrix.indptr[row + 1]
+            ints = np.rint(matrix.data[lo:hi] * 100).astype(np.int64)
+            yield ids[row], {vocab[t]: int(w) for t, w in zip(matrix.indices[lo:hi], ints, strict=True)
+                             if w > 0}
+
+    t0 = time.perf_counter()
+    build_impact_index(docs(), work / "lucene", threads=2)
+    build_s = time.perf_counter() - t0
+    searcher = ImpactSearcher(work / "lucene")
+    queries = [{vocab[t]: int(w) for t, w in zip(i, np.rint(v * 100).astype(np.int64), strict=True) if w > 0}
+               for i, v in vecs]
+    return {"build_s": build_s, "index_bytes": _dir_bytes(work / "lucene"),
+            "single": _latency(lambda q: searcher.search(q, K), queries),
+            "batch_qps": _qps(lambda qs: [searcher.search(q, K) for q in qs], queries, repeats=1)}
+
+
+def _vocabulary_from(index: LearnedSparseIndex) -> list[str]:
+    vocab = index.query.tokenizer.get_vocab()
+    by_id = {i: t for t, i in vocab.items()}
+    return [by_id[i] for i in range(len(by_id))]
+
+
+def _row(criterion: str, value: Any, op: str, target: Any) -> dict[str, Any]:
+    ok = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b}[op](value, target)
+    return {"criterion": criterion, "value": value, "op": op, "target": target, "pass": bool(ok)}
+
+
+def acceptance(m: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = [_row("SciFact test NDCG@10 of the inference-free model trained here", m["test"]["ndcg@10"],
+                 ">=", 0.70),
+            _row("training wall time on CPU, hours", m["training"]["wall_h"], "<=", 3.0)]
+    abl = m.get("ablations", {})
+    main = (abl.get("main") or {}).get("ndcg@10")
+    for name in ABLATIONS:
+        if name in abl and main is not None:
+            rows.append(_row(f"ablation {name}: main config's dev NDCG@10 minus this one's",
+                             round(main - abl[name]["ndcg@10"], 4), ">", 0.0))
+    sp_ = m.get("speed_scifact")
+    if sp_:
+        rows.append(_row("native single-query mean latency (ms, k=100, 1 thread) <= bm25s's",
+                         round(sp_["single"]["native_list_api"]["mean_ms"], 4), "<=",
+                         round(sp_["single"]["bm25s"]["mean_ms"], 4)))
+        rows.append(_row("native batch QPS (list API, 1 thread) >= bm25s's",
+                         round(sp_["batch_qps"]["native_list_api"], 1), ">=",
+                         round(sp_["batch_qps"]["bm25s"], 1)))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs")
+    parser.add_argument("--model", type=Path, default=None, help="reuse a model trained by MAIN_COMMAND")
+    parser.add_argument("--ablation-epochs", type=int, default=1)
+    parser.add_argument("--skip-ablations", action="store_true")
+    parser.add_argument("--scale-docs", type=int, default=1_000_000)
+    parser.add_argument("--no-lucene-scale", action="store_true")
+    parser.add_argument("--train-total-s", type=float, default=None,
+                        help="with --model: the training command's measured end-to-end wall time (teacher "
+                             "mining and caches included), when the model's manifest predates recording it")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sparse_scifact.json")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    data = dataset_path("scifact")
+    if data is None:
+        sys.exit("dataset 'scifact' not found under the data root (set SPARSEKIT_DATA)")
+    model = args.model or _train(data, args.runs / "sparse-main", args.runs / "work")[0]
+    info = _training_info(model)
+    if args.train_total_s:
+        info["wall_s"] = args.train_total_s
+    metrics: dict[str, Any] = {"training": {
+        "command": MAIN_COMMAND, "device": "cpu (2 cores)", "wall_s": info["wall_s"],
+        "wall_h": round(info["wall_s"] / 3600, 3), "steps": info["steps"], "dev": info["dev"]}}
+    result = {"benchmark": "sparse_scifact", "commit": _commit(), "machine": _machine(),
+              "command": "python " + " ".join(sys.argv), "metrics": metrics}
+
+    def save() -> None:  # after every stage, so a long run keeps what it measured
+        result["wall_s"] = round(time.perf_counter() - start, 1)
+        result["acceptance"] = acceptance(metrics)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+
+    with tempfile.TemporaryDirectory(prefix="sparse-bench-", dir=args.runs) as tmp:
+        work = Path(tmp)
+        metrics["test"], index = test_quality(data, model, work / "index")
+        save()
+        metrics["speed_scifact"] = speed_scifact(data, index)
+        save()
+        if not args.skip_ablations:
+            metrics["ablations"] = ablations(data, args.runs, args.ablation_epochs, model)
+            save()
+        if args.scale_docs:
+            queries = load_queries(data / "queries.jsonl")
+            texts = [queries[q] for q in sorted(load_qrels(data / "qrels" / "test.tsv"))]
+            metrics["scale"] = scale(index, texts, args.scale_docs, work, not args.no_lucene_scale)
+            save()
+    print(json.dumps(result, default=float))
+
+
+if __name__ == "__main__":
+    main()
