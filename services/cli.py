@@ -177,6 +177,8 @@ def train_sparse(
     epochs: Annotated[int, typer.Option(help="Passes over the training queries.")] = 2,
     max_length: Annotated[int, typer.Option(help="Document tokens kept.")] = 256,
     freeze_layers: Annotated[int, typer.Option(help="Frozen lower transformer layers (cached).")] = 4,
+    tie_head: Annotated[bool, typer.Option(help="Vocabulary head tied to the frozen word embeddings "
+                                                 "(--no-tie-head: a trainable copy).")] = True,
     lr: Annotated[float, typer.Option(help="Learning rate of the trained layers.")] = 5e-5,
     flops_lambda: Annotated[float, typer.Option(help="FLOPS weight after warm-up.")] = 0.002,
     flops_warmup: Annotated[int, typer.Option(help="Steps of quadratic FLOPS warm-up.")] = 200,
@@ -195,7 +197,7 @@ def train_sparse(
         _fail(ValueError(f"--distill {distill!r}: expected ensemble, dense, bm25 or none"))
     cfg = SparseTrainConfig(
         data=str(data), out=str(out), work_dir=str(work_dir) if work_dir else None, split=split,
-        encoder=SparseEncoderConfig(max_length=max_length, freeze_layers=freeze_layers),
+        encoder=SparseEncoderConfig(max_length=max_length, freeze_layers=freeze_layers, tie_head=tie_head),
         distill=distill, idf_aware=idf_aware, epochs=epochs, lr=lr, flops_lambda=flops_lambda,  # type: ignore[arg-type]
         flops_warmup=flops_warmup, seed=seed, max_steps=max_steps, overwrite=overwrite)
     start = time.perf_counter()

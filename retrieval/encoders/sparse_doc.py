@@ -32,6 +32,9 @@ Backbone and head (decisions documented here; see METHODS.md):
   the lower N layers; :meth:`SparseDocEncoder.lower` then gives hidden states that can be cached and
   fed to :meth:`SparseDocEncoder.upper`. Freezing the embeddings also freezes ``E`` in the tied
   head; the head then learns through its bias (and transform) and the upper layers.
+  ``tie_head=False`` gives the head its own trainable copy of ``E`` (initialised equal, so the
+  untrained model is unchanged) while the input embeddings stay frozen: every vocabulary entry can
+  then learn how it responds to documents, at the cost of 30,522 x 384 more stored weights.
 
 :class:`SparseModel` bundles the document encoder with its :class:`IdfQueryEncoder` and saves both
 as one artifact directory, format ``sparse-doc-encoder`` version 1::
@@ -87,6 +90,7 @@ class SparseEncoderConfig:
 
     max_length: int = 256
     head: Literal["identity", "mlm"] = "identity"
+    tie_head: bool = True            # False: a trainable copy of E serves as the vocabulary head
     bias_init: float = -3.0
     freeze_layers: int = 0
     logit_chunk_tokens: int = 2048
@@ -138,6 +142,8 @@ class SparseDocEncoder(nn.Module):
         self.transform = (nn.Identity() if self.config.head == "identity"
                           else _mlm_transform(bert.hidden_size, bert.layer_norm_eps))
         self.bias = nn.Parameter(torch.full((bert.vocab_size,), float(self.config.bias_init)))
+        self.head = (None if self.config.tie_head else
+                     nn.Parameter(backbone.embeddings.word_embeddings.weight.detach().clone()))
         keep = torch.ones(bert.vocab_size)
         keep[special_token_ids(tokenizer)] = 0.0
         self.register_buffer("keep", keep, persistent=False)
@@ -157,6 +163,11 @@ class SparseDocEncoder(nn.Module):
             return
         for module in [self.backbone.embeddings, *self.backbone.encoder.layer[:layers]]:
             module.requires_grad_(False)
+
+    @property
+    def head_matrix(self) -> torch.Tensor:
+        """The [V, H] vocabulary head: the input word embeddings (tied) or the untied copy."""
+        return self.backbone.embeddings.word_embeddings.weight if self.head is None else self.head
 
     @property
     def vocab_size(self) -> int:
@@ -202,7 +213,7 @@ class SparseDocEncoder(nn.Module):
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Masked max over tokens of the head's logits (in token chunks), then ``log(1 + relu)``."""
         hidden = self.transform(hidden)
-        embed = self.backbone.embeddings.word_embeddings.weight
+        embed = self.head_matrix
         valid = attention_mask.bool()
         step = max(1, self.config.logit_chunk_tokens // max(1, hidden.shape[0]))
         pooled = None

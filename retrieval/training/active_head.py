@@ -43,7 +43,7 @@ def train_weights(encoder: SparseDocEncoder, hidden: torch.Tensor, mask: torch.T
     """Differentiable term weights [B, V] from frozen-layer ``hidden`` states [B, L, H]."""
     layers = encoder.backbone.encoder.layer[encoder.config.freeze_layers:]
     top = encoder.transform(encoder._run_layers(hidden, mask, layers))
-    embed = encoder.backbone.embeddings.word_embeddings.weight
+    embed = encoder.head_matrix
     best, arg = _max_argmax(embed, top.detach(), mask, encoder.config.logit_chunk_tokens)
     active = (best + encoder.bias.detach()) > 0
     active &= encoder.keep.bool()[None, :]

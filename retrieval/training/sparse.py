@@ -62,6 +62,7 @@ class SparseTrainConfig:
     negative_depth: int = 30         # negatives drawn from the teachers' top candidates
     lr: float = 5e-5
     bias_lr: float = 3e-3
+    head_lr: float = 1e-4            # untied vocabulary head (encoder.tie_head=False)
     kd_scale: float = 30.0
     temperature: float = 1.0         # student score divisor (contrastive / KD)
     flops_lambda: float = 0.002
@@ -72,6 +73,7 @@ class SparseTrainConfig:
     max_steps: int | None = None     # stop early (smoke tests)
     dev_eval: bool = True            # full-corpus dev metrics after each epoch
     dev_eval_start: bool = True      # ... and before training (the untrained model)
+    dev_eval_every: int = 1          # evaluate after every n-th epoch (and always after the last)
     overwrite: bool = False
 
 
@@ -151,8 +153,11 @@ class _Checkpoint:
 
 def _optimizer(model: SparseModel, cfg: SparseTrainConfig) -> torch.optim.Optimizer:
     bias = [model.doc.bias]
-    rest = [p for n, p in model.doc.named_parameters() if p.requires_grad and n != "bias"]
+    head = [model.doc.head] if model.doc.head is not None else []
+    rest = [p for n, p in model.doc.named_parameters() if p.requires_grad and n not in ("bias", "head")]
     groups = [{"params": rest, "lr": cfg.lr}, {"params": bias, "lr": cfg.bias_lr, "weight_decay": 0.0}]
+    if head:
+        groups.append({"params": head, "lr": cfg.head_lr, "weight_decay": 0.0})
     return torch.optim.AdamW(groups, weight_decay=0.01)
 
 
@@ -278,7 +283,8 @@ def _train_loop(model: SparseModel, cache: TeacherCache, hidden: HiddenCache, qu
                             nnz=f"{last['nnz']:.0f}")
             if step % cfg.checkpoint_every == 0:
                 ckpt.save(model, optim, step)
-        if dev is not None and step == min(total, (epoch + 1) * batcher.steps_per_epoch()):
+        due = (epoch + 1) % cfg.dev_eval_every == 0 or epoch + 1 == cfg.epochs or step == total
+        if dev is not None and due and step == min(total, (epoch + 1) * batcher.steps_per_epoch()):
             dev.run(model, hidden, epoch + 1, step, cfg.progress)
     bar.close()
     return {"steps": step, **{f"last_{k}": v for k, v in last.items()}}

@@ -150,3 +150,25 @@ def _check_grpc(index, hits) -> None:
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         server.stop(grace=None)
+
+
+def test_untied_head_starts_equal_and_learns(tmp_path: Path) -> None:
+    from retrieval.encoders.sparse_doc import SparseModel
+
+    tied = SparseDocEncoder.from_minilm(SparseEncoderConfig(max_length=32, freeze_layers=4), device="cpu")
+    model = SparseModel.from_minilm(SparseEncoderConfig(max_length=32, freeze_layers=4, tie_head=False),
+                                    device="cpu")
+    untied = model.doc
+    ids, mask = tied.tokenize(TEXTS)
+    with torch.no_grad():
+        assert torch.equal(tied(ids, mask), untied(ids, mask))
+        low = untied.lower(ids, mask)
+    train_weights(untied, low, mask).sum().backward()
+    assert untied.head.grad is not None and untied.head.grad.abs().sum() > 0
+    assert untied.backbone.embeddings.word_embeddings.weight.grad is None  # input embeddings frozen
+    with torch.no_grad():
+        untied.head.add_(0.01)
+    model.save(tmp_path / "m")
+    again = SparseModel.load(tmp_path / "m", device="cpu").doc
+    assert torch.equal(again.head, untied.head)
+    assert torch.allclose(again(ids, mask), untied(ids, mask))
