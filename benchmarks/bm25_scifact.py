@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,9 +29,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bm25s  # noqa: E402
 import pytrec_eval  # noqa: E402
+from environment import commit, machine  # noqa: E402
 
 from retrieval.data.beir import load_qrels, load_queries  # noqa: E402
 from retrieval.engines import lucene  # noqa: E402
@@ -44,35 +44,6 @@ K1, B, K = 0.9, 0.4, 100
 TARGETS = {"ndcg@10": (0.679, 0.003), "recall@100": (0.925, 0.003)}
 
 Hits = list[list[tuple[str, float]]]
-
-
-def _machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    ram = 0
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        ram = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
-    except OSError:
-        pass
-    gpu = None
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10)
-        gpu = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "ram": ram}
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True,
-                                       stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "uncommitted"
 
 
 def evaluate(qrels: dict[str, dict[str, int]], qids: list[str], hits: Hits) -> dict[str, float]:
@@ -198,7 +169,7 @@ def main() -> None:
                            "value": value, "op": "within", "target": f"{target}±{tol}",
                            "pass": bool(abs(value - target) <= tol + 1e-12)})
     result = {
-        "benchmark": "bm25_scifact", "commit": _commit(), "machine": _machine(),
+        "benchmark": "bm25_scifact", "commit": commit(), "machine": machine(),
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "wall_s": round(time.perf_counter() - start, 2), "metrics": metrics, "acceptance": acceptance,
     }

@@ -16,9 +16,7 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,30 +30,13 @@ import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from environment import commit, machine  # noqa: E402
 
 from retrieval.index.inverted import InvertedIndex, build_inverted_index  # noqa: E402
 
 Query = list[int]
-
-
-def _machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        ram = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
-    except OSError:
-        ram = 0
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": None, "ram": ram}
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 # ---------------------------------------------------------------- corpora
@@ -269,7 +250,7 @@ def main() -> None:
             matrix, queries = synthetic(args.docs, args.nnz, args.vocab, args.queries, seed=0)
             metrics[f"synthetic_{args.docs}"] = compare("synthetic", matrix, queries, args.k, args.threads,
                                                         Path(tmp))
-    result = {"benchmark": "sparse_engine", "commit": _commit(), "machine": _machine(),
+    result = {"benchmark": "sparse_engine", "commit": commit(), "machine": machine(),
               "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "wall_s": time.perf_counter() - t_start, "metrics": metrics, "acceptance": _acceptance(metrics)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sparse_engine import _commit, _machine, bm25s_over  # noqa: E402
+from environment import commit, machine  # noqa: E402
+from sparse_engine import bm25s_over  # noqa: E402
 
 from retrieval.data.beir import load_corpus, load_qrels, load_queries  # noqa: E402
 from retrieval.evaluation import evaluate, run_from_hits  # noqa: E402
@@ -298,7 +299,7 @@ def main() -> None:
     metrics: dict[str, Any] = {"training": {
         "command": MAIN_COMMAND, "device": "cpu (2 cores)", "wall_s": info["wall_s"],
         "wall_h": round(info["wall_s"] / 3600, 3), "steps": info["steps"], "dev": info["dev"]}}
-    result = {"benchmark": "sparse_scifact", "commit": _commit(), "machine": _machine(),
+    result = {"benchmark": "sparse_scifact", "commit": commit(), "machine": machine(),
               "command": "python " + " ".join(sys.argv), "metrics": metrics}
 
     def save() -> None:  # after every stage, so a long run keeps what it measured
