@@ -174,6 +174,8 @@ def train_sparse(
     split: Annotated[str, typer.Option(help="Training qrels split.")] = "train",
     distill: Annotated[str, typer.Option(help="ensemble | dense | bm25 | none (contrastive).")] = "ensemble",
     idf_aware: Annotated[bool, typer.Option(help="IDF-aware matching (off: binary queries).")] = True,
+    pseudo_queries: Annotated[str, typer.Option(help="none | titles (each document's title as an extra "
+                                                     "training query, teacher-scored).")] = "none",
     epochs: Annotated[int, typer.Option(help="Passes over the training queries.")] = 2,
     max_length: Annotated[int, typer.Option(help="Document tokens kept.")] = 256,
     freeze_layers: Annotated[int, typer.Option(help="Frozen lower transformer layers (cached).")] = 4,
@@ -195,11 +197,14 @@ def train_sparse(
 
     if distill not in ("ensemble", "dense", "bm25", "none"):
         _fail(ValueError(f"--distill {distill!r}: expected ensemble, dense, bm25 or none"))
+    if pseudo_queries not in ("none", "titles"):
+        _fail(ValueError(f"--pseudo-queries {pseudo_queries!r}: expected none or titles"))
     cfg = SparseTrainConfig(
         data=str(data), out=str(out), work_dir=str(work_dir) if work_dir else None, split=split,
         encoder=SparseEncoderConfig(max_length=max_length, freeze_layers=freeze_layers, tie_head=tie_head),
-        distill=distill, idf_aware=idf_aware, epochs=epochs, lr=lr, flops_lambda=flops_lambda,  # type: ignore[arg-type]
-        flops_warmup=flops_warmup, seed=seed, max_steps=max_steps, overwrite=overwrite)
+        distill=distill, idf_aware=idf_aware, pseudo_queries=pseudo_queries,  # type: ignore[arg-type]
+        epochs=epochs, lr=lr, flops_lambda=flops_lambda, flops_warmup=flops_warmup, seed=seed,
+        max_steps=max_steps, overwrite=overwrite)
     start = time.perf_counter()
     try:
         path = train_sparse_encoder(cfg)

@@ -172,3 +172,11 @@ def test_untied_head_starts_equal_and_learns(tmp_path: Path) -> None:
     again = SparseModel.load(tmp_path / "m", device="cpu").doc
     assert torch.equal(again.head, untied.head)
     assert torch.allclose(again(ids, mask), untied(ids, mask))
+
+
+def test_title_pseudo_queries_come_from_the_corpus_only() -> None:
+    from retrieval.data.beir import Doc
+    from retrieval.training.sparse import PSEUDO, title_queries
+
+    corpus = {"d1": Doc("d1", "Aspirin lowers heart risk", "x"), "d2": Doc("d2", "Short", "y")}
+    assert title_queries(corpus) == {f"{PSEUDO}d1": "Aspirin lowers heart risk"}
