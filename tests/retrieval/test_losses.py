@@ -136,7 +136,7 @@ def test_ensemble_targets_are_finite_and_within_scale(rows: list[list[float]], s
     assert torch.isfinite(target).all()
     assert target.min() >= 0 and target.max() <= scale * (1 + 1e-6)
     loss = ensemble_kd_loss(torch.zeros_like(target), target)
-    assert torch.isfinite(loss) and loss >= -1e-9
+    assert torch.isfinite(loss) and loss >= -1e-6  # KL >= 0 up to float32 rounding (targets are float32)
 
 
 def test_ensemble_teacher_scores_validates_input() -> None:
