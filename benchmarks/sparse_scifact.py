@@ -261,12 +261,12 @@ def acceptance(m: dict[str, Any]) -> list[dict[str, Any]]:
             _row("training wall time on CPU, hours", m["training"]["wall_h"], "<=", 3.0)]
     abl = m.get("ablations", {})
     main = (abl.get("main") or {}).get("ndcg@10")
-    for name in ABLATIONS:
-        criterion = f"ablation {name}: main config's dev NDCG@10 minus this one's"
-        if name in abl and main is not None:
-            rows.append(_row(criterion, round(main - abl[name]["ndcg@10"], 4), ">", 0.0))
-        else:
-            rows.append(_not_run(criterion))
+    measured = [name for name in ABLATIONS if name in abl and main is not None]
+    rows.append(_row("ablations measured in this run (plain FLOPS, dense only, BM25 only, no distillation)",
+                     len(measured), ">=", len(ABLATIONS)))
+    for name in measured:
+        rows.append(_row(f"ablation {name}: main config's dev NDCG@10 minus this one's",
+                         round(main - abl[name]["ndcg@10"], 4), ">", 0.0))
     sp_ = m.get("speed_scifact")
     if sp_:
         rows.append(_row("native single-query mean latency (ms, k=100, 1 thread) <= bm25s's",
@@ -275,19 +275,11 @@ def acceptance(m: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(_row("native batch QPS (list API, 1 thread) >= bm25s's",
                          round(sp_["batch_qps"]["native_list_api"], 1), ">=",
                          round(sp_["batch_qps"]["bm25s"], 1)))
-    scale_ = m.get("scale")
-    criterion = "1M-document synthetic corpus: latency, index bytes, build time vs bm25s and Lucene impact"
-    if scale_ and "lucene_impact" in scale_:
-        rows.append({"criterion": criterion, "value": "reported in metrics.scale", "op": "reported",
-                     "target": "native, bm25s, lucene_impact", "pass": True})
-    else:
-        rows.append(_not_run(criterion))
+    scale_ = m.get("scale") or {}
+    engines = [e for e in ("native", "bm25s_same_postings", "lucene_impact") if e in scale_]
+    rows.append(_row("1M-document synthetic corpus: engines measured (native, bm25s, Lucene impact; "
+                     "latency, index bytes and build time in metrics.scale)", len(engines), ">=", 3))
     return rows
-
-
-def _not_run(criterion: str) -> dict[str, Any]:
-    return {"criterion": criterion, "value": None, "op": "not measured in this run", "target": None,
-            "pass": False}
 
 
 def main() -> None:
@@ -302,7 +294,14 @@ def main() -> None:
                         help="with --model: the training command's measured end-to-end wall time (teacher "
                              "mining and caches included), when the model's manifest predates recording it")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sparse_scifact.json")
+    parser.add_argument("--rescore", action="store_true",
+                        help="recompute only the acceptance block of --out from its stored metrics")
     args = parser.parse_args()
+    if args.rescore:
+        stored = json.loads(args.out.read_text())
+        stored["acceptance"] = acceptance(stored["metrics"])
+        args.out.write_text(json.dumps(stored, indent=2, default=float) + "\n")
+        return
     start = time.perf_counter()
     data = dataset_path("scifact")
     if data is None:
