@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from services.commands import gcn
+from services.commands.output import console
+from services.commands.output import fail as _fail
 from sparsekit.errors import SparsekitError
 
 app = typer.Typer(
@@ -26,13 +28,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
-err = Console(stderr=True)
-
-
-def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(2)
 
 
 def _corpus_file(corpus: Path) -> Path:
@@ -161,7 +156,7 @@ def serve(
     console.print("stopped")
 
 
-train_app = typer.Typer(help="Train models (Python API: retrieval.train_sparse_encoder).",
+train_app = typer.Typer(help="Train models: sparse (learned sparse retrieval), gcn (sampled GCN), ...",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -211,6 +206,13 @@ def train_sparse(
     except (SparsekitError, ValueError, FileExistsError, FileNotFoundError) as exc:
         _fail(exc)
     console.print(f"trained model at {path} in {time.perf_counter() - start:.0f}s")
+
+
+train_app.command("gcn")(gcn.train_gcn_command)
+
+generate_app = typer.Typer(help="Generate synthetic data for benchmarks.", no_args_is_help=True)
+app.add_typer(generate_app, name="generate")
+generate_app.command("graph")(gcn.generate_graph_command)
 
 
 @app.command()
