@@ -1,0 +1,1 @@
+"""Embedding tables behind one interface: the full table and compressed drop-in replacements."""

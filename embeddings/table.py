@@ -1,0 +1,200 @@
+"""The embedding-table interface every CTR model reads its feature vectors through.
+
+A table maps global feature ids (int64, per-field offsets already applied, as in the libFM / BARS
+CTR layout) to ``dim``-dimensional vectors. Compressed tables from the VLDB 2024 benchmark
+("Experimental Analysis of Large-scale Learnable Vector Storage Compression": hashing, QR, TT-Rec,
+pruning, ...) are drop-in subclasses, PyG style: a subclass implements :meth:`EmbeddingTable.lookup`
+and, when it has constructor options beyond the convention, :meth:`EmbeddingTable.options`.
+
+Conventions:
+
+- Constructor ``Table(num_features, dim, budget=1.0, *, field_dims=None, **options)``. ``budget`` is
+  the fraction of the full table's bytes (``num_features * dim * 4``) the table may store, index
+  overhead included; :meth:`EmbeddingTable.memory_bytes` reports what it really stores.
+- ``field_dims`` (cardinality per field, summing to ``num_features``) gives the per-field offsets:
+  field ``f`` owns ids ``offsets[f] .. offsets[f] + field_dims[f] - 1``. Without it the table is one
+  shared id space. :class:`FieldwiseTable` builds one sub-table per field instead of one shared one.
+- ``forward(ids)`` takes a LongTensor ``[B, F]`` of global ids (column ``f`` holds field ``f``) and
+  returns ``[B, F, dim]``; it checks the id range (one min/max) and raises
+  :class:`~sparsekit.errors.InputError` naming ``"feature ids"``. ``lookup`` takes ids of any shape.
+- Every subclass registers under its ``kind`` so :func:`build_table` can rebuild it from
+  :meth:`EmbeddingTable.config` when a saved model is loaded.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from sparsekit.errors import InputError
+
+FLOAT_BYTES = 4
+TABLES: dict[str, type[EmbeddingTable]] = {}
+
+
+def _field_dims(num_features: int, field_dims: Sequence[int] | None) -> tuple[int, ...] | None:
+    if field_dims is None:
+        return None
+    dims = tuple(int(d) for d in field_dims)
+    if not dims or min(dims) < 1:
+        raise InputError("field_dims", f"every field needs at least one feature, got {dims}")
+    if sum(dims) != num_features:
+        raise InputError(
+            "field_dims", f"cardinalities sum to {sum(dims)}, expected num_features={num_features}"
+        )
+    return dims
+
+
+class EmbeddingTable(nn.Module, ABC):
+    """Abstract table: global feature ids ``[B, F]`` -> vectors ``[B, F, dim]``."""
+
+    kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            TABLES[cls.kind] = cls
+
+    def __init__(
+        self, num_features: int, dim: int, budget: float = 1.0, *, field_dims: Sequence[int] | None = None
+    ) -> None:
+        super().__init__()
+        if num_features < 1:
+            raise InputError("num_features", f"must be >= 1, got {num_features}")
+        if dim < 1:
+            raise InputError("dim", f"must be >= 1, got {dim}")
+        if not 0.0 < budget <= 1.0:
+            raise InputError("budget", f"must be in (0, 1], got {budget}")
+        self.num_features = int(num_features)
+        self.dim = int(dim)
+        self.budget = float(budget)
+        self.field_dims = _field_dims(self.num_features, field_dims)
+        if self.field_dims is not None:
+            starts = torch.tensor((0, *self.field_dims[:-1]), dtype=torch.int64).cumsum(0)
+            self.register_buffer("field_offsets", starts, persistent=False)
+
+    @property
+    def num_fields(self) -> int | None:
+        return None if self.field_dims is None else len(self.field_dims)
+
+    @abstractmethod
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """Vectors ``[*ids.shape, dim]`` of checked global feature ids of any shape."""
+
+    def options(self) -> dict[str, Any]:
+        """Constructor options beyond ``(num_features, dim, budget, field_dims)``; JSON-serializable."""
+        return {}
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        self.check_ids(ids)
+        return self.lookup(ids)
+
+    def check_ids(self, ids: torch.Tensor) -> None:
+        """Raise :class:`InputError` ("feature ids") unless ``ids`` is an in-range integer ``[B, F]``."""
+        if ids.dtype != torch.int64 or ids.dim() != 2:
+            raise InputError(
+                "feature ids", f"expected an int64 [batch, fields] tensor, got {ids.dtype} {tuple(ids.shape)}"
+            )
+        if self.field_dims is not None and ids.shape[1] != len(self.field_dims):
+            raise InputError("feature ids", f"expected {len(self.field_dims)} fields, got {ids.shape[1]}")
+        if ids.numel() == 0:
+            return
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= self.num_features:
+            bad = low if low < 0 else high
+            raise InputError("feature ids", f"id {bad} is out of range [0, {self.num_features})")
+
+    def field_of(self, ids: torch.Tensor) -> torch.Tensor:
+        """The field index of each global id (all zeros for a shared table without fields)."""
+        if self.field_dims is None:
+            return torch.zeros_like(ids)
+        return torch.bucketize(ids, self.field_offsets, right=True) - 1
+
+    def memory_bytes(self) -> int:
+        """Every byte the table stores: parameters and buffers (index overhead included)."""
+        tensors = [*self.parameters(), *self.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def full_bytes(self) -> int:
+        """Bytes of the uncompressed float32 table, the denominator of ``budget``."""
+        return self.num_features * self.dim * FLOAT_BYTES
+
+    def config(self) -> dict[str, Any]:
+        """What :func:`build_table` needs to rebuild this table (weights come from the state dict)."""
+        return {
+            "kind": self.kind,
+            "num_features": self.num_features,
+            "dim": self.dim,
+            "budget": self.budget,
+            "field_dims": None if self.field_dims is None else list(self.field_dims),
+            **self.options(),
+        }
+
+    def extra_repr(self) -> str:
+        fields = "" if self.field_dims is None else f", fields={len(self.field_dims)}"
+        return f"num_features={self.num_features}, dim={self.dim}, budget={self.budget:g}{fields}"
+
+
+TableFactory = Callable[..., EmbeddingTable]
+
+
+class FieldwiseTable(EmbeddingTable):
+    """One sub-table per field (built by ``table`` with the same ``dim`` and ``budget``).
+
+    Ids stay global; each field's sub-table sees local ids ``0 .. field_dims[f] - 1``.
+    """
+
+    kind = "fieldwise"
+
+    def __init__(
+        self,
+        num_features: int,
+        dim: int,
+        budget: float = 1.0,
+        *,
+        field_dims: Sequence[int] | None = None,
+        table: str | TableFactory = "full",
+        table_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(num_features, dim, budget, field_dims=field_dims)
+        if self.field_dims is None:
+            raise InputError("field_dims", "a field-wise table needs the field cardinalities")
+        factory = table_class(table) if isinstance(table, str) else table
+        self.table_options = dict(table_options or {})
+        self.tables = nn.ModuleList(factory(n, dim, budget, **self.table_options) for n in self.field_dims)
+
+    def options(self) -> dict[str, Any]:
+        return {"table": self.tables[0].kind, "table_options": self.table_options}
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.dim() == 2 and ids.shape[1] == len(self.tables):
+            local = ids - self.field_offsets
+            return torch.stack([t.lookup(local[:, f]) for f, t in enumerate(self.tables)], dim=1)
+        fields = self.field_of(ids)
+        out = torch.empty(*ids.shape, self.dim, dtype=self._dtype(), device=ids.device)
+        for f, table in enumerate(self.tables):
+            mask = fields == f
+            out[mask] = table.lookup(ids[mask] - self.field_offsets[f]).to(out.dtype)
+        return out
+
+    def _dtype(self) -> torch.dtype:
+        return next(iter(self.parameters())).dtype
+
+
+def table_class(kind: str) -> type[EmbeddingTable]:
+    """The registered table class of ``kind`` (a class registers when its module is imported)."""
+    import embeddings.full  # noqa: F401  (registers the baseline "full" kind)
+
+    if kind not in TABLES:
+        raise InputError("kind", f"unknown embedding table kind {kind!r} (known: {sorted(TABLES)})")
+    return TABLES[kind]
+
+
+def build_table(config: dict[str, Any]) -> EmbeddingTable:
+    """Rebuild a table from :meth:`EmbeddingTable.config`; its weights come from the state dict."""
+    options = dict(config)
+    return table_class(options.pop("kind"))(**options)

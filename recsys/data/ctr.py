@@ -1,0 +1,348 @@
+"""CTR datasets in one layout: seeded 70/10/20 splits of one-hot rows over global feature ids.
+
+Every dataset becomes a :class:`CTRDataset`: train / val / test :class:`CTRSplit` (int64 feature ids
+``[N, F]`` with the per-field offsets already applied, float32 0/1 labels) and a :class:`CTRSchema`
+(field names, cardinalities, raw value vocabularies). :meth:`CTRSchema.encode` turns raw field values
+(what a ScoreCTR client sends) into feature ids, naming the field of a malformed or unknown value.
+Vocabularies cover the dataset's whole feature space (from the metadata, not from the split rows), so a
+value seen only in val/test still has an id.
+
+- **Frappe** (Baltrunas et al. 2015, libFM files of NFM, He & Chua 2017): the shared copy lacks the
+  train file, so ``frappe.validation.libfm`` + ``frappe.test.libfm`` (86,582 rows) are concatenated and
+  re-split 70/10/20 with a fixed seed. Ten fields with the published cardinalities (user 957, item 4082,
+  daytime 7, weekday 7, isweekend 2, homework 3, cost 2, weather 9, country 80, city 233 = 5,382
+  features); the libFM ids are already these global ids. A raw value is the field-local index.
+- **MovieLens-100k CTR** (Harper & Konstan 2015): every rating is a row, click = rating >= 4. Fields
+  user, item, age (MovieLens-1M buckets <18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+; the raw value is
+  the age in years), gender, occupation, zip (the first character of the zip code: a region digit, or
+  a letter for the few non-US codes) and genre (the item's *first* genre in ``u.genre`` order, one id
+  per row rather than a multi-hot bag, so every field is one-hot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recsys.data.libfm import load_libfm, split_rows
+from recsys.data.movielens import load_movielens
+from sparsekit.dataroot import dataset_path
+from sparsekit.errors import InputError, NotFoundError
+
+SPLIT = (0.7, 0.1, 0.2)
+FRAPPE_FIELDS = (
+    ("user", 957),
+    ("item", 4082),
+    ("daytime", 7),
+    ("weekday", 7),
+    ("isweekend", 2),
+    ("homework", 3),
+    ("cost", 2),
+    ("weather", 9),
+    ("country", 80),
+    ("city", 233),
+)
+AGE_EDGES = (18, 25, 35, 45, 50, 56)
+AGE_LABELS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
+CLICK_RATING = 4
+
+RawRow = Mapping[str, Any] | Sequence[Any]
+
+
+@dataclass(frozen=True)
+class CTRField:
+    """One categorical field: ``cardinality`` ids; raw values are ``values`` (strings), or numbers cut
+    into ``len(bins) + 1`` buckets at the ascending edges ``bins``, or (neither) field-local integers."""
+
+    name: str
+    cardinality: int
+    values: tuple[str, ...] | None = None
+    bins: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.values is not None and len(self.values) != self.cardinality:
+            raise InputError(self.name, f"{len(self.values)} values for cardinality {self.cardinality}")
+        if self.bins is not None and len(self.bins) + 1 != self.cardinality:
+            raise InputError(self.name, f"{len(self.bins)} bin edges for cardinality {self.cardinality}")
+
+    def local_id(self, value: Any, row: int) -> int:
+        """The field-local id of one raw value; :class:`InputError` names the field and the row."""
+        if self.bins is not None:
+            number = _number(value, self.name, row)
+            return int(np.searchsorted(np.asarray(self.bins), number, side="right"))
+        if self.values is not None:
+            index = self._index().get(str(value).strip())
+            if index is None:
+                raise InputError(self.name, f"unknown value {value!r}", line=row)
+            return index
+        number = _number(value, self.name, row)
+        if number != int(number) or not 0 <= number < self.cardinality:
+            raise InputError(self.name, f"{value!r} is not an integer in [0, {self.cardinality})", line=row)
+        return int(number)
+
+    def _index(self) -> dict[str, int]:
+        cached = self.__dict__.get("_lookup")
+        if cached is None:
+            cached = {v: i for i, v in enumerate(self.values or ())}
+            object.__setattr__(self, "_lookup", cached)
+        return cached
+
+
+def _number(value: Any, name: str, row: int) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(name, f"{value!r} is not a number", line=row) from None
+    if not np.isfinite(number):
+        raise InputError(name, f"{value!r} is not a finite number", line=row)
+    return number
+
+
+@dataclass(frozen=True)
+class CTRSchema:
+    """The fields of a CTR dataset, in column order; field ``f`` owns ids ``offsets[f] ...``."""
+
+    fields: tuple[CTRField, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    @property
+    def field_dims(self) -> list[int]:
+        return [f.cardinality for f in self.fields]
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.field_dims)[:-1]]).astype(np.int64)
+
+    @property
+    def num_features(self) -> int:
+        return int(sum(self.field_dims))
+
+    def encode(self, rows: Sequence[RawRow]) -> np.ndarray:
+        """Raw rows (a mapping field -> value, or a sequence in field order) -> int64 ids ``[N, F]``.
+
+        Raises :class:`InputError` whose source is the field name (``"row"`` for a row of the wrong
+        length or with unknown field names) and whose line is the 1-based row number.
+        """
+        out = np.empty((len(rows), len(self.fields)), dtype=np.int64)
+        offsets = self.offsets
+        for r, raw in enumerate(rows, start=1):
+            values = self._ordered(raw, r)
+            for f, (spec, value) in enumerate(zip(self.fields, values, strict=True)):
+                out[r - 1, f] = offsets[f] + spec.local_id(value, r)
+        return out
+
+    def _ordered(self, raw: RawRow, row: int) -> list[Any]:
+        if isinstance(raw, Mapping):
+            unknown = sorted(set(raw) - set(self.names))
+            if unknown:
+                raise InputError("row", f"unknown field(s) {unknown} (fields: {self.names})", line=row)
+            for name in self.names:
+                if name not in raw:
+                    raise InputError(name, "missing value", line=row)
+            return [raw[name] for name in self.names]
+        if isinstance(raw, str | bytes) or len(raw) != len(self.fields):
+            raise InputError("row", f"expected {len(self.fields)} values ({self.names})", line=row)
+        return list(raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fields": [
+                {
+                    "name": f.name,
+                    "cardinality": f.cardinality,
+                    "values": None if f.values is None else list(f.values),
+                    "bins": None if f.bins is None else list(f.bins),
+                }
+                for f in self.fields
+            ]
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CTRSchema:
+        return cls(
+            tuple(
+                CTRField(
+                    f["name"],
+                    int(f["cardinality"]),
+                    None if f.get("values") is None else tuple(f["values"]),
+                    None if f.get("bins") is None else tuple(f["bins"]),
+                )
+                for f in data["fields"]
+            )
+        )
+
+
+@dataclass
+class CTRSplit:
+    """Feature ids (int64 ``[N, F]``, global) and labels (float32 ``[N]``, 0/1)."""
+
+    features: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class CTRDataset:
+    """Train / val / test splits over one schema."""
+
+    name: str
+    schema: CTRSchema
+    train: CTRSplit
+    val: CTRSplit
+    test: CTRSplit
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def field_names(self) -> list[str]:
+        return self.schema.names
+
+    @property
+    def field_dims(self) -> list[int]:
+        return self.schema.field_dims
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.schema.fields)
+
+    @property
+    def num_features(self) -> int:
+        return self.schema.num_features
+
+
+def split_dataset(
+    name: str,
+    schema: CTRSchema,
+    features: np.ndarray,
+    labels: np.ndarray,
+    seed: int = 0,
+    fractions: Sequence[float] = SPLIT,
+    info: dict[str, Any] | None = None,
+) -> CTRDataset:
+    """Shuffle rows with ``seed`` and cut them into train / val / test by ``fractions``."""
+    train, val, test = split_rows(len(labels), fractions, seed)
+    parts = [
+        CTRSplit(np.ascontiguousarray(features[i]), np.ascontiguousarray(labels[i]))
+        for i in (train, val, test)
+    ]
+    meta = {"seed": seed, "fractions": list(fractions), "rows": len(labels), **(info or {})}
+    return CTRDataset(name, schema, *parts, info=meta)
+
+
+def _folder(root: str | Path | None, name: str) -> Path:
+    if root is not None:
+        return Path(root)
+    path = dataset_path(name)
+    if path is None:
+        raise NotFoundError(f"dataset {name!r} not found under the data root (set SPARSEKIT_DATA)")
+    return path
+
+
+def frappe_schema() -> CTRSchema:
+    return CTRSchema(tuple(CTRField(name, size) for name, size in FRAPPE_FIELDS))
+
+
+def load_frappe_ctr(root: str | Path | None = None, seed: int = 0) -> CTRDataset:
+    """Frappe validation + test libFM rows re-split 70/10/20 with ``seed`` (see the module docstring)."""
+    folder = _folder(root, "frappe-libfm")
+    schema = frappe_schema()
+    parts = [
+        load_libfm(folder / f"frappe.{n}.libfm", num_features=schema.num_features)
+        for n in ("validation", "test")
+    ]
+    features = np.concatenate([p.features for p in parts])
+    labels = np.concatenate([p.labels for p in parts])
+    if features.shape[1] != len(schema.fields):
+        raise InputError(folder, f"expected {len(schema.fields)} fields per row, got {features.shape[1]}")
+    local = features - schema.offsets
+    for f, spec in enumerate(schema.fields):
+        if (bad := np.flatnonzero((local[:, f] < 0) | (local[:, f] >= spec.cardinality))).size:
+            raise InputError(
+                folder,
+                f"row {bad[0]}: field {spec.name!r} has id {features[bad[0], f]} outside "
+                f"its range [{schema.offsets[f]}, {schema.offsets[f] + spec.cardinality})",
+            )
+    return split_dataset("frappe", schema, features, labels, seed)
+
+
+def movielens_schema(users: pl.DataFrame, items: pl.DataFrame, genres: Sequence[str]) -> CTRSchema:
+    """The seven MovieLens CTR fields; vocabularies come from ``u.user`` / ``u.item`` / ``u.genre``."""
+    occupations = tuple(sorted(set(users["occupation"].to_list())))
+    zips = tuple(sorted({_zip_region(z) for z in users["zip"].to_list()}))
+    return CTRSchema(
+        (
+            CTRField("user", users.height, tuple(str(u) for u in users["id"].sort().to_list())),
+            CTRField("item", items.height, tuple(str(i) for i in items["id"].sort().to_list())),
+            CTRField("age", len(AGE_LABELS), bins=tuple(float(e) for e in AGE_EDGES)),
+            CTRField("gender", 2, ("F", "M")),
+            CTRField("occupation", len(occupations), occupations),
+            CTRField("zip", len(zips), zips),
+            CTRField("genre", len(genres), tuple(genres)),
+        )
+    )
+
+
+def _zip_region(zip_code: str) -> str:
+    code = zip_code.strip().upper()
+    return code[:1] if code else "?"
+
+
+def _first_genre(genres: pl.Series, unknown: str) -> pl.Series:
+    return genres.list.first().fill_null(unknown)
+
+
+def load_movielens_ctr(root: str | Path | None = None, seed: int = 0) -> CTRDataset:
+    """MovieLens-100k ratings as CTR rows (click = rating >= 4), split 70/10/20 with ``seed``."""
+    folder = _folder(root, "movielens-100k")
+    if not (folder / "u.data").is_file() and (folder / "ml-100k" / "u.data").is_file():
+        folder = folder / "ml-100k"
+    ml = load_movielens(folder)
+    schema = movielens_schema(ml.users, ml.items, ml.genres)
+    users = ml.users.with_columns(pl.col("zip").map_elements(_zip_region, return_dtype=pl.String))
+    items = ml.items.with_columns(_first_genre(ml.items["genres"], ml.genres[0]).alias("genre"))
+    rows = ml.ratings.join(users.rename({"id": "user"}), on="user", how="left").join(
+        items.select(pl.col("id").alias("item"), "genre"), on="item", how="left"
+    )
+    columns = {
+        "user": rows["user"].cast(pl.String),
+        "item": rows["item"].cast(pl.String),
+        "age": rows["age"],
+        "gender": rows["gender"],
+        "occupation": rows["occupation"],
+        "zip": rows["zip"],
+        "genre": rows["genre"],
+    }
+    features = np.stack(
+        [
+            _encode_column(spec, columns[spec.name], offset)
+            for spec, offset in zip(schema.fields, schema.offsets, strict=True)
+        ],
+        axis=1,
+    )
+    labels = (rows["rating"].to_numpy() >= CLICK_RATING).astype(np.float32)
+    return split_dataset("movielens-100k", schema, features, labels, seed, info={"click": "rating >= 4"})
+
+
+def _encode_column(spec: CTRField, column: pl.Series, offset: int) -> np.ndarray:
+    """Vectorized :meth:`CTRField.local_id` over a whole column (+ the field offset)."""
+    if spec.bins is not None:
+        local = np.searchsorted(np.asarray(spec.bins), column.to_numpy().astype(np.float64), side="right")
+    else:
+        index = pl.DataFrame({"value": list(spec.values or ()), "local": np.arange(spec.cardinality)})
+        joined = pl.DataFrame({"value": column.str.strip_chars()}).join(
+            index, on="value", how="left", maintain_order="left"
+        )
+        if joined["local"].null_count():
+            bad = joined.filter(pl.col("local").is_null())["value"][0]
+            raise InputError(spec.name, f"unknown value {bad!r}")
+        local = joined["local"].to_numpy()
+    return local.astype(np.int64) + offset

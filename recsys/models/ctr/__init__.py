@@ -1,0 +1,1 @@
+"""CTR models (DLRM, WDL, DeepFM, DCNv2) that take any embedding table from :mod:`embeddings`."""

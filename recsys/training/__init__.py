@@ -1,0 +1,1 @@
+"""Training loops for recommenders: collaborative filtering and CTR models."""

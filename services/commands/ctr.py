@@ -1,0 +1,95 @@
+"""CLI for CTR models: ``sparsekit train ctr`` and AFM low-rank compression (``sparsekit compress ctr``).
+
+Python API: :func:`recsys.training.ctr.train_ctr`, :func:`recsys.lowrank.compress`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from services.commands.output import console, fail
+from sparsekit.errors import SparsekitError
+
+DATASETS = ("frappe", "movielens")
+
+
+def load_ctr_dataset(name: str, root: Path | None, seed: int):  # -> recsys.data.ctr.CTRDataset
+    """Frappe (libFM rows re-split 70/10/20) or the MovieLens-100k CTR set, from the data root or ``root``."""
+    from recsys.data.ctr import load_frappe_ctr, load_movielens_ctr
+
+    if name not in DATASETS:
+        raise ValueError(f"--data {name!r}: expected one of {', '.join(DATASETS)}")
+    return (load_frappe_ctr if name == "frappe" else load_movielens_ctr)(root, seed=seed)
+
+
+def train_ctr_command(
+    data: Annotated[str, typer.Option(help="frappe or movielens (CTR: rating >= 4 is a click).")],
+    out: Annotated[Path, typer.Option(help="Model directory to write (ctr-model artifact).")],
+    model: Annotated[str, typer.Option(help="dlrm, wdl, deepfm or dcnv2.")] = "deepfm",
+    data_root: Annotated[Path | None, typer.Option(help="Dataset folder (default: the data root).")] = None,
+    embed_dim: Annotated[int, typer.Option(help="Embedding width.")] = 16,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-2,
+    max_epochs: Annotated[int, typer.Option(help="Epoch cap (early stopping on validation AUC).")] = 30,
+    patience: Annotated[int, typer.Option(help="Epochs without validation gain before stopping.")] = 2,
+    seed: Annotated[int, typer.Option(help="Split and initialisation seed.")] = 0,
+    threads: Annotated[int, typer.Option(help="torch threads (1 avoids thrashing on busy machines).")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
+) -> None:
+    """Train a CTR model with early stopping on validation AUC; save it with its field schema."""
+    from recsys.training.ctr import CTRTrainConfig, save_ctr_model, train_ctr
+
+    try:
+        dataset = load_ctr_dataset(data, data_root, seed)
+        config = CTRTrainConfig(model=model, embed_dim=embed_dim, lr=lr, max_epochs=max_epochs,
+                                patience=patience, seed=seed, threads=threads)
+        result = train_ctr(config, dataset)
+        save_ctr_model(result.model, out, schema=dataset.schema, config=config, metrics=result.metrics,
+                       overwrite=overwrite)
+    except (SparsekitError, ValueError) as exc:
+        fail(exc)
+    m = result.metrics
+    console.print(f"{model} on {data}: best epoch {result.best_epoch}, val AUC {m['val_auc']:.4f}, "
+                  f"test AUC {m['test_auc']:.4f}, logloss {m['test_logloss']:.4f}; saved to {out}")
+
+
+def compress_ctr_command(
+    model: Annotated[Path, typer.Option(help="A trained ctr-model directory (from `train ctr`).")],
+    calib: Annotated[str, typer.Option(help="Calibration data: frappe or movielens (its train split).")],
+    out: Annotated[Path, typer.Option(help="Compressed model directory to write.")],
+    rank: Annotated[int | None, typer.Option(help="Keep the top-k eigenvectors of every layer.")] = None,
+    energy: Annotated[float | None, typer.Option(help="Or: the smallest rank explaining this share of "
+                                                      "variance (e.g. 0.99).")] = None,
+    embedding: Annotated[bool, typer.Option(help="Also compress the embedding table.")] = False,
+    calib_rows: Annotated[int, typer.Option(help="Training rows in the calibration pass.")] = 20000,
+    data_root: Annotated[Path | None, typer.Option(help="Dataset folder (default: the data root).")] = None,
+    seed: Annotated[int, typer.Option(help="Split seed (must match training).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
+) -> None:
+    """Atomic Feature Mimicking: one calibration pass, top-k eigenvectors per layer, no retraining."""
+    from recsys.lowrank import affected_layers, compress, default_targets, parameter_count
+    from recsys.training.ctr import batches, evaluate_ctr, load_ctr_model, save_ctr_model
+
+    if (rank is None) == (energy is None):
+        fail(ValueError("pass exactly one of --rank and --energy"))
+    try:
+        art = load_ctr_model(model)
+        dataset = load_ctr_dataset(calib, data_root, seed)
+        targets = default_targets(art.model) + (["embedding"] if embedding else [])
+        rows = np.random.default_rng(seed).permutation(len(dataset.train))[:calib_rows]
+        small = compress(art.model, batches(dataset.train.features[rows], 4096), rank=rank, energy=energy,
+                         targets=targets)
+        save_ctr_model(small, out, schema=art.schema, metrics={}, overwrite=overwrite)
+    except (SparsekitError, ValueError) as exc:
+        fail(exc)
+    layers = affected_layers(small.lowrank_spec)
+    table = Table("model", "params (affected layers)", "val AUC", "test AUC", title=f"AFM on {calib}")
+    for name, m in (("original", art.model), ("compressed", small)):
+        auc = {split: evaluate_ctr(m, getattr(dataset, split))["auc"] for split in ("val", "test")}
+        table.add_row(name, f"{parameter_count(m, layers):,}", f"{auc['val']:.4f}", f"{auc['test']:.4f}")
+    console.print(table)
+    console.print(f"saved to {out}")
