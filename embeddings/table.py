@@ -34,6 +34,12 @@ from sparsekit.errors import InputError
 
 FLOAT_BYTES = 4
 TABLES: dict[str, type[EmbeddingTable]] = {}
+BUDGET_SLACK = 1.02  # a table may store up to 2% over its budget (rounding to whole rows / codes)
+
+
+class BudgetError(InputError):
+    """The method cannot represent the table within the requested budget (e.g. its fixed parts alone
+    exceed it). The benchmark records such a (method, budget) cell as infeasible."""
 
 
 def _field_dims(num_features: int, field_dims: Sequence[int] | None) -> tuple[int, ...] | None:
@@ -122,6 +128,17 @@ class EmbeddingTable(nn.Module, ABC):
     def full_bytes(self) -> int:
         """Bytes of the uncompressed float32 table, the denominator of ``budget``."""
         return self.num_features * self.dim * FLOAT_BYTES
+
+    def budget_bytes(self) -> int:
+        """The most bytes this table may store: ``budget * full_bytes()``."""
+        return int(self.budget * self.full_bytes())
+
+    def check_budget(self) -> None:
+        """Raise :class:`BudgetError` when :meth:`memory_bytes` exceeds the budget (with the 2% slack)."""
+        used, allowed = self.memory_bytes(), self.budget_bytes()
+        if used > BUDGET_SLACK * allowed:
+            raise BudgetError(self.kind or type(self).__name__,
+                              f"stores {used} bytes, over {BUDGET_SLACK:g} x the budget of {allowed} bytes")
 
     def config(self) -> dict[str, Any]:
         """What :func:`build_table` needs to rebuild this table (weights come from the state dict)."""
