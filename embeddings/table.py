@@ -99,6 +99,20 @@ class EmbeddingTable(nn.Module, ABC):
         self.check_ids(ids)
         return self.lookup(ids)
 
+    # Training hooks (called by recsys.training.ctr.train_ctr); no-ops unless a method needs them.
+
+    def penalty(self) -> torch.Tensor | None:
+        """An extra loss term added at every training step (e.g. a sparsity regulariser), or ``None``."""
+        return None
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called after optimizer step ``step`` (1-based) of ``total_steps`` (e.g. a pruning schedule)."""
+
+    def finalize(self) -> EmbeddingTable:
+        """The table that serves after training (e.g. pruned rows packed as CSR); its stored size meets
+        the budget. Called once, on the best checkpoint."""
+        return self
+
     def check_ids(self, ids: torch.Tensor) -> None:
         """Raise :class:`InputError` ("feature ids") unless ``ids`` is an in-range integer ``[B, F]``."""
         if ids.dtype != torch.int64 or ids.dim() != 2:

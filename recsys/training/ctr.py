@@ -152,20 +152,29 @@ def _train_epoch(
     rng: np.random.Generator,
     device: str,
     bar: tqdm,
+    steps: tuple[int, int],
 ) -> tuple[float, float]:
-    """One pass over shuffled train rows; returns (mean loss, samples/s)."""
+    """One pass over shuffled train rows; returns (mean loss, samples/s). ``steps`` is (steps done before
+    this epoch, total steps of the run), passed to the table's training hooks."""
     model.train()
     loss_fn = nn.BCEWithLogitsLoss()
+    table: EmbeddingTable = model.embedding
     total, start = 0.0, time.perf_counter()
+    step, total_steps = steps
     for ids, labels in batches(
         data.features, config.batch_size, data.labels, device, rng.permutation(len(data))
     ):
         loss = loss_fn(model(ids), labels)
         if config.embedding_l2 > 0:
             loss = loss + config.embedding_l2 * _embedding_penalty(model, ids)
+        extra = table.penalty()
+        if extra is not None:
+            loss = loss + extra
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
+        step += 1
+        table.after_step(step, total_steps)
         total += loss.item() * len(labels)
         bar.update(len(labels))
     return total / len(data), len(data) / (time.perf_counter() - start)
@@ -197,8 +206,10 @@ def train_ctr(
         unit="row",
         disable=not config.progress,
     )
+    per_epoch = math.ceil(len(data.train) / config.batch_size)
     for epoch in range(1, config.max_epochs + 1):
-        loss, speed = _train_epoch(model, optim, data.train, config, rng, device, bar)
+        steps = ((epoch - 1) * per_epoch, config.max_epochs * per_epoch)
+        loss, speed = _train_epoch(model, optim, data.train, config, rng, device, bar, steps)
         val = evaluate_ctr(model, data.val, config.eval_batch_size)
         history.append(
             {
@@ -219,6 +230,7 @@ def train_ctr(
                 break
     bar.close()
     model.load_state_dict(best_state)
+    model.embedding = model.embedding.finalize()  # the serving table (e.g. pruned rows packed)
     model.eval()
     return CTRTrainResult(model, history, _final_metrics(model, data, history, config), best_epoch, config)
 
