@@ -8,14 +8,9 @@ follow the BARS / VLDB'24 benchmark settings.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-from torch import nn
 
-from embeddings.full import FullTable
-from embeddings.table import EmbeddingTable
-from recsys.models.ctr.mlp import MLP, DeepInput
+from recsys.models.ctr.wdl import WideDeep
 
 
 def fm_interaction(emb: torch.Tensor) -> torch.Tensor:
@@ -25,31 +20,12 @@ def fm_interaction(emb: torch.Tensor) -> torch.Tensor:
     return 0.5 * (square_of_sum - sum_of_squares).sum(dim=1)
 
 
-class DeepFM(nn.Module):
-    """DeepFM over any :class:`EmbeddingTable`; ``forward(ids [B, F]) -> logits [B]``."""
+class DeepFM(WideDeep):
+    """DeepFM over any :class:`EmbeddingTable`: Wide & Deep's first-order and deep parts plus the FM
+    interaction of the same embeddings; ``forward(ids [B, F]) -> logits [B]``."""
 
     name = "deepfm"
 
-    def __init__(
-        self,
-        embedding: EmbeddingTable,
-        num_fields: int,
-        hidden: Sequence[int] = (400, 400, 400),
-        dropout: float = 0.0,
-        first_order: EmbeddingTable | None = None,
-    ) -> None:
-        super().__init__()
-        self.hparams = {"num_fields": num_fields, "hidden": list(hidden), "dropout": dropout}
-        self.embedding = embedding
-        self.first_order = first_order or FullTable(
-            embedding.num_features, 1, field_dims=embedding.field_dims
-        )
-        self.bias = nn.Parameter(torch.zeros(1))
-        self.deep_input = DeepInput()
-        self.deep = MLP(num_fields * embedding.dim, hidden, dropout, out_dim=1)
-
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         emb = self.embedding(ids)
-        linear = self.first_order.lookup(ids).sum(dim=(1, 2)) + self.bias
-        deep = self.deep(self.deep_input(self.embedding, ids, emb)).squeeze(1)
-        return linear + fm_interaction(emb) + deep
+        return self.wide_and_deep(ids, emb) + fm_interaction(emb)

@@ -41,6 +41,9 @@ class WideDeep(nn.Module):
         self.deep = MLP(num_fields * embedding.dim, hidden, dropout, out_dim=1)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        emb = self.embedding(ids)
+        return self.wide_and_deep(ids, self.embedding(ids))
+
+    def wide_and_deep(self, ids: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The wide (first-order + bias) and deep logits of ``ids`` given their embeddings ``emb``."""
         wide = self.first_order.lookup(ids).sum(dim=(1, 2)) + self.bias
         return wide + self.deep(self.deep_input(self.embedding, ids, emb)).squeeze(1)
