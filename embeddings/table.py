@@ -218,7 +218,9 @@ class FieldwiseTable(EmbeddingTable):
 
 def table_class(kind: str) -> type[EmbeddingTable]:
     """The registered table class of ``kind`` (a class registers when its module is imported)."""
-    import embeddings.full  # noqa: F401  (registers the baseline "full" kind)
+    from embeddings.registry import import_all  # every method module registers its kinds on import
+
+    import_all()
 
     if kind not in TABLES:
         raise InputError("kind", f"unknown embedding table kind {kind!r} (known: {sorted(TABLES)})")

@@ -1,0 +1,222 @@
+"""Benchmark: embedding compression methods as drop-in tables at fixed memory budgets (VLDB 2024 benchmark).
+
+1. **Memory accounting.** Every method at every budget is built on Frappe's shape (5,382 features, 10
+   fields, dim 16); ``memory_bytes()`` must equal the module's real parameter + buffer bytes and stay
+   <= 1.02 x the budget (infeasible cells raise ``BudgetError`` and are listed).
+2. **Frappe grid** (:mod:`embeddings.sweep`): DCNv2 x every method x budgets {0.5, 0.1, 0.01, 0.001} x
+   3 seeds, plus DeepFM at budget 0.1, with the full table as baseline; early stopping on validation AUC.
+   The best method per budget is chosen on validation AUC and its test AUC compared with the full table's.
+   Resumable: runs already under ``--work`` are read back.
+3. **Synthetic 20M-feature table at budget 0.01:** per method, the RSS it adds when built, lookup
+   throughput relative to ``nn.EmbeddingBag`` at full size (1.28 GB), and DCNv2 training samples/s on
+   planted-logistic rows (:mod:`recsys.data.synthetic_ctr`).
+
+Writes ``benchmarks/results/embedding_compression.{json,csv,md,png}`` (DESIGN.md §7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shlex
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+import torch  # noqa: E402
+from environment import commit, machine  # noqa: E402
+
+from embeddings.registry import METHODS  # noqa: E402
+from embeddings.sweep import SweepConfig, recommend, run_sweep, summarize, write_report  # noqa: E402
+from embeddings.table import BUDGET_SLACK, BudgetError, table_class  # noqa: E402
+from recsys.data.ctr import frappe_schema  # noqa: E402
+
+BUDGETS = (0.5, 0.1, 0.01, 0.001)
+SYNTHETIC_FIELDS = (12_000_000, 5_000_000, 2_000_000, 900_000, 90_000, 10_000)  # 20M features
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def real_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def memory_accounting(dim: int = 16) -> dict[str, Any]:
+    """Build every method at every budget on Frappe's shape; compare reported, real and allowed bytes."""
+    schema = frappe_schema()
+    cells = []
+    for method, kind in METHODS.items():
+        for budget in BUDGETS:
+            try:
+                table = table_class(kind)(schema.num_features, dim, budget, field_dims=schema.field_dims)
+            except BudgetError as exc:
+                cells.append({"method": method, "budget": budget, "status": "infeasible", "reason": str(exc)})
+                continue
+            served = table.finalize()
+            cells.append({"method": method, "budget": budget, "status": "ok",
+                          "reported": served.memory_bytes(), "real": real_bytes(served),
+                          "allowed": served.budget_bytes(),
+                          "ratio": served.memory_bytes() / max(served.budget_bytes(), 1)})
+    ok = [c for c in cells if c["status"] == "ok"]
+    return {"cells": cells, "mismatches": sum(c["reported"] != c["real"] for c in ok),
+            "max_ratio": max(c["ratio"] for c in ok), "infeasible": [(c["method"], c["budget"])
+                                                                  for c in cells if c["status"] != "ok"]}
+
+
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _lookups_per_s(fn, ids: torch.Tensor, repeats: int) -> float:
+    with torch.no_grad():
+        fn(ids)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn(ids)
+    return ids.numel() * repeats / (time.perf_counter() - start)
+
+
+def _synthetic_rows(batch: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    from recsys.data.synthetic_ctr import SyntheticCTRConfig, synthetic_chunks
+
+    config = SyntheticCTRConfig(field_dims=SYNTHETIC_FIELDS, num_rows=batch * (steps + 1), seed=0,
+                                chunk_rows=batch * (steps + 1))
+    features, labels = next(iter(synthetic_chunks(config)))[:2]
+    return features, labels
+
+
+def synthetic_one(method: str, budget: float, batch: int, repeats: int, steps: int) -> dict[str, Any]:
+    """One method in a fresh process (so the RSS delta is its own): RSS added by building the table,
+    lookups/s on ``[batch, 6]`` ids, and DCNv2 training samples/s (Adam, ``steps`` steps)."""
+    from recsys.training.ctr import CTRTrainConfig, build_ctr_model
+
+    features, labels = _synthetic_rows(batch, steps)
+    ids = torch.from_numpy(np.ascontiguousarray(features[:batch]))
+    n, dim = sum(SYNTHETIC_FIELDS), 16
+    if method == "embeddingbag":  # the baseline: full size, one id per bag
+        before = _rss()
+        bag = torch.nn.EmbeddingBag(n, dim, mode="sum")
+        offsets = torch.arange(ids.numel())
+        speed = _lookups_per_s(lambda x: bag(x.reshape(-1), offsets), ids, repeats)
+        return {"status": "ok", "rss_bytes": _rss() - before, "lookups_per_s": round(speed)}
+    before = _rss()
+    try:
+        table = table_class(METHODS[method])(n, dim, budget, field_dims=SYNTHETIC_FIELDS)
+    except BudgetError as exc:
+        return {"status": "infeasible", "reason": str(exc)}
+    rss = _rss() - before
+    speed = _lookups_per_s(table, ids, repeats)
+    model = build_ctr_model(CTRTrainConfig(model="dcnv2"), list(SYNTHETIC_FIELDS), table)
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    start = time.perf_counter()
+    for step in range(steps):
+        rows = slice(step * batch, (step + 1) * batch)
+        loss = loss_fn(model(torch.from_numpy(features[rows])), torch.from_numpy(labels[rows]))
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+    train_speed = steps * batch / (time.perf_counter() - start)
+    return {"status": "ok", "stored_bytes": table.memory_bytes(), "rss_bytes": rss,
+            "lookups_per_s": round(speed), "train_samples_per_s": round(train_speed, 1)}
+
+
+def synthetic(methods: list[str], budget: float, batch: int, repeats: int, steps: int) -> dict[str, Any]:
+    """:func:`synthetic_one` for the baseline and every method, each in its own spawned process."""
+    out: dict[str, Any] = {"features": sum(SYNTHETIC_FIELDS), "budget": budget, "batch": batch,
+                           "model": "dcnv2"}
+    for method in ["embeddingbag", *methods]:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            try:
+                out[method] = pool.submit(synthetic_one, method, budget, batch, repeats, steps).result()
+            except Exception as exc:  # a method that fails at this scale is reported, not fatal
+                out[method] = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
+        if out[method].get("status") == "ok" and method != "embeddingbag":
+            base = out["embeddingbag"]["lookups_per_s"]
+            out[method]["lookup_speed_vs_embeddingbag"] = round(out[method]["lookups_per_s"] / base, 3)
+    return out
+
+
+def _entry(criterion: str, value: float, op: str, target: float) -> dict[str, Any]:
+    ok = {"<=": value <= target, ">=": value >= target, ">": value > target}[op]
+    return {"criterion": criterion, "value": round(float(value), 6), "op": op, "target": target,
+            "pass": bool(ok)}
+
+
+def acceptance(mem: dict[str, Any], best: pl.DataFrame, runs: pl.DataFrame,
+               syn: dict[str, Any]) -> list[dict]:
+    ok = runs.filter(pl.col("status") == "ok")
+    acc = [_entry("memory_bytes() == real parameter + buffer bytes: mismatching (method, budget) cells",
+                  mem["mismatches"], "<=", 0),
+           _entry("built tables: max memory_bytes / budget", mem["max_ratio"], "<=", BUDGET_SLACK),
+           _entry("trained serving tables: max stored bytes / budget",
+                  float((ok.filter(pl.col("method") != "full")["stored_bytes"]
+                         / ok.filter(pl.col("method") != "full")["budget_bytes"]).max()), "<=", BUDGET_SLACK)]
+    full = ok.filter((pl.col("method") == "full") & (pl.col("model") == "dcnv2"))["test_auc"].mean()
+    acc.append(_entry("DCNv2 full-table test AUC (Frappe, mean of seeds)", full, ">", 0.5))
+    for budget, gap in ((0.1, 0.003), (0.01, 0.01)):
+        row = best.filter((pl.col("model") == "dcnv2") & (pl.col("budget") == budget))
+        acc.append(_entry(f"best method at budget {budget} (chosen on val): full test AUC - its test AUC",
+                          row["gap_to_full"][0], "<=", gap))
+    measured = [m for m, r in syn.items()
+                if m != "embeddingbag" and isinstance(r, dict) and r.get("status") == "ok"]
+    acc.append(_entry("synthetic 20M features at budget 0.01: methods measured (RSS, lookups/s, train/s)",
+                      len(measured), ">", 0))
+    return acc
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "embedding-sweep")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--max-epochs", type=int, default=30)
+    p.add_argument("--synthetic-batch", type=int, default=4096)
+    p.add_argument("--synthetic-steps", type=int, default=20)
+    p.add_argument("--skip-synthetic", action="store_true")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args()
+    start = time.perf_counter()
+    methods = tuple(m for m in args.methods.split(",") if m)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    mem = memory_accounting()
+    grid = SweepConfig(models=("dcnv2",), methods=methods, budgets=BUDGETS, seeds=seeds,
+                       out_dir=str(args.work), max_epochs=args.max_epochs)
+    deepfm = SweepConfig(models=("deepfm",), methods=methods, budgets=(0.1,), seeds=seeds,
+                         out_dir=str(args.work), max_epochs=args.max_epochs)
+    runs = pl.concat([run_sweep(grid), run_sweep(deepfm)], how="diagonal_relaxed")
+    paths = write_report(runs, args.work / "report")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for key in ("csv", "md", "png"):
+        shutil.copyfile(paths[key], args.out / paths[key].name)
+    best = recommend(summarize(runs))
+    torch.set_num_threads(os.cpu_count() or 1)
+    syn = {} if args.skip_synthetic else synthetic(list(methods), 0.01, args.synthetic_batch, 5,
+                                                   args.synthetic_steps)
+    metrics = {"memory_accounting": mem, "recommendation": best.to_dicts(),
+               "summary": summarize(runs).to_dicts(), "synthetic": syn}
+    result = {"benchmark": "embedding_compression", "commit": commit(), "machine": machine(),
+              "command": "python " + shlex.join(["benchmarks/embedding_compression.py", *sys.argv[1:]]),
+              "wall_s": round(time.perf_counter() - start, 1), "metrics": metrics,
+              "acceptance": acceptance(mem, best, runs, syn)}
+    tmp = args.out / ".embedding_compression.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    os.replace(tmp, args.out / "embedding_compression.json")
+    print(json.dumps(result, default=float))
+
+
+if __name__ == "__main__":
+    main()

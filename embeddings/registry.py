@@ -1,0 +1,28 @@
+"""The compression methods of the embedding benchmark (VLDB 2024, "Experimental Analysis of Large-scale
+Learnable Vector Storage Compression") by name, importing their modules so their table kinds register.
+
+``METHODS`` maps the benchmark's method name to the table ``kind`` a user constructs; serving-only kinds a
+method finalizes into (CSR rows, codebooks, quantized rows) register on import as well, so a saved model
+rebuilds through :func:`embeddings.table.build_table`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+MODULES = ("full", "hashing", "qr", "tt_rec", "dhe", "robe", "dpq", "mgqe", "dedup", "mde", "autodim",
+           "optembed", "deeplight", "pep", "autosrh", "quantization", "alpt", "adaptembed")
+
+# benchmark method name -> table kind (the full table is the baseline, not a method)
+METHODS = {
+    "hashing": "hashing", "qr": "qr", "tt_rec": "tt_rec", "dhe": "dhe", "robe": "robe", "dpq": "dpq",
+    "mgqe": "mgqe", "adaptembed": "adaptembed", "mde": "mde", "autodim": "autodim", "optembed": "optembed",
+    "deeplight": "deeplight", "pep": "pep", "autosrh": "autosrh", "int8": "int8", "int16": "int16",
+    "alpt": "alpt", "dedup": "dedup",
+}
+
+
+def import_all() -> None:
+    """Import every method module (idempotent), registering all table kinds."""
+    for name in MODULES:
+        importlib.import_module(f"embeddings.{name}")

@@ -1,0 +1,217 @@
+"""The budget sweep of the embedding compression benchmark (VLDB 2024, "Experimental Analysis of Large-scale
+Learnable Vector Storage Compression"): every method x memory budget x seed x CTR model, trained the same way.
+
+Each run builds the method's table at the budget (``BudgetError``: the cell is recorded as infeasible),
+trains the CTR model with early stopping on validation AUC (:func:`recsys.training.ctr.train_ctr`), lets
+the table finalize into its serving form, and records AUC / logloss on validation and test, the serving
+table's stored bytes, and training and inference samples/s. Runs are written one JSON file each
+(atomically) under ``<out>/runs/``; a rerun skips finished runs, so a killed sweep resumes.
+
+The report: a tidy table (polars -> CSV and Markdown, mean and std over seeds), AUC vs budget per method
+(log x; PNG), and "which method at which budget": per model and budget the method with the best mean
+*validation* AUC, with its test AUC and the gap to the full table's test AUC (test is never used to choose).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from tqdm.auto import tqdm
+
+from embeddings.registry import METHODS
+from embeddings.table import BudgetError, table_class
+from sparsekit.errors import InputError
+
+BASELINE = "full"
+
+
+@dataclass
+class SweepConfig:
+    """What to sweep and how each run trains (defaults: the issue's Frappe grid with DCNv2)."""
+
+    dataset: str = "frappe"
+    models: tuple[str, ...] = ("dcnv2",)
+    methods: tuple[str, ...] = tuple(METHODS)
+    budgets: tuple[float, ...] = (0.5, 0.1, 0.01, 0.001)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    out_dir: str = "runs/embedding-sweep"
+    embed_dim: int = 16
+    max_epochs: int = 30
+    patience: int = 2
+    threads: int = 1
+    data_root: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown:
+            raise InputError("methods", f"unknown method(s) {unknown}; known: {sorted(METHODS)}")
+        bad = [b for b in self.budgets if not 0.0 < b <= 1.0]
+        if bad:
+            raise InputError("budgets", f"budgets must lie in (0, 1], got {bad}")
+
+
+@dataclass(frozen=True)
+class RunKey:
+    model: str
+    method: str
+    budget: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}__{self.method}__{self.budget:g}__s{self.seed}"
+
+
+def run_keys(config: SweepConfig) -> list[RunKey]:
+    """The baseline (full table, budget 1) plus every method x budget, for each model and seed."""
+    keys = []
+    for model in config.models:
+        for seed in config.seeds:
+            keys.append(RunKey(model, BASELINE, 1.0, seed))
+            keys += [RunKey(model, m, b, seed) for m in config.methods for b in config.budgets]
+    return keys
+
+
+def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
+    """Train one cell; a method that cannot meet the budget gives ``status == "infeasible"``."""
+    from recsys.training.ctr import CTRTrainConfig, train_ctr
+
+    kind = BASELINE if key.method == BASELINE else METHODS[key.method]
+    row: dict[str, Any] = {**asdict(key), "dataset": config.dataset}
+    try:
+        table = table_class(kind)(data.num_features, config.embed_dim, key.budget, field_dims=data.field_dims)
+    except BudgetError as exc:
+        return {**row, "status": "infeasible", "reason": str(exc)}
+    train = CTRTrainConfig(model=key.model, embed_dim=config.embed_dim, max_epochs=config.max_epochs,
+                           patience=config.patience, seed=key.seed, threads=config.threads, progress=False)
+    result = train_ctr(train, data, table)
+    served = result.model.embedding
+    return {**row, "status": "ok", "table": served.kind, "stored_bytes": served.memory_bytes(),
+            "budget_bytes": int(key.budget * served.full_bytes()), "full_bytes": served.full_bytes(),
+            "best_epoch": result.best_epoch, "epochs": len(result.history), **result.metrics}
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def load_dataset(name: str, root: str | None, seed: int = 0) -> Any:
+    """The CTR dataset ``frappe`` or ``movielens`` (fixed split seed, the same for every run)."""
+    from recsys.data.ctr import load_frappe_ctr, load_movielens_ctr
+
+    loaders = {"frappe": load_frappe_ctr, "movielens": load_movielens_ctr}
+    if name not in loaders:
+        raise InputError("dataset", f"unknown CTR dataset {name!r}; choose one of {sorted(loaders)}")
+    return loaders[name](root, seed=seed)
+
+
+def run_sweep(config: SweepConfig) -> pl.DataFrame:
+    """Run (or resume) the sweep; returns one row per run, finished runs read back from disk."""
+    runs = Path(config.out_dir) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(config.dataset, config.data_root)
+    rows = []
+    keys = run_keys(config)
+    for key in tqdm(keys, desc="embedding sweep", disable=not config.progress):
+        path = runs / f"{key.name}.json"
+        if path.is_file():
+            rows.append(json.loads(path.read_text()))
+            continue
+        row = run_one(key, data, config)
+        _write_json(path, row)
+        rows.append(row)
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def summarize(runs: pl.DataFrame) -> pl.DataFrame:
+    """Mean and std over seeds per (model, method, budget); infeasible cells keep a row with n_ok 0."""
+    ok = pl.col("status") == "ok"
+    metrics = ["val_auc", "test_auc", "test_logloss", "stored_bytes", "train_samples_per_s",
+               "inference_samples_per_s"]
+    aggs = [pl.col(m).filter(ok).mean().alias(m) for m in metrics]
+    aggs += [pl.col(m).filter(ok).std().alias(f"{m}_std") for m in ("val_auc", "test_auc")]
+    aggs += [ok.sum().alias("n_ok"), pl.len().alias("n_runs"), pl.col("budget_bytes").max()]
+    return runs.group_by("model", "method", "budget").agg(aggs).sort("model", "budget", "method",
+                                                                     descending=[False, True, False])
+
+
+def recommend(summary: pl.DataFrame) -> pl.DataFrame:
+    """Per model and budget: the method with the best mean validation AUC, its test AUC and the gap to
+    the full table's mean test AUC."""
+    full = (summary.filter(pl.col("method") == BASELINE)
+            .select("model", pl.col("test_auc").alias("full_test_auc")))
+    cand = summary.filter((pl.col("method") != BASELINE) & (pl.col("n_ok") > 0))
+    best = cand.sort("val_auc", descending=True).group_by("model", "budget", maintain_order=True).first()
+    return (best.join(full, on="model", how="left")
+            .with_columns((pl.col("full_test_auc") - pl.col("test_auc")).alias("gap_to_full"))
+            .select("model", "budget", "method", "val_auc", "test_auc", "full_test_auc", "gap_to_full",
+                    "stored_bytes", "budget_bytes")
+            .sort("model", "budget", descending=[False, True]))
+
+
+def _markdown(df: pl.DataFrame) -> str:
+    def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "—"
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + " --- |" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.iter_rows()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: pl.DataFrame, path: Path) -> None:
+    """Test AUC vs budget (log x) per method, one panel per model; the full table as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = summary["model"].unique().sort().to_list()
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        part = summary.filter((pl.col("model") == model) & (pl.col("n_ok") > 0))
+        for method in part["method"].unique().sort().to_list():
+            rows = part.filter(pl.col("method") == method).sort("budget")
+            if method == BASELINE:
+                ax.axhline(rows["test_auc"][0], color="k", linestyle="--", label="full table")
+            else:
+                ax.plot(rows["budget"], rows["test_auc"], marker="o", label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("memory budget (fraction of the full table)")
+        ax.set_ylabel("test AUC (mean over seeds)")
+        ax.set_title(model)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(runs: pl.DataFrame, out_dir: str | Path,
+                 stem: str = "embedding_compression") -> dict[str, Path]:
+    """CSV of every run, CSV + Markdown summary with the recommendation, and the PNG plot."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(runs)
+    best = recommend(summary)
+    paths = {"runs_csv": out / f"{stem}_runs.csv", "csv": out / f"{stem}.csv", "md": out / f"{stem}.md",
+             "png": out / f"{stem}.png"}
+    runs.drop([c for c in runs.columns if runs[c].dtype == pl.Object]).write_csv(paths["runs_csv"])
+    summary.write_csv(paths["csv"])
+    text = ["# Embedding compression: AUC vs memory budget", "", "## Which method at which budget",
+            "Chosen by mean validation AUC; test AUC reported once.", "", _markdown(best),
+            "## All cells (mean over seeds)", "", _markdown(summary)]
+    paths["md"].write_text("\n".join(text))
+    plot(summary, paths["png"])
+    return paths

@@ -1,0 +1,48 @@
+"""CLI for benchmark sweeps: ``sparsekit bench embeddings`` (the embedding compression budget sweep).
+
+Python API: :func:`embeddings.sweep.run_sweep` and :func:`embeddings.sweep.write_report`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from services.commands.output import console, fail
+from sparsekit.errors import SparsekitError
+
+
+def _split(text: str, cast: type, option: str) -> tuple:
+    try:
+        return tuple(cast(part) for part in text.split(",") if part)
+    except ValueError:
+        fail(ValueError(f"--{option} {text!r}: expected a comma-separated list"))
+
+
+def bench_embeddings_command(
+    dataset: Annotated[str, typer.Option(help="frappe or movielens (CTR).")] = "frappe",
+    model: Annotated[str, typer.Option(help="CTR model(s): dlrm, wdl, deepfm, dcnv2.")] = "dcnv2",
+    methods: Annotated[str, typer.Option(help="Methods, comma-separated (default: all; see "
+                                              "embeddings.registry.METHODS).")] = "",
+    budgets: Annotated[str, typer.Option(help="Budgets (share of the full table).")] = "0.5,0.1,0.01,0.001",
+    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0,1,2",
+    out: Annotated[Path, typer.Option(help="Sweep folder: a JSON per run (resumable), report/.")] = Path(
+        "runs/embedding-sweep"),
+    max_epochs: Annotated[int, typer.Option(help="Epoch cap (early stopping on validation AUC).")] = 30,
+) -> None:
+    """Train every method x budget x seed; write a tidy table (CSV, Markdown), AUC-vs-budget plots and a
+    "which method at which budget" recommendation. Resumable: finished runs are skipped."""
+    from embeddings.registry import METHODS
+    from embeddings.sweep import SweepConfig, run_sweep, write_report
+
+    try:
+        config = SweepConfig(dataset=dataset, models=_split(model, str, "model"),
+                             methods=_split(methods, str, "methods") or tuple(METHODS),
+                             budgets=_split(budgets, float, "budgets"), seeds=_split(seeds, int, "seeds"),
+                             out_dir=str(out), max_epochs=max_epochs)
+        paths = write_report(run_sweep(config), out / "report")
+    except (SparsekitError, ValueError) as exc:
+        fail(exc)
+    console.print(f"report: {paths['md']} (plot {paths['png']})")

@@ -1,0 +1,70 @@
+"""The embedding budget sweep: infeasible cells, resumption, the recommendation rule and the report files."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from embeddings import sweep
+from embeddings.sweep import SweepConfig, recommend, run_keys, run_sweep, summarize, write_report
+from recsys.data.synthetic_ctr import SyntheticCTRConfig, make_synthetic_ctr
+from sparsekit.errors import InputError
+
+
+@pytest.fixture()
+def tiny(monkeypatch: pytest.MonkeyPatch):
+    data = make_synthetic_ctr(SyntheticCTRConfig(field_dims=(50, 20, 8), num_rows=3000, seed=1))
+    def fake_load(name, root, seed=0):
+        return data
+
+    monkeypatch.setattr(sweep, "load_dataset", fake_load)
+    return data
+
+
+def test_sweep_runs_resumes_and_reports(tiny, tmp_path) -> None:
+    config = SweepConfig(models=("wdl",), methods=("hashing", "int8"), budgets=(0.5, 0.01), seeds=(0,),
+                         out_dir=str(tmp_path), max_epochs=1, progress=False)
+    runs = run_sweep(config)
+    assert runs.height == len(run_keys(config)) == 5  # full + 2 methods x 2 budgets
+    status = {(r["method"], r["budget"]): r["status"] for r in runs.iter_rows(named=True)}
+    assert status[("int8", 0.01)] == "infeasible"  # row scales alone exceed 1% of the table
+    ok = runs.filter(pl.col("status") == "ok")
+    assert (ok["stored_bytes"] <= 1.02 * ok["budget_bytes"]).all()
+    marker = tmp_path / "runs" / "wdl__hashing__0.5__s0.json"
+    row = json.loads(marker.read_text())
+    row["test_auc"] = -1.0  # a finished run is read back, not retrained
+    marker.write_text(json.dumps(row))
+    again = run_sweep(config)
+    assert again.filter((pl.col("method") == "hashing") & (pl.col("budget") == 0.5))["test_auc"][0] == -1.0
+    paths = write_report(runs, tmp_path / "report")
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())
+
+
+def test_recommendation_uses_validation_auc_not_test() -> None:
+    summary = pl.DataFrame({
+        "model": ["m"] * 3, "method": ["full", "a", "b"], "budget": [1.0, 0.1, 0.1],
+        "val_auc": [0.90, 0.85, 0.80], "test_auc": [0.91, 0.70, 0.95], "n_ok": [1, 1, 1],
+        "stored_bytes": [100.0, 10.0, 10.0], "budget_bytes": [100, 10, 10],
+    })
+    best = recommend(summary).row(0, named=True)
+    assert best["method"] == "a" and best["gap_to_full"] == pytest.approx(0.21)
+
+
+def test_summary_keeps_infeasible_cells() -> None:
+    runs = pl.DataFrame({
+        "model": ["m", "m"], "method": ["a", "a"], "budget": [0.1, 0.1], "seed": [0, 1],
+        "status": ["ok", "ok"], "val_auc": [0.8, 0.9], "test_auc": [0.7, 0.8], "test_logloss": [0.5, 0.4],
+        "stored_bytes": [10, 10], "budget_bytes": [10, 10], "train_samples_per_s": [1.0, 1.0],
+        "inference_samples_per_s": [1.0, 1.0],
+    })
+    row = summarize(runs).row(0, named=True)
+    assert row["val_auc"] == pytest.approx(0.85) and row["n_ok"] == 2
+
+
+def test_config_names_unknown_methods_and_budgets() -> None:
+    with pytest.raises(InputError, match="methods"):
+        SweepConfig(methods=("nope",))
+    with pytest.raises(InputError, match="budgets"):
+        SweepConfig(budgets=(0.0,))

@@ -1,0 +1,176 @@
+"""Hashed / compositional embedding bag: the Triton kernel (interpreter on CPU) equals the torch reference."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernels.embedding_bag import embedding_bag
+from kernels.embedding_bag_reference import (
+    HASH_PRIME,
+    CompositionalLookup,
+    HashLookup,
+    mixed_radix_rows,
+    universal_hash,
+)
+from sparsekit.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[2]
+IDS = torch.zeros(2, 2, dtype=torch.int64)
+LOOKUPS = {
+    "hash": (HashLookup(1_234_567, 89), 37),
+    "qr-mult": (CompositionalLookup((40, 26), "mult"), 66),
+    "qr-add": (CompositionalLookup((11, 10, 10), "add"), 31),
+}
+
+TRITON_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import torch
+    import triton.language  # imported under TRITON_INTERPRET=1
+    from kernels.embedding_bag import embedding_bag
+    from kernels.embedding_bag_reference import CompositionalLookup, HashLookup
+
+    lookups = {
+        "hash": (HashLookup(1_234_567, 89), 37),
+        "qr-mult": (CompositionalLookup((40, 26), "mult"), 66),
+        "qr-add": (CompositionalLookup((11, 10, 10), "add"), 31),
+        "qr-one": (CompositionalLookup((1000,), "mult"), 1000),
+    }
+    out = []
+    for name, (lookup, rows) in lookups.items():
+        for dim in (16, 3, 1):
+            gen = torch.Generator().manual_seed(dim)
+            for ids_name, ids in (("int64", torch.randint(0, 1000, (9, 5), generator=gen)),
+                                  ("int32", torch.randint(0, 1000, (4, 7), generator=gen, dtype=torch.int32)),
+                                  ("repeated", torch.tensor([[999, 999, 0], [0, 999, 5]])),
+                                  ("empty", torch.zeros(0, 4, dtype=torch.int64))):
+                for pool in (False, True):
+                    weight = torch.randn(rows, dim, generator=gen, requires_grad=True)
+                    got = embedding_bag(weight, ids, lookup, pool, use_triton=True)
+                    want = embedding_bag(weight, ids, lookup, pool, use_triton=False)
+                    grad = torch.randn(want.shape, generator=gen)
+                    g_got = torch.autograd.grad(got, weight, grad, allow_unused=True)[0]
+                    g_want = torch.autograd.grad(want, weight, grad, allow_unused=True)[0]
+                    zeros = torch.zeros_like(weight)
+                    g_got = zeros if g_got is None else g_got
+                    g_want = zeros if g_want is None else g_want
+                    out.append({"lookup": name, "dim": dim, "ids": ids_name, "pool": pool,
+                                "shape": list(got.shape), "want_shape": list(want.shape),
+                                "device": str(got.device), "dtype": str(got.dtype),
+                                "max_diff": float((got - want).abs().max()) if got.numel() else 0.0,
+                                "grad_diff": float((g_got - g_want).abs().max())})
+    print(json.dumps(out))
+    """
+)
+
+
+def test_triton_kernel_matches_reference_in_interpreter() -> None:
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", TRITON_SCRIPT], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(results) == 4 * 3 * 4 * 2
+    for r in results:
+        assert r["device"] == "cpu" and r["dtype"] == "torch.float32", r
+        assert r["shape"] == r["want_shape"], r
+        # unpooled rows are bit-identical; pooled sums may differ in the last bits (fp32 accumulation order)
+        assert r["max_diff"] <= (1e-5 if r["pool"] else 0.0), r
+        assert r["grad_diff"] == 0.0, r  # the backward pass is the reference's
+
+
+def _ids() -> torch.Tensor:
+    return torch.tensor([[0, 999, 17, 17], [5, 300, 999, 42], [1, 2, 3, 4]])
+
+
+@pytest.mark.parametrize("name", sorted(LOOKUPS))
+def test_cpu_dispatch_is_the_reference_and_pools_by_summing(name: str) -> None:
+    lookup, rows = LOOKUPS[name]
+    weight = torch.randn(rows, 6, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    out = embedding_bag(weight, _ids(), lookup)
+    assert out.shape == (3, 4, 6)
+    pooled = embedding_bag(weight, _ids(), lookup, pool=True)
+    torch.testing.assert_close(pooled, out.sum(dim=1))
+    pooled.sum().backward()  # trains through the CPU path
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+
+def test_hash_rows_follow_the_universal_hash() -> None:
+    lookup, rows = LOOKUPS["hash"]
+    weight = torch.arange(rows, dtype=torch.float32).unsqueeze(1)  # row r holds the value r
+    ids = torch.arange(5000).reshape(-1, 1)
+    got = embedding_bag(weight, ids, lookup).reshape(-1).long()
+    want = [((lookup.a * (x % HASH_PRIME) + lookup.b) % HASH_PRIME) % rows for x in range(5000)]
+    assert got.tolist() == want
+    counts = torch.bincount(got, minlength=rows).float()
+    assert counts.min() > 0.5 * counts.mean() and counts.max() < 1.5 * counts.mean()  # roughly uniform
+    assert torch.equal(universal_hash(ids, lookup.a, lookup.b, rows).reshape(-1), got)
+
+
+def test_compositional_rows_are_unique_per_feature() -> None:
+    lookup = CompositionalLookup((7, 5, 3))
+    ids = torch.arange(7 * 5 * 3)
+    rows = torch.stack(mixed_radix_rows(ids, lookup), dim=1)
+    assert torch.unique(rows, dim=0).shape[0] == ids.numel()  # complementary partitions
+    assert rows[:, 0].max() < 7 and rows[:, 1].min() >= 7 and rows[:, 2].min() >= 12
+    assert rows[22].tolist() == [22 % 7, 7 + (22 // 7) % 5, 12 + 22 // 35]
+
+
+def test_mult_and_add_combine_partition_rows() -> None:
+    weight = torch.randn(9, 4)
+    ids = torch.tensor([[13]])  # 13 = 3 + 2 * 5 -> rows 3 and 5 + 2
+    mult = embedding_bag(weight, ids, CompositionalLookup((5, 4), "mult"))
+    add = embedding_bag(weight, ids, CompositionalLookup((5, 4), "add"))
+    assert torch.equal(mult[0, 0], weight[3] * weight[7])
+    assert torch.equal(add[0, 0], weight[3] + weight[7])
+
+
+@pytest.mark.parametrize(
+    ("weight", "ids", "lookup", "source"),
+    [
+        (torch.zeros(5), IDS, HashLookup(3, 1), "weight"),
+        (torch.zeros(0, 4), IDS, HashLookup(3, 1), "weight"),
+        (torch.zeros(5, 4), torch.zeros(2, 2), HashLookup(3, 1), "ids"),
+        (torch.zeros(5, 4), torch.zeros(4, dtype=torch.int64), HashLookup(3, 1), "ids"),
+        (torch.zeros(5, 4), IDS, HashLookup(0, 1), "lookup"),
+        (torch.zeros(5, 4), IDS, HashLookup(3, HASH_PRIME), "lookup"),
+        (torch.zeros(5, 4), IDS, CompositionalLookup((3, 3)), "weight"),
+        (torch.zeros(6, 4), IDS, CompositionalLookup((3, 3), "cat"), "lookup"),
+        (torch.zeros(6, 4), IDS, CompositionalLookup((6, 0)), "lookup"),
+    ],
+)
+def test_bad_arguments_raise_input_error(weight, ids, lookup, source: str) -> None:
+    with pytest.raises(InputError) as info:
+        embedding_bag(weight, ids, lookup)
+    assert info.value.source == source
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(LOOKUPS))
+@pytest.mark.parametrize("pool", [False, True])
+def test_cuda_kernel_matches_cpu_forward_and_backward(name: str, pool: bool) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    pytest.importorskip("triton")
+    lookup, rows = LOOKUPS[name]
+    gen = torch.Generator().manual_seed(3)
+    for dim in (16, 3, 64):
+        cpu_weight = torch.randn(rows, dim, generator=gen, requires_grad=True)
+        gpu_weight = cpu_weight.detach().cuda().requires_grad_()
+        ids = torch.randint(0, 100_000, (4096, 10), generator=gen)
+        want = embedding_bag(cpu_weight, ids, lookup, pool)
+        got = embedding_bag(gpu_weight, ids.cuda(), lookup, pool)  # dispatcher: CUDA weight -> Triton
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+        grad = torch.randn(want.shape, generator=gen)
+        want.backward(grad)
+        got.backward(grad.cuda())
+        torch.testing.assert_close(gpu_weight.grad.cpu(), cpu_weight.grad, rtol=1e-4, atol=1e-4)
