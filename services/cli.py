@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from services.commands import gcn
+from services.commands import bench, cf, ctr, gcn
 from services.commands.output import console
 from services.commands.output import fail as _fail
 from sparsekit.errors import SparsekitError
@@ -34,29 +34,62 @@ def _corpus_file(corpus: Path) -> Path:
     return corpus / "corpus.jsonl" if corpus.is_dir() else corpus
 
 
+def _index_params(kind: str, opts: dict) -> dict:
+    """The build options that apply to ``kind`` (the CLI exposes the common ones of each)."""
+    if kind == "bm25":
+        return {k: opts[k] for k in ("k1", "b", "threads")}
+    if kind == "sparse":
+        return {k: opts[k] for k in ("model", "quantization", "top_k", "batch_size")}
+    common = {"batch_size": opts["batch_size"], "cache_dir": opts["cache_dir"]}
+    if kind == "dense":
+        return {**common, "factory": opts["factory"], "nprobe": opts["nprobe"]}
+    if kind == "bigranular":
+        return {**common, "codes": opts["codes"], "candidates": opts["candidates"], "nprobe": opts["nprobe"]}
+    if kind == "hybrid":
+        first = opts["first_stage"]
+        params = {"threads": opts["threads"]} if first == "bm25" else (
+            {"model": opts["model"]} if first == "sparse" else None)
+        return {**common, "first_stage": first, "first_stage_params": params, "fusion": opts["fusion"],
+                "alpha": opts["alpha"], "depth": opts["depth"]}
+    raise ValueError(f"--kind {kind!r}: expected bm25, sparse, dense, bigranular or hybrid")
+
+
 @app.command()
 def index(
     corpus: Annotated[Path, typer.Option(help="BEIR corpus.jsonl, or a BEIR folder holding one.")],
     out: Annotated[Path, typer.Option(help="Index directory to create (written atomically).")],
-    kind: Annotated[str, typer.Option(help="bm25 (Lucene) or sparse (learned; needs --model).")] = "bm25",
-    model: Annotated[Path | None, typer.Option(help="sparse: a trained model dir.")] = None,
+    kind: Annotated[str, typer.Option(help="bm25 (Lucene), sparse (learned; needs --model), dense (faiss), "
+                                           "bigranular (PQ codes in RAM + vectors on disk) or hybrid "
+                                           "(first stage + dense re-score + fusion).")] = "bm25",
+    model: Annotated[Path | None, typer.Option(help="sparse (and hybrid over sparse): a model dir.")] = None,
     k1: Annotated[float, typer.Option(help="bm25: k1 (recorded in the manifest, used at search).")] = 0.9,
     b: Annotated[float, typer.Option(help="bm25: b.")] = 0.4,
     threads: Annotated[int, typer.Option(help="bm25: indexing threads.")] = 2,
     quantization: Annotated[str, typer.Option(help="sparse: uint8, uint16 or none.")] = "uint8",
     top_k: Annotated[int | None, typer.Option(help="sparse: keep each document's top-k terms.")] = None,
-    batch_size: Annotated[int, typer.Option(help="sparse: encoding batch size.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="sparse/dense: encoding batch size.")] = 32,
+    factory: Annotated[str, typer.Option(help="dense: faiss factory string (Flat, HNSW32, "
+                                              "IVF1024,PQ48).")] = "Flat",
+    codes: Annotated[str, typer.Option(help="bigranular: the in-RAM codes (faiss factory).")] = "OPQ48,PQ48",
+    candidates: Annotated[int, typer.Option(help="bigranular: candidates C re-scored from disk.")] = 1000,
+    nprobe: Annotated[int, typer.Option(help="dense/bigranular IVF: lists probed.")] = 32,
+    first_stage: Annotated[str, typer.Option(help="hybrid: bm25, sparse or an index directory.")] = "bm25",
+    fusion: Annotated[str, typer.Option(help="hybrid: rrf or linear (min-max normalised).")] = "linear",
+    alpha: Annotated[float, typer.Option(help="hybrid linear: weight of the dense score.")] = 0.65,
+    depth: Annotated[int, typer.Option(help="hybrid: first-stage candidates re-scored.")] = 1000,
+    cache_dir: Annotated[Path | None, typer.Option(help="dense kinds: corpus-embedding cache.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing index at OUT.")] = False,
 ) -> None:
     """Build an index over a corpus. The directory appears only when the build has finished."""
     from retrieval.index import build_index
 
     start = time.perf_counter()
-    if kind == "sparse":
-        params = {"model": model, "quantization": quantization, "top_k": top_k, "batch_size": batch_size}
-    else:
-        params = {"k1": k1, "b": b, "threads": threads}
+    opts = {"model": model, "k1": k1, "b": b, "threads": threads, "quantization": quantization,
+            "top_k": top_k, "batch_size": batch_size, "factory": factory, "codes": codes,
+            "candidates": candidates, "nprobe": nprobe, "first_stage": first_stage, "fusion": fusion,
+            "alpha": alpha, "depth": depth, "cache_dir": cache_dir}
     try:
+        params = _index_params(kind, opts)
         path = build_index(kind, _corpus_file(corpus), out, overwrite=overwrite, **params)
     except (SparsekitError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
@@ -125,29 +158,46 @@ def evaluate_cmd(
     console.print(table)
 
 
+def _named(specs: list[str], option: str) -> dict[str, Path]:
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--{option} {spec!r}: expected NAME=DIR")
+        out[name] = Path(path)
+    return out
+
+
 @app.command()
 def serve(
-    index: Annotated[list[str], typer.Option(help="NAME=DIR of an index to serve; repeat for several.")],
+    index: Annotated[list[str], typer.Option(help="NAME=DIR of an index to serve; repeat for several.")] = [],  # noqa: B006
+    recommender: Annotated[list[str], typer.Option(help="NAME=DIR of a CF model or DSL sparse export "
+                                                        "(RecommendService.Recommend).")] = [],  # noqa: B006
+    ctr: Annotated[list[str], typer.Option(help="NAME=DIR of a CTR model, original or AFM-compressed "
+                                                "(RecommendService.ScoreCTR).")] = [],  # noqa: B006
     address: Annotated[str, typer.Option(help="host:port to bind.")] = "127.0.0.1:50051",
     workers: Annotated[int, typer.Option(help="gRPC worker threads.")] = 4,
 ) -> None:
-    """Serve indexes over gRPC (SearchService + health + reflection) until SIGINT/SIGTERM."""
+    """Serve indexes and models over gRPC (SearchService, RecommendService, health, reflection) until
+    SIGINT/SIGTERM."""
     from retrieval.index import open_index
+    from services.recommend_service import RecommendServicer, load_ctr, load_recommender
     from services.search_service import ServerConfig, make_server
 
     try:
-        indexes = {}
-        for spec in index:
-            name, sep, path = spec.partition("=")
-            if not sep or not name or not path:
-                raise ValueError(f"--index {spec!r}: expected NAME=DIR")
-            indexes[name] = open_index(Path(path))
-        server, port = make_server(indexes, ServerConfig(address=address, workers=workers))
+        if not (index or recommender or ctr):
+            raise ValueError("nothing to serve: pass --index, --recommender and/or --ctr")
+        indexes = {name: open_index(path) for name, path in _named(index, "index").items()}
+        recs = {name: load_recommender(path) for name, path in _named(recommender, "recommender").items()}
+        ctrs = {name: load_ctr(path) for name, path in _named(ctr, "ctr").items()}
+        recommend = RecommendServicer(recs, ctrs) if recs or ctrs else None
+        server, port = make_server(indexes, ServerConfig(address=address, workers=workers), recommend)
     except (SparsekitError, ValueError, OSError) as exc:
         _fail(exc)
     server.start()
     host = address.rsplit(":", 1)[0]
-    console.print(f"serving {sorted(indexes)} on {host}:{port} (Ctrl-C to stop)")
+    served = sorted(indexes) + sorted(recs) + sorted(ctrs)
+    console.print(f"serving {served} on {host}:{port} (Ctrl-C to stop)")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -209,6 +259,16 @@ def train_sparse(
 
 
 train_app.command("gcn")(gcn.train_gcn_command)
+train_app.command("cf")(cf.train_cf_command)
+train_app.command("ctr")(ctr.train_ctr_command)
+
+compress_app = typer.Typer(help="Compress trained models.", no_args_is_help=True)
+app.add_typer(compress_app, name="compress")
+compress_app.command("ctr")(ctr.compress_ctr_command)
+
+bench_app = typer.Typer(help="Benchmark sweeps.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+bench_app.command("embeddings")(bench.bench_embeddings_command)
 
 generate_app = typer.Typer(help="Generate synthetic data for benchmarks.", no_args_is_help=True)
 app.add_typer(generate_app, name="generate")

@@ -9,7 +9,6 @@ the services.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 from concurrent import futures
@@ -20,11 +19,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from retrieval.index import SearchIndex
-from services.api import search_pb2, search_pb2_grpc
+from services.api import recommend_pb2_grpc, search_pb2, search_pb2_grpc
+from services.recommend_service import SERVICE_NAME as RECOMMEND_SERVICE
+from services.recommend_service import RecommendServicer
+from services.status import guarded
 from services.validation import Limits, RequestError, validate_batch, validate_search
-from sparsekit.errors import ArtifactError, InputError, NotFoundError
-
-log = logging.getLogger(__name__)
 
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
 MODE_KIND = {
@@ -34,16 +33,6 @@ MODE_KIND = {
     search_pb2.SEARCH_MODE_BIGRANULAR: "bigranular",
     search_pb2.SEARCH_MODE_HYBRID: "hybrid",
 }
-
-
-def _status_of(exc: Exception) -> grpc.StatusCode:
-    if isinstance(exc, InputError):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, NotFoundError):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(exc, ArtifactError):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    return grpc.StatusCode.INTERNAL
 
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
@@ -80,23 +69,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             hits = index.search(req.text, k)
         return _response(req.index, hits, time.perf_counter() - start)
 
-    def _guard(self, context: grpc.ServicerContext, fn):
-        try:
-            return fn()
-        except RequestError as exc:
-            context.abort(exc.code, str(exc))
-        except (InputError, NotFoundError, ArtifactError) as exc:
-            context.abort(_status_of(exc), str(exc))
-        except Exception as exc:  # an engine fault: log it, tell the client only what failed
-            log.exception("search failed")
-            context.abort(grpc.StatusCode.INTERNAL, f"search failed: {type(exc).__name__}: {exc}")
-
     def Search(self, request, context):
         def work():
             k = validate_search(request, self.limits)
             return self._run_one(request, k, "request")
 
-        return self._guard(context, work)
+        return guarded(context, work, "search")
 
     def BatchSearch(self, request, context):
         def work():
@@ -110,7 +88,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 out.append(self._run_one(req, k, f"requests[{i}]"))
             return search_pb2.BatchSearchResponse(responses=out)
 
-        return self._guard(context, work)
+        return guarded(context, work, "search")
 
     def ListIndexes(self, request, context):
         infos = [search_pb2.IndexInfo(name=n, kind=ix.kind, num_docs=ix.num_docs)
@@ -136,9 +114,10 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
 
 
-def make_server(indexes: Mapping[str, SearchIndex], config: ServerConfig | None = None
-                ) -> tuple[grpc.Server, int]:
-    """Build (not start) a server with Search + health + reflection; return it and its bound port."""
+def make_server(indexes: Mapping[str, SearchIndex], config: ServerConfig | None = None,
+                recommend: RecommendServicer | None = None) -> tuple[grpc.Server, int]:
+    """Build (not start) a server with Search (+ Recommend when given) + health + reflection; return it and
+    its bound port."""
     config = config or ServerConfig()
     size = config.limits.max_message_bytes
     server = grpc.server(
@@ -147,12 +126,15 @@ def make_server(indexes: Mapping[str, SearchIndex], config: ServerConfig | None 
     )
     search_pb2_grpc.add_SearchServiceServicer_to_server(
         SearchServicer(indexes, config.limits, config.engine_threads), server)
+    services = [SERVICE_NAME]
+    if recommend is not None:
+        recommend_pb2_grpc.add_RecommendServiceServicer_to_server(recommend, server)
+        services.append(RECOMMEND_SERVICE)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in (SERVICE_NAME, ""):
+    for name in (*services, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(names, server)
+    reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(config.address)
     if port == 0:
         raise OSError(f"cannot bind {config.address}")

@@ -1,0 +1,350 @@
+"""Benchmark: Dynamic Sparse Learning (DSL, Wang et al. WSDM 2024) for LightGCN and MF-BPR on Gowalla.
+
+Four variants per model, trained with the same hyper-parameters, epochs and CPU time budget:
+dense (dim 64), DSL at density 0.2 (prune/regrow every ``delta_t`` steps), static random sparsity at
+0.2 (same initial masks, never updated) and dense with dim round(64 x 0.2) = 13 (about the same
+number of parameters). Quality: Recall@20 and NDCG@20 by full ranking on the test split (train items
+excluded, LightGCN definitions), computed once at the end of training. Cost: training seconds per
+epoch; stored bytes of the sparse export (CSR: int32 indptr + uint8 column indices for dim <= 256 +
+float32 values; index overhead counted) vs the float32 dense tables; top-k serving latency (k=20, one
+batch of users, seen items excluded) from the sparse export vs the dense model.
+
+Hyper-parameters (``HPARAMS``) were chosen with ``--tune``, which trains on a dev split carved out of
+train (10% of each user's train items, seeded) and evaluates the dev split every few epochs, never the
+test split: the learning rate and the number of epochs from the dense model's best dev Recall@20,
+capped at 85% of the epochs the dense model reached in its time budget, then DSL's ``delta_t`` at those
+settings. The tune run writes the dev curves to ``benchmarks/results/dsl_gowalla_tune.json`` (a run
+with ``--models X`` replaces only X's entry) and plots dev Recall@20 vs epoch per variant to
+``benchmarks/results/dsl_gowalla.png``. The reported run trains on the full train split.
+
+Threads: one torch thread by default (``--threads``): on a shared 2-core machine two OpenMP threads
+lose badly to oversubscription. ``--quick`` runs a tiny subsample for smoke checking (no result file
+unless ``--out`` is given). Prints one JSON object and writes ``benchmarks/results/dsl_gowalla.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import numpy as np  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+import torch  # noqa: E402
+from environment import commit, machine  # noqa: E402
+
+from recsys.data.implicit import ImplicitDataset, load_implicit  # noqa: E402
+from recsys.models.cf import CFModel, Recommender  # noqa: E402
+from recsys.ranking import evaluate_ranking  # noqa: E402
+from recsys.sparse_export import export_sparse, load_sparse  # noqa: E402
+from recsys.training.cf import CFTrainConfig, train_cf  # noqa: E402
+from sparsekit.dataroot import dataset_path  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+DENSITY, FULL_DIM, K = 0.2, 64, 20
+SMALL_DIM = round(FULL_DIM * DENSITY)
+PAPER = {"lightgcn": {"recall@20": 0.1830, "ndcg@20": 0.1554,
+                      "setting": "LightGCN paper / reference code: dim 64, 3 layers, lr 0.001, batch 2048, "
+                                 "up to 1000 epochs"}}
+# Chosen by --tune on the dev split (see the module docstring and dsl_gowalla_tune.json).
+HPARAMS: dict[str, dict[str, Any]] = {
+    "lightgcn": {"lr": 0.01, "batch_size": 16384, "epochs": 40, "dsl_delta_t": 25, "weight_decay": 1e-4,
+                 "layers": 3},
+    "mf": {"lr": 0.005, "batch_size": 8192, "epochs": 40, "dsl_delta_t": 50, "weight_decay": 1e-4},
+}
+# CPU seconds of training per variant (the same for every variant of a model); epochs normally end first.
+BUDGET_S = {"lightgcn": 720.0, "mf": 240.0}
+TUNE_GRID = {"lightgcn": {"lr": [0.005, 0.01], "delta_t": [25, 100], "max_epochs": 100},
+             "mf": {"lr": [0.002, 0.005, 0.01], "delta_t": [50, 200], "max_epochs": 100}}
+TUNE_EVAL_EVERY = 5
+
+
+@dataclass
+class Variant:
+    name: str
+    dim: int
+    density: float | None = None
+    static: bool = False
+
+
+VARIANTS = [Variant("dense", FULL_DIM), Variant("dsl", FULL_DIM, DENSITY),
+            Variant("static", FULL_DIM, DENSITY, static=True), Variant("small", SMALL_DIM)]
+
+
+def dev_split(train: sp.csr_matrix, fraction: float = 0.1, seed: int = 0) -> tuple[sp.csr_matrix, ...]:
+    """``(fit, dev)``: about ``fraction`` of each user's train items (at least 1 if it has 2+) go to dev."""
+    train = sp.csr_matrix(train)
+    counts = np.diff(train.indptr)
+    num_dev = np.where(counts >= 2, np.maximum(1, np.rint(fraction * counts)), 0).astype(np.int64)
+    rows = np.repeat(np.arange(train.shape[0]), counts)
+    order = np.lexsort((np.random.default_rng(seed).random(train.nnz), rows))
+    rank = np.empty(train.nnz, dtype=np.int64)
+    rank[order] = np.arange(train.nnz) - train.indptr[rows[order]]
+    is_dev = rank < num_dev[rows]
+
+    def part(sel: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix((train.data[sel], (rows[sel], train.indices[sel])), shape=train.shape)
+
+    return part(~is_dev), part(is_dev)
+
+
+def quick_subset(data: ImplicitDataset, num_users: int = 2000) -> ImplicitDataset:
+    """The first ``num_users`` users and the items they touch (ids remapped), for ``--quick``."""
+    train, test = data.train[:num_users], data.test[:num_users]
+    items = np.unique(np.concatenate([train.indices, test.indices]))
+    return ImplicitDataset(train[:, items].tocsr(), test[:, items].tocsr(), num_users, items.size)
+
+
+def config_for(model: str, variant: Variant, hp: dict[str, Any], args: argparse.Namespace,
+               **overrides: Any) -> CFTrainConfig:
+    fields = {"model": model, "dim": variant.dim, "lr": hp["lr"], "batch_size": hp["batch_size"],
+              "epochs": hp["epochs"], "weight_decay": hp["weight_decay"], "layers": hp.get("layers", 3),
+              "density": variant.density, "static_sparsity": variant.static, "dsl_delta_t": hp["dsl_delta_t"],
+              "seed": args.seed, "time_budget_s": args.budget[model], "device": args.device,
+              "progress": args.progress}
+    return CFTrainConfig(**(fields | overrides))
+
+
+def _timing(history: list[dict[str, Any]]) -> dict[str, Any]:
+    epochs = max(len(history), 1)
+    train_s, cpu_s = (sum(r.get(key, 0.0) for r in history) for key in ("train_s", "cpu_s"))
+    return {"epochs_run": len(history), "train_s": round(train_s, 1),
+            "s_per_epoch": round(train_s / epochs, 2), "cpu_s_per_epoch": round(cpu_s / epochs, 2),
+            "final_loss": round(history[-1]["loss"], 5) if history else None}
+
+
+def median_ms(fn: Any, repeats: int = 7, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return round(1000 * statistics.median(times), 2)
+
+
+# ---- the reported run ---------------------------------------------------------------------------------
+
+
+def run_variant(model_kind: str, variant: Variant, data: ImplicitDataset, args: argparse.Namespace,
+                workdir: Path) -> tuple[CFModel, dict[str, Any]]:
+    config = config_for(model_kind, variant, args.hparams[model_kind], args)
+    model, history = train_cf(config, data)
+    test = evaluate_ranking(model.scorer(), data.train, data.test, k=K, device=model.device)
+    manifest = export_sparse(model, workdir / f"{model_kind}-{variant.name}")
+    params = sum(int((p != 0).sum()) for p in model.sparse_parameters().values())
+    row = {"dim": variant.dim, "density": variant.density, "recall@20": round(test.recall, 5),
+           "ndcg@20": round(test.ndcg, 5), "test_users": test.users, **_timing(history),
+           "nonzero_embedding_params": params, "dense_fp32_bytes": manifest.counts["dense_bytes"],
+           "sparse_export_bytes": manifest.counts["stored_bytes"]}
+    print(f"{model_kind}/{variant.name}: {row}", file=sys.stderr, flush=True)
+    return model, row
+
+
+def serving(model_kind: str, dense: CFModel, dsl: CFModel, data: ImplicitDataset, args: argparse.Namespace,
+            workdir: Path) -> dict[str, Any]:
+    """Top-k latency: sparse export of the DSL model vs the dense model; the export must serve exactly."""
+    users = np.random.default_rng(args.seed).choice(data.num_users, min(args.serve_batch, data.num_users),
+                                                    replace=False)
+    dense_rec, dsl_rec = Recommender.from_model(dense), Recommender.from_model(dsl)
+    load_start = time.perf_counter()
+    sparse_rec = load_sparse(workdir / f"{model_kind}-dsl", device=args.device)
+    load_s = time.perf_counter() - load_start
+    want_items, want_scores = dsl_rec.recommend(users, k=K)
+    items, scores = sparse_rec.recommend(users, k=K)
+    return {
+        "batch_users": int(users.size), "k": K,
+        "dense_ms": median_ms(lambda: dense_rec.recommend(users, k=K)),
+        "sparse_export_ms": median_ms(lambda: sparse_rec.recommend(users, k=K)),
+        "sparse_export_load_s": round(load_s, 2),
+        "export_vs_dsl_model_max_abs_score_diff": float(np.max(np.abs(scores - want_scores))),
+        "export_vs_dsl_model_same_items": bool(np.array_equal(items, want_items)),
+    }
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 4) if b else float("inf")
+
+
+def acceptance(model_kind: str, rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    dsl = rows["dsl"]["recall@20"]
+    entries = [
+        (f"{model_kind}: DSL Recall@20 / static random sparsity Recall@20 (both density {DENSITY})",
+         _ratio(dsl, rows["static"]["recall@20"]), ">", 1.0),
+        (f"{model_kind}: DSL Recall@20 / dense dim {SMALL_DIM} (equal parameters) Recall@20",
+         _ratio(dsl, rows["small"]["recall@20"]), ">", 1.0),
+        (f"{model_kind}: DSL Recall@20 / dense dim {FULL_DIM} Recall@20",
+         _ratio(dsl, rows["dense"]["recall@20"]), ">=", 0.9),
+        (f"{model_kind}: DSL sparse-export stored bytes (incl. indptr + indices) / dense float32 bytes",
+         _ratio(rows["dsl"]["sparse_export_bytes"], rows["dense"]["dense_fp32_bytes"]), "<=", 0.3),
+    ]
+    compare = {">": lambda v, t: v > t, ">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t}
+    return [{"criterion": c, "value": v, "op": op, "target": t, "pass": bool(compare[op](v, t))}
+            for c, v, op, t in entries]
+
+
+def run_model(model_kind: str, data: ImplicitDataset, args: argparse.Namespace,
+              workdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    models, rows = {}, {}
+    for variant in VARIANTS:
+        models[variant.name], rows[variant.name] = run_variant(model_kind, variant, data, args, workdir)
+    out: dict[str, Any] = {"hparams": args.hparams[model_kind], "budget_s": args.budget[model_kind],
+                           "variants": rows}
+    out["serving"] = serving(model_kind, models["dense"], models["dsl"], data, args, workdir)
+    if model_kind in PAPER:
+        dense = rows["dense"]
+        out["paper_reference"] = PAPER[model_kind] | {
+            "ours_dense_recall@20": dense["recall@20"], "ours_dense_ndcg@20": dense["ndcg@20"],
+            "ours_dense_epochs": dense["epochs_run"]}
+    return out, acceptance(model_kind, rows)
+
+
+# ---- tuning on the dev split ----------------------------------------------------------------------------
+
+
+def _dev_curve(history: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    return [(r["epoch"], round(r["recall@20"], 5)) for r in history if "recall@20" in r]
+
+
+def tune_model(model_kind: str, dev_data: ImplicitDataset, args: argparse.Namespace) -> dict[str, Any]:
+    grid, hp = TUNE_GRID[model_kind], dict(args.hparams[model_kind])
+    curves: dict[str, Any] = {}
+    for lr in grid["lr"]:
+        config = config_for(model_kind, VARIANTS[0], hp, args, lr=lr, epochs=grid["max_epochs"],
+                            eval_every=TUNE_EVAL_EVERY)
+        history = train_cf(config, dev_data)[1]
+        curves[f"dense lr={lr}"] = {"dev_recall@20": _dev_curve(history), **_timing(history)}
+    best_lr, best_epoch, _ = max(((lr, epoch, recall) for lr in grid["lr"]
+                                  for epoch, recall in curves[f"dense lr={lr}"]["dev_recall@20"]),
+                                 key=lambda t: t[2])
+    reached = curves[f"dense lr={best_lr}"]["epochs_run"]  # leave room: sparse variants run a little slower
+    hp.update(lr=best_lr, epochs=min(best_epoch, max(TUNE_EVAL_EVERY, int(0.85 * reached))))
+    dsl_final = {}
+    for delta_t in grid["delta_t"]:
+        config = config_for(model_kind, VARIANTS[1], hp, args, dsl_delta_t=delta_t,
+                            eval_every=TUNE_EVAL_EVERY)
+        history = train_cf(config, dev_data)[1]
+        curves[f"dsl delta_t={delta_t}"] = {"dev_recall@20": _dev_curve(history), **_timing(history)}
+        dsl_final[delta_t] = history[-1]["recall@20"]
+    hp["dsl_delta_t"] = max(dsl_final, key=dsl_final.get)
+    for variant in VARIANTS[2:]:
+        config = config_for(model_kind, variant, hp, args, eval_every=TUNE_EVAL_EVERY)
+        history = train_cf(config, dev_data)[1]
+        curves[variant.name] = {"dev_recall@20": _dev_curve(history), **_timing(history)}
+    print(f"{model_kind} chosen: {hp}", file=sys.stderr, flush=True)
+    return {"chosen": hp, "grid": grid, "budget_s": args.budget[model_kind], "curves": curves,
+            "command": shlex.join([Path(sys.executable).name, *sys.argv])}
+
+
+def plot(tuned: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tuned), figsize=(6 * len(tuned), 4.5), squeeze=False)
+    for ax, (model_kind, result) in zip(axes[0], tuned.items(), strict=True):
+        chosen = result["chosen"]
+        for name, curve in result["curves"].items():
+            points = curve["dev_recall@20"]
+            chosen_run = name in (f"dense lr={chosen['lr']}", f"dsl delta_t={chosen['dsl_delta_t']}",
+                                  "static", "small")
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=name,
+                    alpha=1.0 if chosen_run else 0.35)
+        ax.set_title(f"{model_kind} on Gowalla dev split (density {DENSITY}, small = dim {SMALL_DIM})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("dev Recall@20")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+# ---- entry point ------------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--models", default="lightgcn,mf", help="comma-separated: lightgcn, mf")
+    parser.add_argument("--epochs", type=int, help="override the tuned epochs of every model")
+    parser.add_argument("--time-budget-s", type=float,
+                        help="training seconds per variant (default per model)")
+    parser.add_argument("--tune", action="store_true", help="choose hyper-parameters on a dev split of train")
+    parser.add_argument("--quick", action="store_true", help="tiny subsample, 2 epochs: a smoke check")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--serve-batch", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.hparams = {m: dict(HPARAMS[m]) for m in args.models}
+    args.budget = {m: args.time_budget_s or BUDGET_S[m] for m in args.models}
+    if args.quick:
+        for m in args.models:
+            args.hparams[m].update(epochs=2, batch_size=2048, dsl_delta_t=5)
+            TUNE_GRID[m].update(max_epochs=10)
+    if args.epochs:
+        for hp in args.hparams.values():
+            hp["epochs"] = args.epochs
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    root = dataset_path("gowalla-lightgcn")
+    if root is None:
+        sys.exit("dataset 'gowalla-lightgcn' not found under the data root (set SPARSEKIT_DATA)")
+    data = load_implicit(root)
+    if args.quick:
+        data = quick_subset(data)
+    metrics: dict[str, Any] = {"dataset": "gowalla-lightgcn", "num_users": data.num_users,
+                               "num_items": data.num_items, "train": int(data.train.nnz),
+                               "threads": args.threads, "quick": args.quick}
+    acceptance_rows: list[dict[str, Any]] = []
+    if args.tune:
+        fit, dev = dev_split(data.train, seed=args.seed)
+        dev_data = ImplicitDataset(fit, dev, data.num_users, data.num_items)
+        metrics["split"] = "dev (10% of each user's train items)"
+        metrics["tuning"] = {m: tune_model(m, dev_data, args) for m in args.models}
+        default_out = RESULTS / "dsl_gowalla_tune.json"
+    else:
+        metrics["split"] = "test (train items excluded)"
+        with tempfile.TemporaryDirectory(prefix="dsl_gowalla-") as tmp:
+            for m in args.models:
+                metrics[m], rows = run_model(m, data, args, Path(tmp))
+                acceptance_rows += rows
+        default_out = RESULTS / "dsl_gowalla.json"
+    result = {"benchmark": "dsl_gowalla_tune" if args.tune else "dsl_gowalla", "commit": commit(),
+              "machine": machine(), "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+              "wall_s": round(time.perf_counter() - start, 2), "metrics": metrics,
+              "acceptance": acceptance_rows}
+    out = args.out or (None if args.quick else default_out)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    if args.tune and out is not None:  # tuning one model at a time keeps the others' results
+        previous = json.loads(out.read_text())["metrics"]["tuning"] if out.exists() else {}
+        metrics["tuning"] = previous | metrics["tuning"]
+        plot(metrics["tuning"], out.with_name("dsl_gowalla.png"))
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

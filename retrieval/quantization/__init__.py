@@ -1,0 +1,1 @@
+"""Trainable vector quantization for compact document codes (contrastive product quantization)."""

@@ -1,0 +1,145 @@
+"""gRPC RecommendService over real saved artifacts: a dense MF model, its sparse export and a DeepFM model.
+
+Checks answers against the Python API, the status codes for bad input (unknown user or model NOT_FOUND,
+a malformed CTR row INVALID_ARGUMENT naming the field, too many rows RESOURCE_EXHAUSTED), and health.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from recsys.data.ctr import CTRField, CTRSchema
+from recsys.sparse_export import export_sparse
+from recsys.training.cf import build_model, save_model
+from recsys.training.ctr import CTRTrainConfig, build_ctr_model, predict, save_ctr_model
+from services.api import recommend_pb2, recommend_pb2_grpc
+from services.recommend_service import (
+    SERVICE_NAME,
+    RecommendLimits,
+    RecommendServicer,
+    load_ctr,
+    load_recommender,
+)
+from services.search_service import ServerConfig, make_server
+
+SEEN = {0: [1, 2], 1: [0], 2: [], 3: [4, 5, 6], 4: [3]}
+SCHEMA = CTRSchema((CTRField("user", 3, values=("ann", "bob", "cy")), CTRField("age", 3, bins=(18.0, 30.0))))
+
+
+def _interactions() -> sp.csr_matrix:
+    rows = [u for u, items in SEEN.items() for _ in items]
+    cols = [i for items in SEEN.values() for i in items]
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(5, 7))
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    mf = build_model("mf", 5, 7, _interactions(), dim=4)
+    with torch.no_grad():  # zero a few weights, as a DSL-trained table would have
+        for p in mf.parameters():
+            p[torch.rand_like(p) < 0.5] = 0.0
+    save_model(mf, root / "mf")
+    export_sparse(mf, root / "mf-sparse")
+    ctr = build_ctr_model(CTRTrainConfig(model="deepfm", embed_dim=4, hidden=[8]), SCHEMA.field_dims)
+    save_ctr_model(ctr, root / "deepfm", schema=SCHEMA)
+    save_ctr_model(ctr, root / "deepfm-noschema")
+    return {"mf": root / "mf", "mf-sparse": root / "mf-sparse", "deepfm": root / "deepfm",
+            "noschema": root / "deepfm-noschema"}
+
+
+@pytest.fixture(scope="module")
+def stub(artifacts: dict[str, Path]) -> Iterator[recommend_pb2_grpc.RecommendServiceStub]:
+    recs = {name: load_recommender(artifacts[name]) for name in ("mf", "mf-sparse")}
+    ctrs = {"deepfm": load_ctr(artifacts["deepfm"]), "noschema": load_ctr(artifacts["noschema"])}
+    servicer = RecommendServicer(recs, ctrs, RecommendLimits(max_ctr_rows=3))
+    server, port = make_server({}, ServerConfig(address="127.0.0.1:0"), servicer)
+    server.start()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield recommend_pb2_grpc.RecommendServiceStub(channel), channel
+    server.stop(grace=None)
+
+
+def _code(call, request) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call(request)
+    return info.value.code(), info.value.details()
+
+
+def test_recommend_excludes_seen_and_matches_python(stub, artifacts) -> None:
+    client, _ = stub
+    for name in ("mf", "mf-sparse"):
+        resp = client.Recommend(recommend_pb2.RecommendRequest(model=name, user_id=3, k=4, exclude_seen=True))
+        items = [h.item_id for h in resp.items]
+        assert len(items) == 4 and not set(items) & set(SEEN[3])
+        assert [h.rank for h in resp.items] == [1, 2, 3, 4]
+        want_items, want_scores = load_recommender(artifacts[name]).recommender.recommend([3], 4, True)
+        assert items == want_items[0].tolist()
+        np.testing.assert_allclose([h.score for h in resp.items], want_scores[0], rtol=1e-6)
+
+
+def test_sparse_export_serves_the_same_ranking_as_the_dense_model(stub) -> None:
+    client, _ = stub
+    for user in SEEN:
+        got = [client.Recommend(recommend_pb2.RecommendRequest(model=m, user_id=user, k=7)).items
+               for m in ("mf", "mf-sparse")]
+        assert [h.item_id for h in got[0]] == [h.item_id for h in got[1]]
+        np.testing.assert_allclose([h.score for h in got[0]], [h.score for h in got[1]], atol=1e-5)
+
+
+def test_recommend_status_codes(stub) -> None:
+    client, _ = stub
+    code, msg = _code(client.Recommend, recommend_pb2.RecommendRequest(model="mf", user_id=99, k=3))
+    assert code == grpc.StatusCode.NOT_FOUND and "99" in msg
+    code, msg = _code(client.Recommend, recommend_pb2.RecommendRequest(model="nope", user_id=0, k=3))
+    assert code == grpc.StatusCode.NOT_FOUND and "nope" in msg
+    code, msg = _code(client.Recommend, recommend_pb2.RecommendRequest(model="mf", user_id=0, k=8))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("k:")
+
+
+def _rows(*rows: dict[str, str]) -> recommend_pb2.ScoreCTRRequest:
+    return recommend_pb2.ScoreCTRRequest(model="deepfm", rows=[recommend_pb2.CTRRow(fields=r) for r in rows])
+
+
+def test_score_ctr_matches_python(stub, artifacts) -> None:
+    client, _ = stub
+    rows = [{"user": "bob", "age": "25"}, {"user": "cy", "age": "61"}]
+    resp = client.ScoreCTR(_rows(*rows))
+    want = predict(load_ctr(artifacts["deepfm"]).model, SCHEMA.encode(rows))
+    np.testing.assert_allclose(resp.probabilities, want, rtol=1e-5)
+    assert all(0.0 < p < 1.0 for p in resp.probabilities)
+
+
+def test_score_ctr_status_codes(stub) -> None:
+    client, _ = stub
+    code, msg = _code(client.ScoreCTR, _rows({"user": "ann", "age": "20"}, {"user": "zed", "age": "20"}))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("rows[1].user:"), msg
+    code, msg = _code(client.ScoreCTR, _rows({"user": "ann", "age": "old"}))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("rows[0].age:"), msg
+    code, msg = _code(client.ScoreCTR, _rows({"user": "ann"}))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("rows[0].age:"), msg
+    code, _ = _code(client.ScoreCTR, _rows(*[{"user": "ann", "age": "1"}] * 4))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    code, _ = _code(client.ScoreCTR, recommend_pb2.ScoreCTRRequest(model="deepfm"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    code, _ = _code(client.ScoreCTR, recommend_pb2.ScoreCTRRequest(
+        model="noschema", rows=[recommend_pb2.CTRRow(fields={"user": "ann", "age": "1"})]))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_list_models_and_health(stub) -> None:
+    client, channel = stub
+    kinds = {m.name: m.kind for m in client.ListModels(recommend_pb2.ListModelsRequest()).models}
+    assert kinds == {"mf": "mf", "mf-sparse": "mf-sparse", "deepfm": "deepfm", "noschema": "deepfm"}
+    health = health_pb2_grpc.HealthStub(channel)
+    status = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME)).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
