@@ -206,7 +206,7 @@ def serve(
     console.print("stopped")
 
 
-train_app = typer.Typer(help="Train models: sparse (learned sparse retrieval), gcn (sampled GCN), ...",
+train_app = typer.Typer(help="Train models: sparse (learned sparse), cf, ctr, gcn.",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
