@@ -10,6 +10,11 @@ state), so its number of active entries never changes while rows end up with dif
 active dimensions. ``n`` is the prune fraction times the active count, the fraction cosine-annealed
 from 0.5 to 0.005 over training. With ``dynamic=False`` the random masks never change: the static
 random sparsity baseline.
+
+The regrowth gradient: the reference uses the last mini-batch's gradient. An embedding table's
+mini-batch gradient is zero on every row the batch did not touch (most users of a BPR batch), so by
+default (``accumulate_grad``) the score is the sum of the mini-batch gradients since the last mask
+update, an estimate of the full gradient that covers every row seen in the window.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class DSLConfig:
     prune_start: float = 0.5
     prune_end: float = 0.005
     dynamic: bool = True
+    accumulate_grad: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -100,6 +106,8 @@ class DynamicSparsity:
         generator = torch.Generator().manual_seed(config.seed)
         self._set_masks({name: random_mask(p.shape, config.density, generator, p.device)
                          for name, p in params.items()})
+        accumulate = config.dynamic and config.accumulate_grad
+        self._grad_sums = {name: torch.zeros_like(p) for name, p in params.items()} if accumulate else {}
         self.apply_masks()
 
     def _state_tensors(self, param: nn.Parameter) -> list[torch.Tensor]:
@@ -133,13 +141,19 @@ class DynamicSparsity:
         masks = {}
         for name, mask in self.masks.items():
             param = self.params[name]
-            masks[name] = prune_regrow(param, param.grad, mask, fraction)
+            masks[name] = prune_regrow(param, self._grad_sums.get(name, param.grad), mask, fraction)
             self._keep(name, masks[name] & mask)
         self._set_masks(masks)
+        for grad_sum in self._grad_sums.values():
+            grad_sum.zero_()
 
     def step(self) -> bool:
         """Count one optimizer step, prune/regrow when due, then mask; True when the masks changed."""
         self.steps += 1
+        with torch.no_grad():
+            for name, grad_sum in self._grad_sums.items():
+                if self.params[name].grad is not None:
+                    grad_sum.add_(self.params[name].grad)
         cfg = self.config
         due = cfg.dynamic and self.steps % cfg.delta_t == 0 and self.steps < cfg.total_steps
         if due:
@@ -152,7 +166,8 @@ class DynamicSparsity:
         return {name: int(mask.sum()) for name, mask in self.masks.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "masks": {name: m.cpu() for name, m in self.masks.items()}}
+        return {"steps": self.steps, "masks": {name: m.cpu() for name, m in self.masks.items()},
+                "grad_sums": {name: g.cpu() for name, g in self._grad_sums.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = set(self.masks) - set(state["masks"])
@@ -161,4 +176,6 @@ class DynamicSparsity:
         self.steps = int(state["steps"])
         self._set_masks({name: state["masks"][name].to(self.params[name].device).bool()
                          for name in self.masks})
+        for name, grad_sum in self._grad_sums.items():
+            grad_sum.copy_(state["grad_sums"][name])
         self.apply_masks()

@@ -65,6 +65,7 @@ class CFTrainConfig:
     density: float | None = None
     static_sparsity: bool = False
     dsl_delta_t: int = 100
+    dsl_accumulate_grad: bool = True
     prune_start: float = 0.5
     prune_end: float = 0.005
     eval_every: int = 0
@@ -161,7 +162,8 @@ def _new_run(config: CFTrainConfig, data: ImplicitDataset, device: torch.device)
         total = config.epochs * _steps_per_epoch(data, config)
         dsl = DSLConfig(density=config.density, total_steps=total, delta_t=config.dsl_delta_t,
                         prune_start=config.prune_start, prune_end=config.prune_end,
-                        dynamic=not config.static_sparsity, seed=config.seed)
+                        dynamic=not config.static_sparsity, accumulate_grad=config.dsl_accumulate_grad,
+                        seed=config.seed)
         sparsity = DynamicSparsity(model.sparse_parameters(), optimizer, dsl)
     return _Run(model, optimizer, sparsity, BPRSampler(data.train, config.seed), [])
 

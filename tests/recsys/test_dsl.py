@@ -131,6 +131,47 @@ def test_dsl_keeps_the_budget_and_zeroes_masked_weights_and_adam_state(model_ind
         assert count == round(0.2 * model.sparse_parameters()[name].numel())
 
 
+def test_regrowth_scores_accumulate_the_gradients_of_the_window() -> None:
+    model = _models()[0]
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    dsl = DynamicSparsity(model.sparse_parameters(), optimizer,
+                          DSLConfig(density=0.2, total_steps=100, delta_t=4, seed=1))
+    window = {name: torch.zeros_like(p) for name, p in model.sparse_parameters().items()}
+    for step in range(3):
+        loss, _ = model.bpr_loss(*_batch(step), weight_decay=1e-4)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        for name, param in model.sparse_parameters().items():
+            window[name] += param.grad
+        assert not dsl.step()
+    for name, total in window.items():
+        torch.testing.assert_close(dsl._grad_sums[name], total)
+    loss, _ = model.bpr_loss(*_batch(3), weight_decay=1e-4)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    assert dsl.step()  # step 4: masks updated, window restarts
+    assert all(bool((g == 0).all()) for g in dsl._grad_sums.values())
+
+
+def test_last_batch_gradient_mode_keeps_the_budget() -> None:
+    model = _models()[1]
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    dsl = DynamicSparsity(model.sparse_parameters(), optimizer,
+                          DSLConfig(density=0.2, total_steps=8, delta_t=2, accumulate_grad=False, seed=1))
+    budget, first = dsl.active_counts(), {n: m.clone() for n, m in dsl.masks.items()}
+    for step in range(6):
+        loss, _ = model.bpr_loss(*_batch(step))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        dsl.step()
+        assert dsl.active_counts() == budget
+    assert not dsl._grad_sums
+    assert any(not torch.equal(first[n], dsl.masks[n]) for n in first)
+
+
 def test_static_sparsity_never_changes_its_masks() -> None:
     model = _models()[0]
     dsl = _train_sparse(model, steps=9, dynamic=False)
