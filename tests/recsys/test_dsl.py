@@ -24,6 +24,15 @@ from sparsekit.errors import InputError, NotFoundError
 NUM_USERS, NUM_ITEMS = 30, 50
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP oversubscription stalls on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _interactions(seed: int = 0) -> sp.csr_matrix:
     return sp.random(NUM_USERS, NUM_ITEMS, density=0.15, format="csr", random_state=seed,
                      data_rvs=np.ones).astype(np.float32)
