@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from services.commands import bench, cf, ctr, gcn
+from services.commands import bench, cf, ctr, gcn, rag
 from services.commands.output import console
 from services.commands.output import fail as _fail
 from sparsekit.errors import SparsekitError
@@ -168,6 +168,13 @@ def _named(specs: list[str], option: str) -> dict[str, Path]:
     return out
 
 
+def _generate_servicer(rag_corpus: Path, policy: str, cache_dir: Path | None):
+    from services.generate_service import GenerateServicer
+
+    return GenerateServicer(rag.open_pipeline(rag_corpus, policy, cache_dir, host_mb=512, disk_mb=4096,
+                                              gguf=None, k=5))
+
+
 @app.command()
 def serve(
     index: Annotated[list[str], typer.Option(help="NAME=DIR of an index to serve; repeat for several.")] = [],  # noqa: B006
@@ -175,28 +182,34 @@ def serve(
                                                         "(RecommendService.Recommend).")] = [],  # noqa: B006
     ctr: Annotated[list[str], typer.Option(help="NAME=DIR of a CTR model, original or AFM-compressed "
                                                 "(RecommendService.ScoreCTR).")] = [],  # noqa: B006
+    rag_corpus: Annotated[Path | None, typer.Option("--rag", help="A RAG corpus (`sparsekit rag build`) to "
+                                                                  "answer from (GenerateService).")] = None,
+    rag_policy: Annotated[str, typer.Option(help=rag.POLICY_HELP)] = "cache-craft",
+    rag_cache_dir: Annotated[Path | None, typer.Option(help="Disk tier of the chunk cache.")] = None,
     address: Annotated[str, typer.Option(help="host:port to bind.")] = "127.0.0.1:50051",
     workers: Annotated[int, typer.Option(help="gRPC worker threads.")] = 4,
 ) -> None:
-    """Serve indexes and models over gRPC (SearchService, RecommendService, health, reflection) until
-    SIGINT/SIGTERM."""
+    """Serve indexes and models over gRPC (SearchService, RecommendService, GenerateService, health,
+    reflection) until SIGINT/SIGTERM."""
     from retrieval.index import open_index
     from services.recommend_service import RecommendServicer, load_ctr, load_recommender
     from services.search_service import ServerConfig, make_server
 
     try:
-        if not (index or recommender or ctr):
-            raise ValueError("nothing to serve: pass --index, --recommender and/or --ctr")
+        if not (index or recommender or ctr or rag_corpus):
+            raise ValueError("nothing to serve: pass --index, --recommender, --ctr and/or --rag")
         indexes = {name: open_index(path) for name, path in _named(index, "index").items()}
         recs = {name: load_recommender(path) for name, path in _named(recommender, "recommender").items()}
         ctrs = {name: load_ctr(path) for name, path in _named(ctr, "ctr").items()}
         recommend = RecommendServicer(recs, ctrs) if recs or ctrs else None
-        server, port = make_server(indexes, ServerConfig(address=address, workers=workers), recommend)
+        generate = _generate_servicer(rag_corpus, rag_policy, rag_cache_dir) if rag_corpus else None
+        config = ServerConfig(address=address, workers=workers)
+        server, port = make_server(indexes, config, recommend, generate)
     except (SparsekitError, ValueError, OSError) as exc:
         _fail(exc)
     server.start()
     host = address.rsplit(":", 1)[0]
-    served = sorted(indexes) + sorted(recs) + sorted(ctrs)
+    served = sorted(indexes) + sorted(recs) + sorted(ctrs) + ([f"rag:{rag_corpus}"] if rag_corpus else [])
     console.print(f"serving {served} on {host}:{port} (Ctrl-C to stop)")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -273,6 +286,12 @@ bench_app.command("embeddings")(bench.bench_embeddings_command)
 generate_app = typer.Typer(help="Generate synthetic data for benchmarks.", no_args_is_help=True)
 app.add_typer(generate_app, name="generate")
 generate_app.command("graph")(gcn.generate_graph_command)
+
+rag_app = typer.Typer(help="Retrieval-augmented generation with the Cache-Craft chunk cache.",
+                      no_args_is_help=True)
+app.add_typer(rag_app, name="rag")
+rag_app.command("build")(rag.build_command)
+rag_app.command("ask")(rag.ask_command)
 
 
 @app.command()

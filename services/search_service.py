@@ -13,19 +13,24 @@ import time
 from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from retrieval.index import SearchIndex
-from services.api import recommend_pb2_grpc, search_pb2, search_pb2_grpc
+from services.api import generate_pb2, generate_pb2_grpc, recommend_pb2_grpc, search_pb2, search_pb2_grpc
 from services.recommend_service import SERVICE_NAME as RECOMMEND_SERVICE
 from services.recommend_service import RecommendServicer
 from services.status import guarded
 from services.validation import Limits, RequestError, validate_batch, validate_search
 
+if TYPE_CHECKING:  # the Generate service pulls in transformers: imported only where it is served
+    from services.generate_service import GenerateServicer
+
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
+GENERATE_SERVICE = generate_pb2.DESCRIPTOR.services_by_name["GenerateService"].full_name
 MODE_KIND = {
     search_pb2.SEARCH_MODE_BM25: "bm25",
     search_pb2.SEARCH_MODE_SPARSE: "sparse",
@@ -115,9 +120,10 @@ class ServerConfig:
 
 
 def make_server(indexes: Mapping[str, SearchIndex], config: ServerConfig | None = None,
-                recommend: RecommendServicer | None = None) -> tuple[grpc.Server, int]:
-    """Build (not start) a server with Search (+ Recommend when given) + health + reflection; return it and
-    its bound port."""
+                recommend: RecommendServicer | None = None,
+                generate: GenerateServicer | None = None) -> tuple[grpc.Server, int]:
+    """Build (not start) a server with Search (+ Recommend, + Generate when given) + health + reflection;
+    return it and its bound port."""
     config = config or ServerConfig()
     size = config.limits.max_message_bytes
     server = grpc.server(
@@ -130,6 +136,9 @@ def make_server(indexes: Mapping[str, SearchIndex], config: ServerConfig | None 
     if recommend is not None:
         recommend_pb2_grpc.add_RecommendServiceServicer_to_server(recommend, server)
         services.append(RECOMMEND_SERVICE)
+    if generate is not None:
+        generate_pb2_grpc.add_GenerateServiceServicer_to_server(generate, server)
+        services.append(GENERATE_SERVICE)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*services, ""):

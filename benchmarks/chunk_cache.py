@@ -1,0 +1,373 @@
+"""Benchmark: RAG chunk KV cache policies on SciFact with SmolLM2-135M (Cache-Craft, SIGMOD 2025).
+
+Corpus: SciFact documents cut into <= 128-token chunks of the generator's tokenizer and indexed with
+BM25 (:func:`retrieval.rag.corpus.build_rag_corpus`); a request is a SciFact *train* query with its
+top-5 chunks in retrieval order. Questions come in groups that cite the same document (related
+questions retrieve overlapping chunks in different orders: random SciFact queries share almost no
+chunk); ``--distinct`` of them are replayed in a seeded Zipf order (exponent ``--zipf``) so popular
+questions and chunks recur. The dev slice used to choose Cache-Craft's ``alpha`` (``--tune``) is a
+disjoint set of groups, each question asked once (so its chunks are reused under changed prefixes);
+alpha is the smallest of ``ALPHAS`` within 0.01 ROUGE-L of the best on it. One thread, CPU.
+
+Policies (:mod:`retrieval.rag.policies`), each with its own fresh cache (host RAM ``--host-mb`` ->
+disk ``--disk-mb``, so the tiers and eviction are exercised): full recompute, vLLM prefix caching,
+naive reuse, CacheBlend (15%), Cache-Craft, and — at Cache-Craft's measured mean recompute fraction
+of reused chunks — CacheBlend and random-token recompute (equal-recompute comparisons). Full
+recompute is stateless, so it runs once per distinct question and its numbers count for every replay.
+"@cc" ratio = Cache-Craft's measured mean recompute fraction over *moved* reused chunks (reused under
+a changed prefix; exact reuses are never recomputed by any chunk policy).
+
+Per policy: prefill tokens (layer-equivalent, sum and mean per request), TTFT, chunk hits per tier
+and the cache's own stats, and quality against full recompute: agreement of the first 32 greedy
+tokens, ROUGE-L of the answer, and the mean log-prob of the full-recompute answer under the policy's
+assembled KV. Acceptance: Cache-Craft prefill tokens <= 0.5 x prefix caching; Cache-Craft mean
+ROUGE-L >= 0.9; at equal recompute Cache-Craft ROUGE-L > naive and > CacheBlend and > random. Writes
+``benchmarks/results/chunk_cache.json`` and a plot of quality vs recompute fraction
+(``chunk_cache.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import torch  # noqa: E402
+from environment import commit, machine  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from retrieval.data.beir import load_qrels, load_queries  # noqa: E402
+from retrieval.rag.chunk_cache import CacheConfig, ChunkCache  # noqa: E402
+from retrieval.rag.corpus import RagCorpus, build_rag_corpus  # noqa: E402
+from retrieval.rag.engine import Prefilled, RagEngine  # noqa: E402
+from retrieval.rag.generator import Generator  # noqa: E402
+from retrieval.rag.policies import DEFAULT_ALPHA, Policy, make_policy  # noqa: E402
+from retrieval.rag.quality import answer_logprob, rouge_l, token_agreement  # noqa: E402
+from sparsekit.dataroot import dataset_path  # noqa: E402
+
+NEW_TOKENS = 32
+TOP_K = 5
+ALPHAS = (0.5, 1.0, 2.0)
+
+
+@dataclass
+class Request:
+    question: str
+    chunks: list[str]
+
+
+@dataclass
+class Reference:
+    tokens: list[int]
+    text: str
+    logprob: float
+    prefill_tokens: int
+    ttft_s: float
+
+
+@dataclass
+class PolicyRun:
+    """Per-request numbers of one policy."""
+
+    prefill: list[int] = field(default_factory=list)
+    prompt: list[int] = field(default_factory=list)
+    ttft: list[float] = field(default_factory=list)
+    agreement: list[float] = field(default_factory=list)
+    rouge: list[float] = field(default_factory=list)
+    logprob: list[float] = field(default_factory=list)
+    hits: dict[str, int] = field(default_factory=dict)
+    misses: int = 0
+    moved_chunk_fraction: list[float] = field(default_factory=list)
+
+
+def load_questions(generator: Generator, workdir: Path, progress: bool
+                   ) -> tuple[RagCorpus, dict[str, dict[str, int]], dict[str, str]]:
+    """The chunked, BM25-indexed SciFact corpus, the train qrels and the query texts."""
+    root = dataset_path("scifact")
+    if root is None:
+        sys.exit("dataset 'scifact' not found under the data root (set SPARSEKIT_DATA)")
+    out = workdir / "scifact-rag"
+    if not out.exists():
+        build_rag_corpus(root / "corpus.jsonl", out, generator.tokenizer, max_tokens=128, kind="bm25",
+                         progress=progress)
+    queries = load_queries(root / "queries.jsonl")
+    train = {q: docs for q, docs in load_qrels(root / "qrels" / "train.tsv").items() if q in queries}
+    return RagCorpus.open(out), train, queries
+
+
+def question_pools(train: dict[str, dict[str, int]], seed: int, distinct: int, dev: int
+                   ) -> tuple[list[str], list[str]]:
+    """Evaluation and dev pools of train queries, disjoint: groups of queries citing the same document.
+
+    Related questions retrieve overlapping chunks in different orders, the reuse a chunk cache serves
+    (a topic or a session); groups are taken in a seeded order, the first ``distinct`` queries for the
+    evaluation, the next ``dev`` for the dev slice.
+    """
+    by_doc: dict[str, set[str]] = {}
+    for qid, docs in train.items():
+        for doc in docs:
+            by_doc.setdefault(doc, set()).add(qid)
+    groups = sorted(sorted(g) for g in by_doc.values() if len(g) >= 2)
+    random.Random(seed).shuffle(groups)
+    pools: list[list[str]] = [[], []]
+    taken: set[str] = set()
+    for group in groups:
+        target = 0 if len(pools[0]) < distinct else 1
+        if target == 1 and len(pools[1]) >= dev:
+            break
+        fresh = [q for q in group if q not in taken]
+        pools[target] += fresh
+        taken.update(fresh)
+    return pools[0][:distinct], pools[1][:dev]
+
+
+def zipf_replay(pool: list[str], n: int, exponent: float, seed: int) -> list[str]:
+    """``n`` requests drawn from ``pool`` with probability proportional to ``1 / rank ** exponent``."""
+    weights = [1.0 / (rank + 1) ** exponent for rank in range(len(pool))]
+    return random.Random(seed).choices(pool, weights=weights, k=n)
+
+
+def references(engine: RagEngine, requests: dict[str, Request], progress: bool) -> dict[str, Reference]:
+    """Full recompute once per distinct question (stateless, so it holds for every replay)."""
+    refs = {}
+    for qid, req in tqdm(requests.items(), desc="full recompute", disable=not progress):
+        pre = engine.prefill(req.question, req.chunks, NEW_TOKENS)
+        tokens = list(engine.decode(pre, NEW_TOKENS))
+        refs[qid] = Reference(tokens, engine.generator.decode(tokens),
+                              answer_logprob(engine.generator, pre, tokens), pre.stats.prefill_tokens,
+                              pre.stats.ttft_s)
+    return refs
+
+
+def moved_chunk_fraction(pre: Prefilled) -> float | None:
+    """Mean share of recomputed tokens over the reused chunks whose prefix changed (None: no such chunk).
+
+    Exact reuses (same prefix) are left out: no chunk policy recomputes them, so they would dilute the
+    fraction the equal-recompute baselines are given."""
+    reused = [c for c in pre.plan.choices
+              if c.segment.role == "chunk" and c.entry is not None and not c.exact]
+    if not reused:
+        return None
+    return statistics.mean(float(pre.computed[c.segment.start:c.segment.end].float().mean()) for c in reused)
+
+
+def run_policy(generator: Generator, policy: Policy, order: list[str], requests: dict[str, Request],
+               refs: dict[str, Reference], cache_config: CacheConfig, desc: str, progress: bool) -> tuple[
+                   PolicyRun, dict[str, Any]]:
+    cache = ChunkCache(cache_config, generator.cache_key)
+    engine = RagEngine(generator, policy, cache)
+    run = PolicyRun()
+    for qid in tqdm(order, desc=desc, disable=not progress):
+        req, ref = requests[qid], refs[qid]
+        pre = engine.prefill(req.question, req.chunks, NEW_TOKENS)
+        tokens = list(engine.decode(pre, NEW_TOKENS))
+        run.prefill.append(pre.stats.prefill_tokens)
+        run.prompt.append(pre.stats.prompt_tokens)
+        run.ttft.append(pre.stats.ttft_s)
+        run.agreement.append(token_agreement(tokens, ref.tokens, NEW_TOKENS))
+        run.rouge.append(rouge_l(generator.decode(tokens), ref.text))
+        run.logprob.append(answer_logprob(generator, pre, ref.tokens))
+        for tier, count in pre.stats.chunk_hits.items():
+            run.hits[tier] = run.hits.get(tier, 0) + count
+        run.misses += pre.stats.chunk_misses
+        fraction = moved_chunk_fraction(pre)
+        if fraction is not None:
+            run.moved_chunk_fraction.append(fraction)
+    return run, cache.stats()
+
+
+def summarise(run: PolicyRun, refs_logprob: float) -> dict[str, Any]:
+    chunks = run.misses + sum(run.hits.values())
+    return {
+        "requests": len(run.prefill), "prefill_tokens_sum": sum(run.prefill),
+        "prefill_tokens_mean": round(statistics.mean(run.prefill), 1),
+        "prompt_tokens_mean": round(statistics.mean(run.prompt), 1),
+        "recompute_fraction": round(sum(run.prefill) / sum(run.prompt), 4),
+        "moved_chunk_recompute_fraction": (round(statistics.mean(run.moved_chunk_fraction), 4)
+                                           if run.moved_chunk_fraction else 0.0),
+        "requests_with_moved_chunks": len(run.moved_chunk_fraction),
+        "ttft_ms_mean": round(1000 * statistics.mean(run.ttft), 1),
+        "ttft_ms_median": round(1000 * statistics.median(run.ttft), 1),
+        "chunk_hits": run.hits, "chunk_misses": run.misses,
+        "chunk_hit_rate": round(sum(run.hits.values()) / chunks, 4) if chunks else 0.0,
+        "token_agreement_32": round(statistics.mean(run.agreement), 4),
+        "rouge_l": round(statistics.mean(run.rouge), 4),
+        "answer_logprob": round(statistics.mean(run.logprob), 4),
+        "answer_logprob_gap_vs_full": round(statistics.mean(run.logprob) - refs_logprob, 4),
+    }
+
+
+def tune_alpha(generator: Generator, dev_order: list[str], requests: dict[str, Request],
+               refs: dict[str, Reference], cache_config: CacheConfig, progress: bool) -> dict[str, Any]:
+    """Cache-Craft on the dev slice for each alpha: the smallest alpha within 0.01 of the best ROUGE-L."""
+    grid = {}
+    for alpha in ALPHAS:
+        run, _ = run_policy(generator, make_policy("cache-craft", alpha=alpha), dev_order, requests, refs,
+                            cache_config, f"dev alpha={alpha}", progress)
+        grid[alpha] = {"rouge_l": round(statistics.mean(run.rouge), 4),
+                       "recompute_fraction": round(sum(run.prefill) / sum(run.prompt), 4)}
+    best = max(v["rouge_l"] for v in grid.values())
+    chosen = min(a for a in ALPHAS if grid[a]["rouge_l"] >= best - 0.01)
+    return {"grid": {str(a): v for a, v in grid.items()}, "chosen_alpha": chosen, "requests": len(dev_order)}
+
+
+def plot(summaries: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, label in ((axes[0], "rouge_l", "ROUGE-L vs full recompute"),
+                              (axes[1], "token_agreement_32", "agreement of first 32 tokens")):
+        for name, s in summaries.items():
+            ax.scatter(s["recompute_fraction"], s[metric], s=40)
+            ax.annotate(name, (s["recompute_fraction"], s[metric]), fontsize=8, xytext=(4, 4),
+                        textcoords="offset points")
+        ax.set_xlabel("prefill tokens / prompt tokens")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle("SciFact RAG, SmolLM2-135M: quality vs recompute per policy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _acceptance(s: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    cc = s["cache-craft"]
+    ratio = round(cc["prefill_tokens_sum"] / s["prefix"]["prefill_tokens_sum"], 4)
+    rows = [("Cache-Craft prefill tokens / prefix-caching prefill tokens", ratio, "<=", 0.5),
+            ("Cache-Craft mean ROUGE-L vs full recompute", cc["rouge_l"], ">=", 0.9)]
+    for other in ("naive", "cacheblend@cc", "random@cc", "cacheblend"):
+        rows.append((f"Cache-Craft ROUGE-L - {other} ROUGE-L (equal or more recompute for {other})",
+                     round(cc["rouge_l"] - s[other]["rouge_l"], 4), ">", 0.0))
+    ops = {"<=": lambda v, t: v <= t, ">=": lambda v, t: v >= t, ">": lambda v, t: v > t}
+    return [{"criterion": c, "value": v, "op": op, "target": t, "pass": bool(ops[op](v, t))}
+            for c, v, op, t in rows]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--requests", type=int, default=96)
+    parser.add_argument("--distinct", type=int, default=40, help="distinct evaluation queries in the replay")
+    parser.add_argument("--zipf", type=float, default=1.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dev", type=int, default=16, help="dev queries (alpha tuning), each asked once")
+    parser.add_argument("--tune", action="store_true", help="choose alpha on the dev slice first")
+    parser.add_argument("--quick", action="store_true", help="a few requests (smoke run)")
+    parser.add_argument("--host-mb", type=int, default=192)
+    parser.add_argument("--disk-mb", type=int, default=2048)
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the chunk corpus here between runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "chunk_cache.json")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.distinct, args.dev = 6, 3, 3
+    return args
+
+
+@dataclass
+class Workload:
+    order: list[str]
+    dev_order: list[str]
+    requests: dict[str, Request]
+
+
+def workload(generator: Generator, args: argparse.Namespace, workdir: Path, progress: bool) -> Workload:
+    corpus, train, queries = load_questions(generator, workdir, progress)
+    pool, dev_pool = question_pools(train, args.seed, args.distinct, args.dev)
+    order = zipf_replay(pool, args.requests, args.zipf, args.seed)
+    dev_order = dev_pool  # each dev question once, related ones adjacent: reuse under changed prefixes
+    requests = {q: Request(queries[q], [c.text for c in corpus.retrieve(queries[q], TOP_K)])
+                for q in sorted(set(order) | set(dev_order))}
+    return Workload(order, dev_order, requests)
+
+
+def run_all(generator: Generator, work: Workload, args: argparse.Namespace, cache_root: Path, progress: bool
+            ) -> dict[str, Any]:
+    """Tune alpha (optional), full-recompute references, then every policy on the same replay."""
+    def config(name: str) -> CacheConfig:
+        return CacheConfig(host_bytes=args.host_mb << 20, disk_bytes=args.disk_mb << 20,
+                           directory=cache_root / f"cache-{name}")
+
+    full = RagEngine(generator, "full")
+    tuning, alpha = None, DEFAULT_ALPHA
+    if args.tune:
+        dev_refs = references(full, {q: work.requests[q] for q in set(work.dev_order)}, progress)
+        tuning = tune_alpha(generator, work.dev_order, work.requests, dev_refs, config("tune"), progress)
+        alpha = tuning["chosen_alpha"]
+    refs = references(full, {q: work.requests[q] for q in set(work.order)}, progress)
+    runs, cache_stats = {}, {}
+
+    def run(name: str, policy: Policy) -> None:
+        runs[name], cache_stats[name] = run_policy(generator, policy, work.order, work.requests, refs,
+                                                   config(name), name, progress)
+
+    for name in ("prefix", "naive", "cacheblend"):
+        run(name, make_policy(name))
+    run("cache-craft", make_policy("cache-craft", alpha=alpha))
+    fraction = statistics.mean(runs["cache-craft"].moved_chunk_fraction or [0.0])
+    run("cacheblend@cc", make_policy("cacheblend", ratio=fraction))
+    run("random@cc", make_policy("naive", recompute_ratio=fraction, seed=args.seed))
+    return {"refs": refs, "runs": runs, "cache_stats": cache_stats, "alpha": alpha, "tuning": tuning,
+            "fraction": fraction}
+
+
+def summaries_of(order: list[str], out: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    refs = out["refs"]
+    full_logprob = statistics.mean(refs[q].logprob for q in order)
+    full_ttft = 1000 * statistics.mean(refs[q].ttft_s for q in order)
+    summaries = {"full": {
+        "requests": len(order), "prefill_tokens_sum": sum(refs[q].prefill_tokens for q in order),
+        "prefill_tokens_mean": round(statistics.mean(refs[q].prefill_tokens for q in order), 1),
+        "recompute_fraction": 1.0, "ttft_ms_mean": round(full_ttft, 1), "rouge_l": 1.0,
+        "token_agreement_32": 1.0, "answer_logprob": round(full_logprob, 4)}}
+    for name, run in out["runs"].items():
+        summaries[name] = summarise(run, full_logprob)
+        summaries[name]["cache"] = out["cache_stats"][name]
+        summaries[name]["ttft_speedup_vs_full"] = round(full_ttft / summaries[name]["ttft_ms_mean"], 2)
+    return summaries
+
+
+def main() -> None:
+    args = parse_args()
+    start = time.perf_counter()
+    torch.set_num_threads(1)
+    progress = not args.no_progress
+    generator = Generator.load(device="cpu")
+    with tempfile.TemporaryDirectory(prefix="chunk_cache-") as tmp:
+        work = workload(generator, args, args.workdir or Path(tmp), progress)
+        out = run_all(generator, work, args, Path(tmp), progress)
+    summaries = summaries_of(work.order, out)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    plot(summaries, args.out.with_suffix(".png"))
+    metrics = {
+        "dataset": "scifact", "split": "train queries", "model": generator.model_id, "top_k": TOP_K,
+        "new_tokens": NEW_TOKENS, "requests": len(work.order), "distinct_questions": len(set(work.order)),
+        "zipf": args.zipf, "seed": args.seed, "threads": torch.get_num_threads(), "alpha": out["alpha"],
+        "alpha_tuning_on_dev": out["tuning"], "equal_recompute_fraction": round(out["fraction"], 4),
+        "cache_capacity_mb": {"host": args.host_mb, "disk": args.disk_mb}, "policies": summaries,
+    }
+    result = {
+        "benchmark": "chunk_cache", "commit": commit(), "machine": machine(),
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "wall_s": round(time.perf_counter() - start, 2), "metrics": metrics,
+        "acceptance": _acceptance(summaries),
+    }
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The RAG request path: question -> retrieve chunks -> chunk-cached generation (DESIGN.md §3).
+
+:class:`RagPipeline` joins a :class:`~retrieval.rag.corpus.RagCorpus` (chunks + learned sparse or
+BM25 index) and a :class:`~retrieval.rag.engine.RagEngine` (SmolLM2 with the Cache-Craft chunk cache,
+or any other policy). The prompt holds the top-``k`` chunks in retrieval order. ``stream`` yields the
+answer piece by piece and then one :class:`Answer` with the retrieved chunks and the cache statistics;
+the gRPC Generate service and ``sparsekit rag ask`` both drive it. Generation is serialised by a lock:
+one model, one KV cache, requests take turns.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from retrieval.rag.corpus import RagCorpus, RetrievedChunk
+from retrieval.rag.engine import GenerationResult, RagEngine
+from sparsekit.errors import InputError, NotFoundError
+
+
+@dataclass
+class Answer:
+    """A finished request: the chunks the prompt held and the generation result (text + cache stats)."""
+
+    question: str
+    chunks: list[RetrievedChunk]
+    result: GenerationResult
+
+
+class RagPipeline:
+    """Retrieve-then-generate over one corpus and one engine."""
+
+    def __init__(self, corpus: RagCorpus, engine: RagEngine, k: int = 5) -> None:
+        self.corpus = corpus
+        self.engine = engine
+        self.k = k
+        self._lock = threading.Lock()
+
+    def retrieve(self, question: str, k: int | None = None) -> list[RetrievedChunk]:
+        """The prompt's chunks; :class:`~sparsekit.errors.NotFoundError` when none matches."""
+        chunks = self.corpus.retrieve(question, k or self.k)
+        if not chunks:
+            raise NotFoundError(f"no chunk of the corpus matches the question {question[:80]!r}: "
+                                "nothing to answer from")
+        return chunks
+
+    def stream(self, question: str, k: int | None = None,
+               max_new_tokens: int = 64) -> Iterator[str | Answer]:
+        """Yield the answer's text pieces as they are generated, then the :class:`Answer`."""
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("question", "must be a non-empty string")
+        chunks = self.retrieve(question, k)
+        with self._lock:
+            yield from self.engine.stream(question, [c.text for c in chunks], max_new_tokens)
+            result = self.engine.last_result
+        yield Answer(question, chunks, result)
+
+    def ask(self, question: str, k: int | None = None, max_new_tokens: int = 64) -> Answer:
+        """Answer ``question`` in one call."""
+        *_, answer = self.stream(question, k, max_new_tokens)
+        assert isinstance(answer, Answer)
+        return answer
