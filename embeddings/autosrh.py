@@ -30,12 +30,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from embeddings.csr_rows import SparseRowsTable, magnitude_mask, sparse_budget
-from embeddings.table import EmbeddingTable
+from embeddings.search_prune import SearchThenPruneTable
 from sparsekit.errors import InputError
 
 
-class AutoSrhTable(EmbeddingTable):
+class AutoSrhTable(SearchThenPruneTable):
     """Weights scaled by per-(group, dimension) saliencies under an L1 penalty; pruned and served sparse."""
 
     kind = "autosrh"
@@ -52,22 +51,17 @@ class AutoSrhTable(EmbeddingTable):
         search_fraction: float = 0.1,
         init_std: float = 1e-4,
     ) -> None:
-        super().__init__(num_features, dim, budget, field_dims=field_dims)
         if l1 < 0:
             raise InputError("l1", f"must be >= 0, got {l1}")
-        if not 0.0 <= search_fraction <= 1.0:
-            raise InputError("search_fraction", f"must be in [0, 1], got {search_fraction}")
-        self.layout, self.max_nnz = sparse_budget(self)
+        super().__init__(num_features, dim, budget, field_dims=field_dims, search_fraction=search_fraction,
+                         init_std=init_std)
         self.blocks = tuple(int(b) for b in (blocks or self.field_dims or (num_features,)))
         if min(self.blocks) < 1 or sum(self.blocks) != num_features:
             raise InputError("blocks", f"block sizes {self.blocks} must be >= 1 and sum to {num_features}")
-        self.l1, self.search_fraction, self.init_std = float(l1), float(search_fraction), float(init_std)
-        self.weight = nn.Parameter(torch.randn(num_features, dim) * self.init_std)
+        self.l1 = float(l1)
         self.saliency = nn.Parameter(torch.ones(len(self.blocks), dim))
         ends = torch.tensor(self.blocks).cumsum(0)
         self.register_buffer("block_ends", ends, persistent=False)
-        self.register_buffer("mask", torch.ones(num_features, dim, dtype=torch.bool))
-        self.register_buffer("pruned", torch.tensor(False))
 
     def options(self) -> dict[str, Any]:
         return {
@@ -81,39 +75,18 @@ class AutoSrhTable(EmbeddingTable):
         """The saliency group (block) of each id."""
         return torch.bucketize(ids, self.block_ends, right=True)
 
-    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = self.weight[ids]
-        if bool(self.pruned):
-            return rows * self.mask[ids]
-        return rows * self.saliency[self.group_of(ids)]
+    def searched(self) -> torch.Tensor:
+        """``v * alpha[g]`` of every row: the salient magnitudes pruning keeps the largest of."""
+        every = torch.arange(self.num_features, device=self.weight.device)
+        return self.weight * self.saliency[self.group_of(every)]
+
+    def search_lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[ids] * self.saliency[self.group_of(ids)]
 
     def penalty(self) -> torch.Tensor | None:
         if bool(self.pruned) or self.l1 == 0:
             return None
         return self.l1 * self.saliency.abs().sum()
-
-    @torch.no_grad()
-    def prune(self) -> None:
-        """Fold the saliencies into the weights and keep the budget's count of the largest."""
-        if bool(self.pruned):
-            return
-        every = torch.arange(self.num_features, device=self.weight.device)
-        salient = self.weight * self.saliency[self.group_of(every)]
-        self.mask.copy_(magnitude_mask(salient, self.max_nnz) & (salient != 0))
-        self.weight.copy_(salient * self.mask)
-        self.pruned.fill_(True)
-
-    @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> None:
-        if bool(self.pruned):
-            self.weight.mul_(self.mask)
-        elif step >= self.search_fraction * total_steps:
-            self.prune()
-
-    def finalize(self) -> EmbeddingTable:
-        self.prune()
-        kept = self.weight.detach() * self.mask
-        return SparseRowsTable.from_dense(kept, self.budget, field_dims=self.field_dims)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, groups={len(self.blocks)}, keep={self.max_nnz} ({self.layout})"

@@ -29,14 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from embeddings.csr_rows import SparseRowsTable, magnitude_mask, sparse_budget
-from embeddings.table import EmbeddingTable
+from embeddings.search_prune import SearchThenPruneTable
 from sparsekit.errors import InputError
 
 GRANULARITIES = ("global", "dimension", "feature", "feature_dimension")
 
 
-class PEPTable(EmbeddingTable):
+class PEPTable(SearchThenPruneTable):
     """Soft-thresholded weights with learnable thresholds; pruned to the budget and served sparse."""
 
     kind = "pep"
@@ -53,20 +52,14 @@ class PEPTable(EmbeddingTable):
         search_fraction: float = 0.1,
         init_std: float = 1e-4,
     ) -> None:
-        super().__init__(num_features, dim, budget, field_dims=field_dims)
         if granularity not in GRANULARITIES:
             raise InputError("granularity", f"one of {GRANULARITIES}, got {granularity!r}")
-        if not 0.0 <= search_fraction <= 1.0:
-            raise InputError("search_fraction", f"must be in [0, 1], got {search_fraction}")
-        self.layout, self.max_nnz = sparse_budget(self)
+        super().__init__(num_features, dim, budget, field_dims=field_dims, search_fraction=search_fraction,
+                         init_std=init_std)
         self.granularity, self.threshold_init = granularity, float(threshold_init)
-        self.search_fraction, self.init_std = float(search_fraction), float(init_std)
         rows = num_features if granularity.startswith("feature") else 1
         cols = dim if granularity.endswith("dimension") else 1
-        self.weight = nn.Parameter(torch.randn(num_features, dim) * self.init_std)
         self.threshold = nn.Parameter(torch.full((rows, cols), self.threshold_init))
-        self.register_buffer("mask", torch.ones(num_features, dim, dtype=torch.bool))
-        self.register_buffer("pruned", torch.tensor(False))
 
     def options(self) -> dict[str, Any]:
         return {
@@ -80,38 +73,17 @@ class PEPTable(EmbeddingTable):
         threshold = self.threshold if ids is None or self.threshold.shape[0] == 1 else self.threshold[ids]
         return weight.sign() * torch.relu(weight.abs() - torch.sigmoid(threshold))
 
-    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = self.weight[ids]
-        if bool(self.pruned):
-            return rows * self.mask[ids]
-        return self._soft_threshold(rows, ids)
+    def searched(self) -> torch.Tensor:
+        """``S(v, s)`` of every row."""
+        return self._soft_threshold(self.weight, None)
+
+    def search_lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._soft_threshold(self.weight[ids], ids)
 
     def learned_sparsity(self) -> float:
         """Fraction of weights the thresholds currently zero."""
         with torch.no_grad():
-            return float((self._soft_threshold(self.weight, None) == 0).float().mean())
-
-    @torch.no_grad()
-    def prune(self) -> None:
-        """Freeze ``S(v, s)`` into the weights and keep at most the budget's count (by magnitude)."""
-        if bool(self.pruned):
-            return
-        sparse = self._soft_threshold(self.weight, None)
-        self.mask.copy_(magnitude_mask(sparse, self.max_nnz) & (sparse != 0))
-        self.weight.copy_(sparse * self.mask)
-        self.pruned.fill_(True)
-
-    @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> None:
-        if bool(self.pruned):
-            self.weight.mul_(self.mask)
-        elif step >= self.search_fraction * total_steps:
-            self.prune()
-
-    def finalize(self) -> EmbeddingTable:
-        self.prune()
-        kept = self.weight.detach() * self.mask
-        return SparseRowsTable.from_dense(kept, self.budget, field_dims=self.field_dims)
+            return float((self.searched() == 0).float().mean())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, thresholds={self.granularity}, keep={self.max_nnz} ({self.layout})"
