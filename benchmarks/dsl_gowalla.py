@@ -186,21 +186,44 @@ def _ratio(a: float, b: float) -> float:
     return round(a / b, 4) if b else float("inf")
 
 
-def acceptance(model_kind: str, rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    dsl = rows["dsl"]["recall@20"]
-    entries = [
-        (f"{model_kind}: DSL Recall@20 / static random sparsity Recall@20 (both density {DENSITY})",
-         _ratio(dsl, rows["static"]["recall@20"]), ">", 1.0),
-        (f"{model_kind}: DSL Recall@20 / dense dim {SMALL_DIM} (equal parameters) Recall@20",
-         _ratio(dsl, rows["small"]["recall@20"]), ">", 1.0),
-        (f"{model_kind}: DSL Recall@20 / dense dim {FULL_DIM} Recall@20",
-         _ratio(dsl, rows["dense"]["recall@20"]), ">=", 0.9),
-        (f"{model_kind}: DSL sparse-export stored bytes (incl. indptr + indices) / dense float32 bytes",
-         _ratio(rows["dsl"]["sparse_export_bytes"], rows["dense"]["dense_fp32_bytes"]), "<=", 0.3),
+def _quality_entries(prefix: str, recall: dict[str, float]) -> list[tuple[str, float, str, float]]:
+    dsl = recall["dsl"]
+    return [
+        (f"{prefix}DSL Recall@20 / static random sparsity Recall@20 (both density {DENSITY})",
+         _ratio(dsl, recall["static"]), ">", 1.0),
+        (f"{prefix}DSL Recall@20 / dense dim {SMALL_DIM} (equal parameters) Recall@20",
+         _ratio(dsl, recall["small"]), ">", 1.0),
+        (f"{prefix}DSL Recall@20 / dense dim {FULL_DIM} Recall@20", _ratio(dsl, recall["dense"]), ">=", 0.9),
     ]
+
+
+def _judged(entries: list[tuple[str, float, str, float]]) -> list[dict[str, Any]]:
     compare = {">": lambda v, t: v > t, ">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t}
     return [{"criterion": c, "value": v, "op": op, "target": t, "pass": bool(compare[op](v, t))}
             for c, v, op, t in entries]
+
+
+def acceptance(model_kind: str, rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's criteria on the test split: quality ratios and stored bytes."""
+    entries = _quality_entries(f"{model_kind}: ", {name: row["recall@20"] for name, row in rows.items()})
+    entries.append((f"{model_kind}: DSL sparse-export stored bytes (incl. indptr + indices) / dense float32 "
+                    "bytes", _ratio(rows["dsl"]["sparse_export_bytes"], rows["dense"]["dense_fp32_bytes"]),
+                    "<=", 0.3))
+    return _judged(entries)
+
+
+def tune_acceptance(tuning: dict[str, Any]) -> list[dict[str, Any]]:
+    """The quality criteria on the dev split, each variant at its chosen settings (final dev Recall@20)."""
+    entries = []
+    for model_kind, result in tuning.items():
+        chosen, recall = result["chosen"], {}
+        for curve in result["curves"].values():
+            name = curve["variant"]
+            if curve["lr"] == chosen["lr"][name] and (name != "dsl" or
+                                                      curve["dsl_delta_t"] == chosen["dsl_delta_t"]):
+                recall[name] = curve["dev_recall@20"][-1][1]
+        entries += _quality_entries(f"{model_kind} (dev split, tuning run): ", recall)
+    return _judged(entries)
 
 
 def run_model(model_kind: str, data: ImplicitDataset, args: argparse.Namespace,
@@ -351,6 +374,7 @@ def main() -> None:
     if args.tune and out is not None:  # tuning one model at a time keeps the others' results
         previous = json.loads(out.read_text())["metrics"]["tuning"] if out.exists() else {}
         metrics["tuning"] = previous | metrics["tuning"]
+        result["acceptance"] = tune_acceptance(metrics["tuning"])
         plot(metrics["tuning"], out.with_name("dsl_gowalla.png"))
     if out is not None:
         out.write_text(json.dumps(result, indent=2) + "\n")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from retrieval.rag.corpus import RagCorpus, RetrievedChunk
 from retrieval.rag.engine import GenerationResult, RagEngine
-from sparsekit.errors import InputError, NotFoundError
+from sparsekit.errors import NotFoundError
 
 
 @dataclass
@@ -48,8 +48,6 @@ class RagPipeline:
     def stream(self, question: str, k: int | None = None,
                max_new_tokens: int = 64) -> Iterator[str | Answer]:
         """Yield the answer's text pieces as they are generated, then the :class:`Answer`."""
-        if not isinstance(question, str) or not question.strip():
-            raise InputError("question", "must be a non-empty string")
         chunks = self.retrieve(question, k)
         with self._lock:
             yield from self.engine.stream(question, [c.text for c in chunks], max_new_tokens)
