@@ -2,27 +2,32 @@
 
 One run, one JSON object (DESIGN.md §7), written to ``benchmarks/results/sparse_scifact.json``:
 
-1. **Quality.** The main model (IDF-aware FLOPS + BM25/MiniLM ensemble distillation) is trained on
+1. **Quality.** The main model (IDF-aware FLOPS + BM25/MiniLM ensemble distillation, with the
+   encoder's lexical prior: ``retrieval/encoders/lexical_prior.py``) is trained on
    the SciFact train qrels (``--model DIR`` reuses a model trained by exactly the recorded command).
    Its dev metrics (a split of train) come from training; the test split is evaluated once, here,
    through the learned-sparse index built by ``sparsekit index --kind sparse``: NDCG@10, R@100,
    MRR@10, average non-zeros per document and FLOPS.
-2. **Ablations** (dev split only, all at ``--ablation-epochs``): plain FLOPS (binary queries, no IDF
-   in the matching), dense teacher alone, BM25 teacher alone, no distillation (contrastive), against
-   the main configuration at the same epoch.
+2. **Ablations** (dev split only): the main recipe (same steps, data, prior) with one part changed
+   each: plain FLOPS (binary queries, no IDF in the matching), dense teacher alone, BM25 teacher
+   alone, no distillation (contrastive), against the main model's dev metrics.
+   ``--train-ablation NAME`` trains one of them alone (to train them in parallel before the run);
+   the run then waits for, or reuses, them. A reference row gives the main model's lexical prior
+   alone (no training) on the same dev queries.
 3. **Speed on SciFact** (one thread, k=100): the native engine on the trained model's index vs bm25s
    (its own BM25 index over the same corpus, stemmer + stopwords), both timed from query text to
    ranked ids: mean/median single-query latency and batch queries/s.
-4. **Scale**: a 1M-document synthetic corpus drawn from the trained model's term statistics
-   (document lengths, term document-frequencies, weights), the real test queries' vectors: build time,
-   index bytes, latency and batch throughput for the native engine, bm25s on the same postings, and
-   Lucene impact search (pyserini) on the same vectors as integer impacts.
+4. **Scale** (run before the ablations): a 1M-document synthetic corpus drawn from the trained
+   model's term statistics (document lengths, term document-frequencies, weights), the real test
+   queries' vectors: build time, index bytes, latency and batch throughput for the native engine,
+   bm25s on the same postings, and Lucene impact search (pyserini) on the same vectors as integer impacts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -41,6 +46,7 @@ from environment import commit, machine  # noqa: E402
 from sparse_engine import bm25s_over  # noqa: E402
 
 from retrieval.data.beir import load_corpus, load_qrels, load_queries  # noqa: E402
+from retrieval.encoders.sparse_doc import SparseEncoderConfig  # noqa: E402
 from retrieval.evaluation import evaluate, run_from_hits  # noqa: E402
 from retrieval.index.inverted import InvertedIndex, build_inverted_index  # noqa: E402
 from retrieval.index.learned_sparse import LearnedSparseIndex, build_learned_sparse_index  # noqa: E402
@@ -50,10 +56,20 @@ from retrieval.training.teachers import Bm25Teacher, doc_contents  # noqa: E402
 from sparsekit.dataroot import dataset_path  # noqa: E402
 
 K = 100
-MAIN_COMMAND = ("sparsekit train sparse --data ../shared/data/scifact --out runs/sparse-v3 "
-                "--work-dir runs/work --epochs 1 --max-steps 270 --pseudo-queries titles  # other options at "
-                "their defaults: --distill ensemble --idf-aware --lr 5e-5 --freeze-layers 4 --max-length 256 "
-                "--flops-lambda 0.002 --flops-warmup 200 --seed 13")
+STEPS = 100
+MAIN_COMMAND = ("sparsekit train sparse --data ../shared/data/scifact --out runs/sparse-v4 "
+                f"--work-dir runs/work --epochs 1 --max-steps {STEPS} --pseudo-queries titles "
+                "--lexical-prior --no-dev-eval-start  # other options at their defaults: --distill ensemble "
+                "--idf-aware --lr 5e-5 --freeze-layers 4 --max-length 256 --flops-lambda 0.002 "
+                "--flops-warmup 200 --seed 13")
+
+
+def main_recipe() -> dict[str, Any]:
+    """MAIN_COMMAND as SparseTrainConfig overrides (the ablations change one part of it each)."""
+    return {"epochs": 1, "max_steps": STEPS, "pseudo_queries": "titles",
+            "encoder": SparseEncoderConfig(freeze_layers=4, lexical_prior=True)}
+
+
 ABLATIONS = {"plain_flops": {"idf_aware": False}, "dense_teacher_only": {"distill": "dense"},
              "bm25_teacher_only": {"distill": "bm25"}, "no_distillation": {"distill": "none"}}
 
@@ -63,25 +79,64 @@ def _dir_bytes(path: Path) -> int:
 
 
 def _train(data: Path, out: Path, work: Path, **overrides: Any) -> tuple[Path, float]:
+    """Train into ``out`` unless it exists; wait if another process is training it right now."""
     start = time.perf_counter()
+    marker = out.with_name(out.name + ".training")
+    while marker.exists() and _alive(int(marker.read_text() or 0)):
+        time.sleep(30)  # e.g. an ablation trained in parallel with --train-ablation
     if not (out / "manifest.json").exists():
-        train_sparse_encoder(SparseTrainConfig(data=str(data), out=str(out), work_dir=str(work), **overrides))
+        marker.write_text(str(os.getpid()))
+        try:
+            cfg = SparseTrainConfig(data=str(data), out=str(out), work_dir=str(work), **overrides)
+            train_sparse_encoder(cfg)
+        finally:
+            marker.unlink(missing_ok=True)
     return out, time.perf_counter() - start
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return pid > 0
 
 
 def _training_info(model: Path) -> dict[str, Any]:
     return json.loads((model / "manifest.json").read_text())["params"]["training"]
 
 
-def ablations(data: Path, runs: Path, epochs: int, main_model: Path) -> dict[str, Any]:
-    main_dev = {h["epoch"]: h for h in _training_info(main_model)["dev"]}
-    out: dict[str, Any] = {"epochs": epochs, "main": main_dev.get(epochs), "untrained": main_dev.get(0)}
+def ablations(data: Path, runs: Path, main_model: Path) -> dict[str, Any]:
+    """Each ablation = the main recipe with one part changed, trained here; dev metrics at the end."""
+    main_dev = _training_info(main_model)["dev"]
+    out: dict[str, Any] = {"steps": STEPS, "main": main_dev[-1] if main_dev else None}
     for name, overrides in ABLATIONS.items():
-        model, _ = _train(data, runs / f"ablation-{name}", runs / "work", epochs=epochs,
-                          dev_eval_start=False, **overrides)
+        model, _ = train_ablation(data, runs, name)
         info = _training_info(model)
         out[name] = {**info["dev"][-1], "overrides": overrides, "wall_s": info["wall_s"]}
+    out["lexical_prior_alone"] = prior_alone_dev(data, main_model)
     return out
+
+
+def prior_alone_dev(data: Path, model_dir: Path) -> dict[str, float]:
+    """Reference row: dev metrics of the main model's lexical prior alone (WordPiece BM25, no training)."""
+    from retrieval.encoders.sparse_doc import SparseModel
+    from retrieval.training.dev_eval import evaluate_dev
+
+    model = SparseModel.load(model_dir, device="cpu")
+    info = _training_info(model_dir)
+    corpus = load_corpus(data / "corpus.jsonl")
+    queries = load_queries(data / "queries.jsonl")
+    qrels = load_qrels(data / "qrels" / "train.tsv")
+    prior = model.doc.lexical_prior_matrix([doc_contents(d) for d in corpus.values()])
+    metrics = evaluate_dev(model, prior, list(corpus), queries, qrels, info["dev_queries"])
+    return {k: round(v, 4) for k, v in metrics.items()}
+
+
+def train_ablation(data: Path, runs: Path, name: str) -> tuple[Path, float]:
+    """Train (or reuse) ablation ``name`` at ``runs/ablation-v4-<name>``."""
+    return _train(data, runs / f"ablation-v4-{name}", runs / "work", dev_eval_start=False,
+                  **{**main_recipe(), **ABLATIONS[name]})
 
 
 def test_quality(data: Path, model: Path, index_dir: Path) -> tuple[dict[str, Any], LearnedSparseIndex]:
@@ -286,7 +341,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
     parser.add_argument("--model", type=Path, default=None, help="reuse a model trained by MAIN_COMMAND")
-    parser.add_argument("--ablation-epochs", type=int, default=1)
+    parser.add_argument("--train-ablation", choices=sorted(ABLATIONS), default=None,
+                        help="only train this ablation (to train them in parallel before the run), then exit")
     parser.add_argument("--skip-ablations", action="store_true")
     parser.add_argument("--scale-docs", type=int, default=1_000_000)
     parser.add_argument("--no-lucene-scale", action="store_true")
@@ -306,7 +362,11 @@ def main() -> None:
     data = dataset_path("scifact")
     if data is None:
         sys.exit("dataset 'scifact' not found under the data root (set SPARSEKIT_DATA)")
-    model = args.model or _train(data, args.runs / "sparse-main", args.runs / "work")[0]
+    if args.train_ablation:
+        train_ablation(data, args.runs, args.train_ablation)
+        return
+    model = args.model or _train(data, args.runs / "sparse-v4", args.runs / "work", dev_eval_start=False,
+                                 **main_recipe())[0]
     info = _training_info(model)
     if args.train_total_s:
         info["wall_s"] = args.train_total_s
@@ -328,13 +388,13 @@ def main() -> None:
         save()
         metrics["speed_scifact"] = speed_scifact(data, index)
         save()
-        if not args.skip_ablations:
-            metrics["ablations"] = ablations(data, args.runs, args.ablation_epochs, model)
-            save()
         if args.scale_docs:
             queries = load_queries(data / "queries.jsonl")
             texts = [queries[q] for q in sorted(load_qrels(data / "qrels" / "test.tsv"))]
             metrics["scale"] = scale(index, texts, args.scale_docs, work, not args.no_lucene_scale)
+            save()
+        if not args.skip_ablations:
+            metrics["ablations"] = ablations(data, args.runs, model)
             save()
     print(json.dumps(result, default=float))
 

@@ -239,11 +239,15 @@ def train_sparse(
     freeze_layers: Annotated[int, typer.Option(help="Frozen lower transformer layers (cached).")] = 4,
     tie_head: Annotated[bool, typer.Option(help="Vocabulary head tied to the frozen word embeddings "
                                                  "(--no-tie-head: a trainable copy).")] = True,
+    lexical_prior: Annotated[bool, typer.Option(help="Add BM25-saturated WordPiece term frequencies to "
+                                                      "the learned document vector (residual learning).")]
+    = False,
     lr: Annotated[float, typer.Option(help="Learning rate of the trained layers.")] = 5e-5,
     flops_lambda: Annotated[float, typer.Option(help="FLOPS weight after warm-up.")] = 0.002,
     flops_warmup: Annotated[int, typer.Option(help="Steps of quadratic FLOPS warm-up.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 13,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    dev_eval_start: Annotated[bool, typer.Option(help="Dev metrics of the untrained model too.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
 ) -> None:
     """Train the inference-free sparse document encoder (IDF-aware FLOPS + ensemble distillation).
@@ -259,10 +263,11 @@ def train_sparse(
         _fail(ValueError(f"--pseudo-queries {pseudo_queries!r}: expected none or titles"))
     cfg = SparseTrainConfig(
         data=str(data), out=str(out), work_dir=str(work_dir) if work_dir else None, split=split,
-        encoder=SparseEncoderConfig(max_length=max_length, freeze_layers=freeze_layers, tie_head=tie_head),
+        encoder=SparseEncoderConfig(max_length=max_length, freeze_layers=freeze_layers, tie_head=tie_head,
+                                     lexical_prior=lexical_prior),
         distill=distill, idf_aware=idf_aware, pseudo_queries=pseudo_queries,  # type: ignore[arg-type]
         epochs=epochs, lr=lr, flops_lambda=flops_lambda, flops_warmup=flops_warmup, seed=seed,
-        max_steps=max_steps, overwrite=overwrite)
+        max_steps=max_steps, dev_eval_start=dev_eval_start, overwrite=overwrite)
     start = time.perf_counter()
     try:
         path = train_sparse_encoder(cfg)

@@ -26,6 +26,11 @@ Backbone and head (decisions documented here; see METHODS.md):
   activation (and the bias, constant over tokens) then runs on [B, V] instead of [B, L, V].
   Padding positions are filled with ``-inf`` before the max, so they never affect a vector.
   [CLS]/[SEP] positions take part in the max (as in SPLADE); the special *ids* are zeroed.
+* Lexical prior (``lexical_prior=True``): :mod:`retrieval.encoders.lexical_prior` adds BM25's
+  saturated term frequencies of the document's own WordPiece tokens (read up to
+  ``lexical_max_length`` tokens), scaled by a trained scalar, so the transformer learns the residual
+  over a WordPiece BM25 match (CLEAR-style). :meth:`SparseDocEncoder.encode` adds it; the training
+  and dev paths add the same rows from :meth:`SparseDocEncoder.lexical_prior_matrix`.
 * Cost: the [B, L, V] logits dominate (384 x 30,522 MACs per token). They are computed in chunks
   of ``logit_chunk_tokens`` tokens with a running max, so memory stays bounded in training too
   (``max(dim)`` keeps only indices for backward). ``freeze_layers = N`` freezes the embeddings and
@@ -69,6 +74,7 @@ from retrieval.encoders.backbone import (
     special_token_ids,
 )
 from retrieval.encoders.idf_query import IdfQueryEncoder
+from retrieval.encoders.lexical_prior import fit_avgdl, saturated_tf
 from sparsekit.artifacts import open_artifact, write_artifact
 from sparsekit.device import default_device
 from sparsekit.errors import ArtifactError
@@ -94,6 +100,11 @@ class SparseEncoderConfig:
     bias_init: float = -3.0
     freeze_layers: int = 0
     logit_chunk_tokens: int = 2048
+    lexical_prior: bool = False      # add BM25-saturated term frequencies (retrieval.encoders.lexical_prior)
+    lexical_k1: float = 0.9
+    lexical_b: float = 0.4
+    lexical_avgdl: float = 0.0       # fitted on the training corpus (SparseDocEncoder.fit_lexical_prior)
+    lexical_max_length: int = 512    # tokens the prior counts (the transformer reads max_length)
 
 
 def _mlm_transform(hidden: int, eps: float) -> nn.Module:
@@ -147,6 +158,7 @@ class SparseDocEncoder(nn.Module):
         keep = torch.ones(bert.vocab_size)
         keep[special_token_ids(tokenizer)] = 0.0
         self.register_buffer("keep", keep, persistent=False)
+        self.lexical_scale = nn.Parameter(torch.tensor(1.0)) if self.config.lexical_prior else None
         self._freeze(self.config.freeze_layers)
         self.to(device or default_device()).eval()  # inference by default; trainers call .train()
 
@@ -201,14 +213,54 @@ class SparseDocEncoder(nn.Module):
                                 self.backbone.encoder.layer[: self.config.freeze_layers])
 
     def upper(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The remaining layers, vocabulary head and pooling: term weights [B, V]."""
+        """The remaining layers, vocabulary head and pooling: learned term weights [B, V]."""
         hidden = self._run_layers(hidden, attention_mask,
                                   self.backbone.encoder.layer[self.config.freeze_layers:])
         return self.pool(hidden, attention_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Term weights [B, V] (non-negative, special ids 0), differentiable."""
+        """Learned term weights [B, V] (non-negative, special ids 0), differentiable.
+
+        The lexical prior (if any) is added by :meth:`encode` / :meth:`with_prior`.
+        """
         return self.upper(self.lower(input_ids, attention_mask), attention_mask)
+
+    # ---- lexical prior ---------------------------------------------------------------------------
+    def lexical_prior(self, texts: Sequence[str]) -> torch.Tensor:
+        """BM25-saturated term frequencies [B, V] of ``texts`` (``lexical_max_length`` tokens each)."""
+        if self.lexical_scale is None:
+            raise ValueError("this encoder has no lexical prior (SparseEncoderConfig.lexical_prior=False)")
+        cfg = self.config
+        rows = self.tokenizer(list(texts), truncation=True, max_length=cfg.lexical_max_length)["input_ids"]
+        ids, mask = _pad(rows, self.tokenizer.pad_token_id)
+        return saturated_tf(ids.to(self.device), mask.to(self.device), self.keep, cfg.lexical_k1,
+                            cfg.lexical_b, cfg.lexical_avgdl)
+
+    def with_prior(self, weights: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        """``weights + relu(s) * prior`` with a lexical prior; ``weights`` unchanged without one."""
+        if self.lexical_scale is None:
+            return weights
+        if prior is None:
+            raise ValueError("this encoder has a lexical prior: pass the documents' prior")
+        return weights + torch.relu(self.lexical_scale) * prior
+
+    @torch.no_grad()
+    def lexical_prior_matrix(self, texts: Sequence[str], batch_size: int = 256) -> sp.csr_matrix:
+        """:meth:`lexical_prior` of many texts as a float32 CSR matrix [n, V] (computed in batches)."""
+        texts = list(texts)
+        parts = [to_csr(self.lexical_prior(texts[i:i + batch_size]))
+                 for i in range(0, len(texts), batch_size)]
+        if not parts:
+            return sp.csr_matrix((0, self.vocab_size), dtype=np.float32)
+        return sp.vstack(parts, format="csr")
+
+    def fit_lexical_prior(self, texts: Sequence[str]) -> None:
+        """Set the lexical prior's ``avgdl`` from ``texts`` (tokenized as the prior reads them)."""
+        if self.lexical_scale is None:
+            raise ValueError("this encoder has no lexical prior (SparseEncoderConfig.lexical_prior=False)")
+        rows = self.tokenizer(list(texts), truncation=True,
+                              max_length=self.config.lexical_max_length)["input_ids"]
+        self.config.lexical_avgdl = fit_avgdl(rows, special_token_ids(self.tokenizer))
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Masked max over tokens of the head's logits (in token chunks), then ``log(1 + relu)``."""
@@ -247,9 +299,11 @@ class SparseDocEncoder(nn.Module):
         try:
             for start in tqdm(range(0, len(rows), batch_size), desc="sparse encode", unit="batch",
                               disable=not progress):
-                ids, mask = _pad([rows[i] for i in order[start:start + batch_size]],
-                                 self.tokenizer.pad_token_id)
+                batch = order[start:start + batch_size]
+                ids, mask = _pad([rows[i] for i in batch], self.tokenizer.pad_token_id)
                 weights = self(ids.to(self.device), mask.to(self.device))
+                if self.lexical_scale is not None:
+                    weights = self.with_prior(weights, self.lexical_prior([texts[i] for i in batch]))
                 parts.append(to_csr(prune(weights, top_k, threshold)))
         finally:
             self.train(was_training)

@@ -3,11 +3,13 @@
 Bi-granular document representation (BiDR; Xiao et al., "Progressively Optimized Bi-Granular Document
 Representation for Scalable Embedding Based Retrieval", WWW 2022; microsoft/BiDR). A faiss index of
 product-quantized codes (Jégou et al., PQ, TPAMI 2011; OPQ rotation, Ge et al., CVPR 2013; default
-``"OPQ48,PQ48"``: 48 bytes per 384-d document, optionally behind an IVF coarse quantizer) stays in RAM
-and returns each query's top-``C`` candidates by asymmetric distance. The float16 (or float32) document
-vectors live on disk in an ``np.memmap``; only the ``C`` candidate rows are read, and the candidates are
-re-scored exactly (inner product). faiss's own ``IndexRefineFlat`` keeps the refine vectors in RAM
-(faiss issue #2172); this is the on-disk equivalent.
+``"OPQ48,PQ48"``: 48 bytes per 384-d document, optionally behind an IVF coarse quantizer; on small
+corpora, where the 384 x 384 rotation and the codebooks outweigh the codes, a reduced-dimension rotation
+and 4-bit codes such as ``"OPQ48_96,PQ48x4"``, 24 bytes) stays in RAM and returns each query's
+top-``C`` candidates by asymmetric distance. The float16 (or float32) document vectors live on disk in
+an ``np.memmap``; only the ``C`` candidate rows are read, a fixed block of rows at a time, and the
+candidates are re-scored exactly (inner product). faiss's own ``IndexRefineFlat`` keeps the refine
+vectors in RAM (faiss issue #2172); this is the on-disk equivalent.
 
 On disk (format ``bigranular``, version 1)::
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import mmap
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,7 @@ VERSION = 1
 CODES_FILE = "codes.faiss"
 VECTORS_FILE = "vectors.bin"
 DTYPES = ("float16", "float32")
+RESCORE_BLOCK = 64  # candidate rows read and scored at a time (bounds the re-score's working memory)
 
 
 @dataclass
@@ -118,9 +122,28 @@ class VectorStore:
         out[order] = self.array[rows[order]]
         return out
 
-    def rescore(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Exact inner products of one query with the stored vectors of ``rows``."""
-        scores = self.gather(rows) @ query
+    def rescore(self, query: np.ndarray, rows: np.ndarray, block: int = RESCORE_BLOCK) -> np.ndarray:
+        """Exact inner products of one query with the stored vectors of ``rows``, in the order asked.
+
+        The rows are read ``block`` at a time into one reused buffer, so the working memory is about
+        ``block x dim`` values however many rows are asked for. The scores are those of
+        ``gather(rows) @ query`` (up to float32 summation order inside the BLAS kernel).
+        """
+        block = check_k(block, "block")
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self.array)):
+            raise InputError("rows", f"must lie in [0, {len(self.array)}), got {rows.min()}..{rows.max()}")
+        starts = list(range(0, len(rows), block))
+        size = (min(block, len(rows)), self.array.shape[1])
+        raw = np.empty(size, dtype=self.array.dtype)
+        buffer = raw if raw.dtype == np.float32 else np.empty(size, dtype=np.float32)
+        scores = np.empty(len(rows), dtype=np.result_type(np.float32, query))
+        for start, end in pairwise([*starts, len(rows)]):
+            n = end - start
+            np.take(self.array, rows[start:end], axis=0, out=raw[:n], mode="clip")  # bounds checked above
+            if buffer is not raw:
+                buffer[:n] = raw[:n]
+            scores[start:end] = buffer[:n] @ query
         if not np.isfinite(scores).all():
             raise ArtifactError(self.path, "non-finite stored vectors (corrupt vector file)")
         return scores

@@ -20,15 +20,23 @@ from retrieval.training.hidden_cache import HiddenCache
 
 
 @torch.no_grad()
-def encode_cached(model: SparseModel, hidden: HiddenCache, batch_size: int = 32, progress: bool = True
-                  ) -> sp.csr_matrix:
-    """Document vectors [N, V] from the frozen-layer cache (same values as ``model.doc.encode``)."""
+def encode_cached(model: SparseModel, hidden: HiddenCache, batch_size: int = 32, progress: bool = True,
+                  prior: sp.csr_matrix | None = None) -> sp.csr_matrix:
+    """Document vectors [N, V] from the frozen-layer cache (same values as ``model.doc.encode``).
+
+    ``prior``: the corpus' lexical prior rows (``model.doc.lexical_prior_matrix``) when the encoder
+    has one.
+    """
     parts = []
     n = len(hidden.lengths)
     for start in tqdm(range(0, n, batch_size), desc="dev: encoding corpus", disable=not progress):
         rows = np.arange(start, min(n, start + batch_size))
         h, mask = hidden.batch(rows, model.doc.device)
-        parts.append(to_csr(model.doc.upper(h, mask)))
+        weights = model.doc.upper(h, mask)
+        if prior is not None:
+            rows_prior = torch.from_numpy(prior[rows].toarray()).to(weights.device)
+            weights = model.doc.with_prior(weights, rows_prior)
+        parts.append(to_csr(weights))
     return sp.vstack(parts, format="csr")
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -153,9 +154,10 @@ class _Checkpoint:
 
 
 def _optimizer(model: SparseModel, cfg: SparseTrainConfig) -> torch.optim.Optimizer:
-    bias = [model.doc.bias]
+    scalars = ("bias", "head", "lexical_scale")
+    bias = [model.doc.bias] + ([model.doc.lexical_scale] if model.doc.lexical_scale is not None else [])
     head = [model.doc.head] if model.doc.head is not None else []
-    rest = [p for n, p in model.doc.named_parameters() if p.requires_grad and n not in ("bias", "head")]
+    rest = [p for n, p in model.doc.named_parameters() if p.requires_grad and n not in scalars]
     groups = [{"params": rest, "lr": cfg.lr}, {"params": bias, "lr": cfg.bias_lr, "weight_decay": 0.0}]
     if head:
         groups.append({"params": head, "lr": cfg.head_lr, "weight_decay": 0.0})
@@ -200,10 +202,11 @@ class _DevSet:
     qids: list[str]
     history: list[dict] = field(default_factory=list)
 
-    def run(self, model: SparseModel, hidden: HiddenCache, epoch: int, step: int, progress: bool) -> None:
+    def run(self, model: SparseModel, hidden: HiddenCache, prior: sp.csr_matrix | None, epoch: int, step: int,
+            progress: bool) -> None:
         from retrieval.training.dev_eval import encode_cached, evaluate_dev
 
-        docs = encode_cached(model, hidden, progress=progress)
+        docs = encode_cached(model, hidden, progress=progress, prior=prior)
         metrics = evaluate_dev(model, docs, self.doc_ids, self.queries, self.qrels, self.qids)
         self.history.append({"epoch": epoch, "step": step, **{k: round(v, 4) for k, v in metrics.items()}})
         if progress:
@@ -228,8 +231,12 @@ def train_sparse_encoder(cfg: SparseTrainConfig) -> Path:
     model.query.fit_idf(contents)
     if not cfg.idf_aware:
         model.query.set_table(np.ones(model.query.vocab_size, np.float32))
-    hidden = build_hidden_cache(contents, model.doc, work, progress=cfg.progress)
-    stats = _train_loop(model, cache, hidden, queries, train_q, cfg, _Checkpoint(work, cfg), dev)
+    prior = None
+    if cfg.encoder.lexical_prior:
+        model.doc.fit_lexical_prior(contents)
+        prior = model.doc.lexical_prior_matrix(contents)
+    inputs = _DocInputs(build_hidden_cache(contents, model.doc, work, progress=cfg.progress), prior)
+    stats = _train_loop(model, cache, inputs, queries, train_q, cfg, _Checkpoint(work, cfg), dev)
     model.extra = {"training": {**_jsonable(cfg), "train_queries": len(train_q), "dev_queries": dev_q,
                                 "wall_s": round(time.perf_counter() - start, 1), **stats,
                                 "dev": dev.history if dev else []}}
@@ -246,12 +253,27 @@ def _query_vectors(model: SparseModel, texts: list[str]) -> torch.Tensor:
         return model.query(ids, mask)
 
 
-def _step(model: SparseModel, cache: TeacherCache, hidden: HiddenCache, qtexts: list[str],
+@dataclass
+class _DocInputs:
+    """What the training forward reads per document: cached hidden states (+ lexical prior rows)."""
+
+    hidden: HiddenCache
+    prior: sp.csr_matrix | None = None
+
+    def weights(self, model: SparseModel, docs: np.ndarray) -> torch.Tensor:
+        """Differentiable term weights [len(docs), V] of corpus rows ``docs``."""
+        h, mask = self.hidden.batch(docs, model.doc.device)
+        weights = train_weights(model.doc, h, mask)
+        if self.prior is None:
+            return weights
+        return model.doc.with_prior(weights, torch.from_numpy(self.prior[docs].toarray()).to(weights.device))
+
+
+def _step(model: SparseModel, cache: TeacherCache, inputs: _DocInputs, qtexts: list[str],
           qrows: np.ndarray, cols: np.ndarray, cfg: SparseTrainConfig, lam: float) -> dict[str, float]:
     b, c = cols.shape
     docs = cache.candidates[qrows[:, None], cols].reshape(-1)
-    h, mask = hidden.batch(docs, model.doc.device)
-    weights = train_weights(model.doc, h, mask)                        # [B*C, V]
+    weights = inputs.weights(model, docs)                              # [B*C, V]
     q = _query_vectors(model, qtexts).to(weights.device)              # [B, V]
     student = torch.einsum("bv,bcv->bc", q, weights.view(b, c, -1)) / cfg.temperature
     teacher = None if cfg.distill == "none" else _teacher_targets(cache, qrows, cols, cfg)
@@ -263,7 +285,7 @@ def _step(model: SparseModel, cache: TeacherCache, hidden: HiddenCache, qtexts: 
     return {"loss": loss.item(), "rank": rank.item(), "flops": flops.item(), "nnz": nnz}
 
 
-def _train_loop(model: SparseModel, cache: TeacherCache, hidden: HiddenCache, queries: dict[str, str],
+def _train_loop(model: SparseModel, cache: TeacherCache, inputs: _DocInputs, queries: dict[str, str],
                 train_q: list[str], cfg: SparseTrainConfig, ckpt: _Checkpoint, dev: _DevSet | None
                 ) -> dict[str, float]:
     batcher = _Batcher(cache, train_q, cfg)
@@ -280,7 +302,7 @@ def _train_loop(model: SparseModel, cache: TeacherCache, hidden: HiddenCache, qu
         step = state["step"]
     model.doc.eval()  # no dropout anywhere: the cached lower layers were computed without it
     if dev is not None and step == 0 and cfg.dev_eval_start:
-        dev.run(model, hidden, 0, 0, cfg.progress)
+        dev.run(model, inputs.hidden, inputs.prior, 0, 0, cfg.progress)
     bar = tqdm(total=total, initial=step, desc="train sparse", disable=not cfg.progress)
     last: dict[str, float] = {}
     for epoch in range(cfg.epochs):
@@ -294,7 +316,7 @@ def _train_loop(model: SparseModel, cache: TeacherCache, hidden: HiddenCache, qu
             cols = np.stack([batcher.sample(r, rng) for r in qrows])
             qtexts = [queries[cache.query_ids[r]] for r in qrows]
             optim.zero_grad(set_to_none=True)
-            last = _step(model, cache, hidden, qtexts, qrows, cols, cfg, warmup(global_step))
+            last = _step(model, cache, inputs, qtexts, qrows, cols, cfg, warmup(global_step))
             optim.step()
             step = global_step + 1
             bar.update(1)
@@ -304,6 +326,6 @@ def _train_loop(model: SparseModel, cache: TeacherCache, hidden: HiddenCache, qu
                 ckpt.save(model, optim, step)
         due = (epoch + 1) % cfg.dev_eval_every == 0 or epoch + 1 == cfg.epochs or step == total
         if dev is not None and due and step == min(total, (epoch + 1) * batcher.steps_per_epoch()):
-            dev.run(model, hidden, epoch + 1, step, cfg.progress)
+            dev.run(model, inputs.hidden, inputs.prior, epoch + 1, step, cfg.progress)
     bar.close()
     return {"steps": step, **{f"last_{k}": v for k, v in last.items()}}

@@ -73,12 +73,41 @@ def test_memmap_rescore_equals_brute_force_on_the_candidates(built: Path, data) 
     stored = matrix.astype(np.float16).astype(np.float32)
     for i, q in enumerate(queries):
         found = cand[i][cand[i] >= 0]
-        assert np.array_equal(index.store.rescore(q, found), stored[found] @ q)
+        assert np.allclose(index.store.rescore(q, found), stored[found] @ q, rtol=1e-6, atol=1e-6)
         brute = stored[found] @ q
         order = np.lexsort((found, -brute))[:10]
         assert np.array_equal(rows[i], found[order])
         assert np.allclose(scores[i], brute[order], atol=1e-6)
     assert cand.shape == (6, CONFIG.candidates)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_blocked_rescore_equals_unblocked_and_brute_force(tmp_path: Path, dtype: str) -> None:
+    """Block sizes that do not divide the candidate count (1000 = 15 x 64 + 40; 129 = 2 x 64 + 1) give the
+    scores of one product over all rows (up to float32 summation order inside BLAS)."""
+    matrix = random_vectors(3000, dim=384, seed=3)
+    VectorStore.write(matrix, tmp_path / "v.bin", dtype, progress=False)
+    store = VectorStore.open(tmp_path / "v.bin", 3000, 384, dtype)
+    stored = matrix.astype(dtype).astype(np.float32)
+    rng = np.random.default_rng(4)
+    counts = (1000, 997, 129, 33, 1)
+    for query, count in zip(random_vectors(len(counts), dim=384, seed=5), counts, strict=True):
+        rows = rng.choice(3000, count, replace=False)
+        unblocked = store.rescore(query, rows, block=count)
+        assert np.allclose(unblocked, stored[rows] @ query, rtol=1e-6, atol=1e-6)
+        for block in (64, 128):
+            assert np.allclose(store.rescore(query, rows, block=block), unblocked, rtol=1e-6, atol=1e-6)
+    assert store.rescore(query, np.array([], dtype=np.int64)).shape == (0,)
+
+
+def test_rescore_rejects_rows_outside_the_store_and_bad_blocks(built: Path) -> None:
+    store = BiGranularIndex.open(built).store
+    query = random_vectors(1, seed=9)[0]
+    for rows in ([0, 400], [-1, 3]):
+        with pytest.raises(InputError, match="rows"):
+            store.rescore(query, np.array(rows))
+    with pytest.raises(InputError, match="block"):
+        store.rescore(query, np.array([1, 2]), block=0)
 
 
 def test_all_candidates_give_the_exact_ranking(tmp_path: Path, data) -> None:
@@ -193,6 +222,16 @@ def test_ivf_codes_and_opq_rotation(tmp_path: Path, data) -> None:
     queries = data[1][:20]
     _, rows = BiGranularIndex.open(path).search_vectors(queries, 1)
     assert np.array_equal(rows[:, 0], np.arange(20))  # each vector finds itself after exact re-score
+
+
+def test_reduced_dimension_opq_and_4_bit_codes(tmp_path: Path, data) -> None:
+    """The compact code config (OPQ to fewer dimensions, 4-bit PQ) builds, stores its code size, re-scores."""
+    config = BiGranularConfig(codes="OPQ4_8,PQ4x4", candidates=100, dtype="float16")
+    path = build_bigranular_index(None, tmp_path / "ix", config, vectors=data, progress=False)
+    index = BiGranularIndex.open(path)
+    assert index.manifest.counts["code_bytes"] == 2 and index.codes.d == DIM
+    _, rows = index.search_vectors(data[1][:20], 1)
+    assert np.array_equal(rows[:, 0], np.arange(20))
 
 
 def test_top_k_orders_by_score_then_row() -> None:

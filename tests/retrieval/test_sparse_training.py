@@ -180,3 +180,33 @@ def test_title_pseudo_queries_come_from_the_corpus_only() -> None:
 
     corpus = {"d1": Doc("d1", "Aspirin lowers heart risk", "x"), "d2": Doc("d2", "Short", "y")}
     assert title_queries(corpus) == {f"{PSEUDO}d1": "Aspirin lowers heart risk"}
+
+
+def test_tiny_training_with_the_lexical_prior(tmp_path: Path) -> None:
+    """Training, dev evaluation and indexing add the prior the same way (dev metrics == index metrics)."""
+    from retrieval.encoders import SparseModel
+    from retrieval.index import build_index, open_index
+
+    data = tmp_path / "beir"
+    _tiny_beir(data)
+    cfg = SparseTrainConfig(
+        data=str(data), out=str(tmp_path / "model"), work_dir=str(tmp_path / "work"), dev_fraction=0.25,
+        encoder=SparseEncoderConfig(max_length=32, freeze_layers=4, lexical_prior=True),
+        teachers=TeacherConfig(depth=4), epochs=1, queries_per_step=3, candidates_per_query=4,
+        progress=False, device="cpu", seed=1)
+    model_dir = train_sparse_encoder(cfg)
+    model = SparseModel.load(model_dir, device="cpu")
+    assert model.doc.config.lexical_prior and model.doc.config.lexical_avgdl > 0
+    scale = float(model.doc.lexical_scale.detach())
+    assert scale != 1.0  # the prior's scale is trained
+    training = json.loads((model_dir / "manifest.json").read_text())["params"]["training"]
+    index = open_index(build_index("sparse", data / "corpus.jsonl", tmp_path / "index", model=model_dir,
+                                   batch_size=8))
+    hits = index.search("malaria vaccine for children", 3)
+    assert hits and hits[0][0].startswith("malaria")
+    from retrieval.data.beir import load_corpus
+    from retrieval.training.teachers import doc_contents
+
+    docs = model.doc.encode([doc_contents(d) for d in load_corpus(data / "corpus.jsonl").values()],
+                            progress=False)
+    assert training["dev"][-1]["avg_doc_nnz"] == pytest.approx(docs.getnnz(axis=1).mean(), rel=1e-3)
