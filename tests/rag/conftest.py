@@ -1,4 +1,7 @@
-"""Shared fixture of the RAG tests: SmolLM2 loaded once per session (skipped when the GGUF is absent)."""
+"""Shared fixtures of the RAG tests: SmolLM2 loaded once per session (skipped when the GGUF is absent)
+and a whitespace tokenizer for the chunking and corpus tests."""
+
+import re
 
 import pytest
 import torch
@@ -15,6 +18,25 @@ def generator():
     except NotFoundError as exc:
         pytest.skip(f"SmolLM2 GGUF unavailable ({exc})")
     return Generator.load(device="cpu")
+
+
+class WordTokenizer:
+    """One token per whitespace-separated word, with character offsets (the HF calls the RAG code makes)."""
+
+    def __call__(self, text: str, add_special_tokens: bool = False, return_offsets_mapping: bool = False):
+        spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+        out = {"input_ids": list(range(len(spans)))}
+        if return_offsets_mapping:
+            out["offset_mapping"] = spans
+        return out
+
+    def __len__(self) -> int:
+        return 0
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer() -> WordTokenizer:
+    return WordTokenizer()
 
 
 @pytest.fixture(autouse=True, scope="module")
