@@ -95,11 +95,13 @@ def _train(data: Path, out: Path, work: Path, **overrides: Any) -> tuple[Path, f
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (OSError, ValueError):
+    if pid <= 0:
         return False
-    return pid > 0
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except OSError:
+        return False
+    return True
 
 
 def _training_info(model: Path) -> dict[str, Any]:
