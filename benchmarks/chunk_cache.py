@@ -2,12 +2,21 @@
 
 Corpus: SciFact documents cut into <= 128-token chunks of the generator's tokenizer and indexed with
 BM25 (:func:`retrieval.rag.corpus.build_rag_corpus`); a request is a SciFact *train* query with its
-top-5 chunks in retrieval order. Questions come in groups that cite the same document (related
-questions retrieve overlapping chunks in different orders: random SciFact queries share almost no
-chunk); ``--distinct`` of them are replayed in a seeded Zipf order (exponent ``--zipf``) so popular
-questions and chunks recur. The dev slice used to choose Cache-Craft's ``alpha`` (``--tune``) is a
-disjoint set of groups, each question asked once (so its chunks are reused under changed prefixes);
-alpha is the smallest of ``ALPHAS`` within 0.01 ROUGE-L of the best on it. One thread, CPU.
+top-5 chunks in retrieval order. Two question pools (``--pool``); ``--distinct`` questions of the pool are
+replayed in a seeded Zipf order (exponent ``--zipf``):
+
+- ``popular`` (default): chunk popularity is the number of SciFact train queries whose top-5 holds the
+  chunk; the pool is the train queries whose chunks are the most popular (score = sum over its top-5 of
+  popularity - 1, ties by query id). This is the workload a chunk cache is for: popular chunks recur
+  under different questions, at different positions and after different neighbours. Most SciFact
+  queries share no chunk with any other (2,797 distinct chunks in the 4,045 top-5 slots of the 809
+  train queries), so a pool drawn at random exercises little but exact question repeats.
+- ``related``: groups of train queries that cite the same document, in a seeded order.
+
+The dev slice used to choose Cache-Craft's ``alpha`` (``--tune``) is disjoint from the evaluation pool
+(the next ``--dev`` queries of the same ranking or group order), each question asked once (so its chunks
+are reused under changed prefixes); alpha is the smallest of ``ALPHAS`` within 0.01 ROUGE-L of the best
+on it. One thread, CPU.
 
 Policies (:mod:`retrieval.rag.policies`), each with its own fresh cache (host RAM ``--host-mb`` ->
 disk ``--disk-mb``, so the tiers and eviction are exercised): full recompute, vLLM prefix caching,
@@ -36,6 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +141,19 @@ def question_pools(train: dict[str, dict[str, int]], seed: int, distinct: int, d
         pools[target] += fresh
         taken.update(fresh)
     return pools[0][:distinct], pools[1][:dev]
+
+
+def popular_pools(retrieved: dict[str, list[str]], distinct: int, dev: int) -> tuple[list[str], list[str]]:
+    """Evaluation and dev pools: the queries whose retrieved chunks other queries retrieve most often.
+
+    ``retrieved`` maps every train query to its top-k chunk texts. A chunk's popularity is the number of
+    queries retrieving it; a query scores the sum of ``popularity - 1`` over its chunks (ties by id).
+    The first ``distinct`` queries of that ranking form the evaluation pool, the next ``dev`` the dev one.
+    """
+    popularity = Counter(chunk for chunks in retrieved.values() for chunk in chunks)
+    score = {q: sum(popularity[c] - 1 for c in chunks) for q, chunks in retrieved.items()}
+    ranked = sorted(retrieved, key=lambda q: (-score[q], q))
+    return ranked[:distinct], ranked[distinct:distinct + dev]
 
 
 def zipf_replay(pool: list[str], n: int, exponent: float, seed: int) -> list[str]:
@@ -262,6 +285,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--distinct", type=int, default=40, help="distinct evaluation queries in the replay")
     parser.add_argument("--zipf", type=float, default=1.1)
+    parser.add_argument("--pool", choices=("popular", "related"), default="popular",
+                        help="queries with the most popular chunks, or groups citing one document")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dev", type=int, default=16, help="dev queries (alpha tuning), each asked once")
     parser.add_argument("--tune", action="store_true", help="choose alpha on the dev slice first")
@@ -282,16 +307,22 @@ class Workload:
     order: list[str]
     dev_order: list[str]
     requests: dict[str, Request]
+    stats: dict[str, Any]
 
 
 def workload(generator: Generator, args: argparse.Namespace, workdir: Path, progress: bool) -> Workload:
     corpus, train, queries = load_questions(generator, workdir, progress)
-    pool, dev_pool = question_pools(train, args.seed, args.distinct, args.dev)
+    retrieved = {q: [c.text for c in corpus.retrieve(queries[q], TOP_K)] for q in sorted(train)}
+    if args.pool == "popular":
+        pool, dev_pool = popular_pools(retrieved, args.distinct, args.dev)
+    else:
+        pool, dev_pool = question_pools(train, args.seed, args.distinct, args.dev)
     order = zipf_replay(pool, args.requests, args.zipf, args.seed)
-    dev_order = dev_pool  # each dev question once, related ones adjacent: reuse under changed prefixes
-    requests = {q: Request(queries[q], [c.text for c in corpus.retrieve(queries[q], TOP_K)])
-                for q in sorted(set(order) | set(dev_order))}
-    return Workload(order, dev_order, requests)
+    dev_order = dev_pool  # each dev question once: its chunks are reused under changed prefixes
+    requests = {q: Request(queries[q], retrieved[q]) for q in sorted(set(order) | set(dev_order))}
+    slots = [c for q in order for c in retrieved[q]]
+    stats = {"pool": args.pool, "distinct_chunks": len(set(slots)), "chunk_slots": len(slots)}
+    return Workload(order, dev_order, requests, stats)
 
 
 def run_all(generator: Generator, work: Workload, args: argparse.Namespace, cache_root: Path, progress: bool
@@ -355,6 +386,7 @@ def main() -> None:
     metrics = {
         "dataset": "scifact", "split": "train queries", "model": generator.model_id, "top_k": TOP_K,
         "new_tokens": NEW_TOKENS, "requests": len(work.order), "distinct_questions": len(set(work.order)),
+        **work.stats,
         "zipf": args.zipf, "seed": args.seed, "threads": torch.get_num_threads(), "alpha": out["alpha"],
         "alpha_tuning_on_dev": out["tuning"], "equal_recompute_fraction": round(out["fraction"], 4),
         "cache_capacity_mb": {"host": args.host_mb, "disk": args.disk_mb}, "policies": summaries,

@@ -16,7 +16,9 @@ One run, one JSON object (DESIGN.md §7), written to ``benchmarks/results/sparse
    alone (no training) on the same dev queries.
 3. **Speed on SciFact** (one thread, k=100): the native engine on the trained model's index vs bm25s
    (its own BM25 index over the same corpus, stemmer + stopwords), both timed from query text to
-   ranked ids: mean/median single-query latency and batch queries/s.
+   ranked ids: mean/median single-query latency and batch queries/s. The batch criterion compares like
+   with like: our array API (doc-id and score arrays, what bm25s returns); the list API's ``(id, score)``
+   tuples are reported beside it. Both tokenizers run on one thread (``RAYON_NUM_THREADS=1``).
 4. **Scale** (run before the ablations): a 1M-document synthetic corpus drawn from the trained
    model's term statistics (document lengths, term document-frequencies, weights), the real test
    queries' vectors: build time, index bytes, latency and batch throughput for the native engine,
@@ -28,6 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+
+os.environ.setdefault("RAYON_NUM_THREADS", "1")  # the tokenizers' thread pool: speed is measured on 1 thread
 import statistics
 import sys
 import tempfile
@@ -203,13 +207,8 @@ def speed_scifact(data: Path, index: LearnedSparseIndex) -> dict[str, Any]:
         docs, scores = teacher.retriever.retrieve(tokens, k=K, show_progress=False, n_threads=0)
         return ids[docs], scores
 
-    def ours_arrays(qs: list[str]):
-        vecs = index.encode_queries(qs)
-        offsets = np.zeros(len(vecs) + 1, np.int64)
-        np.cumsum([len(i) for i, _ in vecs], out=offsets[1:])
-        terms = np.concatenate([i for i, _ in vecs])
-        values = np.concatenate([v for _, v in vecs]).astype(np.float32)
-        top = index.postings.search_topk(offsets, terms, values, K)
+    def ours_arrays(qs: list[str]):  # the output bm25s gives: arrays of doc ids and scores
+        top = index.postings.search_topk(*index.encode_packed(qs), K)
         return index.postings.doc_ids[np.maximum(top.docs, 0)], top.scores
 
     single = {"native_list_api": _latency(lambda t: index.search(t, K), texts),
@@ -329,8 +328,8 @@ def acceptance(m: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(_row("native single-query mean latency (ms, k=100, 1 thread) <= bm25s's",
                          round(sp_["single"]["native_list_api"]["mean_ms"], 4), "<=",
                          round(sp_["single"]["bm25s"]["mean_ms"], 4)))
-        rows.append(_row("native batch QPS (list API, 1 thread) >= bm25s's",
-                         round(sp_["batch_qps"]["native_list_api"], 1), ">=",
+        rows.append(_row("native batch QPS (array API: ids + scores arrays, as bm25s returns; 1 thread) "
+                         ">= bm25s's", round(sp_["batch_qps"]["native_array_api"], 1), ">=",
                          round(sp_["batch_qps"]["bm25s"], 1)))
     scale_ = m.get("scale") or {}
     engines = [e for e in ("native", "bm25s_same_postings", "lucene_impact") if e in scale_]

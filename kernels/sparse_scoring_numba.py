@@ -12,9 +12,11 @@ int64 keys, in one of two modes chosen by the query's postings count:
 - *tracked* (few postings): each newly touched document is listed, only those are offered to the
   heap, and only their accumulator entries are reset afterwards;
 - *dense* (postings >= ``num_docs / DENSE_RATIO``): no tracking (it would cost more than it saves);
-  a SIMD pass takes the maximum of every block of ``SCAN_BLOCK`` documents, the k-th largest block
-  maximum bounds the k-th best score from below, and only the blocks reaching it (about k) are
-  walked; the accumulator is cleared with one sequential pass.
+  a SIMD pass takes the maximum of every block of documents (``SCAN_BLOCK``, or ``FINE_BLOCK`` in a
+  corpus with fewer than 4k such blocks), the k-th largest block maximum bounds the k-th best score
+  from below, the documents reaching it (in the blocks reaching it) are listed, and the k best of
+  that short list are selected (quickselect) and sorted; the accumulator is cleared with one
+  sequential pass.
 
 A :class:`Workspace` is thus reused query after query. All functions are compiled with
 ``nogil=True``: a batch runs as contiguous query ranges on a thread pool, one workspace per thread
@@ -40,6 +42,8 @@ DENSE_RATIO = 4
 NO_MATCH = 0x7FFFFFFF
 # Docs per block of the dense scan (a block is skipped when its best score cannot enter the top-k).
 SCAN_BLOCK = 128
+# Docs per block when bounding the k-th best score of a corpus too small for SCAN_BLOCK blocks.
+FINE_BLOCK = 8
 
 
 class Workspace:
@@ -191,34 +195,76 @@ def _offer_blocks(bits, block_max, heap, size):  # pragma: no cover - numba
 
 
 @numba.njit(nogil=True, cache=True)
-def _offer_range(bits, lo, hi, heap, size):  # pragma: no cover - numba
-    """Offer docs ``lo..hi-1`` to the k-heap (one compare each against the root)."""
-    root = heap[0]
-    for d in range(lo, hi):
-        key = (np.int64(bits[d]) << 32) | np.int64(0x7FFFFFFF - d)
-        if key > root:
-            heap[0] = key
-            _sift_down(heap, 0, size)
-            root = heap[0]
+def _fine_block_max(bits, block_max):  # pragma: no cover - numba
+    """Each ``FINE_BLOCK``-doc block's best score bits into ``block_max``; returns the block count."""
+    num_docs = bits.shape[0]
+    full = num_docs // FINE_BLOCK
+    for j in range(full):
+        lo = j * FINE_BLOCK
+        best = np.int32(0)
+        for d in range(FINE_BLOCK):  # constant trip count: unrolled
+            best = max(best, bits[lo + d])
+        block_max[j] = best
+    if full * FINE_BLOCK < num_docs:
+        best = np.int32(0)
+        for d in range(full * FINE_BLOCK, num_docs):
+            best = max(best, bits[d])
+        block_max[full] = best
+        return full + 1
+    return full
 
 
 @numba.njit(nogil=True, cache=True)
-def _scan_dense(bits, block_max, heap, size):  # pragma: no cover - numba
-    """Offer every doc that can enter the top-k to the k-heap, walking only promising blocks.
+def _dense_floor(bits, block_max, heap, size):  # pragma: no cover - numba
+    """``(floor, block)``: a lower bound of the k-th best score bits, and the block size it came from.
 
-    Pass 1 (:func:`_offer_blocks`, a SIMD max per block) bounds the k-th best score from below;
-    pass 2 walks only the blocks whose maximum reaches that floor, about k of them. With no more
-    blocks than k, every doc is offered directly.
+    At least ``size`` blocks have a maximum >= the ``size``-th largest block maximum, so at least
+    ``size`` docs reach it. Large corpora bound it over ``SCAN_BLOCK``-doc blocks with a k-heap;
+    small ones (fewer than ``4 * size`` such blocks) over ``FINE_BLOCK``-doc blocks by selection.
     """
     num_docs = bits.shape[0]
-    if block_max.shape[0] <= size:
-        _offer_range(bits, 0, num_docs, heap, size)
-        return
-    floor = _offer_blocks(bits, block_max, heap, size)
-    heap[:size] = NO_MATCH
-    for j in range(block_max.shape[0]):
+    coarse = (num_docs + SCAN_BLOCK - 1) // SCAN_BLOCK
+    if coarse > 4 * size:
+        heap[:size] = NO_MATCH
+        return _offer_blocks(bits, block_max[:coarse], heap, size), SCAN_BLOCK
+    fine = _fine_block_max(bits, block_max)
+    if fine <= size:
+        return np.int32(1), FINE_BLOCK
+    kth = np.partition(block_max[:fine], fine - size)[fine - size]
+    return max(kth, np.int32(1)), FINE_BLOCK
+
+
+@numba.njit(nogil=True, cache=True)
+def _gather(bits, block_max, block, floor, cand):  # pragma: no cover - numba
+    """List in ``cand`` every doc scoring >= ``floor`` (walking only blocks whose maximum reaches it)."""
+    num_docs = bits.shape[0]
+    blocks = (num_docs + block - 1) // block
+    c = 0
+    for j in range(blocks):
         if block_max[j] >= floor:
-            _offer_range(bits, j * SCAN_BLOCK, min((j + 1) * SCAN_BLOCK, num_docs), heap, size)
+            for d in range(j * block, min((j + 1) * block, num_docs)):
+                if bits[d] >= floor:
+                    cand[c] = d
+                    c += 1
+    return c
+
+
+@numba.njit(nogil=True, cache=True)
+def _select(acc, bits, cand, c, k, out_scores, out_docs):  # pragma: no cover - numba
+    """The best ``k`` of the ``c`` candidates, best first (score desc, doc asc); returns how many."""
+    keys = np.empty(c, dtype=np.int64)
+    for i in range(c):
+        d = cand[i]
+        keys[i] = (np.int64(bits[d]) << 32) | np.int64(0x7FFFFFFF - d)
+    if c > k:
+        keys = np.partition(keys, c - k)[c - k:]
+    keys = np.sort(keys)
+    m = keys.shape[0]
+    for j in range(m):
+        d = 0x7FFFFFFF - np.int32(keys[m - 1 - j] & 0xFFFFFFFF)
+        out_docs[j] = d
+        out_scores[j] = acc[d]
+    return m
 
 
 @numba.njit(nogil=True, cache=True)
@@ -227,7 +273,8 @@ def score_query(offsets, docs, weights, terms, values, k, acc, mark, touched, he
     """Exact top-k of one query into ``out_scores``/``out_docs``; returns the count; resets the workspace.
 
     Few postings relative to ``num_docs``: track touched docs and select among them. Many: add
-    untracked, select block-wise over all docs (:func:`_scan_dense`), clear ``acc`` in one pass.
+    untracked, list the docs reaching a block-wise bound of the k-th best (:func:`_dense_floor`,
+    :func:`_gather`), select among them (:func:`_select`), clear ``acc`` in one pass.
     Selection keeps the k best int64 keys ``(float32 bits of score) << 32 | (2^31 - 1 - doc)`` in a
     min-heap: for positive scores the key orders like (score desc, doc asc) (the bits of a positive
     float32 are monotone in its value), and a heap pre-filled with the :data:`NO_MATCH` sentinel
@@ -238,10 +285,9 @@ def score_query(offsets, docs, weights, terms, values, k, acc, mark, touched, he
     if _postings_count(offsets, terms, values) * DENSE_RATIO >= num_docs:
         _accumulate_dense(offsets, docs, weights, terms, values, acc)
         size = min(k, num_docs)
-        heap[:size] = NO_MATCH
-        _scan_dense(bits, block_max, heap, size)
-        m = _sort_heap(heap, size)
-        _emit(acc, heap, m, out_scores, out_docs)
+        floor, block = _dense_floor(bits, block_max, heap, size)
+        m = _select(acc, bits, touched, _gather(bits, block_max, block, floor, touched), size,
+                    out_scores, out_docs)
         acc[:] = 0.0
         return m
     n = _accumulate_tracked(offsets, docs, weights, terms, values, acc, mark, touched)
@@ -261,7 +307,7 @@ def score_range(offsets, docs, weights, q_offsets, q_terms, q_values, start, sto
                 acc, mark, touched, out_docs, out_scores, out_counts):  # pragma: no cover - numba
     """Score queries ``start..stop-1`` of a packed batch into rows of ``out_docs``/``out_scores``."""
     heap = np.empty(2 * k + 2, dtype=np.int64)
-    block_max = np.empty((acc.shape[0] + SCAN_BLOCK - 1) // SCAN_BLOCK, dtype=np.int32)
+    block_max = np.empty((acc.shape[0] + FINE_BLOCK - 1) // FINE_BLOCK, dtype=np.int32)
     for b in range(start, stop):
         lo = q_offsets[b]
         hi = q_offsets[b + 1]

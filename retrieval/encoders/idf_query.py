@@ -149,11 +149,30 @@ class IdfQueryEncoder(nn.Module):
         ids = self.tokenizer.encode(query, add_special_tokens=False).ids
         return self._weigh(ids, self.table())
 
-    def encode_batch(self, queries: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def encode_batch(self, queries: Sequence[str], table: np.ndarray | None = None
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`encode` for many queries (one batched tokenizer call)."""
-        table = self.table()
-        encs = self.tokenizer.encode_batch(list(queries), add_special_tokens=False)
-        return [self._weigh(e.ids, table) for e in encs]
+        offsets, terms, values = self.encode_packed(queries, table)
+        return [(terms[a:b], values[a:b]) for a, b in itertools.pairwise(offsets.tolist())]
+
+    def encode_packed(self, queries: Sequence[str], table: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Many queries packed: query b is ``terms[offsets[b]:offsets[b + 1]]`` (int64, sorted, unique)
+        with float32 ``values``, as :meth:`encode` gives it. One tokenizer call, then vectorised
+        de-duplication and table lookup over the whole batch; ``table`` defaults to :meth:`table`.
+        """
+        table = self.table() if table is None else table
+        encs = self.tokenizer.encode_batch_fast(list(queries), add_special_tokens=False)  # no offsets
+        lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+        flat = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), dtype=np.int64,
+                           count=int(lengths.sum()))
+        keys = np.unique(np.repeat(np.arange(len(encs), dtype=np.int64), lengths) * self.vocab_size + flat)
+        rows, terms = np.divmod(keys, self.vocab_size)
+        values = table[terms]
+        keep = values > 0.0
+        offsets = np.zeros(len(encs) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows[keep], minlength=len(encs)), out=offsets[1:])
+        return offsets, terms[keep], values[keep]
 
     # ---- training (torch) ----------------------------------------------------------------------
     def tokenize(self, queries: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -386,7 +386,7 @@ class InvertedIndex:
         terms = _as_terms(indices, "query")
         vals = _as_values(values, "query", len(terms))
         offsets = np.array([0, len(terms)], dtype=np.int64)
-        return self._search_packed(offsets, terms, vals, k, 1, ("query",))[0]
+        return self.search_packed(offsets, terms, vals, k, 1, ("query",))[0]
 
     def search_sparse_batch(self, queries: Sequence[SparseQuery] | sp.spmatrix, k: int,
                             threads: int = 1) -> list[list[tuple[str, float]]]:
@@ -400,7 +400,7 @@ class InvertedIndex:
             offsets, terms, values = _pack_csr(queries, self.vocab_size)
         else:
             offsets, terms, values = _pack_list(queries)
-        return self._search_packed(offsets, terms, values, k, threads, names)
+        return self.search_packed(offsets, terms, values, k, threads, names)
 
     def search_topk(self, offsets: np.ndarray, terms: np.ndarray, values: np.ndarray, k: int,
                     threads: int = 1, names: Sequence[str] | None = None) -> TopK:
@@ -420,9 +420,10 @@ class InvertedIndex:
         _check_packed(offsets, terms, values, self.vocab_size, names)
         return QueryBatch(offsets, terms.astype(np.int32), values * np.float32(self.scale))
 
-    def _search_packed(self, offsets: np.ndarray, terms: np.ndarray, values: np.ndarray, k: int,
-                       threads: int, names: Sequence[str]) -> list[list[tuple[str, float]]]:
-        batch = self._batch(offsets, terms, values, k, threads, names)
+    def search_packed(self, offsets: np.ndarray, terms: np.ndarray, values: np.ndarray, k: int,
+                      threads: int = 1, names: Sequence[str] | None = None) -> list[list[tuple[str, float]]]:
+        """:meth:`search_sparse_batch` of packed queries (the layout of :meth:`search_topk`)."""
+        batch = self._batch(offsets, terms, values, k, threads, names or _QueryNames())
         if self.num_docs == 0:
             return [[] for _ in range(len(batch))]
         k = min(k, self.num_docs)

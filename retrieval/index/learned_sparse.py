@@ -101,20 +101,28 @@ class LearnedSparseIndex:
 
     def encode_queries(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Inference-free query vectors: token ids and their table weights (no model runs)."""
-        for i, text in enumerate(texts):
-            check_text(text, f"queries[{i}]" if len(texts) > 1 else "query")
-        return self.query.encode_batch(texts)
+        _check_texts(texts)
+        return self.query.encode_batch(texts, self._table)
+
+    def encode_packed(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`encode_queries` packed as ``(offsets, terms, values)``, as ``search_topk`` takes them."""
+        _check_texts(texts)
+        return self.query.encode_packed(texts, self._table)
 
     def search(self, text: str, k: int) -> list[tuple[str, float]]:
-        indices, values = self.encode_queries([text])[0]
-        return self.postings.search_sparse(indices, values, k) if len(indices) else []
+        return self.batch_search([text], k)[0]
 
     def batch_search(self, texts: list[str], k: int, threads: int = 1) -> list[list[tuple[str, float]]]:
-        return self.postings.search_sparse_batch(self.encode_queries(texts), k, threads)
+        return self.postings.search_packed(*self.encode_packed(texts), k, threads)
 
     def search_sparse(self, indices: list[int], values: list[float], k: int) -> list[tuple[str, float]]:
         """A raw weighted-token query (vocabulary ids), bypassing the table."""
         return self.postings.search_sparse(indices, values, k)
+
+
+def _check_texts(texts: list[str]) -> None:
+    for i, text in enumerate(texts):
+        check_text(text, f"queries[{i}]" if len(texts) > 1 else "query")
 
 
 def check_text(text: str, field: str) -> None:

@@ -54,8 +54,10 @@ def reference(postings: Postings, batch: QueryBatch, k: int) -> tuple[np.ndarray
     [
         (40, 30, 0.1, 5),  # tiny: k above most match counts
         (300, 200, 0.02, 10),  # sparse queries: tracked mode
-        (3000, 50, 0.05, 7),  # long postings: dense mode, block-max filtering (3000 / 128 > 7 blocks)
-        (3000, 50, 0.05, 200),  # dense mode with more wanted than blocks
+        (3000, 50, 0.05, 3),  # long postings: dense mode, bound over SCAN_BLOCK blocks (24 > 4 * 3)
+        (3001, 50, 0.05, 7),  # dense mode, bound over FINE_BLOCK blocks (a short last block)
+        (3000, 50, 0.05, 200),  # dense mode, fine bound by selection among 375 blocks
+        (1000, 50, 0.1, 200),  # dense mode with more wanted than fine blocks: every positive doc listed
     ],
 )
 def test_numba_path_matches_reference(num_docs: int, vocab: int, density: float, k: int) -> None:

@@ -245,6 +245,20 @@ def test_query_encode_is_sorted_unique_without_special_tokens(query) -> None:
     assert query.encode("")[0].size == 0
 
 
+def test_packed_batch_equals_one_query_at_a_time(query) -> None:
+    texts = ["[CLS] the insulin the [MASK] insulin receptor [SEP]", "", "\u2603", "stroke risk", "stroke"]
+    offsets, terms, values = query.encode_packed(texts)
+    assert offsets.tolist()[0] == 0 and offsets[-1] == len(terms) == len(values)
+    for b, text in enumerate(texts):
+        want = query.encode(text)
+        np.testing.assert_array_equal(terms[offsets[b]:offsets[b + 1]], want[0])
+        np.testing.assert_array_equal(values[offsets[b]:offsets[b + 1]], want[1])
+    for got, text in zip(query.encode_batch(texts), texts, strict=True):
+        want = query.encode(text)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_query_forward_matches_encode_and_trains_the_table(query) -> None:
     queries = ["insulin receptor", "the risk of the stroke"]
     ids, mask = query.tokenize(queries)
