@@ -5,13 +5,16 @@ BM25 (:func:`retrieval.rag.corpus.build_rag_corpus`); a request is a SciFact *tr
 top-5 chunks in retrieval order. Two question pools (``--pool``); ``--distinct`` questions of the pool are
 replayed in a seeded Zipf order (exponent ``--zipf``):
 
-- ``popular`` (default): chunk popularity is the number of SciFact train queries whose top-5 holds the
+- ``related`` (default): groups of train queries that cite the same document, in a seeded order.
+- ``popular``: chunk popularity is the number of SciFact train queries whose top-5 holds the
   chunk; the pool is the train queries whose chunks are the most popular (score = sum over its top-5 of
   popularity - 1, ties by query id). This is the workload a chunk cache is for: popular chunks recur
   under different questions, at different positions and after different neighbours. Most SciFact
   queries share no chunk with any other (2,797 distinct chunks in the 4,045 top-5 slots of the 809
-  train queries), so a pool drawn at random exercises little but exact question repeats.
-- ``related``: groups of train queries that cite the same document, in a seeded order.
+  train queries), so a pool drawn at random exercises little but exact question repeats. Measured
+  (``results/chunk_cache_popular.json``): 68 distinct chunks fill the 480 slots, yet even naive reuse
+  computes 0.71x prefix caching's prefill tokens, because the Zipf replay repeats whole questions,
+  which prefix caching serves in full.
 
 The dev slice used to choose Cache-Craft's ``alpha`` (``--tune``) is disjoint from the evaluation pool
 (the next ``--dev`` queries of the same ranking or group order), each question asked once (so its chunks
@@ -285,7 +288,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--distinct", type=int, default=40, help="distinct evaluation queries in the replay")
     parser.add_argument("--zipf", type=float, default=1.1)
-    parser.add_argument("--pool", choices=("popular", "related"), default="popular",
+    parser.add_argument("--pool", choices=("related", "popular"), default="related",
                         help="queries with the most popular chunks, or groups citing one document")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dev", type=int, default=16, help="dev queries (alpha tuning), each asked once")

@@ -276,6 +276,40 @@ def train_sparse(
     console.print(f"trained model at {path} in {time.perf_counter() - start:.0f}s")
 
 
+@train_app.command("query-table")
+def train_query_table(
+    model: Annotated[Path, typer.Option(help="A model trained by `sparsekit train sparse` (stage 1).")],
+    out: Annotated[Path, typer.Option(help="Model directory to write: same document encoder, trained "
+                                           "query table.")],
+    work_dir: Annotated[Path | None, typer.Option(help="Stage-1 caches (default MODEL.work).")] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the training queries per learning rate.")] = 4,
+    lr: Annotated[list[float] | None, typer.Option(help="Adam learning rate; repeat for a grid (default "
+                                                        "0.01, 0.03, 0.1); best (lr, epoch) on dev kept.")]
+    = None,
+    ce_weight: Annotated[float, typer.Option(help="Weight of the positives' cross-entropy beside KD.")] = 1.0,
+    l2: Annotated[float, typer.Option(help="Pull of the table towards its IDF start.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 13,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
+) -> None:
+    """Train the inference-free query table on the model's frozen document vectors (stage 2).
+
+    Reuses the stage-1 split, pseudo-queries and teacher cache; keeps the table of the (learning rate,
+    epoch) with the best dev NDCG@10 (the IDF table if none beats it).
+    """
+    from retrieval.training.query_table import QueryTableConfig
+    from retrieval.training.query_table import train_query_table as train
+
+    cfg = QueryTableConfig(model=str(model), out=str(out), work_dir=str(work_dir) if work_dir else None,
+                           epochs=epochs, lrs=tuple(lr) if lr else QueryTableConfig.lrs, ce_weight=ce_weight,
+                           l2=l2, seed=seed, overwrite=overwrite)
+    start = time.perf_counter()
+    try:
+        path = train(cfg)
+    except (SparsekitError, ValueError, FileExistsError, FileNotFoundError) as exc:
+        _fail(exc)
+    console.print(f"trained query table at {path} in {time.perf_counter() - start:.0f}s")
+
+
 train_app.command("gcn")(gcn.train_gcn_command)
 train_app.command("cf")(cf.train_cf_command)
 train_app.command("ctr")(ctr.train_ctr_command)

@@ -164,7 +164,8 @@ def _optimizer(model: SparseModel, cfg: SparseTrainConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, weight_decay=0.01)
 
 
-def _prepare(cfg: SparseTrainConfig, work: Path):
+def prepare_data(cfg: SparseTrainConfig, work: Path):
+    """Corpus, queries (+ pseudo-queries), qrels, train/dev query ids and the teacher cache of ``cfg``."""
     data = Path(cfg.data)
     corpus = load_corpus(data / "corpus.jsonl")
     queries = load_queries(data / "queries.jsonl")
@@ -224,7 +225,7 @@ def train_sparse_encoder(cfg: SparseTrainConfig) -> Path:
     start = time.perf_counter()  # wall time covers everything: mining, caches, training, dev evals
     _seed_all(cfg.seed)
     device = cfg.device or default_device()
-    corpus, queries, qrels, train_q, dev_q, cache = _prepare(cfg, work)
+    corpus, queries, qrels, train_q, dev_q, cache = prepare_data(cfg, work)
     dev = _DevSet(list(corpus), queries, qrels, dev_q) if cfg.dev_eval and dev_q else None
     contents = [doc_contents(corpus[d]) for d in corpus]
     model = SparseModel.from_minilm(cfg.encoder, device=device)

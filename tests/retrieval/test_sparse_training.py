@@ -210,3 +210,41 @@ def test_tiny_training_with_the_lexical_prior(tmp_path: Path) -> None:
     docs = model.doc.encode([doc_contents(d) for d in load_corpus(data / "corpus.jsonl").values()],
                             progress=False)
     assert training["dev"][-1]["avg_doc_nnz"] == pytest.approx(docs.getnnz(axis=1).mean(), rel=1e-3)
+
+
+def test_query_table_stage_keeps_the_encoder_and_its_best_dev_table(tmp_path: Path) -> None:
+    """Stage 2 trains only the query table, on the stage-1 split and caches, and keeps its best dev epoch."""
+    from retrieval.data.beir import load_corpus, load_qrels, load_queries
+    from retrieval.encoders import SparseModel
+    from retrieval.training.dev_eval import evaluate_dev
+    from retrieval.training.query_table import QueryTableConfig, train_query_table
+    from retrieval.training.teachers import doc_contents
+
+    data = tmp_path / "beir"
+    _tiny_beir(data)
+    stage1 = train_sparse_encoder(SparseTrainConfig(
+        data=str(data), out=str(tmp_path / "model"), work_dir=str(tmp_path / "work"), dev_fraction=0.25,
+        encoder=SparseEncoderConfig(max_length=32, freeze_layers=4, lexical_prior=True),
+        teachers=TeacherConfig(depth=4), epochs=1, queries_per_step=3, candidates_per_query=4,
+        progress=False, device="cpu", seed=1, dev_eval=False))
+    cfg = QueryTableConfig(model=str(stage1), out=str(tmp_path / "model2"), work_dir=str(tmp_path / "work"),
+                           epochs=3, lrs=(0.5, 0.05), batch_queries=4, progress=False)
+    before = SparseModel.load(stage1, device="cpu")
+    after = SparseModel.load(train_query_table(cfg), device="cpu")
+    record = after.extra["query_table"]
+    assert [(h["lr"], h["epoch"]) for h in record["dev"]] == [
+        (0.0, 0), (0.5, 1), (0.5, 2), (0.5, 3), (0.05, 1), (0.05, 2), (0.05, 3)]
+    assert record["train_queries"] == 9
+    best = max(record["dev"], key=lambda h: h["ndcg@10"])  # the first of equals: the IDF table wins ties
+    assert record["kept"] == {"lr": best["lr"], "epoch": best["epoch"]}
+    for name, tensor in before.doc.state_dict().items():
+        assert torch.equal(tensor, after.doc.state_dict()[name]), name
+    moved = not np.array_equal(before.query.table(), after.query.table())
+    assert moved == (best["epoch"] > 0)
+    corpus, queries = load_corpus(data / "corpus.jsonl"), load_queries(data / "queries.jsonl")
+    docs = after.doc.encode([doc_contents(d) for d in corpus.values()], progress=False)
+    dev = after.extra["training"]["dev_queries"]
+    got = evaluate_dev(after, docs, list(corpus), queries, load_qrels(data / "qrels" / "train.tsv"), dev)
+    assert got["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-4)
+    with pytest.raises(FileExistsError):
+        train_query_table(cfg)
