@@ -9,6 +9,10 @@ average non-zeros and FLOPS (expected number of multiply-adds per query-document
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -62,3 +66,18 @@ def evaluate_dev(model: SparseModel, docs: sp.csr_matrix, doc_ids: list[str], qu
     means = evaluate({q: qrels[q] for q in qids}, run).means
     nnz = docs.getnnz(axis=1)
     return {**means, "avg_doc_nnz": float(nnz.mean()), "flops": corpus_flops(docs)}
+
+
+def document_cache(model_dir: Path, contents: list[str], work: Path) -> Path:
+    """Where the corpus vectors of the model artifact at ``model_dir`` are cached in ``work`` (keyed by
+    the artifact's file checksums and the corpus)."""
+    files = json.loads((Path(model_dir) / "manifest.json").read_text())["files"]
+    key = hashlib.sha256(json.dumps([files, len(contents), contents[:20]]).encode()).hexdigest()[:16]
+    return Path(work) / f"docs-{key}.npz"
+
+
+def save_documents(path: Path, docs: sp.csr_matrix) -> None:
+    """Write ``docs`` to ``path`` atomically: a killed run leaves no half-written cache."""
+    tmp = path.with_name(f"{path.stem}.tmp.npz")
+    sp.save_npz(tmp, docs)
+    tmp.replace(path)

@@ -19,8 +19,6 @@ about a second per epoch on CPU: a query only touches its own tokens' weights.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,7 +32,7 @@ from tqdm import tqdm
 
 from retrieval.encoders.sparse_doc import SparseModel
 from retrieval.losses.ensemble_kd import ensemble_kd_loss, ensemble_teacher_scores
-from retrieval.training.dev_eval import encode_cached, evaluate_dev
+from retrieval.training.dev_eval import document_cache, encode_cached, evaluate_dev, save_documents
 from retrieval.training.hidden_cache import build_hidden_cache
 from retrieval.training.sparse import SparseTrainConfig, prepare_data
 from retrieval.training.teachers import TeacherCache, TeacherConfig, doc_contents
@@ -145,19 +143,15 @@ def train_query_table(cfg: QueryTableConfig) -> Path:
 
 def _document_vectors(model: SparseModel, model_dir: Path, contents: list[str], work: Path, progress: bool
                       ) -> sp.csr_matrix:
-    """The corpus encoded by the stage-1 model, cached in ``work`` (keyed by the model's checksums)."""
-    files = json.loads((model_dir / "manifest.json").read_text())["files"]
-    key = hashlib.sha256(json.dumps([files, len(contents), contents[:20]]).encode()).hexdigest()[:16]
-    path = work / f"docs-{key}.npz"
+    """The corpus encoded by the stage-1 model (cached in ``work``; stage 1 leaves its final dev encoding)."""
+    path = document_cache(model_dir, contents, work)
     if path.exists():
         return sp.load_npz(path).tocsr()
     hidden = build_hidden_cache(contents, model.doc, work, progress=progress)
     prior = model.doc.lexical_prior_matrix(contents) if model.doc.lexical_scale is not None else None
     with torch.no_grad():
         docs = encode_cached(model, hidden, progress=progress, prior=prior)
-    tmp = path.with_name(f"{path.stem}.tmp.npz")
-    sp.save_npz(tmp, docs)
-    tmp.replace(path)  # atomic: a killed run leaves no half-written cache
+    save_documents(path, docs)
     return docs
 
 

@@ -202,12 +202,14 @@ class _DevSet:
     qrels: dict[str, dict[str, int]]
     qids: list[str]
     history: list[dict] = field(default_factory=list)
+    last: tuple[int, sp.csr_matrix] | None = None  # (step, corpus vectors) of the latest evaluation
 
     def run(self, model: SparseModel, hidden: HiddenCache, prior: sp.csr_matrix | None, epoch: int, step: int,
             progress: bool) -> None:
         from retrieval.training.dev_eval import encode_cached, evaluate_dev
 
         docs = encode_cached(model, hidden, progress=progress, prior=prior)
+        self.last = (step, docs)
         metrics = evaluate_dev(model, docs, self.doc_ids, self.queries, self.qrels, self.qids)
         self.history.append({"epoch": epoch, "step": step, **{k: round(v, 4) for k, v in metrics.items()}})
         if progress:
@@ -241,7 +243,12 @@ def train_sparse_encoder(cfg: SparseTrainConfig) -> Path:
     model.extra = {"training": {**_jsonable(cfg), "train_queries": len(train_q), "dev_queries": dev_q,
                                 "wall_s": round(time.perf_counter() - start, 1), **stats,
                                 "dev": dev.history if dev else []}}
-    return model.save(out, overwrite=cfg.overwrite, source={"data": str(cfg.data)})
+    path = model.save(out, overwrite=cfg.overwrite, source={"data": str(cfg.data)})
+    if dev is not None and dev.last is not None and dev.last[0] == stats["steps"]:
+        from retrieval.training.dev_eval import document_cache, save_documents
+
+        save_documents(document_cache(path, contents, work), dev.last[1])  # for the query-table stage
+    return path
 
 
 def _jsonable(cfg: SparseTrainConfig) -> dict:

@@ -207,9 +207,15 @@ def test_tiny_training_with_the_lexical_prior(tmp_path: Path) -> None:
     from retrieval.data.beir import load_corpus
     from retrieval.training.teachers import doc_contents
 
-    docs = model.doc.encode([doc_contents(d) for d in load_corpus(data / "corpus.jsonl").values()],
-                            progress=False)
+    contents = [doc_contents(d) for d in load_corpus(data / "corpus.jsonl").values()]
+    docs = model.doc.encode(contents, progress=False)
     assert training["dev"][-1]["avg_doc_nnz"] == pytest.approx(docs.getnnz(axis=1).mean(), rel=1e-3)
+    import scipy.sparse as sp
+
+    from retrieval.training.dev_eval import document_cache
+
+    cached = sp.load_npz(document_cache(model_dir, contents, tmp_path / "work"))  # left for stage 2
+    np.testing.assert_allclose(cached.toarray(), docs.toarray(), rtol=1e-5, atol=1e-6)
 
 
 def test_query_table_stage_keeps_the_encoder_and_its_best_dev_table(tmp_path: Path) -> None:
