@@ -11,8 +11,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -268,12 +269,17 @@ def train_sparse(
         distill=distill, idf_aware=idf_aware, pseudo_queries=pseudo_queries,  # type: ignore[arg-type]
         epochs=epochs, lr=lr, flops_lambda=flops_lambda, flops_warmup=flops_warmup, seed=seed,
         max_steps=max_steps, dev_eval_start=dev_eval_start, overwrite=overwrite)
+    _run_training(train_sparse_encoder, cfg, "model")
+
+
+def _run_training(train: Callable[[Any], Path], cfg: Any, what: str) -> None:
+    """Run ``train(cfg)``, turning bad input into a clear exit; print where the result went and how long."""
     start = time.perf_counter()
     try:
-        path = train_sparse_encoder(cfg)
+        path = train(cfg)
     except (SparsekitError, ValueError, FileExistsError, FileNotFoundError) as exc:
         _fail(exc)
-    console.print(f"trained model at {path} in {time.perf_counter() - start:.0f}s")
+    console.print(f"trained {what} at {path} in {time.perf_counter() - start:.0f}s")
 
 
 @train_app.command("query-table")
@@ -302,12 +308,7 @@ def train_query_table(
     cfg = QueryTableConfig(model=str(model), out=str(out), work_dir=str(work_dir) if work_dir else None,
                            epochs=epochs, lrs=tuple(lr) if lr else QueryTableConfig.lrs, ce_weight=ce_weight,
                            l2=l2, seed=seed, overwrite=overwrite)
-    start = time.perf_counter()
-    try:
-        path = train(cfg)
-    except (SparsekitError, ValueError, FileExistsError, FileNotFoundError) as exc:
-        _fail(exc)
-    console.print(f"trained query table at {path} in {time.perf_counter() - start:.0f}s")
+    _run_training(train, cfg, "query table")
 
 
 train_app.command("gcn")(gcn.train_gcn_command)

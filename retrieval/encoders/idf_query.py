@@ -138,16 +138,13 @@ class IdfQueryEncoder(nn.Module):
         table[self._special_np] = 0.0
         return table
 
-    def _weigh(self, ids: Sequence[int], table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        uniq = np.unique(np.asarray(ids, dtype=np.int64))
-        values = table[uniq]
-        keep = values > 0.0
-        return uniq[keep], values[keep]
+    def binary_table(self) -> np.ndarray:
+        """1 for every non-special token: with it, :meth:`encode_packed` gives each query's bag of ids."""
+        return (~self._special_np).astype(np.float32)
 
     def encode(self, query: str) -> tuple[np.ndarray, np.ndarray]:
         """``(indices int64, values float32)`` of one query: unique non-special ids, sorted, weight > 0."""
-        ids = self.tokenizer.encode(query, add_special_tokens=False).ids
-        return self._weigh(ids, self.table())
+        return self.encode_batch([query])[0]
 
     def encode_batch(self, queries: Sequence[str], table: np.ndarray | None = None
                      ) -> list[tuple[np.ndarray, np.ndarray]]:

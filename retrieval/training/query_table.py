@@ -19,6 +19,7 @@ about a second per epoch on CPU: a query only touches its own tokens' weights.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -164,10 +165,9 @@ def _training_rows(cache: TeacherCache, train_q: list[str]) -> list[int]:
 def _tensors(model: SparseModel, docs: sp.csr_matrix, cache: TeacherCache, queries: dict[str, str],
              train_q: list[str]) -> _Tensors:
     rows = _training_rows(cache, train_q)
-    encs = model.query.tokenizer.encode_batch_fast([queries[cache.query_ids[r]] for r in rows],
-                                                   add_special_tokens=False)
-    special = model.query._special_np
-    bags = [bag[~special[bag]] for bag in (np.unique(np.asarray(e.ids, dtype=np.int64)) for e in encs)]
+    offsets, ids, _ = model.query.encode_packed([queries[cache.query_ids[r]] for r in rows],
+                                                model.query.binary_table())
+    bags = [ids[a:b] for a, b in itertools.pairwise(offsets.tolist())]
     width = max([1, *map(len, bags)])
     weights = np.zeros((len(rows), cache.candidates.shape[1], width), np.float32)
     tokens = np.zeros((len(rows), width), np.int64)

@@ -245,18 +245,20 @@ def test_query_encode_is_sorted_unique_without_special_tokens(query) -> None:
     assert query.encode("")[0].size == 0
 
 
-def test_packed_batch_equals_one_query_at_a_time(query) -> None:
+def test_packed_batch_is_each_querys_sorted_unique_weighted_bag(query) -> None:
     texts = ["[CLS] the insulin the [MASK] insulin receptor [SEP]", "", "\u2603", "stroke risk", "stroke"]
     offsets, terms, values = query.encode_packed(texts)
     assert offsets.tolist()[0] == 0 and offsets[-1] == len(terms) == len(values)
+    table = query.table()
     for b, text in enumerate(texts):
-        want = query.encode(text)
-        np.testing.assert_array_equal(terms[offsets[b]:offsets[b + 1]], want[0])
-        np.testing.assert_array_equal(values[offsets[b]:offsets[b + 1]], want[1])
-    for got, text in zip(query.encode_batch(texts), texts, strict=True):
-        want = query.encode(text)
-        np.testing.assert_array_equal(got[0], want[0])
-        np.testing.assert_array_equal(got[1], want[1])
+        ids = np.unique(query.tokenizer.encode(text, add_special_tokens=False).ids).astype(np.int64)
+        want = ids[table[ids] > 0]  # special tokens have weight 0
+        np.testing.assert_array_equal(terms[offsets[b]:offsets[b + 1]], want)
+        np.testing.assert_array_equal(values[offsets[b]:offsets[b + 1]], table[want])
+        got = query.encode_batch(texts)[b]
+        np.testing.assert_array_equal(got[0], want)
+    bags = query.encode_packed(texts, query.binary_table())
+    np.testing.assert_array_equal(bags[0], offsets)  # every IDF weight is positive: same bags
 
 
 def test_query_forward_matches_encode_and_trains_the_table(query) -> None:
