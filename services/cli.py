@@ -294,20 +294,23 @@ def train_query_table(
     = None,
     ce_weight: Annotated[float, typer.Option(help="Weight of the positives' cross-entropy beside KD.")] = 1.0,
     l2: Annotated[float, typer.Option(help="Pull of the table towards its IDF start.")] = 0.0,
+    learn_residual_scale: Annotated[bool, typer.Option(
+        help="Also learn the weight of the learned document terms beside the lexical prior.")] = True,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 13,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
 ) -> None:
     """Train the inference-free query table on the model's frozen document vectors (stage 2).
 
-    Reuses the stage-1 split, pseudo-queries and teacher cache; keeps the table of the (learning rate,
-    epoch) with the best dev NDCG@10 (the IDF table if none beats it).
+    Reuses the stage-1 split, pseudo-queries and teacher cache; keeps the table (and, for encoders with a
+    lexical prior, the residual weight) of the (learning rate, epoch) with the best dev NDCG@10 (stage 1's
+    if none beats it).
     """
     from retrieval.training.query_table import QueryTableConfig
     from retrieval.training.query_table import train_query_table as train
 
     cfg = QueryTableConfig(model=str(model), out=str(out), work_dir=str(work_dir) if work_dir else None,
                            epochs=epochs, lrs=tuple(lr) if lr else QueryTableConfig.lrs, ce_weight=ce_weight,
-                           l2=l2, seed=seed, overwrite=overwrite)
+                           l2=l2, learn_residual_scale=learn_residual_scale, seed=seed, overwrite=overwrite)
     _run_training(train, cfg, "query table")
 
 

@@ -30,7 +30,9 @@ Backbone and head (decisions documented here; see METHODS.md):
   saturated term frequencies of the document's own WordPiece tokens (read up to
   ``lexical_max_length`` tokens), scaled by a trained scalar, so the transformer learns the residual
   over a WordPiece BM25 match (CLEAR-style). :meth:`SparseDocEncoder.encode` adds it; the training
-  and dev paths add the same rows from :meth:`SparseDocEncoder.lexical_prior_matrix`.
+  and dev paths add the same rows from :meth:`SparseDocEncoder.lexical_prior_matrix`. The learned
+  weights enter with ``residual_scale`` (1 in stage 1); the query-table stage
+  (:mod:`retrieval.training.query_table`) learns that weight together with the query table.
 * Cost: the [B, L, V] logits dominate (384 x 30,522 MACs per token). They are computed in chunks
   of ``logit_chunk_tokens`` tokens with a running max, so memory stays bounded in training too
   (``max(dim)`` keeps only indices for backward). ``freeze_layers = N`` freezes the embeddings and
@@ -105,6 +107,7 @@ class SparseEncoderConfig:
     lexical_b: float = 0.4
     lexical_avgdl: float = 0.0       # fitted on the training corpus (SparseDocEncoder.fit_lexical_prior)
     lexical_max_length: int = 512    # tokens the prior counts (the transformer reads max_length)
+    residual_scale: float = 1.0      # weight of the learned terms beside the prior (query-table stage)
 
 
 def _mlm_transform(hidden: int, eps: float) -> nn.Module:
@@ -237,12 +240,13 @@ class SparseDocEncoder(nn.Module):
                             cfg.lexical_b, cfg.lexical_avgdl)
 
     def with_prior(self, weights: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
-        """``weights + relu(s) * prior`` with a lexical prior; ``weights`` unchanged without one."""
+        """``residual_scale * weights + relu(s) * prior`` with a lexical prior; ``weights`` unchanged
+        without one."""
         if self.lexical_scale is None:
             return weights
         if prior is None:
             raise ValueError("this encoder has a lexical prior: pass the documents' prior")
-        return weights + torch.relu(self.lexical_scale) * prior
+        return self.config.residual_scale * weights + torch.relu(self.lexical_scale) * prior
 
     @torch.no_grad()
     def lexical_prior_matrix(self, texts: Sequence[str], batch_size: int = 256) -> sp.csr_matrix:

@@ -1,20 +1,24 @@
-"""Second training stage: the inference-free query table, trained on frozen document vectors.
+"""Second training stage: the inference-free query table (and the residual weight), on frozen documents.
 
 Geng et al. (2024), "Towards Competitive Search Relevance For Inference-Free Learned Sparse
 Retrievers": the query side is a tokenizer and a per-token weight table, no model. The table starts as
 the corpus IDF (:mod:`retrieval.encoders.idf_query`) and may be trained. Here it is trained after the
-document encoder (:mod:`retrieval.training.sparse`), with the document vectors fixed:
+document encoder (:mod:`retrieval.training.sparse`), with the document vectors fixed. When the encoder
+has a lexical prior, a document vector is ``base + g * residual``: ``base`` the scaled prior, ``residual``
+the learned term weights, and the scalar ``g`` (``SparseEncoderConfig.residual_scale``, 1 after stage 1)
+is learned here too (in log space: it stays positive and cannot die at zero, as a relu'd scalar
+would), so the stage also decides how much the learned terms count beside the prior:
 
-    score(q, d) = sum_{t in q} relu(w_t) * w_d(t)
+    score(q, d) = sum_{t in q} relu(w_t) * (base_d(t) + g * residual_d(t)),   g = exp(a)
     loss = KD(student, teacher) + ce_weight * CE(positives) + l2 * ||w - idf||^2
 
 over the stage-1 candidates and teacher scores (the same BM25 + MiniLM ensemble target, per-query
 min-max, mean, x30, KL; CE is the in-candidate cross-entropy of the judged positives). The stage-1
 split, pseudo-queries and teacher cache are reused; document vectors come from the stage-1 hidden
-cache. For each learning rate of a small grid the table trains from IDF; dev NDCG@10 (the split of
-train) is measured before training and after every epoch, and the best (learning rate, epoch) table is
-kept, so the stage never ends below the IDF table on dev. The whole table trains in
-about a second per epoch on CPU: a query only touches its own tokens' weights.
+cache. For each learning rate of a small grid the table trains from IDF (and ``g`` from its stage-1
+value); dev NDCG@10 (the split of train) is measured before training and after every epoch, and the
+best (learning rate, epoch) is kept, so the stage never ends below stage 1 on dev. The whole table
+trains in about a second per epoch on CPU: a query only touches its own tokens' weights.
 """
 
 from __future__ import annotations
@@ -52,16 +56,30 @@ class QueryTableConfig:
     batch_queries: int = 64
     ce_weight: float = 1.0
     l2: float = 0.0
+    learn_residual_scale: bool = True  # learn g (encoders with a lexical prior); False: only the table
     seed: int = 13
     progress: bool = True
     overwrite: bool = False
 
 
 @dataclass
+class DocumentParts:
+    """Frozen corpus vectors as ``base + g * residual`` (``residual`` None: ``base`` is the whole vector)."""
+
+    base: sp.csr_matrix
+    residual: sp.csr_matrix | None = None
+
+    def combine(self, scale: float) -> sp.csr_matrix:
+        """The document vectors at residual weight ``scale``."""
+        return self.base if self.residual is None else (self.base + scale * self.residual).tocsr()
+
+
+@dataclass
 class _Tensors:
     """Per training query: candidate-by-token document weights and what the loss needs."""
 
-    weights: torch.Tensor    # [Q, C, T] document weight of each query token in each candidate
+    weights: torch.Tensor    # [Q, C, T] base document weight of each query token in each candidate
+    residual: torch.Tensor | None  # [Q, C, T] residual weights (None: no learned residual weight)
     tokens: torch.Tensor     # [Q, T] query token ids (padding: 0, masked)
     mask: torch.Tensor       # [Q, T]
     valid: torch.Tensor      # [Q, C] real candidates
@@ -101,27 +119,31 @@ def stage_data(model: SparseModel, work: Path, progress: bool = True) -> StageDa
                      cache)
 
 
-def select_table(model: SparseModel, docs: sp.csr_matrix, data: StageData, cfg: QueryTableConfig
+def select_table(model: SparseModel, docs: DocumentParts, data: StageData, cfg: QueryTableConfig
                  ) -> tuple[list[dict], dict[str, float], np.ndarray]:
-    """Train from the model's table at each of ``cfg.lrs`` against ``docs``; dev metrics before and after
-    every epoch. Returns (history, the kept ``{lr, epoch}``, its table); the model keeps its table."""
+    """Train from the model's table (and residual weight) at each of ``cfg.lrs`` against ``docs``; dev
+    metrics before and after every epoch. Returns (history, the kept ``{lr, epoch, residual_scale}``, its
+    table); the model keeps its table and residual weight."""
+    scale0 = float(model.doc.config.residual_scale)
+    if not cfg.learn_residual_scale:
+        docs = DocumentParts(docs.combine(scale0))
     tensors = _tensors(model, docs, data.cache, data.queries, data.train_q)
 
-    def dev_metrics() -> dict[str, float]:
-        metrics = evaluate_dev(model, docs, data.doc_ids, data.queries, data.qrels, data.dev_q)
+    def dev_metrics(scale: float) -> dict[str, float]:
+        metrics = evaluate_dev(model, docs.combine(scale), data.doc_ids, data.queries, data.qrels, data.dev_q)
         return {k: round(metrics[k], 4) for k in ("ndcg@10", "recall@100", "mrr@10")}
 
     init = model.query.table().copy()
-    history = [{"lr": 0.0, "epoch": 0, **dev_metrics()}]
+    history = [{"lr": 0.0, "epoch": 0, "residual_scale": scale0, **dev_metrics(scale0)}]
     best = (history[0], init)
     for lr in cfg.lrs:
         model.query.set_table(init)
-        runs, table = _fit(model, tensors, cfg, lr, dev_metrics)
+        runs, table = _fit(model, tensors, cfg, lr, scale0, dev_metrics)
         history += runs
         if max(h["ndcg@10"] for h in runs) > best[0]["ndcg@10"]:
             best = (max(runs, key=lambda h: h["ndcg@10"]), table)
     model.query.set_table(init)
-    return history, {"lr": best[0]["lr"], "epoch": best[0]["epoch"]}, best[1]
+    return history, {k: best[0][k] for k in ("lr", "epoch", "residual_scale")}, best[1]
 
 
 def train_query_table(cfg: QueryTableConfig) -> Path:
@@ -133,9 +155,11 @@ def train_query_table(cfg: QueryTableConfig) -> Path:
     model = SparseModel.load(cfg.model, device=default_device())
     work = Path(cfg.work_dir) if cfg.work_dir else Path(cfg.model).parent / f"{Path(cfg.model).name}.work"
     data = stage_data(model, work, cfg.progress)
-    docs = _document_vectors(model, Path(cfg.model), data.contents, work, cfg.progress)
+    docs = document_parts(model, Path(cfg.model), data, work, cfg.progress)
     history, kept, table = select_table(model, docs, data, cfg)
     model.query.set_table(table)
+    if docs.residual is not None and cfg.learn_residual_scale:
+        model.doc.config.residual_scale = kept["residual_scale"]
     model.extra = {**model.extra, "query_table": {
         **asdict(cfg), "train_queries": len(_training_rows(data.cache, data.train_q)),
         "dev": history, "kept": kept, "wall_s": round(time.perf_counter() - start, 1)}}
@@ -156,40 +180,66 @@ def _document_vectors(model: SparseModel, model_dir: Path, contents: list[str], 
     return docs
 
 
+def document_parts(model: SparseModel, model_dir: Path, data: StageData, work: Path, progress: bool = True
+                   ) -> DocumentParts:
+    """The stage-1 corpus vectors of the model at ``model_dir``, split into the scaled lexical prior and
+    the learned residual (unscaled); the whole vectors as ``base`` when the encoder has no prior."""
+    docs = _document_vectors(model, model_dir, data.contents, work, progress)
+    scale = model.doc.config.residual_scale
+    if model.doc.lexical_scale is None or scale <= 0:
+        return DocumentParts(docs)
+    prior_scale = float(torch.relu(model.doc.lexical_scale.detach()))
+    base = (prior_scale * model.doc.lexical_prior_matrix(data.contents)).tocsr()
+    residual = ((docs - base) / scale).tocsr()
+    residual.data[residual.data < 1e-6] = 0.0  # float round-off where the residual was zero
+    residual.eliminate_zeros()
+    return DocumentParts(base.astype(np.float32), residual.astype(np.float32))
+
+
 def _training_rows(cache: TeacherCache, train_q: list[str]) -> list[int]:
     """Teacher-cache rows of the training queries that have a judged positive among their candidates."""
     row = {q: i for i, q in enumerate(cache.query_ids)}
     return [row[q] for q in train_q if q in row and cache.positives[row[q]].any()]
 
 
-def _tensors(model: SparseModel, docs: sp.csr_matrix, cache: TeacherCache, queries: dict[str, str],
+def _tensors(model: SparseModel, docs: DocumentParts, cache: TeacherCache, queries: dict[str, str],
              train_q: list[str]) -> _Tensors:
     rows = _training_rows(cache, train_q)
     offsets, ids, _ = model.query.encode_packed([queries[cache.query_ids[r]] for r in rows],
                                                 model.query.binary_table())
     bags = [ids[a:b] for a, b in itertools.pairwise(offsets.tolist())]
     width = max([1, *map(len, bags)])
-    weights = np.zeros((len(rows), cache.candidates.shape[1], width), np.float32)
     tokens = np.zeros((len(rows), width), np.int64)
-    columns = docs.tocsc()
-    for i, (r, bag) in enumerate(zip(rows, bags, strict=True)):
-        cand = cache.candidates[r]
-        real = cand >= 0
-        if len(bag):
-            weights[i, real, :len(bag)] = columns[:, bag].tocsr()[cand[real]].toarray()
+    for i, bag in enumerate(bags):
         tokens[i, :len(bag)] = bag
+    weights = _candidate_weights(docs.base, cache.candidates[rows], bags, width)
+    residual = None if docs.residual is None else _candidate_weights(docs.residual, cache.candidates[rows],
+                                                                     bags, width)
     mask = torch.arange(width)[None, :] < torch.tensor([len(b) for b in bags])[:, None]
     teacher = ensemble_teacher_scores([torch.from_numpy(cache.bm25[rows]),
                                        torch.from_numpy(cache.dense[rows])])
-    return _Tensors(torch.from_numpy(weights), torch.from_numpy(tokens), mask.float(),
+    return _Tensors(weights, residual, torch.from_numpy(tokens), mask.float(),
                     torch.from_numpy(cache.candidates[rows] >= 0), teacher,
                     torch.from_numpy(cache.positives[rows]).float())
 
 
-def _loss(table: torch.Tensor, init: torch.Tensor, data: _Tensors, b: torch.Tensor,
+def _candidate_weights(docs: sp.csr_matrix, candidates: np.ndarray, bags: list[np.ndarray], width: int
+                       ) -> torch.Tensor:
+    """[Q, C, T]: the weight of each query's tokens in each of its candidates (0 for padding)."""
+    out = np.zeros((len(bags), candidates.shape[1], width), np.float32)
+    columns = docs.tocsc()
+    for i, (cand, bag) in enumerate(zip(candidates, bags, strict=True)):
+        real = cand >= 0
+        if len(bag):
+            out[i, real, :len(bag)] = columns[:, bag].tocsr()[cand[real]].toarray()
+    return torch.from_numpy(out)
+
+
+def _loss(table: torch.Tensor, log_scale: torch.Tensor, init: torch.Tensor, data: _Tensors, b: torch.Tensor,
           cfg: QueryTableConfig) -> torch.Tensor:
     query = F.relu(table[data.tokens[b]]) * data.mask[b]
-    scores = torch.einsum("bct,bt->bc", data.weights[b], query).masked_fill(~data.valid[b], -1e4)
+    docs = data.weights[b] if data.residual is None else data.weights[b] + log_scale.exp() * data.residual[b]
+    scores = torch.einsum("bct,bt->bc", docs, query).masked_fill(~data.valid[b], -1e4)
     loss = ensemble_kd_loss(scores, data.teacher[b].masked_fill(~data.valid[b], -1e4))
     if cfg.ce_weight:
         logp, pos = F.log_softmax(scores, dim=1), data.positives[b]
@@ -199,13 +249,15 @@ def _loss(table: torch.Tensor, init: torch.Tensor, data: _Tensors, b: torch.Tens
     return loss
 
 
-def _fit(model: SparseModel, data: _Tensors, cfg: QueryTableConfig, lr: float,
-         dev_metrics: Callable[[], dict]) -> tuple[list[dict], np.ndarray]:
-    """Adam at ``lr`` from the model's table; dev metrics after each epoch; returns (history, best table)."""
+def _fit(model: SparseModel, data: _Tensors, cfg: QueryTableConfig, lr: float, scale0: float,
+         dev_metrics: Callable[[float], dict]) -> tuple[list[dict], np.ndarray]:
+    """Adam at ``lr`` from the model's table and residual weight ``scale0``; dev metrics after each epoch;
+    returns (history, best table)."""
     torch.manual_seed(cfg.seed)
     init = torch.from_numpy(model.query.table().copy())
     table = torch.nn.Parameter(init.clone())
-    optim = torch.optim.Adam([table], lr=lr)
+    log_scale = torch.nn.Parameter(torch.tensor(float(np.log(max(scale0, 1e-12)))))
+    optim = torch.optim.Adam([table, log_scale] if data.residual is not None else [table], lr=lr)
     history: list[dict] = []
     best, best_ndcg = init.numpy().copy(), -1.0
     n = data.weights.shape[0]
@@ -214,13 +266,15 @@ def _fit(model: SparseModel, data: _Tensors, cfg: QueryTableConfig, lr: float,
         losses = []
         bar = tqdm(range(0, n, cfg.batch_queries), desc=f"lr {lr} epoch {epoch}", disable=not cfg.progress)
         for s in bar:
-            loss = _loss(table, init, data, order[s:s + cfg.batch_queries], cfg)
+            loss = _loss(table, log_scale, init, data, order[s:s + cfg.batch_queries], cfg)
             optim.zero_grad()
             loss.backward()
             optim.step()
             losses.append(loss.item())
         model.query.set_table(table.detach().numpy())
-        history.append({"lr": lr, "epoch": epoch, "loss": round(float(np.mean(losses)), 4), **dev_metrics()})
+        g = round(float(log_scale.detach().exp()), 4) if data.residual is not None else scale0
+        history.append({"lr": lr, "epoch": epoch, "loss": round(float(np.mean(losses)), 4),
+                        "residual_scale": g, **dev_metrics(g)})
         if history[-1]["ndcg@10"] > best_ndcg:
             best, best_ndcg = model.query.table().copy(), history[-1]["ndcg@10"]
         if cfg.progress:

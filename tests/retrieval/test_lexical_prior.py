@@ -121,3 +121,21 @@ def test_fit_without_a_prior_is_a_clear_error() -> None:
     assert enc.lexical_scale is None
     with pytest.raises(ValueError, match="no lexical prior"):
         enc.fit_lexical_prior(DOCS)
+
+
+def test_residual_scale_weighs_the_learned_terms_beside_the_prior(prior_encoder) -> None:
+    enc = prior_encoder
+    prior = enc.lexical_prior(DOCS)
+    with torch.no_grad():
+        learned = enc(*enc.tokenize(DOCS))
+        full = enc.encode(DOCS, progress=False).toarray()
+        enc.config.residual_scale = 0.25
+        try:
+            scaled = enc.encode(DOCS, progress=False).toarray()
+            assert torch.allclose(enc.with_prior(learned, prior),
+                                  0.25 * learned + torch.relu(enc.lexical_scale) * prior, atol=1e-6)
+        finally:
+            enc.config.residual_scale = 1.0
+    base = (torch.relu(enc.lexical_scale) * prior).detach().numpy()
+    assert np.abs((scaled - base) - 0.25 * (full - base)).max() < 1e-5
+    assert (learned > 0).any()  # the residual is not empty, so the scale is exercised

@@ -219,7 +219,8 @@ def test_tiny_training_with_the_lexical_prior(tmp_path: Path) -> None:
 
 
 def test_query_table_stage_keeps_the_encoder_and_its_best_dev_table(tmp_path: Path) -> None:
-    """Stage 2 trains only the query table, on the stage-1 split and caches, and keeps its best dev epoch."""
+    """Stage 2 trains the query table and the residual weight, on the stage-1 split and caches, and keeps
+    its best dev epoch; the encoder's weights do not change."""
     from retrieval.data.beir import load_corpus, load_qrels, load_queries
     from retrieval.encoders import SparseModel
     from retrieval.training.dev_eval import evaluate_dev
@@ -242,7 +243,10 @@ def test_query_table_stage_keeps_the_encoder_and_its_best_dev_table(tmp_path: Pa
         (0.0, 0), (0.5, 1), (0.5, 2), (0.5, 3), (0.05, 1), (0.05, 2), (0.05, 3)]
     assert record["train_queries"] == 9
     best = max(record["dev"], key=lambda h: h["ndcg@10"])  # the first of equals: the IDF table wins ties
-    assert record["kept"] == {"lr": best["lr"], "epoch": best["epoch"]}
+    assert record["kept"] == {k: best[k] for k in ("lr", "epoch", "residual_scale")}
+    assert record["dev"][0]["residual_scale"] == 1.0
+    assert len({h["residual_scale"] for h in record["dev"]}) > 1  # the weight is learned
+    assert after.doc.config.residual_scale == best["residual_scale"]
     for name, tensor in before.doc.state_dict().items():
         assert torch.equal(tensor, after.doc.state_dict()[name]), name
     moved = not np.array_equal(before.query.table(), after.query.table())
