@@ -158,7 +158,7 @@ def training_record(model: Path, total_s: float | None) -> dict[str, Any]:
 
 def ablations(data: Path, runs: Path, main_model: Path) -> dict[str, Any]:
     """Each ablation = the stage-1 recipe with one part changed, trained here, then its own stage 2; dev
-    metrics after each stage.
+    metrics after each stage, and paired bootstrap 95% intervals of main minus each (over the dev queries).
 
     ``main`` / ``main_query_table``: the main model after stage 1 / stage 2 (its kept epoch).
     ``fixed_residual_scale``: stage 2 on the main stage-1 model with the residual weight held at 1.
@@ -168,35 +168,77 @@ def ablations(data: Path, runs: Path, main_model: Path) -> dict[str, Any]:
 
     main_dev = _training_info(main_model)["dev"]
     table = _query_table_info(main_model)
+    stage1 = Path(table["model"])
     out: dict[str, Any] = {"steps": STEPS, "main": main_dev[-1] if main_dev else None,
                            "main_query_table": _kept(table["dev"], table["kept"])}
+    evals = {"main": _dev_evaluation(runs, stage1),
+             "main_query_table": _dev_evaluation(runs, stage1, main_model)}
     for name, overrides in ABLATIONS.items():
         model, _ = train_ablation(data, runs, name)
         info = _training_info(model)
-        stage2 = _query_table_info(_stage_two(model, model.with_name(model.name + "-table"), runs / "work"))
+        tabled = _stage_two(model, model.with_name(model.name + "-table"), runs / "work")
+        stage2 = _query_table_info(tabled)
         out[name] = {**info["dev"][-1], "overrides": overrides, "wall_s": info["wall_s"],
                      "query_table": _kept(stage2["dev"], stage2["kept"])}
-    stage1 = Path(table["model"])
-    out["fixed_residual_scale"] = stage_two_dev(runs, stage1, QueryTableConfig(
+        evals[name], evals[f"{name}+query_table"] = _dev_evaluation(runs, model), _dev_evaluation(runs, model,
+                                                                                                   tabled)
+    out["fixed_residual_scale"], evals["fixed_residual_scale"] = stage_two_dev(runs, stage1, QueryTableConfig(
         model="", out="", progress=False, learn_residual_scale=False))
-    out.update(prior_alone_dev(runs, stage1))
+    out.update(prior_alone_dev(runs, stage1, evals))
+    out["significance"] = significance(evals)
     return out
 
 
-def stage_two_dev(runs: Path, model_dir: Path, cfg: Any) -> dict[str, Any]:
-    """Dev row of the kept point of stage 2 (``cfg``) on the model at ``model_dir`` (nothing written)."""
+def significance(evals: dict[str, Any]) -> dict[str, Any]:
+    """Main minus each ablation on dev NDCG@10: mean per-query difference and its paired bootstrap 95% CI."""
+    from retrieval.evaluation import paired_difference
+
+    pairs = {f"{name} (stage 1)": ("main", name) for name in ABLATIONS}
+    pairs |= {f"{name} (after stage 2)": ("main_query_table", f"{name}+query_table") for name in ABLATIONS}
+    pairs |= {"no_query_table": ("main_query_table", "main"),
+              "fixed_residual_scale": ("main_query_table", "fixed_residual_scale"),
+              "prior_with_trained_query_table": ("main_query_table", "prior_with_trained_query_table")}
+    return {label: paired_difference(evals[a], evals[b]) for label, (a, b) in pairs.items()
+            if a in evals and b in evals}
+
+
+def _dev_evaluation(runs: Path, stage1: Path, stage2: Path | None = None) -> Any:
+    """Per-query dev metrics of a stage-1 model, or of the stage-2 model trained on it."""
+    from retrieval.encoders.sparse_doc import SparseModel
+    from retrieval.training.query_table import document_parts, stage_data
+
+    first = SparseModel.load(stage1, device="cpu")
+    data = stage_data(first, runs / "work", progress=False)
+    parts = document_parts(first, stage1, data, runs / "work", progress=False)
+    model = first if stage2 is None else SparseModel.load(stage2, device="cpu")
+    return _per_query(model, parts.combine(model.doc.config.residual_scale), data)
+
+
+def _per_query(model: Any, docs: sp.csr_matrix, data: Any) -> Any:
+    from retrieval.training.dev_eval import dev_run
+
+    return evaluate({q: data.qrels[q] for q in data.dev_q},
+                    dev_run(model, docs, data.doc_ids, data.queries, data.dev_q))
+
+
+def stage_two_dev(runs: Path, model_dir: Path, cfg: Any) -> tuple[dict[str, Any], Any]:
+    """Dev row and per-query metrics of the kept point of stage 2 (``cfg``) on the model at ``model_dir``
+    (nothing written)."""
     from retrieval.encoders.sparse_doc import SparseModel
     from retrieval.training.query_table import document_parts, select_table, stage_data
 
     model = SparseModel.load(model_dir, device="cpu")
     data = stage_data(model, runs / "work", progress=False)
-    history, kept, _ = select_table(model, document_parts(model, model_dir, data, runs / "work"), data, cfg)
-    return _kept(history, kept)
+    parts = document_parts(model, model_dir, data, runs / "work", progress=False)
+    history, kept, table = select_table(model, parts, data, cfg)
+    model.query.set_table(table)
+    return _kept(history, kept), _per_query(model, parts.combine(kept["residual_scale"]), data)
 
 
-def prior_alone_dev(runs: Path, model_dir: Path) -> dict[str, Any]:
+def prior_alone_dev(runs: Path, model_dir: Path, evals: dict[str, Any]) -> dict[str, Any]:
     """Reference rows: dev metrics of the stage-1 model's lexical prior alone (WordPiece BM25, no
-    training), and of the prior with a query table trained on it (stage 2 with the prior as documents)."""
+    training), and of the prior with a query table trained on it (stage 2 with the prior as documents);
+    the latter's per-query metrics go into ``evals``."""
     from retrieval.encoders.sparse_doc import SparseModel
     from retrieval.training.dev_eval import evaluate_dev
     from retrieval.training.query_table import DocumentParts, QueryTableConfig, select_table, stage_data
@@ -205,8 +247,10 @@ def prior_alone_dev(runs: Path, model_dir: Path) -> dict[str, Any]:
     data = stage_data(model, runs / "work", progress=False)
     prior = model.doc.lexical_prior_matrix(data.contents)
     alone = evaluate_dev(model, prior, data.doc_ids, data.queries, data.qrels, data.dev_q)
-    history, kept, _ = select_table(model, DocumentParts(prior), data,
-                                    QueryTableConfig(model="", out="", progress=False))
+    history, kept, table = select_table(model, DocumentParts(prior), data,
+                                        QueryTableConfig(model="", out="", progress=False))
+    model.query.set_table(table)
+    evals["prior_with_trained_query_table"] = _per_query(model, prior, data)
     return {"lexical_prior_alone": {k: round(v, 4) for k, v in alone.items()},
             "prior_with_trained_query_table": _kept(history, kept)}
 
@@ -393,21 +437,29 @@ def acceptance(m: dict[str, Any]) -> list[dict[str, Any]]:
     rows.append(_row("ablations measured in this run (plain FLOPS, dense only, BM25 only, no distillation)",
                      len(measured), ">=", len(ABLATIONS)))
     final = (abl.get("main_query_table") or {}).get("ndcg@10")
+    sig = abl.get("significance", {})
+
+    def ablation_row(label: str, key: str, value: float) -> None:
+        row = _row(label, round(value, 4), ">", 0.0)
+        if key in sig:
+            row["paired_bootstrap_ci95"] = sig[key]["ci"]
+        rows.append(row)
+
     for name in measured:
-        rows.append(_row(f"ablation {name}: main stage-1 config's dev NDCG@10 minus this one's",
-                         round(main - abl[name]["ndcg@10"], 4), ">", 0.0))
+        ablation_row(f"ablation {name}: main stage-1 config's dev NDCG@10 minus this one's",
+                     f"{name} (stage 1)", main - abl[name]["ndcg@10"])
         if final is not None and "query_table" in abl[name]:
-            rows.append(_row(f"ablation {name} after stage 2: main model's dev NDCG@10 minus this one's",
-                             round(final - abl[name]["query_table"]["ndcg@10"], 4), ">", 0.0))
+            ablation_row(f"ablation {name} after stage 2: main model's dev NDCG@10 minus this one's",
+                         f"{name} (after stage 2)", final - abl[name]["query_table"]["ndcg@10"])
     if final is not None and main is not None:
-        rows.append(_row("ablation no_query_table: dev NDCG@10 after stage 2 minus after stage 1",
-                         round(final - main, 4), ">", 0.0))
+        ablation_row("ablation no_query_table: dev NDCG@10 after stage 2 minus after stage 1",
+                     "no_query_table", final - main)
     for name, label in (("fixed_residual_scale", "stage 2 with the residual weight held at 1"),
                         ("prior_with_trained_query_table", "stage 2 on the lexical prior alone (no learned "
                                                            "residual)")):
         if final is not None and name in abl:
-            rows.append(_row(f"ablation {name}: main model's dev NDCG@10 minus {label}",
-                             round(final - abl[name]["ndcg@10"], 4), ">", 0.0))
+            ablation_row(f"ablation {name}: main model's dev NDCG@10 minus {label}", name,
+                         final - abl[name]["ndcg@10"])
     sp_ = m.get("speed_scifact")
     if sp_:
         rows.append(_row("native single-query mean latency (ms, k=100, 1 thread) <= bm25s's",
@@ -439,6 +491,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sparse_scifact.json")
     parser.add_argument("--rescore", action="store_true",
                         help="recompute only the acceptance block of --out from its stored metrics")
+    parser.add_argument("--redo-ablations", action="store_true",
+                        help="with --model: recompute only the (dev-split) ablations block of --out")
     args = parser.parse_args()
     if args.rescore:
         stored = json.loads(args.out.read_text())
@@ -453,6 +507,13 @@ def main() -> None:
         train_ablation(data, args.runs, args.train_ablation)
         return
     model = args.model or train_main(data, args.runs)
+    if args.redo_ablations:
+        stored = json.loads(args.out.read_text())
+        stored["metrics"]["ablations"] = ablations(data, args.runs, model)
+        stored["acceptance"] = acceptance(stored["metrics"])
+        stored["ablations_command"] = "python " + " ".join(sys.argv)
+        args.out.write_text(json.dumps(stored, indent=2, default=float) + "\n")
+        return
     metrics: dict[str, Any] = {"training": training_record(model, args.train_total_s)}
     result = {"benchmark": "sparse_scifact", "commit": commit(), "machine": machine(),
               "command": "python " + " ".join(sys.argv), "metrics": metrics}

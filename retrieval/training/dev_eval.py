@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from retrieval.encoders.sparse_doc import SparseModel, to_csr
-from retrieval.evaluation import evaluate
+from retrieval.evaluation import Run, evaluate
 from retrieval.training.hidden_cache import HiddenCache
 
 
@@ -50,9 +50,9 @@ def corpus_flops(docs: sp.csr_matrix) -> float:
     return float(np.sum(df ** 2))
 
 
-def evaluate_dev(model: SparseModel, docs: sp.csr_matrix, doc_ids: list[str], queries: dict[str, str],
-                 qrels: dict[str, dict[str, int]], qids: list[str], k: int = 100) -> dict[str, float]:
-    """Exact full-corpus retrieval metrics of ``qids`` with document vectors ``docs``."""
+def dev_run(model: SparseModel, docs: sp.csr_matrix, doc_ids: list[str], queries: dict[str, str],
+            qids: list[str], k: int = 100) -> Run:
+    """Exact full-corpus top-``k`` of ``qids`` (inference-free queries) against document vectors ``docs``."""
     vecs = model.query.encode_batch([queries[q] for q in qids])
     rows = np.repeat(np.arange(len(vecs)), [len(i) for i, _ in vecs])
     cols = np.concatenate([i for i, _ in vecs]) if len(rows) else np.zeros(0, np.int64)
@@ -63,7 +63,13 @@ def evaluate_dev(model: SparseModel, docs: sp.csr_matrix, doc_ids: list[str], qu
     for i, qid in enumerate(qids):
         top = np.argpartition(-scores[i], min(k, scores.shape[1] - 1))[:k]
         run[qid] = {doc_ids[j]: float(scores[i, j]) for j in top if scores[i, j] > 0}
-    means = evaluate({q: qrels[q] for q in qids}, run).means
+    return run
+
+
+def evaluate_dev(model: SparseModel, docs: sp.csr_matrix, doc_ids: list[str], queries: dict[str, str],
+                 qrels: dict[str, dict[str, int]], qids: list[str], k: int = 100) -> dict[str, float]:
+    """Exact full-corpus retrieval metrics of ``qids`` with document vectors ``docs``."""
+    means = evaluate({q: qrels[q] for q in qids}, dev_run(model, docs, doc_ids, queries, qids, k)).means
     nnz = docs.getnnz(axis=1)
     return {**means, "avg_doc_nnz": float(nnz.mean()), "flops": corpus_flops(docs)}
 

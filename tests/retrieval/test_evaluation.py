@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
-from retrieval.evaluation import evaluate, run_from_hits
+from retrieval.evaluation import Evaluation, evaluate, paired_difference, run_from_hits
 
 
 def test_hand_computed_metrics() -> None:
@@ -40,3 +41,27 @@ def test_run_from_hits_and_empty_qrels() -> None:
     assert run_from_hits(["q"], [[("a", 1.5)]]) == {"q": {"a": 1.5}}
     with pytest.raises(ValueError, match="qrels is empty"):
         evaluate({}, {})
+
+
+def _scores(values: dict[str, float]) -> Evaluation:
+    return Evaluation(per_query={q: {"ndcg@10": v} for q, v in values.items()})
+
+
+def test_paired_difference_is_the_mean_difference_with_a_bootstrap_interval() -> None:
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0, 1, 200)
+    a = _scores({f"q{i}": float(v + 0.1) for i, v in enumerate(base)})
+    b = _scores({f"q{i}": float(v) for i, v in enumerate(base)} | {"only-b": 0.5})
+    same = paired_difference(a, b)
+    assert same["mean"] == pytest.approx(0.1) and same["ci"] == [pytest.approx(0.1)] * 2
+    assert same["queries"] == 200                          # only the common queries are paired
+    noisy = _scores({f"q{i}": float(v + rng.normal(0, 0.2)) for i, v in enumerate(base)})
+    out = paired_difference(noisy, b, seed=1)
+    diff = np.array([noisy.per_query[f"q{i}"]["ndcg@10"] - v for i, v in enumerate(base)])
+    assert out["mean"] == pytest.approx(diff.mean(), abs=1e-4)
+    low, high = out["ci"]
+    se = diff.std(ddof=1) / np.sqrt(len(diff))
+    assert low < diff.mean() < high and high - low == pytest.approx(2 * 1.96 * se, rel=0.2)
+    assert paired_difference(noisy, b, seed=1) == out      # seeded
+    with pytest.raises(ValueError, match="common queries"):
+        paired_difference(a, _scores({"x": 1.0}))
