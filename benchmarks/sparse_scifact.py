@@ -180,8 +180,8 @@ def ablations(data: Path, runs: Path, main_model: Path) -> dict[str, Any]:
         stage2 = _query_table_info(tabled)
         out[name] = {**info["dev"][-1], "overrides": overrides, "wall_s": info["wall_s"],
                      "query_table": _kept(stage2["dev"], stage2["kept"])}
-        evals[name], evals[f"{name}+query_table"] = _dev_evaluation(runs, model), _dev_evaluation(runs, model,
-                                                                                                   tabled)
+        evals[name] = _dev_evaluation(runs, model)
+        evals[f"{name}+query_table"] = _dev_evaluation(runs, model, tabled)
     out["fixed_residual_scale"], evals["fixed_residual_scale"] = stage_two_dev(runs, stage1, QueryTableConfig(
         model="", out="", progress=False, learn_residual_scale=False))
     out.update(prior_alone_dev(runs, stage1, evals))
@@ -202,13 +202,21 @@ def significance(evals: dict[str, Any]) -> dict[str, Any]:
             if a in evals and b in evals}
 
 
+def _load_stage(runs: Path, model_dir: Path) -> tuple[Any, Any]:
+    """A trained model on the CPU and its stage-1 split and caches."""
+    from retrieval.encoders.sparse_doc import SparseModel
+    from retrieval.training.query_table import stage_data
+
+    model = SparseModel.load(model_dir, device="cpu")
+    return model, stage_data(model, runs / "work", progress=False)
+
+
 def _dev_evaluation(runs: Path, stage1: Path, stage2: Path | None = None) -> Any:
     """Per-query dev metrics of a stage-1 model, or of the stage-2 model trained on it."""
     from retrieval.encoders.sparse_doc import SparseModel
-    from retrieval.training.query_table import document_parts, stage_data
+    from retrieval.training.query_table import document_parts
 
-    first = SparseModel.load(stage1, device="cpu")
-    data = stage_data(first, runs / "work", progress=False)
+    first, data = _load_stage(runs, stage1)
     parts = document_parts(first, stage1, data, runs / "work", progress=False)
     model = first if stage2 is None else SparseModel.load(stage2, device="cpu")
     return _per_query(model, parts.combine(model.doc.config.residual_scale), data)
@@ -224,11 +232,9 @@ def _per_query(model: Any, docs: sp.csr_matrix, data: Any) -> Any:
 def stage_two_dev(runs: Path, model_dir: Path, cfg: Any) -> tuple[dict[str, Any], Any]:
     """Dev row and per-query metrics of the kept point of stage 2 (``cfg``) on the model at ``model_dir``
     (nothing written)."""
-    from retrieval.encoders.sparse_doc import SparseModel
-    from retrieval.training.query_table import document_parts, select_table, stage_data
+    from retrieval.training.query_table import document_parts, select_table
 
-    model = SparseModel.load(model_dir, device="cpu")
-    data = stage_data(model, runs / "work", progress=False)
+    model, data = _load_stage(runs, model_dir)
     parts = document_parts(model, model_dir, data, runs / "work", progress=False)
     history, kept, table = select_table(model, parts, data, cfg)
     model.query.set_table(table)
@@ -239,12 +245,10 @@ def prior_alone_dev(runs: Path, model_dir: Path, evals: dict[str, Any]) -> dict[
     """Reference rows: dev metrics of the stage-1 model's lexical prior alone (WordPiece BM25, no
     training), and of the prior with a query table trained on it (stage 2 with the prior as documents);
     the latter's per-query metrics go into ``evals``."""
-    from retrieval.encoders.sparse_doc import SparseModel
     from retrieval.training.dev_eval import evaluate_dev
-    from retrieval.training.query_table import DocumentParts, QueryTableConfig, select_table, stage_data
+    from retrieval.training.query_table import DocumentParts, QueryTableConfig, select_table
 
-    model = SparseModel.load(model_dir, device="cpu")
-    data = stage_data(model, runs / "work", progress=False)
+    model, data = _load_stage(runs, model_dir)
     prior = model.doc.lexical_prior_matrix(data.contents)
     alone = evaluate_dev(model, prior, data.doc_ids, data.queries, data.qrels, data.dev_q)
     history, kept, table = select_table(model, DocumentParts(prior), data,
