@@ -516,6 +516,7 @@ def main() -> None:
         stored["metrics"]["ablations"] = ablations(data, args.runs, model)
         stored["acceptance"] = acceptance(stored["metrics"])
         stored["ablations_command"] = "python " + " ".join(sys.argv)
+        stored["ablations_commit"] = commit()
         args.out.write_text(json.dumps(stored, indent=2, default=float) + "\n")
         return
     metrics: dict[str, Any] = {"training": training_record(model, args.train_total_s)}
