@@ -17,8 +17,8 @@ One run, one JSON object (DESIGN.md §7), written to ``benchmarks/results/sparse
    (the same query-table recipe), against the main model at the same point. Stage 2's parts: no
    query-table stage (stage 1 alone), the residual weight fixed at 1 (table only), and the learned
    residual switched off (the lexical prior with a query table trained on it: what the transformer
-   adds). ``--train-ablation NAME`` trains one of them alone (to train them in parallel before the
-   run); the run then waits for, or reuses, them. Reference row: the lexical prior alone (no training).
+   adds). ``--train-ablation NAME`` trains one stage-1 ablation alone (to train them in parallel before
+   the run); the run then waits for, or reuses, them. Reference row: the lexical prior alone (no training).
 3. **Speed on SciFact** (one thread, k=100): the native engine on the trained model's index vs bm25s
    (its own BM25 index over the same corpus, stemmer + stopwords), both timed from query text to
    ranked ids: mean/median single-query latency and batch queries/s. The batch criterion compares like
@@ -198,8 +198,7 @@ def significance(evals: dict[str, Any]) -> dict[str, Any]:
     pairs |= {"no_query_table": ("main_query_table", "main"),
               "fixed_residual_scale": ("main_query_table", "fixed_residual_scale"),
               "prior_with_trained_query_table": ("main_query_table", "prior_with_trained_query_table")}
-    return {label: paired_difference(evals[a], evals[b]) for label, (a, b) in pairs.items()
-            if a in evals and b in evals}
+    return {label: paired_difference(evals[a], evals[b]) for label, (a, b) in pairs.items()}
 
 
 def _load_stage(runs: Path, model_dir: Path) -> tuple[Any, Any]:
@@ -512,6 +511,8 @@ def main() -> None:
         return
     model = args.model or train_main(data, args.runs)
     if args.redo_ablations:
+        if args.model is None:
+            parser.error("--redo-ablations needs --model (the main model the results file was measured with)")
         stored = json.loads(args.out.read_text())
         stored["metrics"]["ablations"] = ablations(data, args.runs, model)
         stored["acceptance"] = acceptance(stored["metrics"])

@@ -293,7 +293,7 @@ def train_query_table(
                                                         "0.01, 0.03, 0.1); best (lr, epoch) on dev kept.")]
     = None,
     ce_weight: Annotated[float, typer.Option(help="Weight of the positives' cross-entropy beside KD.")] = 1.0,
-    l2: Annotated[float, typer.Option(help="Pull of the table towards its IDF start.")] = 0.0,
+    l2: Annotated[float, typer.Option(help="Pull of the table towards its start (IDF after stage 1).")] = 0.0,
     learn_residual_scale: Annotated[bool, typer.Option(
         help="Also learn the weight of the learned document terms beside the lexical prior.")] = True,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 13,

@@ -7,18 +7,21 @@ document encoder (:mod:`retrieval.training.sparse`), with the document vectors f
 has a lexical prior, a document vector is ``base + g * residual``: ``base`` the scaled prior, ``residual``
 the learned term weights, and the scalar ``g`` (``SparseEncoderConfig.residual_scale``, 1 after stage 1)
 is learned here too (in log space: it stays positive and cannot die at zero, as a relu'd scalar
-would), so the stage also decides how much the learned terms count beside the prior:
+would; it is kept to 4 significant digits), so the stage also decides how much the learned terms count
+beside the prior. A model saved with ``residual_scale = 0`` has no learned part left to weigh: its
+table alone is trained.
 
     score(q, d) = sum_{t in q} relu(w_t) * (base_d(t) + g * residual_d(t)),   g = exp(a)
-    loss = KD(student, teacher) + ce_weight * CE(positives) + l2 * ||w - idf||^2
+    loss = KD(student, teacher) + ce_weight * CE(positives) + l2 * ||w - w_start||^2
 
 over the stage-1 candidates and teacher scores (the same BM25 + MiniLM ensemble target, per-query
 min-max, mean, x30, KL; CE is the in-candidate cross-entropy of the judged positives). The stage-1
 split, pseudo-queries and teacher cache are reused; document vectors come from the stage-1 hidden
-cache. For each learning rate of a small grid the table trains from IDF (and ``g`` from its stage-1
-value); dev NDCG@10 (the split of train) is measured before training and after every epoch, and the
-best (learning rate, epoch) is kept, so the stage never ends below stage 1 on dev. The whole table
-trains in about a second per epoch on CPU: a query only touches its own tokens' weights.
+cache. For each learning rate of a small grid the table trains from the model's table (IDF after
+stage 1) and ``g`` from the model's value (1 after stage 1); dev NDCG@10 (the split of train) is
+measured before training and after every epoch, and the best (learning rate, epoch) is kept, so the
+stage never ends below its starting point on dev. The whole table trains in about a second per epoch
+on CPU: a query only touches its own tokens' weights.
 """
 
 from __future__ import annotations
@@ -166,14 +169,14 @@ def train_query_table(cfg: QueryTableConfig) -> Path:
     return model.save(out, overwrite=cfg.overwrite, source={"model": str(cfg.model)})
 
 
-def _document_vectors(model: SparseModel, model_dir: Path, contents: list[str], work: Path, progress: bool
-                      ) -> sp.csr_matrix:
-    """The corpus encoded by the stage-1 model (cached in ``work``; stage 1 leaves its final dev encoding)."""
+def _document_vectors(model: SparseModel, model_dir: Path, contents: list[str], work: Path, progress: bool,
+                      prior: sp.csr_matrix | None) -> sp.csr_matrix:
+    """The corpus encoded by the model at ``model_dir`` (cached in ``work``; stage 1 leaves its final dev
+    encoding there). ``prior``: the corpus' lexical prior rows when the encoder has one."""
     path = document_cache(model_dir, contents, work)
     if path.exists():
         return sp.load_npz(path).tocsr()
     hidden = build_hidden_cache(contents, model.doc, work, progress=progress)
-    prior = model.doc.lexical_prior_matrix(contents) if model.doc.lexical_scale is not None else None
     with torch.no_grad():
         docs = encode_cached(model, hidden, progress=progress, prior=prior)
     save_documents(path, docs)
@@ -182,16 +185,17 @@ def _document_vectors(model: SparseModel, model_dir: Path, contents: list[str], 
 
 def document_parts(model: SparseModel, model_dir: Path, data: StageData, work: Path, progress: bool = True
                    ) -> DocumentParts:
-    """The stage-1 corpus vectors of the model at ``model_dir``, split into the scaled lexical prior and
-    the learned residual (unscaled); the whole vectors as ``base`` when the encoder has no prior."""
-    docs = _document_vectors(model, model_dir, data.contents, work, progress)
+    """The corpus vectors of the model at ``model_dir``, split into the scaled lexical prior and the
+    learned residual (unscaled: ``docs = base + residual_scale * residual``); the whole vectors as
+    ``base`` when the encoder has no prior or a zero residual weight."""
+    prior = model.doc.lexical_prior_matrix(data.contents) if model.doc.lexical_scale is not None else None
+    docs = _document_vectors(model, model_dir, data.contents, work, progress, prior)
     scale = model.doc.config.residual_scale
-    if model.doc.lexical_scale is None or scale <= 0:
+    if prior is None or scale <= 0:
         return DocumentParts(docs)
-    prior_scale = float(torch.relu(model.doc.lexical_scale.detach()))
-    base = (prior_scale * model.doc.lexical_prior_matrix(data.contents)).tocsr()
+    base = (float(torch.relu(model.doc.lexical_scale.detach())) * prior).tocsr()
     residual = ((docs - base) / scale).tocsr()
-    residual.data[residual.data < 1e-6] = 0.0  # float round-off where the residual was zero
+    residual.data[residual.data < 1e-6] = 0.0  # round-off where it was zero (learned weights are >= 0)
     residual.eliminate_zeros()
     return DocumentParts(base.astype(np.float32), residual.astype(np.float32))
 
@@ -272,7 +276,7 @@ def _fit(model: SparseModel, data: _Tensors, cfg: QueryTableConfig, lr: float, s
             optim.step()
             losses.append(loss.item())
         model.query.set_table(table.detach().numpy())
-        g = round(float(log_scale.detach().exp()), 4) if data.residual is not None else scale0
+        g = float(f"{float(log_scale.detach().exp()):.4g}") if data.residual is not None else scale0
         history.append({"lr": lr, "epoch": epoch, "loss": round(float(np.mean(losses)), 4),
                         "residual_scale": g, **dev_metrics(g)})
         if history[-1]["ndcg@10"] > best_ndcg:

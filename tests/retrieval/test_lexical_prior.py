@@ -132,8 +132,6 @@ def test_residual_scale_weighs_the_learned_terms_beside_the_prior(prior_encoder)
         enc.config.residual_scale = 0.25
         try:
             scaled = enc.encode(DOCS, progress=False).toarray()
-            assert torch.allclose(enc.with_prior(learned, prior),
-                                  0.25 * learned + torch.relu(enc.lexical_scale) * prior, atol=1e-6)
         finally:
             enc.config.residual_scale = 1.0
     base = (torch.relu(enc.lexical_scale) * prior).detach().numpy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -258,3 +259,19 @@ def test_query_table_stage_keeps_the_encoder_and_its_best_dev_table(tmp_path: Pa
     assert got["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-4)
     with pytest.raises(FileExistsError):
         train_query_table(cfg)
+    fixed = SparseModel.load(train_query_table(dataclasses.replace(
+        cfg, out=str(tmp_path / "model3"), learn_residual_scale=False)), device="cpu")
+    assert {h["residual_scale"] for h in fixed.extra["query_table"]["dev"]} == {1.0}
+    assert fixed.doc.config.residual_scale == 1.0
+    # a model saved with another residual weight (as stage 2 saves it) splits back into the same parts
+    from retrieval.training.query_table import document_parts, stage_data
+
+    reweighted = SparseModel.load(stage1, device="cpu")
+    reweighted.doc.config.residual_scale = 0.3
+    saved = reweighted.save(tmp_path / "model-g")
+    parts = document_parts(reweighted, saved, stage_data(reweighted, tmp_path / "work", progress=False),
+                           tmp_path / "work", progress=False)
+    contents = [doc_contents(d) for d in corpus.values()]
+    assert parts.residual is not None and parts.residual.nnz > 0
+    assert abs(parts.combine(0.3) - reweighted.doc.encode(contents, progress=False)).max() < 1e-5
+    assert abs(parts.combine(1.0) - before.doc.encode(contents, progress=False)).max() < 1e-5
