@@ -231,10 +231,16 @@ def _per_query(model: Any, docs: sp.csr_matrix, data: Any) -> Any:
 def stage_two_dev(runs: Path, model_dir: Path, cfg: Any) -> tuple[dict[str, Any], Any]:
     """Dev row and per-query metrics of the kept point of stage 2 (``cfg``) on the model at ``model_dir``
     (nothing written)."""
-    from retrieval.training.query_table import document_parts, select_table
+    from retrieval.training.query_table import document_parts
 
     model, data = _load_stage(runs, model_dir)
-    parts = document_parts(model, model_dir, data, runs / "work", progress=False)
+    return _select(model, document_parts(model, model_dir, data, runs / "work", progress=False), data, cfg)
+
+
+def _select(model: Any, parts: Any, data: Any, cfg: Any) -> tuple[dict[str, Any], Any]:
+    """Stage 2's selection on ``parts``: the kept dev row and the kept point's per-query metrics."""
+    from retrieval.training.query_table import select_table
+
     history, kept, table = select_table(model, parts, data, cfg)
     model.query.set_table(table)
     return _kept(history, kept), _per_query(model, parts.combine(kept["residual_scale"]), data)
@@ -245,17 +251,15 @@ def prior_alone_dev(runs: Path, model_dir: Path, evals: dict[str, Any]) -> dict[
     training), and of the prior with a query table trained on it (stage 2 with the prior as documents);
     the latter's per-query metrics go into ``evals``."""
     from retrieval.training.dev_eval import evaluate_dev
-    from retrieval.training.query_table import DocumentParts, QueryTableConfig, select_table
+    from retrieval.training.query_table import DocumentParts, QueryTableConfig
 
     model, data = _load_stage(runs, model_dir)
     prior = model.doc.lexical_prior_matrix(data.contents)
     alone = evaluate_dev(model, prior, data.doc_ids, data.queries, data.qrels, data.dev_q)
-    history, kept, table = select_table(model, DocumentParts(prior), data,
-                                        QueryTableConfig(model="", out="", progress=False))
-    model.query.set_table(table)
-    evals["prior_with_trained_query_table"] = _per_query(model, prior, data)
+    row, evals["prior_with_trained_query_table"] = _select(model, DocumentParts(prior), data,
+                                                           QueryTableConfig(model="", out="", progress=False))
     return {"lexical_prior_alone": {k: round(v, 4) for k, v in alone.items()},
-            "prior_with_trained_query_table": _kept(history, kept)}
+            "prior_with_trained_query_table": row}
 
 
 def train_ablation(data: Path, runs: Path, name: str) -> tuple[Path, float]:
