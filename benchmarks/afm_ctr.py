@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from environment import commit, machine  # noqa: E402
+from environment import commit, machine, write_result  # noqa: E402
 from torch import nn  # noqa: E402
 
 from recsys.data.ctr import CTRDataset, load_frappe_ctr, load_movielens_ctr  # noqa: E402
@@ -319,7 +319,7 @@ def main() -> None:
         "acceptance": acceptance,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     args.out.with_suffix(".md").write_text(_markdown(metrics) + "\n")
     print(json.dumps(result))
 

@@ -58,7 +58,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402
-from environment import commit, machine  # noqa: E402
+from environment import commit, machine, write_result  # noqa: E402
 
 from retrieval.data.beir import load_qrels, load_queries  # noqa: E402
 from retrieval.evaluation import evaluate  # noqa: E402
@@ -736,7 +736,7 @@ def main() -> None:
               "wall_s": round(time.perf_counter() - start, 1), "metrics": metrics,
               "acceptance": acceptance(metrics)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result))

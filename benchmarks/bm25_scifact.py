@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bm25s  # noqa: E402
 import pytrec_eval  # noqa: E402
-from environment import commit, machine  # noqa: E402
+from environment import commit, machine, write_result  # noqa: E402
 
 from retrieval.data.beir import load_qrels, load_queries  # noqa: E402
 from retrieval.engines import lucene  # noqa: E402
@@ -175,7 +175,7 @@ def main() -> None:
         "wall_s": round(time.perf_counter() - start, 2), "metrics": metrics, "acceptance": acceptance,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(json.dumps(result))
 
 

@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
-from environment import commit, machine  # noqa: E402
+from environment import commit, machine, write_result  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from retrieval.data.beir import load_qrels, load_queries  # noqa: E402
@@ -400,7 +400,7 @@ def main() -> None:
         "wall_s": round(time.perf_counter() - start, 2), "metrics": metrics,
         "acceptance": _acceptance(summaries),
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(json.dumps(result))
 
 

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 import torch  # noqa: E402
-from environment import commit, machine  # noqa: E402
+from environment import commit, machine, write_result  # noqa: E402
 
 from recsys.data.implicit import ImplicitDataset, load_implicit  # noqa: E402
 from recsys.models.cf import CFModel, Recommender  # noqa: E402
@@ -377,7 +377,7 @@ def main() -> None:
         result["acceptance"] = tune_acceptance(metrics["tuning"])
         plot(metrics["tuning"], out.with_name("dsl_gowalla.png"))
     if out is not None:
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        write_result(out, result)
     print(json.dumps(result))
 
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
-from environment import commit, machine  # noqa: E402
+from environment import commit, machine, write_result  # noqa: E402
 
 from embeddings.registry import METHODS  # noqa: E402
 from embeddings.sweep import SweepConfig, recommend, run_sweep, summarize, write_report  # noqa: E402
@@ -212,9 +212,7 @@ def main() -> None:
               "command": "python " + shlex.join(["benchmarks/embedding_compression.py", *sys.argv[1:]]),
               "wall_s": round(time.perf_counter() - start, 1), "metrics": metrics,
               "acceptance": acceptance(mem, best, runs, syn)}
-    tmp = args.out / ".embedding_compression.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    os.replace(tmp, args.out / "embedding_compression.json")
+    write_result(args.out / "embedding_compression.json", result, indent=1)
     print(json.dumps(result, default=float))
 
 

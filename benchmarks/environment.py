@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from sparsekit.atomic import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,3 +43,9 @@ def commit() -> str:
                                        stderr=subprocess.DEVNULL).strip()
     except (OSError, subprocess.CalledProcessError):
         return "uncommitted"
+
+
+def write_result(path: Path, result: dict[str, Any], indent: int = 2) -> None:
+    """Write ``result`` as JSON to ``path`` atomically (parent created), so a killed job never leaves a
+    half-written file: see :func:`sparsekit.atomic.atomic_path`."""
+    write_text_atomic(path, json.dumps(result, indent=indent, default=float) + "\n")

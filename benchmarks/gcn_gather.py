@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from environment import commit, machine  # noqa: E402
+from environment import commit, machine, write_result  # noqa: E402
 
 from recsys.gcn.features import NodeFeatureStore  # noqa: E402
 from recsys.gcn.sampler import NeighborSampler  # noqa: E402
@@ -269,9 +269,7 @@ def main() -> None:
               "wall_s": round(time.perf_counter() - start, 1), "metrics": metrics,
               "acceptance": acceptance(metrics) if not args.skip_tests else []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    write_result(args.out, result)
     print(json.dumps(result))
 
 

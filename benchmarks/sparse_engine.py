@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from environment import commit, machine  # noqa: E402
+from environment import commit, machine, write_result  # noqa: E402
 
 from retrieval.index.inverted import InvertedIndex, build_inverted_index  # noqa: E402
 
@@ -254,7 +254,7 @@ def main() -> None:
               "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "wall_s": time.perf_counter() - t_start, "metrics": metrics, "acceptance": _acceptance(metrics)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(json.dumps(result))
 
 

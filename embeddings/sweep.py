@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 
 from embeddings.registry import METHODS
 from embeddings.table import BudgetError, table_class
+from sparsekit.atomic import write_text_atomic
 from sparsekit.errors import InputError
 
 BASELINE = "full"
@@ -99,9 +99,7 @@ def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=float))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=1, default=float))
 
 
 def load_dataset(name: str, root: str | None, seed: int = 0) -> Any:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sparsekit.atomic import atomic_path
 from sparsekit.errors import InputError
 
 if TYPE_CHECKING:
@@ -57,10 +57,8 @@ def _copy_raw(src_dir: Path, dst_dir: Path, files: list[str]) -> bool:
         src, dst = src_dir / name, dst_dir / name
         if _same_file(src, dst):
             continue
-        fd, tmp = tempfile.mkstemp(dir=dst_dir, prefix=f".{name}.")
-        os.close(fd)
-        shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
+        with atomic_path(dst) as tmp:
+            shutil.copy2(src, tmp)  # keeps mtime, which _same_file compares
         copied = True
     return copied
 

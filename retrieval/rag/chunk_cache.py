@@ -43,15 +43,14 @@ import io
 import json
 import logging
 import math
-import os
 import threading
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sparsekit.atomic import atomic_path
 from sparsekit.errors import ArtifactError, InputError
 
 FORMAT = "sparsekit-kv-chunk-cache"
@@ -116,9 +115,8 @@ def _stem(key: str) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # named .<name>.<random>.tmp: scan() sweeps leftovers
+        tmp.write_bytes(data)
 
 
 class _DiskStore:

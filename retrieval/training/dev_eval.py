@@ -21,6 +21,7 @@ from tqdm import tqdm
 from retrieval.encoders.sparse_doc import SparseModel, to_csr
 from retrieval.evaluation import Run, evaluate
 from retrieval.training.hidden_cache import HiddenCache
+from sparsekit.atomic import atomic_path
 
 
 @torch.no_grad()
@@ -84,6 +85,5 @@ def document_cache(model_dir: Path, contents: list[str], work: Path) -> Path:
 
 def save_documents(path: Path, docs: sp.csr_matrix) -> None:
     """Write ``docs`` to ``path`` atomically: a killed run leaves no half-written cache."""
-    tmp = path.with_name(f"{path.stem}.tmp.npz")
-    sp.save_npz(tmp, docs)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a handle: save_npz would append .npz
+        sp.save_npz(fh, docs)

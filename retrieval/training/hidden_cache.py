@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from retrieval.encoders.sparse_doc import SparseDocEncoder
+from sparsekit.atomic import atomic_path
 
 
 @dataclass
@@ -61,10 +62,9 @@ def build_hidden_cache(texts: list[str], encoder: SparseDocEncoder, work_dir: Pa
             hidden[start + j, : len(row)] = out[j, : len(row)].cpu().numpy()
     if path is not None:
         work_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, hidden)
         np.save(path.with_suffix(".len.npy"), lengths)
-        tmp.rename(path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a handle: np.save would append .npy
+            np.save(fh, hidden)
     return HiddenCache(hidden, lengths)
 
 

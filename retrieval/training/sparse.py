@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,7 @@ from retrieval.losses.flops import FlopsWarmup, flops_loss
 from retrieval.training.active_head import train_weights
 from retrieval.training.hidden_cache import HiddenCache, build_hidden_cache
 from retrieval.training.teachers import TeacherCache, TeacherConfig, doc_contents, mine_teachers
+from sparsekit.atomic import atomic_path
 from sparsekit.device import default_device
 
 Distill = Literal["ensemble", "dense", "bm25", "none"]
@@ -143,9 +143,8 @@ class _Checkpoint:
 
     def save(self, model: SparseModel, optim: torch.optim.Optimizer, step: int) -> None:
         """Batches derive from (seed, epoch, step), so model + optimizer + step resume exactly."""
-        tmp = self.path.with_suffix(".tmp")
-        torch.save({"doc": model.doc.state_dict(), "optim": optim.state_dict(), "step": step}, tmp)
-        os.replace(tmp, self.path)
+        with atomic_path(self.path) as tmp:
+            torch.save({"doc": model.doc.state_dict(), "optim": optim.state_dict(), "step": step}, tmp)
 
     def load(self) -> dict | None:
         if not self.path.exists():
