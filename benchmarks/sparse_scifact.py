@@ -11,14 +11,17 @@ One run, one JSON object (DESIGN.md §7), written to ``benchmarks/results/sparse
    Its dev metrics (a split of train) come from training; the test split is evaluated once, here,
    through the learned-sparse index built by ``sparsekit index --kind sparse``: NDCG@10, R@100,
    MRR@10, average non-zeros per document and FLOPS.
-2. **Ablations** (dev split only): the stage-1 recipe (same steps, data, prior) with one part changed
-   each: plain FLOPS (binary queries, no IDF in the matching), dense teacher alone, BM25 teacher
-   alone, no distillation (contrastive). Each is measured after stage 1 and after its own stage 2
-   (the same query-table recipe), against the main model at the same point. Stage 2's parts: no
-   query-table stage (stage 1 alone), the residual weight fixed at 1 (table only), and the learned
-   residual switched off (the lexical prior with a query table trained on it: what the transformer
-   adds). ``--train-ablation NAME`` trains one stage-1 ablation alone (to train them in parallel before
-   the run); the run then waits for, or reuses, them. Reference row: the lexical prior alone (no training).
+2. **Ablations** (dev split only): the stage-1 recipe with one part changed each: plain FLOPS (binary
+   queries, no IDF in the matching), dense teacher alone, BM25 teacher alone, no distillation
+   (contrastive). Each is trained at a step budget (``BUDGETS``) and compared with the main recipe
+   trained at the same budget: all four at 100 steps (against the main recipe at 100 steps), and the
+   two that test the method's own parts (IDF-aware FLOPS, distillation) also at the main model's 300.
+   Each is measured after stage 1 and after its own stage 2 (the same query-table recipe). Stage 2's
+   parts, per budget: no query-table stage (stage 1 alone), the residual weight fixed at 1 (table
+   only), and the learned residual switched off (the lexical prior with a query table trained on it:
+   what the transformer adds). ``--train-ablation NAME --ablation-steps N`` trains one stage-1 ablation
+   alone (to train them in parallel before the run); the run then waits for, or reuses, them.
+   Reference row: the lexical prior alone (no training).
 3. **Speed on SciFact** (one thread, k=100): the native engine on the trained model's index vs bm25s
    (its own BM25 index over the same corpus, stemmer + stopwords), both timed from query text to
    ranked ids: mean/median single-query latency and batch queries/s. The batch criterion compares like
@@ -41,6 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from environment import commit, machine  # noqa: E402
+from environment import commit, machine, write_result  # noqa: E402
 from sparse_engine import bm25s_over  # noqa: E402
 
 from retrieval.data.beir import load_corpus, load_qrels, load_queries  # noqa: E402
@@ -65,26 +69,50 @@ from retrieval.training.teachers import Bm25Teacher, doc_contents  # noqa: E402
 from sparsekit.dataroot import dataset_path  # noqa: E402
 
 K = 100
-STEPS = 100
-STAGE1_COMMAND = ("sparsekit train sparse --data ../shared/data/scifact --out runs/sparse-v4 "
-                  f"--work-dir runs/work --epochs 1 --max-steps {STEPS} --pseudo-queries titles "
-                  "--lexical-prior --no-dev-eval-start  # other options at their defaults: "
-                  "--distill ensemble --idf-aware --lr 5e-5 --freeze-layers 4 --max-length 256 "
-                  "--flops-lambda 0.002 --flops-warmup 200 --seed 13")
-STAGE2_COMMAND = ("sparsekit train query-table --model runs/sparse-v4 --out runs/sparse-v6 "
-                  "--work-dir runs/work  # defaults: --epochs 4 --lr 0.01 --lr 0.03 --lr 0.1 --ce-weight 1.0 "
-                  "--l2 0 --learn-residual-scale --seed 13")
-MAIN_COMMAND = f"{STAGE1_COMMAND}\n{STAGE2_COMMAND}"
-
-
-def main_recipe() -> dict[str, Any]:
-    """MAIN_COMMAND as SparseTrainConfig overrides (the ablations change one part of it each)."""
-    return {"epochs": 1, "max_steps": STEPS, "pseudo_queries": "titles",
-            "encoder": SparseEncoderConfig(freeze_layers=4, lexical_prior=True)}
-
-
 ABLATIONS = {"plain_flops": {"idf_aware": False}, "dense_teacher_only": {"distill": "dense"},
              "bm25_teacher_only": {"distill": "bm25"}, "no_distillation": {"distill": "none"}}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A stage-1 step budget: the main recipe trained at it (``stage1`` → ``stage2``, under ``--runs``) and
+    the ablations trained at it (``<ablation_prefix>-<name>``), each compared with that main model."""
+
+    steps: int
+    stage1: str
+    stage2: str
+    ablation_prefix: str
+    ablations: tuple[str, ...]
+
+
+STEPS = 300  # the main recipe; the full ablation set also runs at 100 steps (a third of the CPU time)
+# (directory names are the ones these runs were first trained under; "v4" is not a separate recipe)
+BUDGETS = {300: Budget(300, "sparse-v7-s300", "sparse-v7-s300-table", "ablation-s300",
+                       ("plain_flops", "no_distillation")),
+           100: Budget(100, "sparse-v4", "sparse-v6", "ablation-v4", tuple(ABLATIONS))}
+
+
+def stage1_command(budget: Budget) -> str:
+    return (f"sparsekit train sparse --data ../shared/data/scifact --out runs/{budget.stage1} "
+            f"--work-dir runs/work --epochs 1 --max-steps {budget.steps} --pseudo-queries titles "
+            "--lexical-prior --no-dev-eval-start  # other options at their defaults: "
+            "--distill ensemble --idf-aware --lr 5e-5 --freeze-layers 4 --max-length 256 "
+            "--flops-lambda 0.002 --flops-warmup 200 --seed 13")
+
+
+def stage2_command(budget: Budget) -> str:
+    return (f"sparsekit train query-table --model runs/{budget.stage1} --out runs/{budget.stage2} "
+            "--work-dir runs/work  # defaults: --epochs 4 --lr 0.01 --lr 0.03 --lr 0.1 --ce-weight 1.0 "
+            "--l2 0 --learn-residual-scale --seed 13")
+
+
+MAIN_COMMAND = f"{stage1_command(BUDGETS[STEPS])}\n{stage2_command(BUDGETS[STEPS])}"
+
+
+def main_recipe(steps: int) -> dict[str, Any]:
+    """The stage-1 command as SparseTrainConfig overrides (the ablations change one part of it each)."""
+    return {"epochs": 1, "max_steps": steps, "pseudo_queries": "titles",
+            "encoder": SparseEncoderConfig(freeze_layers=4, lexical_prior=True)}
 
 
 def _dir_bytes(path: Path) -> int:
@@ -125,14 +153,16 @@ def _query_table_info(model: Path) -> dict[str, Any]:
     return json.loads((model / "manifest.json").read_text())["params"]["query_table"]
 
 
-def train_main(data: Path, runs: Path) -> Path:
-    """MAIN_COMMAND: stage 1 (document encoder) into runs/sparse-v4, stage 2 (query table) into sparse-v6."""
-    stage1, _ = _train(data, runs / "sparse-v4", runs / "work", dev_eval_start=False, **main_recipe())
-    return _stage_two(stage1, runs / "sparse-v6", runs / "work")
+def train_main(data: Path, runs: Path, budget: Budget) -> Path:
+    """The main recipe at ``budget``: stage 1 (document encoder), then stage 2 (query table); reused when
+    trained."""
+    stage1, _ = _train(data, runs / budget.stage1, runs / "work", dev_eval_start=False,
+                       **main_recipe(budget.steps))
+    return _stage_two(stage1, runs / budget.stage2, runs / "work")
 
 
 def _stage_two(stage1: Path, out: Path, work: Path) -> Path:
-    """STAGE2_COMMAND on ``stage1`` into ``out`` (reused when it exists)."""
+    """Stage 2 (``stage2_command``'s recipe) on ``stage1`` into ``out`` (reused when it exists)."""
     from retrieval.training.query_table import QueryTableConfig, train_query_table
 
     if not (out / "manifest.json").exists():
@@ -157,8 +187,17 @@ def training_record(model: Path, total_s: float | None) -> dict[str, Any]:
 
 
 def ablations(data: Path, runs: Path, main_model: Path) -> dict[str, Any]:
-    """Each ablation = the stage-1 recipe with one part changed, trained here, then its own stage 2; dev
-    metrics after each stage, and paired bootstrap 95% intervals of main minus each (over the dev queries).
+    """The ablation block at every budget (key: ``"<steps>_steps"``); ``main_model`` is the main recipe at
+    ``STEPS`` (the others are trained, or reused, by ``train_main``)."""
+    return {f"{steps}_steps": ablations_at(data, runs, budget,
+                                           main_model if steps == STEPS else train_main(data, runs, budget))
+            for steps, budget in BUDGETS.items()}
+
+
+def ablations_at(data: Path, runs: Path, budget: Budget, main_model: Path) -> dict[str, Any]:
+    """Each ablation = the stage-1 recipe at ``budget`` with one part changed, trained here, then its own
+    stage 2; dev metrics after each stage, and paired bootstrap 95% intervals of main minus each (over the
+    dev queries). ``main_model`` is the main recipe's stage-2 model at the same budget.
 
     ``main`` / ``main_query_table``: the main model after stage 1 / stage 2 (its kept epoch).
     ``fixed_residual_scale``: stage 2 on the main stage-1 model with the residual weight held at 1.
@@ -166,35 +205,38 @@ def ablations(data: Path, runs: Path, main_model: Path) -> dict[str, Any]:
     """
     from retrieval.training.query_table import QueryTableConfig
 
-    main_dev = _training_info(main_model)["dev"]
     table = _query_table_info(main_model)
     stage1 = Path(table["model"])
-    out: dict[str, Any] = {"steps": STEPS, "main": main_dev[-1] if main_dev else None,
+    check_steps(stage1, budget.steps)
+    main_dev = _training_info(stage1)["dev"]
+    out: dict[str, Any] = {"steps": budget.steps, "main_stage1": str(stage1), "main_model": str(main_model),
+                           "ablation_dirs": [f"{budget.ablation_prefix}-{n}" for n in budget.ablations],
+                           "main": main_dev[-1] if main_dev else None,
                            "main_query_table": _kept(table["dev"], table["kept"])}
     evals = {"main": _dev_evaluation(runs, stage1),
              "main_query_table": _dev_evaluation(runs, stage1, main_model)}
-    for name, overrides in ABLATIONS.items():
-        model, _ = train_ablation(data, runs, name)
+    for name in budget.ablations:
+        model, _ = train_ablation(data, runs, name, budget)
         info = _training_info(model)
         tabled = _stage_two(model, model.with_name(model.name + "-table"), runs / "work")
         stage2 = _query_table_info(tabled)
-        out[name] = {**info["dev"][-1], "overrides": overrides, "wall_s": info["wall_s"],
+        out[name] = {**info["dev"][-1], "overrides": ABLATIONS[name], "wall_s": info["wall_s"],
                      "query_table": _kept(stage2["dev"], stage2["kept"])}
         evals[name] = _dev_evaluation(runs, model)
         evals[f"{name}+query_table"] = _dev_evaluation(runs, model, tabled)
     out["fixed_residual_scale"], evals["fixed_residual_scale"] = stage_two_dev(runs, stage1, QueryTableConfig(
         model="", out="", progress=False, learn_residual_scale=False))
     out.update(prior_alone_dev(runs, stage1, evals))
-    out["significance"] = significance(evals)
+    out["significance"] = significance(evals, budget.ablations)
     return out
 
 
-def significance(evals: dict[str, Any]) -> dict[str, Any]:
+def significance(evals: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     """Main minus each ablation on dev NDCG@10: mean per-query difference and its paired bootstrap 95% CI."""
     from retrieval.evaluation import paired_difference
 
-    pairs = {f"{name} (stage 1)": ("main", name) for name in ABLATIONS}
-    pairs |= {f"{name} (after stage 2)": ("main_query_table", f"{name}+query_table") for name in ABLATIONS}
+    pairs = {f"{name} (stage 1)": ("main", name) for name in names}
+    pairs |= {f"{name} (after stage 2)": ("main_query_table", f"{name}+query_table") for name in names}
     pairs |= {"no_query_table": ("main_query_table", "main"),
               "fixed_residual_scale": ("main_query_table", "fixed_residual_scale"),
               "prior_with_trained_query_table": ("main_query_table", "prior_with_trained_query_table")}
@@ -262,10 +304,19 @@ def prior_alone_dev(runs: Path, model_dir: Path, evals: dict[str, Any]) -> dict[
             "prior_with_trained_query_table": row}
 
 
-def train_ablation(data: Path, runs: Path, name: str) -> tuple[Path, float]:
-    """Train (or reuse) ablation ``name`` at ``runs/ablation-v4-<name>``."""
-    return _train(data, runs / f"ablation-v4-{name}", runs / "work", dev_eval_start=False,
-                  **{**main_recipe(), **ABLATIONS[name]})
+def train_ablation(data: Path, runs: Path, name: str, budget: Budget) -> tuple[Path, float]:
+    """Train (or reuse) ablation ``name`` at ``budget`` into ``runs/<budget.ablation_prefix>-<name>``."""
+    out, wall = _train(data, runs / f"{budget.ablation_prefix}-{name}", runs / "work", dev_eval_start=False,
+                       **{**main_recipe(budget.steps), **ABLATIONS[name]})
+    check_steps(out, budget.steps)
+    return out, wall
+
+
+def check_steps(model: Path, steps: int) -> None:
+    """Refuse a (reused) model whose stage 1 ran for other than ``steps`` steps."""
+    trained = _training_info(model)["max_steps"]
+    if trained != steps:
+        sys.exit(f"{model}: stage 1 ran {trained} steps, this comparison needs {steps}")
 
 
 def test_quality(data: Path, model: Path, index_dir: Path) -> tuple[dict[str, Any], LearnedSparseIndex]:
@@ -434,17 +485,12 @@ def _row(criterion: str, value: Any, op: str, target: Any) -> dict[str, Any]:
     return {"criterion": criterion, "value": value, "op": op, "target": target, "pass": bool(ok)}
 
 
-def acceptance(m: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = [_row("SciFact test NDCG@10 of the inference-free model trained here", m["test"]["ndcg@10"],
-                 ">=", 0.70),
-            _row("training wall time on CPU, hours", m["training"]["wall_h"], "<=", 3.0)]
-    abl = m.get("ablations", {})
+def ablation_rows(abl: dict[str, Any]) -> list[dict[str, Any]]:
+    """One acceptance row per ablation in a block (main minus ablation on dev NDCG@10, with its interval)."""
+    rows: list[dict[str, Any]] = []
     main = (abl.get("main") or {}).get("ndcg@10")
-    measured = [name for name in ABLATIONS if name in abl and main is not None]
-    rows.append(_row("ablations measured in this run (plain FLOPS, dense only, BM25 only, no distillation)",
-                     len(measured), ">=", len(ABLATIONS)))
     final = (abl.get("main_query_table") or {}).get("ndcg@10")
-    sig = abl.get("significance", {})
+    sig, at = abl.get("significance", {}), f"{abl['steps']} steps"
 
     def ablation_row(label: str, key: str, value: float) -> None:
         row = _row(label, round(value, 4), ">", 0.0)
@@ -452,21 +498,36 @@ def acceptance(m: dict[str, Any]) -> list[dict[str, Any]]:
             row["paired_bootstrap_ci95"] = sig[key]["ci"]
         rows.append(row)
 
-    for name in measured:
-        ablation_row(f"ablation {name}: main stage-1 config's dev NDCG@10 minus this one's",
+    for name in (n for n in ABLATIONS if n in abl and main is not None):
+        ablation_row(f"ablation {name} ({at}): main stage-1 config's dev NDCG@10 minus this one's",
                      f"{name} (stage 1)", main - abl[name]["ndcg@10"])
         if final is not None and "query_table" in abl[name]:
-            ablation_row(f"ablation {name} after stage 2: main model's dev NDCG@10 minus this one's",
+            ablation_row(f"ablation {name} ({at}) after stage 2: main model's dev NDCG@10 minus this one's",
                          f"{name} (after stage 2)", final - abl[name]["query_table"]["ndcg@10"])
     if final is not None and main is not None:
-        ablation_row("ablation no_query_table: dev NDCG@10 after stage 2 minus after stage 1",
+        ablation_row(f"ablation no_query_table ({at}): dev NDCG@10 after stage 2 minus after stage 1",
                      "no_query_table", final - main)
     for name, label in (("fixed_residual_scale", "stage 2 with the residual weight held at 1"),
                         ("prior_with_trained_query_table", "stage 2 on the lexical prior alone (no learned "
                                                            "residual)")):
         if final is not None and name in abl:
-            ablation_row(f"ablation {name}: main model's dev NDCG@10 minus {label}", name,
+            ablation_row(f"ablation {name} ({at}): main model's dev NDCG@10 minus {label}", name,
                          final - abl[name]["ndcg@10"])
+    return rows
+
+
+def acceptance(m: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = [_row("SciFact test NDCG@10 of the inference-free model trained here", m["test"]["ndcg@10"],
+                 ">=", 0.70),
+            _row("training wall time on CPU, hours", m["training"]["wall_h"], "<=", 3.0)]
+    blocks = [b for b in m.get("ablations", {}).values() if isinstance(b, dict) and b.get("steps") in BUDGETS]
+    measured = sum(name in b for b in blocks if (b.get("main") or {}).get("ndcg@10") is not None
+                   for name in BUDGETS[b["steps"]].ablations)
+    planned = ", ".join(f"{', '.join(b.ablations)} at {b.steps} steps" for b in BUDGETS.values())
+    rows.append(_row(f"ablations measured in this run ({planned}), each against the main recipe at the "
+                     "same stage-1 steps", measured, ">=", sum(len(b.ablations) for b in BUDGETS.values())))
+    for block in blocks:
+        rows += ablation_rows(block)
     sp_ = m.get("speed_scifact")
     if sp_:
         rows.append(_row("native single-query mean latency (ms, k=100, 1 thread) <= bm25s's",
@@ -482,13 +543,15 @@ def acceptance(m: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
     parser.add_argument("--model", type=Path, default=None, help="reuse a model trained by MAIN_COMMAND "
-                        "(both stages)")
+                        f"(both stages, {STEPS}-step stage 1)")
     parser.add_argument("--train-ablation", choices=sorted(ABLATIONS), default=None,
                         help="only train this ablation (to train them in parallel before the run), then exit")
+    parser.add_argument("--ablation-steps", type=int, choices=sorted(BUDGETS), default=None,
+                        help=f"with --train-ablation: the stage-1 budget to train it at (default {STEPS})")
     parser.add_argument("--skip-ablations", action="store_true")
     parser.add_argument("--scale-docs", type=int, default=1_000_000)
     parser.add_argument("--no-lucene-scale", action="store_true")
@@ -500,30 +563,36 @@ def main() -> None:
                         help="recompute only the acceptance block of --out from its stored metrics")
     parser.add_argument("--redo-ablations", action="store_true",
                         help="with --model: recompute only the (dev-split) ablations block of --out")
-    args = parser.parse_args()
-    if args.rescore:
-        stored = json.loads(args.out.read_text())
-        stored["acceptance"] = acceptance(stored["metrics"])
-        args.out.write_text(json.dumps(stored, indent=2, default=float) + "\n")
-        return
+    return parser
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.ablation_steps is not None and args.train_ablation is None:
+        parser.error("--ablation-steps only goes with --train-ablation")
+    steps = args.ablation_steps or STEPS
+    if args.train_ablation and args.train_ablation not in BUDGETS[steps].ablations:
+        parser.error(f"no budget compares {args.train_ablation} at {steps} steps; "
+                     + "; ".join(f"{b.steps}: {', '.join(b.ablations)}" for b in BUDGETS.values()))
+    if args.redo_ablations and args.model is None:
+        parser.error("--redo-ablations needs --model (the main model the results file was measured with)")
+
+
+def redo_ablations(args: argparse.Namespace, data: Path) -> None:
+    """Recompute the ablations block of ``args.out``, which must have been measured with ``args.model``."""
+    stored = json.loads(args.out.read_text())
+    if stored["metrics"]["training"]["steps"] != STEPS:
+        sys.exit(f"{args.out} was measured with a {stored['metrics']['training']['steps']}-step model, not "
+                 f"{STEPS}: rerun the whole benchmark")
+    stored["metrics"]["ablations"] = ablations(data, args.runs, args.model)
+    stored["acceptance"] = acceptance(stored["metrics"])
+    stored["ablations_command"] = "python " + " ".join(sys.argv)
+    stored["ablations_commit"] = commit()
+    write_result(args.out, stored)
+
+
+def full_run(args: argparse.Namespace, data: Path, model: Path) -> dict[str, Any]:
+    """Test quality, speed, scale and ablations of ``model``, saved to ``args.out`` after each stage."""
     start = time.perf_counter()
-    data = dataset_path("scifact")
-    if data is None:
-        sys.exit("dataset 'scifact' not found under the data root (set SPARSEKIT_DATA)")
-    if args.train_ablation:
-        train_ablation(data, args.runs, args.train_ablation)
-        return
-    model = args.model or train_main(data, args.runs)
-    if args.redo_ablations:
-        if args.model is None:
-            parser.error("--redo-ablations needs --model (the main model the results file was measured with)")
-        stored = json.loads(args.out.read_text())
-        stored["metrics"]["ablations"] = ablations(data, args.runs, model)
-        stored["acceptance"] = acceptance(stored["metrics"])
-        stored["ablations_command"] = "python " + " ".join(sys.argv)
-        stored["ablations_commit"] = commit()
-        args.out.write_text(json.dumps(stored, indent=2, default=float) + "\n")
-        return
     metrics: dict[str, Any] = {"training": training_record(model, args.train_total_s)}
     result = {"benchmark": "sparse_scifact", "commit": commit(), "machine": machine(),
               "command": "python " + " ".join(sys.argv), "metrics": metrics}
@@ -531,8 +600,7 @@ def main() -> None:
     def save() -> None:  # after every stage, so a long run keeps what it measured
         result["wall_s"] = round(time.perf_counter() - start, 1)
         result["acceptance"] = acceptance(metrics)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+        write_result(args.out, result)
 
     with tempfile.TemporaryDirectory(prefix="sparse-bench-", dir=args.runs) as tmp:
         work = Path(tmp)
@@ -548,7 +616,30 @@ def main() -> None:
         if not args.skip_ablations:
             metrics["ablations"] = ablations(data, args.runs, model)
             save()
-    print(json.dumps(result, default=float))
+    return result
+
+
+def main() -> None:
+    parser = _parser()
+    args = parser.parse_args()
+    _check_args(parser, args)
+    if args.rescore:
+        stored = json.loads(args.out.read_text())
+        stored["acceptance"] = acceptance(stored["metrics"])
+        write_result(args.out, stored)
+        return
+    data = dataset_path("scifact")
+    if data is None:
+        sys.exit("dataset 'scifact' not found under the data root (set SPARSEKIT_DATA)")
+    if args.train_ablation:
+        train_ablation(data, args.runs, args.train_ablation, BUDGETS[args.ablation_steps or STEPS])
+        return
+    model = args.model or train_main(data, args.runs, BUDGETS[STEPS])
+    check_steps(model, STEPS)
+    if args.redo_ablations:
+        redo_ablations(args, data)
+        return
+    print(json.dumps(full_run(args, data, model), default=float))
 
 
 if __name__ == "__main__":
