@@ -210,7 +210,8 @@ def ablations_at(data: Path, runs: Path, budget: Budget, main_model: Path) -> di
     stage1 = Path(table["model"])
     check_steps(stage1, budget.steps)
     main_dev = _training_info(stage1)["dev"]
-    out: dict[str, Any] = {"steps": budget.steps, "main_stage1": str(stage1), "main_model": str(main_model),
+    out: dict[str, Any] = {"steps": budget.steps, "main_stage1": _shown(stage1),
+                           "main_model": _shown(main_model),
                            "ablation_dirs": [f"{budget.ablation_prefix}-{n}" for n in budget.ablations],
                            "main": main_dev[-1] if main_dev else None,
                            "main_query_table": _kept(table["dev"], table["kept"])}
@@ -230,6 +231,12 @@ def ablations_at(data: Path, runs: Path, budget: Budget, main_model: Path) -> di
     out.update(prior_alone_dev(runs, stage1, evals))
     out["significance"] = significance(evals, budget.ablations)
     return out
+
+
+def _shown(path: Path) -> str:
+    """``path`` as recorded in the results: relative to the repository when under it (no machine paths)."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
 
 
 def significance(evals: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
