@@ -735,7 +735,6 @@ def main() -> None:
               "command": shlex.join([Path(sys.executable).name, *sys.argv]),
               "wall_s": round(time.perf_counter() - start, 1), "metrics": metrics,
               "acceptance": acceptance(metrics)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_result(args.out, result)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

@@ -174,7 +174,6 @@ def main() -> None:
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "wall_s": round(time.perf_counter() - start, 2), "metrics": metrics, "acceptance": acceptance,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_result(args.out, result)
     print(json.dumps(result))
 

@@ -268,7 +268,6 @@ def main() -> None:
               "command": "python " + shlex.join(["benchmarks/gcn_gather.py", *sys.argv[1:]]),
               "wall_s": round(time.perf_counter() - start, 1), "metrics": metrics,
               "acceptance": acceptance(metrics) if not args.skip_tests else []}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_result(args.out, result)
     print(json.dumps(result))
 

@@ -253,7 +253,6 @@ def main() -> None:
     result = {"benchmark": "sparse_engine", "commit": commit(), "machine": machine(),
               "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "wall_s": time.perf_counter() - t_start, "metrics": metrics, "acceptance": _acceptance(metrics)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_result(args.out, result)
     print(json.dumps(result))
 
