@@ -21,6 +21,7 @@ from rich.table import Table
 from services.commands import bench, cf, ctr, gcn, rag
 from services.commands.output import console
 from services.commands.output import fail as _fail
+from sparsekit.atomic import exit_on_sigterm
 from sparsekit.errors import SparsekitError
 
 app = typer.Typer(
@@ -29,6 +30,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@app.callback()
+def _every_command() -> None:
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so an interrupted write removes its temporary files
+    exit_on_sigterm()
 
 
 def _corpus_file(corpus: Path) -> Path:

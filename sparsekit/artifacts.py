@@ -6,7 +6,9 @@ and a SHA-256 + size for every file. Writers build the directory under a hidden 
 beside the target and rename it into place only after every file and the manifest are flushed, so a
 killed job leaves no half-written artifact and never touches the published one. Replacing an
 existing artifact swaps directories with two renames; should a crash land between them, the next
-:func:`open_artifact` restores the previous version from its backup.
+:func:`open_artifact` restores the previous version from its backup. Temporary names carry their
+writer (``.<name>.<host>-<pid>.<random>.tmpdir``), and the next write of the same target removes what a
+``kill -9``-ed writer left (:func:`sparsekit.atomic.sweep_leftovers`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsekit import __version__
+from sparsekit.atomic import sweep_leftovers, temp_sibling, temp_siblings
 from sparsekit.errors import ArtifactError
 
 MANIFEST = "manifest.json"
@@ -108,7 +110,7 @@ def _file_table(root: Path) -> dict[str, dict[str, Any]]:
 
 def _publish(tmp: Path, target: Path) -> None:
     """Move ``tmp`` to ``target``; an existing target is swapped out, then deleted."""
-    backup = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    backup = temp_sibling(target, "old")
     if target.exists():
         os.rename(target, backup)
     os.rename(tmp, target)
@@ -129,13 +131,15 @@ def write_artifact(
 
     The body writes files into ``writer.dir`` (a hidden temp directory beside ``target``). On a
     clean exit the manifest (with checksums) is written, everything is fsynced and the directory is
-    renamed to ``target``. On an exception, or a kill, ``target`` is left exactly as it was.
+    renamed to ``target``. On an exception, or a kill, ``target`` is left exactly as it was; leftovers of
+    killed writers of ``target`` are removed first.
     """
     target = Path(target)
     if target.exists() and not overwrite:
         raise ArtifactError(target, "already exists (pass overwrite=True / --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    sweep_leftovers(target)
+    tmp = temp_sibling(target, "tmpdir")
     tmp.mkdir()
     manifest = Manifest(format=format, version=version, params=dict(params or {}),
                         source=dict(source or {}))
@@ -155,7 +159,7 @@ def _recover(target: Path) -> None:
     """Restore a backup left by a crash between the two renames of :func:`_publish`."""
     if target.exists():
         return
-    backups = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    backups = sorted((path for path, _, _ in temp_siblings(target, "old")), key=lambda p: p.stat().st_mtime)
     if backups:
         os.rename(backups[-1], target)
 

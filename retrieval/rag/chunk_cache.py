@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from sparsekit.atomic import atomic_path
+from sparsekit.atomic import atomic_path, sweep_directory
 from sparsekit.errors import ArtifactError, InputError
 
 FORMAT = "sparsekit-kv-chunk-cache"
@@ -115,7 +115,7 @@ def _stem(key: str) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:  # named .<name>.<random>.tmp: scan() sweeps leftovers
+    with atomic_path(path) as tmp:  # a killed writer's leftover is swept by scan()
         tmp.write_bytes(data)
 
 
@@ -150,8 +150,7 @@ class _DiskStore:
 
     def scan(self) -> list[dict[str, Any]]:
         """Descriptions of every complete entry on disk (broken descriptions are dropped)."""
-        for tmp in self.entries.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+        sweep_directory(self.entries)  # what killed writers left; a live writer's files stay
         found = []
         for path in sorted(self.entries.glob("*.json")):
             try:

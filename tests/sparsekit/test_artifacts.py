@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from sparsekit.artifacts import MANIFEST, open_artifact, write_artifact
+from sparsekit.atomic import temp_sibling
 from sparsekit.errors import ArtifactError
 
 
@@ -106,13 +107,18 @@ def test_killed_writer_leaves_previous_artifact_intact(tmp_path: Path) -> None:
     proc.wait(timeout=10)
     assert (target / "data.bin").read_bytes() == b"old"
     open_artifact(target, format="toy", version=1)
+    [leftover] = [p for p in tmp_path.iterdir() if p.name != "art"]  # kill -9 cannot be cleaned up at once
+    assert leftover.name.endswith(".tmpdir") and f"-{proc.pid}." in leftover.name
+    _write(target, b"newer", overwrite=True)  # the next write sweeps the dead writer's directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+    assert (target / "data.bin").read_bytes() == b"newer"
 
 
 def test_crash_between_renames_is_recovered(tmp_path: Path) -> None:
     """A crash after the old artifact was moved aside but before the new one landed."""
     target = tmp_path / "art"
     _write(target, b"old")
-    os.rename(target, tmp_path / ".art.old-deadbeef")
+    os.rename(target, temp_sibling(target, "old"))
     time.sleep(0.01)
     manifest = open_artifact(target, format="toy")
     assert manifest.counts["items"] == 3

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
-from sparsekit.atomic import atomic_path, write_text_atomic
+from sparsekit.atomic import atomic_path, sweep_directory, sweep_leftovers, temp_sibling, write_text_atomic
 
 
 def test_success_publishes_content(tmp_path: Path) -> None:
@@ -15,6 +19,7 @@ def test_success_publishes_content(tmp_path: Path) -> None:
     with atomic_path(target) as tmp:
         assert tmp.parent == tmp_path and tmp != target
         assert tmp.name.startswith(".out.bin.") and tmp.name.endswith(".tmp")
+        assert f"-{os.getpid()}." in tmp.name  # the owner, for sweeping a killed writer's leftovers
         assert not target.exists()
         tmp.write_bytes(b"payload")
     assert target.read_bytes() == b"payload"
@@ -69,3 +74,91 @@ def test_permissions_follow_umask(tmp_path: Path) -> None:
     finally:
         os.umask(umask)
     assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644
+
+
+HOST = temp_sibling(Path("x"), "tmp").name.split(".")[-3].rsplit("-", 1)[0]  # this machine, as names carry it
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(timeout=30)
+    return proc.pid
+
+
+def _leftover(target: Path, host: str, pid: int, kind: str = "tmp") -> Path:
+    path = target.with_name(f".{target.name}.{host}-{pid}.0badf00d.{kind}")
+    path.write_text("half")
+    return path
+
+
+def test_sweep_removes_only_dead_local_writers(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = _leftover(target, HOST, _dead_pid())
+        kept = [_leftover(target, HOST, live.pid), _leftover(target, HOST, os.getpid()),
+                _leftover(target, "otherhost", _dead_pid())]
+        other_target = _leftover(tmp_path / "out.txt.bak", HOST, _dead_pid())
+        write_text_atomic(target, "new")
+    finally:
+        live.kill()
+        live.wait(timeout=30)
+    assert not dead.exists()
+    assert all(p.exists() for p in [*kept, other_target])
+    assert target.read_text() == "new"
+
+
+def test_backup_is_swept_only_when_the_target_exists(tmp_path: Path) -> None:
+    target = tmp_path / "art"
+    backup = _leftover(target, HOST, _dead_pid(), kind="old")
+    assert sweep_leftovers(target) == []  # no target: the backup is what a reader restores
+    target.write_text("published")
+    assert sweep_leftovers(target) == [backup] and not backup.exists()
+
+
+def _writer(target: Path, handler: bool) -> subprocess.Popen[bytes]:
+    script = textwrap.dedent(f"""
+        import time
+        from sparsekit.atomic import atomic_path, exit_on_sigterm
+        if {handler}:
+            exit_on_sigterm()
+        with atomic_path({str(target)!r}) as tmp:
+            tmp.write_text("half-written")
+            print("writing", flush=True)
+            time.sleep(60)
+    """)
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=repo,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"writing"
+    return proc
+
+
+def test_sigterm_unwinds_and_removes_the_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    proc = _writer(target, handler=True)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert os.listdir(tmp_path) == ["out.txt"] and target.read_text() == "old"
+
+
+def test_sigkill_leftover_is_swept_by_the_next_write(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    proc = _writer(target, handler=False)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    [leftover] = [n for n in os.listdir(tmp_path) if n != "out.txt"]
+    assert f"-{proc.pid}." in leftover and target.read_text() == "old"
+    write_text_atomic(target, "new")
+    assert os.listdir(tmp_path) == ["out.txt"] and target.read_text() == "new"
+
+
+def test_sweep_directory_removes_dead_writers_of_any_target(tmp_path: Path) -> None:
+    dead = [_leftover(tmp_path / name, HOST, _dead_pid()) for name in ("a.pt", "b.json")]
+    mine = _leftover(tmp_path / "c.pt", HOST, os.getpid())
+    backup = _leftover(tmp_path / "d", HOST, _dead_pid(), kind="old")
+    (tmp_path / "e.pt.tmp").write_text("not ours")
+    assert sorted(sweep_directory(tmp_path)) == sorted(dead)
+    assert sorted(os.listdir(tmp_path)) == sorted([mine.name, backup.name, "e.pt.tmp"])
