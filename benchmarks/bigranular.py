@@ -62,6 +62,7 @@ from environment import commit, machine, write_result  # noqa: E402
 
 from retrieval.data.beir import load_qrels, load_queries  # noqa: E402
 from retrieval.evaluation import evaluate  # noqa: E402
+from sparsekit.atomic import atomic_path  # noqa: E402
 from sparsekit.dataroot import dataset_path  # noqa: E402
 
 Qrels = dict[str, dict[str, int]]
@@ -615,7 +616,8 @@ def plot(curve: dict[str, Any], flat_recall: float, scale_out: dict[str, Any] | 
                title="Synthetic 384-d corpus")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 

@@ -68,6 +68,7 @@ from retrieval.rag.engine import Prefilled, RagEngine  # noqa: E402
 from retrieval.rag.generator import Generator  # noqa: E402
 from retrieval.rag.policies import DEFAULT_ALPHA, Policy, make_policy  # noqa: E402
 from retrieval.rag.quality import answer_logprob, rouge_l, token_agreement  # noqa: E402
+from sparsekit.atomic import atomic_path  # noqa: E402
 from sparsekit.dataroot import dataset_path  # noqa: E402
 
 NEW_TOKENS = 32
@@ -267,7 +268,8 @@ def plot(summaries: dict[str, dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle("SciFact RAG, SmolLM2-135M: quality vs recompute per policy")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
 
 
 def _acceptance(s: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

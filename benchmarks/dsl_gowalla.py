@@ -54,6 +54,7 @@ from recsys.models.cf import CFModel, Recommender  # noqa: E402
 from recsys.ranking import evaluate_ranking  # noqa: E402
 from recsys.sparse_export import export_sparse, load_sparse  # noqa: E402
 from recsys.training.cf import CFTrainConfig, train_cf  # noqa: E402
+from sparsekit.atomic import atomic_path  # noqa: E402
 from sparsekit.dataroot import dataset_path  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -304,7 +305,8 @@ def plot(tuned: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
 
 
 # ---- entry point ------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from embeddings.registry import METHODS
 from embeddings.table import BudgetError, table_class
-from sparsekit.atomic import write_text_atomic
+from sparsekit.atomic import atomic_path, write_text_atomic
 from sparsekit.errors import InputError
 
 BASELINE = "full"
@@ -192,7 +192,8 @@ def plot(summary: pl.DataFrame, path: Path) -> None:
         ax.set_title(model)
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
 
 
@@ -205,11 +206,13 @@ def write_report(runs: pl.DataFrame, out_dir: str | Path,
     best = recommend(summary)
     paths = {"runs_csv": out / f"{stem}_runs.csv", "csv": out / f"{stem}.csv", "md": out / f"{stem}.md",
              "png": out / f"{stem}.png"}
-    runs.drop([c for c in runs.columns if runs[c].dtype == pl.Object]).write_csv(paths["runs_csv"])
-    summary.write_csv(paths["csv"])
+    with atomic_path(paths["runs_csv"]) as tmp:
+        runs.drop([c for c in runs.columns if runs[c].dtype == pl.Object]).write_csv(tmp)
+    with atomic_path(paths["csv"]) as tmp:
+        summary.write_csv(tmp)
     text = ["# Embedding compression: AUC vs memory budget", "", "## Which method at which budget",
             "Chosen by mean validation AUC; test AUC reported once.", "", _markdown(best),
             "## All cells (mean over seeds)", "", _markdown(summary)]
-    paths["md"].write_text("\n".join(text))
+    write_text_atomic(paths["md"], "\n".join(text))
     plot(summary, paths["png"])
     return paths

@@ -14,6 +14,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from sparsekit.atomic import atomic_path
+
 DEFAULT_PACKAGES = ("numpy", "scipy", "torch", "polars", "grpc", "sklearn", "json", "asyncio", "email")
 
 
@@ -63,7 +65,7 @@ def iter_docstring_docs(packages: tuple[str, ...] = DEFAULT_PACKAGES, min_chars:
 def write_docstring_corpus(out: Path, **kwargs: object) -> int:
     """Write the docstring corpus as ``out`` (BEIR corpus.jsonl); return the document count."""
     count = 0
-    with open(out, "w", encoding="utf-8") as fh:
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for doc in iter_docstring_docs(**kwargs):  # type: ignore[arg-type]
             fh.write(json.dumps(doc, ensure_ascii=False) + "\n")
             count += 1

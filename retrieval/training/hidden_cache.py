@@ -62,7 +62,8 @@ def build_hidden_cache(texts: list[str], encoder: SparseDocEncoder, work_dir: Pa
             hidden[start + j, : len(row)] = out[j, : len(row)].cpu().numpy()
     if path is not None:
         work_dir.mkdir(parents=True, exist_ok=True)
-        np.save(path.with_suffix(".len.npy"), lengths)
+        with atomic_path(path.with_suffix(".len.npy")) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, lengths)
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a handle: np.save would append .npy
             np.save(fh, hidden)
     return HiddenCache(hidden, lengths)

@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from services.commands.output import console, fail
+from sparsekit.atomic import write_text_atomic
 from sparsekit.errors import SparsekitError
 
 
@@ -64,7 +65,7 @@ def train_gcn_command(
         console.print(f"best epoch {result.best_epoch}: val acc {result.val_acc:.4f}, "
                       f"test acc {result.test_acc:.4f} (feature store: {task.features.mode})")
     if report is not None:
-        report.write_text(json.dumps(result.summary(), indent=2) + "\n")
+        write_text_atomic(report, json.dumps(result.summary(), indent=2) + "\n")
 
 
 def generate_graph_command(
