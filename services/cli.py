@@ -32,12 +32,6 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _every_command() -> None:
-    # `kill` (SIGTERM) unwinds like Ctrl-C, so an interrupted write removes its temporary files
-    exit_on_sigterm()
-
-
 def _corpus_file(corpus: Path) -> Path:
     return corpus / "corpus.jsonl" if corpus.is_dir() else corpus
 
@@ -352,5 +346,12 @@ def demo() -> None:
     sys.exit(main())
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The ``sparsekit`` console script: ``kill`` (SIGTERM) unwinds like Ctrl-C, so an interrupted write
+    removes its temporary files, then the typer app runs."""
+    exit_on_sigterm()
     app()
+
+
+if __name__ == "__main__":
+    main()

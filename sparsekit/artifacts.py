@@ -13,6 +13,7 @@ writer (``.<name>.<host>-<pid>.<random>.tmpdir``), and the next write of the sam
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsekit import __version__
-from sparsekit.atomic import sweep_leftovers, temp_sibling, temp_siblings
+from sparsekit.atomic import hold, is_held, sweep_leftovers, temp_sibling, temp_siblings
 from sparsekit.errors import ArtifactError
 
 MANIFEST = "manifest.json"
@@ -109,13 +110,22 @@ def _file_table(root: Path) -> dict[str, dict[str, Any]]:
 
 
 def _publish(tmp: Path, target: Path) -> None:
-    """Move ``tmp`` to ``target``; an existing target is swapped out, then deleted."""
+    """Move ``tmp`` to ``target``; an existing target is swapped out, then deleted.
+
+    The old directory stays locked (:func:`sparsekit.atomic.hold`) while it is a backup, so a reader
+    arriving between the two renames waits for the target instead of restoring the backup.
+    """
+    if not target.exists():
+        os.rename(tmp, target)
+        return
     backup = temp_sibling(target, "old")
-    if target.exists():
-        os.rename(target, backup)
-    os.rename(tmp, target)
-    if backup.exists():
-        shutil.rmtree(backup)
+    try:
+        with hold(target):
+            os.rename(target, backup)
+            os.rename(tmp, target)
+            shutil.rmtree(backup, ignore_errors=True)
+    except BlockingIOError as exc:
+        raise ArtifactError(target, "another process is replacing it right now") from exc
 
 
 @contextmanager
@@ -144,24 +154,38 @@ def write_artifact(
     manifest = Manifest(format=format, version=version, params=dict(params or {}),
                         source=dict(source or {}))
     try:
-        yield ArtifactWriter(tmp, manifest)
-        manifest.files = _file_table(tmp)
-        manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        (tmp / MANIFEST).write_text(manifest.to_json())
-        _fsync_tree(tmp)
-        _publish(tmp, target)
+        with hold(tmp):  # marks the directory as in use until it is published or removed
+            yield ArtifactWriter(tmp, manifest)
+            manifest.files = _file_table(tmp)
+            manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            (tmp / MANIFEST).write_text(manifest.to_json())
+            _fsync_tree(tmp)
+            _publish(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0
+
+
 def _recover(target: Path) -> None:
-    """Restore a backup left by a crash between the two renames of :func:`_publish`."""
+    """Restore a backup left by a crash between the two renames of :func:`_publish`.
+
+    A backup still locked by a live writer is skipped (that writer is about to publish). Backups named
+    by earlier versions (``.<name>.old-<hex>``) count too.
+    """
     if target.exists():
         return
-    backups = sorted((path for path, _, _ in temp_siblings(target, "old")), key=lambda p: p.stat().st_mtime)
+    backups = [*temp_siblings(target, "old"), *target.parent.glob(f".{target.name}.old-*")]
+    backups = sorted((b for b in backups if not is_held(b)), key=_mtime)
     if backups:
-        os.rename(backups[-1], target)
+        with contextlib.suppress(OSError):  # another reader restored it first, or a writer published
+            os.rename(backups[-1], target)
 
 
 def open_artifact(

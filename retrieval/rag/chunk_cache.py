@@ -115,7 +115,7 @@ def _stem(key: str) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:  # a killed writer's leftover is swept by scan()
+    with atomic_path(path, sweep=False) as tmp:  # scan() sweeps killed writers' leftovers once, at open
         tmp.write_bytes(data)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sparsekit.artifacts import MANIFEST, open_artifact, write_artifact
-from sparsekit.atomic import temp_sibling
+from sparsekit.atomic import MIN_AGE_S, hold, is_held, temp_sibling
 from sparsekit.errors import ArtifactError
 
 
@@ -108,7 +108,9 @@ def test_killed_writer_leaves_previous_artifact_intact(tmp_path: Path) -> None:
     assert (target / "data.bin").read_bytes() == b"old"
     open_artifact(target, format="toy", version=1)
     [leftover] = [p for p in tmp_path.iterdir() if p.name != "art"]  # kill -9 cannot be cleaned up at once
-    assert leftover.name.endswith(".tmpdir") and f"-{proc.pid}." in leftover.name
+    assert leftover.name.endswith(".tmpdir") and f".{proc.pid}." in leftover.name and not is_held(leftover)
+    old = time.time() - 10 * MIN_AGE_S
+    os.utime(leftover, (old, old))
     _write(target, b"newer", overwrite=True)  # the next write sweeps the dead writer's directory
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
     assert (target / "data.bin").read_bytes() == b"newer"
@@ -123,3 +125,16 @@ def test_crash_between_renames_is_recovered(tmp_path: Path) -> None:
     manifest = open_artifact(target, format="toy")
     assert manifest.counts["items"] == 3
     assert json.loads((target / MANIFEST).read_text())["format"] == "toy"
+
+
+def test_backup_locked_by_a_live_writer_is_not_restored(tmp_path: Path) -> None:
+    """A reader between the two renames of a live publish must not take the old directory back."""
+    target = tmp_path / "art"
+    _write(target, b"old")
+    backup = temp_sibling(target, "old")
+    os.rename(target, backup)
+    with hold(backup), pytest.raises(ArtifactError):
+        open_artifact(target, format="toy")
+    assert backup.exists() and not target.exists()
+    open_artifact(target, format="toy")  # the writer died: now it is restored
+    assert not backup.exists()

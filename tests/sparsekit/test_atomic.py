@@ -7,11 +7,20 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from sparsekit.atomic import atomic_path, sweep_directory, sweep_leftovers, temp_sibling, write_text_atomic
+from sparsekit.atomic import (
+    MIN_AGE_S,
+    atomic_path,
+    hold,
+    is_held,
+    sweep_directory,
+    sweep_leftovers,
+    write_text_atomic,
+)
 
 
 def test_success_publishes_content(tmp_path: Path) -> None:
@@ -19,7 +28,7 @@ def test_success_publishes_content(tmp_path: Path) -> None:
     with atomic_path(target) as tmp:
         assert tmp.parent == tmp_path and tmp != target
         assert tmp.name.startswith(".out.bin.") and tmp.name.endswith(".tmp")
-        assert f"-{os.getpid()}." in tmp.name  # the owner, for sweeping a killed writer's leftovers
+        assert f".{os.getpid()}." in tmp.name and is_held(tmp)  # a live writer holds its temporary file
         assert not target.exists()
         tmp.write_bytes(b"payload")
     assert target.read_bytes() == b"payload"
@@ -76,41 +85,52 @@ def test_permissions_follow_umask(tmp_path: Path) -> None:
     assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644
 
 
-HOST = temp_sibling(Path("x"), "tmp").name.split(".")[-3].rsplit("-", 1)[0]  # this machine, as names carry it
-
-
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait(timeout=30)
     return proc.pid
 
 
-def _leftover(target: Path, host: str, pid: int, kind: str = "tmp") -> Path:
-    path = target.with_name(f".{target.name}.{host}-{pid}.0badf00d.{kind}")
-    path.write_text("half")
+def _age(path: Path) -> Path:
+    """Make ``path`` look older than the sweep's minimum age."""
+    old = time.time() - 10 * MIN_AGE_S
+    os.utime(path, (old, old), follow_symlinks=False)
     return path
 
 
-def test_sweep_removes_only_dead_local_writers(tmp_path: Path) -> None:
+def _leftover(target: Path, kind: str = "tmp", pid: int = 12345) -> Path:
+    path = target.with_name(f".{target.name}.{pid}.0badf00d.{kind}")
+    path.write_text("half")
+    return _age(path)
+
+
+def test_sweep_removes_only_unlocked_old_leftovers(tmp_path: Path) -> None:
     target = tmp_path / "out.txt"
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        dead = _leftover(target, HOST, _dead_pid())
-        kept = [_leftover(target, HOST, live.pid), _leftover(target, HOST, os.getpid()),
-                _leftover(target, "otherhost", _dead_pid())]
-        other_target = _leftover(tmp_path / "out.txt.bak", HOST, _dead_pid())
+    dead = _leftover(target, pid=_dead_pid())
+    live = _leftover(target, pid=_dead_pid())  # a dead-looking pid (another PID namespace?), but locked
+    young = target.with_name(f".{target.name}.{_dead_pid()}.0000beef.tmp")
+    young.write_text("just created")
+    other_target = _leftover(tmp_path / "out.txt.bak")
+    with hold(live):
         write_text_atomic(target, "new")
-    finally:
-        live.kill()
-        live.wait(timeout=30)
     assert not dead.exists()
-    assert all(p.exists() for p in [*kept, other_target])
+    assert live.exists() and young.exists() and other_target.exists()
     assert target.read_text() == "new"
+
+
+def test_sweep_skips_what_it_cannot_open(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    dangling = target.with_name(f".{target.name}.1.deadbeef.tmp")
+    dangling.symlink_to(tmp_path / "missing")
+    _age(dangling)
+    assert sweep_leftovers(target) == []
+    write_text_atomic(target, "ok")
+    assert target.read_text() == "ok"
 
 
 def test_backup_is_swept_only_when_the_target_exists(tmp_path: Path) -> None:
     target = tmp_path / "art"
-    backup = _leftover(target, HOST, _dead_pid(), kind="old")
+    backup = _leftover(target, kind="old")
     assert sweep_leftovers(target) == []  # no target: the backup is what a reader restores
     target.write_text("published")
     assert sweep_leftovers(target) == [backup] and not backup.exists()
@@ -143,22 +163,42 @@ def test_sigterm_unwinds_and_removes_the_temp_file(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["out.txt"] and target.read_text() == "old"
 
 
-def test_sigkill_leftover_is_swept_by_the_next_write(tmp_path: Path) -> None:
+def test_sigkill_leftover_is_swept_by_a_later_write(tmp_path: Path) -> None:
     target = tmp_path / "out.txt"
     target.write_text("old")
     proc = _writer(target, handler=False)
+    [leftover] = [tmp_path / n for n in os.listdir(tmp_path) if n != "out.txt"]
+    assert is_held(leftover)  # the live writer holds its temporary file
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    [leftover] = [n for n in os.listdir(tmp_path) if n != "out.txt"]
-    assert f"-{proc.pid}." in leftover and target.read_text() == "old"
+    assert f".{proc.pid}." in leftover.name and not is_held(leftover) and target.read_text() == "old"
+    _age(leftover)
     write_text_atomic(target, "new")
     assert os.listdir(tmp_path) == ["out.txt"] and target.read_text() == "new"
 
 
 def test_sweep_directory_removes_dead_writers_of_any_target(tmp_path: Path) -> None:
-    dead = [_leftover(tmp_path / name, HOST, _dead_pid()) for name in ("a.pt", "b.json")]
-    mine = _leftover(tmp_path / "c.pt", HOST, os.getpid())
-    backup = _leftover(tmp_path / "d", HOST, _dead_pid(), kind="old")
+    dead = [_leftover(tmp_path / name) for name in ("a.pt", "b.json")]
+    live = _leftover(tmp_path / "c.pt")
+    backup = _leftover(tmp_path / "d", kind="old")
     (tmp_path / "e.pt.tmp").write_text("not ours")
-    assert sorted(sweep_directory(tmp_path)) == sorted(dead)
-    assert sorted(os.listdir(tmp_path)) == sorted([mine.name, backup.name, "e.pt.tmp"])
+    with hold(live):
+        assert sorted(sweep_directory(tmp_path)) == sorted(dead)
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, backup.name, "e.pt.tmp"])
+
+
+def test_cli_entry_point_turns_sigterm_into_exit() -> None:
+    script = textwrap.dedent("""
+        import signal, sys
+        from services.cli import main
+        sys.argv = ["sparsekit", "--help"]
+        try:
+            main()
+        except SystemExit:
+            pass
+        print(signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None))
+    """)
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, cwd=repo, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(repo)}, check=True)
+    assert out.stdout.strip().splitlines()[-1] == b"True"
