@@ -136,7 +136,7 @@ def _mean_entries(per_seed: list[list[dict[str, Any]]], key: str) -> list[dict[s
 
 def _choose(sweep: list[dict[str, Any]]) -> tuple[dict[str, Any], bool]:
     """Smallest rank whose mean val AUC delta >= -tolerance; else the best mean val delta (flagged)."""
-    for entry in sweep:
+    for entry in sorted(sweep, key=lambda e: e["rank"]):
         if entry["val_auc_delta"] >= -AUC_TOLERANCE:
             return entry, True
     return max(sweep, key=lambda e: e["val_auc_delta"]), False
@@ -270,6 +270,10 @@ def _summary_line(r: dict[str, Any]) -> str:
             f"test AUC {ablation}.")
 
 
+def _rank_sets(entry: dict[str, Any]) -> str:
+    return "; ".join(",".join(map(str, sorted(set(r.values())))) for r in entry["ranks_per_seed"])
+
+
 def _markdown(metrics: dict[str, Any]) -> str:
     lines = [
         "# AFM low-rank CTR compression (benchmarks/afm_ctr.py)",
@@ -292,12 +296,12 @@ def _markdown(metrics: dict[str, Any]) -> str:
             ]
             rows = (
                 [(f"rank {e['rank']}", e) for e in r["rank_sweep"]]
-                + [(f"energy {e['energy']}", e) for e in r["energy_sweep"]]
+                + [(f"energy {e['energy']} (ranks per seed {_rank_sets(e)})", e) for e in r["energy_sweep"]]
                 + [(f"embedding rank {e['rank']}", e) for e in r["embedding_sweep"]]
             )
             for label, e in rows:
                 lines.append(
-                    f"| {label} | {e['params_before']} | {e['params_after']} | {e['param_ratio']} | "
+                    f"| {label} | {e['params_before']} | {e['params_after']:g} | {e['param_ratio']} | "
                     f"{e['val_auc_delta']:+.5f} | {e['test_auc_delta']:+.5f} | "
                     f"{', '.join(f'{d:+.5f}' for d in e['test_auc_delta_per_seed'])} |"
                 )
@@ -328,6 +332,8 @@ def main() -> None:
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "afm_ctr.json")
     args = parser.parse_args()
+    if not args.seeds:
+        parser.error("--seeds needs at least one seed")
     start = time.perf_counter()
     torch.set_num_threads(1)
     results: dict[str, list[dict[str, Any]]] = {}
