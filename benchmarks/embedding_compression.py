@@ -41,6 +41,7 @@ from embeddings.registry import METHODS  # noqa: E402
 from embeddings.sweep import SweepConfig, recommend, run_sweep, summarize, write_report  # noqa: E402
 from embeddings.table import BUDGET_SLACK, BudgetError, table_class  # noqa: E402
 from recsys.data.ctr import frappe_schema  # noqa: E402
+from sparsekit.atomic import atomic_path  # noqa: E402
 
 BUDGETS = (0.5, 0.1, 0.01, 0.001)
 SYNTHETIC_FIELDS = (12_000_000, 5_000_000, 2_000_000, 900_000, 90_000, 10_000)  # 20M features
@@ -156,6 +157,35 @@ def _entry(criterion: str, value: float, op: str, target: float) -> dict[str, An
             "pass": bool(ok)}
 
 
+# (model, budget, largest allowed full-table AUC minus the best method's)
+GAP_TARGETS = (("dcnv2", 0.1, 0.003), ("dcnv2", 0.01, 0.01), ("deepfm", 0.1, 0.003))
+BEST_PREFIX = "best method"
+
+
+def best_entries(best: pl.DataFrame) -> list[dict]:
+    """Per (model, budget) of ``GAP_TARGETS``: the val-chosen method's test-AUC gap to the full table.
+
+    The issue states the gap targets for "the best method at budget 0.1 / 0.01"; DeepFM runs at 0.1
+    only, and is held to the same 0.003 there.
+    """
+    entries = []
+    for model, budget, gap in GAP_TARGETS:
+        row = best.filter((pl.col("model") == model) & (pl.col("budget") == budget))
+        label = f"{BEST_PREFIX} at budget {budget}, {model} (chosen on val: {row['method'][0]})"
+        entries.append(_entry(f"{label}: full test AUC - its test AUC", row["gap_to_full"][0], "<=", gap))
+    return entries
+
+
+def rescore(path: Path) -> None:
+    """Recompute the best-method entries of a results file from its stored recommendation table."""
+    result = json.loads(path.read_text())
+    kept = [e for e in result["acceptance"] if not e["criterion"].startswith(BEST_PREFIX)]
+    result["acceptance"] = kept + best_entries(pl.DataFrame(result["metrics"]["recommendation"]))
+    result["rescored_commit"] = commit()
+    write_result(path, result, indent=1)
+    print(json.dumps(result["acceptance"]))
+
+
 def acceptance(mem: dict[str, Any], best: pl.DataFrame, runs: pl.DataFrame,
                syn: dict[str, Any]) -> list[dict]:
     ok = runs.filter(pl.col("status") == "ok")
@@ -167,10 +197,7 @@ def acceptance(mem: dict[str, Any], best: pl.DataFrame, runs: pl.DataFrame,
                          / ok.filter(pl.col("method") != "full")["budget_bytes"]).max()), "<=", BUDGET_SLACK)]
     full = ok.filter((pl.col("method") == "full") & (pl.col("model") == "dcnv2"))["test_auc"].mean()
     acc.append(_entry("DCNv2 full-table test AUC (Frappe, mean of seeds)", full, ">", 0.5))
-    for budget, gap in ((0.1, 0.003), (0.01, 0.01)):
-        row = best.filter((pl.col("model") == "dcnv2") & (pl.col("budget") == budget))
-        acc.append(_entry(f"best method at budget {budget} (chosen on val): full test AUC - its test AUC",
-                          row["gap_to_full"][0], "<=", gap))
+    acc += best_entries(best)
     measured = [m for m, r in syn.items()
                 if m != "embeddingbag" and isinstance(r, dict) and r.get("status") == "ok"]
     acc.append(_entry("synthetic 20M features at budget 0.01: methods measured (RSS, lookups/s, train/s)",
@@ -188,7 +215,12 @@ def main() -> None:
     p.add_argument("--synthetic-steps", type=int, default=20)
     p.add_argument("--skip-synthetic", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--rescore", action="store_true",
+                   help="only recompute the best-method entries of --out/embedding_compression.json")
     args = p.parse_args()
+    if args.rescore:
+        rescore(args.out / "embedding_compression.json")
+        return
     start = time.perf_counter()
     methods = tuple(m for m in args.methods.split(",") if m)
     seeds = tuple(int(s) for s in args.seeds.split(","))
@@ -201,7 +233,8 @@ def main() -> None:
     paths = write_report(runs, args.work / "report")
     args.out.mkdir(parents=True, exist_ok=True)
     for key in ("csv", "md", "png"):
-        shutil.copyfile(paths[key], args.out / paths[key].name)
+        with atomic_path(args.out / paths[key].name) as tmp:
+            shutil.copyfile(paths[key], tmp)
     best = recommend(summarize(runs))
     torch.set_num_threads(os.cpu_count() or 1)
     syn = {} if args.skip_synthetic else synthetic(list(methods), 0.01, args.synthetic_batch, 5,
