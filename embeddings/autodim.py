@@ -129,6 +129,10 @@ class AutoDimTable(EmbeddingTable):
     def fixed(self) -> bool:
         return bool((self.choice >= 0).all())
 
+    @property
+    def settled(self) -> bool:
+        return self.fixed
+
     def mixture_weights(self) -> torch.Tensor:
         """``[fields, candidates]`` weights: one-hot once fixed, else (Gumbel-)softmax of ``arch``."""
         if self.fixed:

@@ -77,6 +77,11 @@ class DeepLightTable(EmbeddingTable):
             "init_std": self.init_std,
         }
 
+    @property
+    def settled(self) -> bool:
+        """The ramp has reached the budget's sparsity."""
+        return int(self.mask.sum()) <= self.max_nnz
+
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         return self.weight[ids] * self.mask[ids]
 

@@ -95,6 +95,10 @@ class OptEmbedTable(EmbeddingTable):
     def fixed(self) -> bool:
         return bool((self.widths >= 0).all())
 
+    @property
+    def settled(self) -> bool:
+        return self.fixed
+
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         rows = self.weight[ids]
         fields = self.field_of(ids)

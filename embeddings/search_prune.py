@@ -43,6 +43,10 @@ class SearchThenPruneTable(EmbeddingTable):
         """The rows of ``ids`` as the search reads them."""
         raise NotImplementedError
 
+    @property
+    def settled(self) -> bool:
+        return bool(self.pruned)
+
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         if bool(self.pruned):
             return self.weight[ids] * self.mask[ids]

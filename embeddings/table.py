@@ -62,7 +62,7 @@ class EmbeddingTable(nn.Module, ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.kind:
+        if cls.__dict__.get("kind"):  # only a class naming its own kind (a subclass must not take over)
             TABLES[cls.kind] = cls
 
     def __init__(
@@ -100,6 +100,13 @@ class EmbeddingTable(nn.Module, ABC):
         return self.lookup(ids)
 
     # Training hooks (called by recsys.training.ctr.train_ctr); no-ops unless a method needs them.
+
+    @property
+    def settled(self) -> bool:
+        """Whether the table already computes what :meth:`finalize` will serve, i.e. no search or pruning
+        phase is left. The trainer keeps checkpoints, and counts early-stopping patience, only from then
+        on, so the served table is the one validation chose (not a pre-pruning model pruned afterwards)."""
+        return True
 
     def penalty(self) -> torch.Tensor | None:
         """An extra loss term added at every training step (e.g. a sparsity regulariser), or ``None``."""

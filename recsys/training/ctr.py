@@ -3,8 +3,11 @@
 The BARS / FuxiCTR protocol (Zhu et al., "BARS: Towards Open Benchmarking for Recommender Systems",
 SIGIR 2022): Adam, binary cross-entropy on logits, evaluation on the validation split after every
 epoch, early stopping on validation AUC (scikit-learn ``roc_auc_score``) with ``patience`` epochs, and
-the best epoch's weights restored. ``embedding_l2`` adds an L2 penalty on the embedding rows each
-batch touches (``embedding_l2 * sum ||e||^2 / batch``; FuxiCTR regularizes the whole table instead).
+the best epoch's weights restored. Epochs in which the embedding table is still searching or pruning
+(``EmbeddingTable.settled`` is False) are evaluated but neither kept nor counted toward patience: the
+restored checkpoint is always one whose table computes what it will serve. ``embedding_l2`` adds an L2
+penalty on the embedding rows each batch touches (``embedding_l2 * sum ||e||^2 / batch``; FuxiCTR
+regularizes the whole table instead).
 Seeded: same config and data, same model (on CPU). The defaults (lr 1e-2, ``embedding_l2`` 1e-2,
 dropout 0.2, batch 1024) were picked on the Frappe validation split: at BARS' lr 1e-3 the deep tower
 overfits before the FM/cross interactions are learnt (val AUC 0.930 vs 0.952 for DeepFM).
@@ -221,6 +224,9 @@ def train_ctr(
             }
         )
         bar.set_postfix(val_auc=f"{val['auc']:.4f}")
+        history[-1]["settled"] = settled = model.embedding.settled
+        if not settled:  # still searching / pruning: not the model that will serve
+            continue
         if val["auc"] > best_auc:
             best_auc, best_epoch, waited = val["auc"], epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -229,6 +235,9 @@ def train_ctr(
             if waited >= config.patience:
                 break
     bar.close()
+    if best_state is None:
+        raise RuntimeError(f"the {model.embedding.kind} table never finished its search phase in "
+                           f"{config.max_epochs} epochs: raise max_epochs or shorten its search")
     model.load_state_dict(best_state)
     model.embedding = model.embedding.finalize()  # the serving table (e.g. pruned rows packed)
     model.eval()

@@ -128,19 +128,7 @@ def _toy_data(rows: int = 3000) -> CTRDataset:
 
 def test_trainer_early_stopping_restores_the_best_epoch() -> None:
     data = _toy_data()
-    config = CTRTrainConfig(
-        model="deepfm",
-        embed_dim=4,
-        hidden=(16,),
-        lr=1e-2,
-        batch_size=256,
-        max_epochs=6,
-        patience=1,
-        progress=False,
-        device="cpu",
-        threads=1,
-    )
-    result = train_ctr(config, data)
+    result = train_ctr(_small_config(), data)
     aucs = [h["val_auc"] for h in result.history]
     assert result.best_epoch == int(np.argmax(aucs)) + 1
     assert len(aucs) == 6 or len(aucs) == result.best_epoch + 1  # stopped after 1 epoch without improvement
@@ -148,7 +136,7 @@ def test_trainer_early_stopping_restores_the_best_epoch() -> None:
     assert result.metrics["val_auc"] > 0.7
     assert result.metrics["train_samples_per_s"] > 0 and result.metrics["inference_samples_per_s"] > 0
     assert not result.model.training
-    again = train_ctr(config, data)  # seeded
+    again = train_ctr(_small_config(), data)  # seeded
     assert again.metrics["val_auc"] == pytest.approx(result.metrics["val_auc"])
 
 
@@ -199,3 +187,37 @@ def test_every_model_learns_frappe_sample(name: str) -> None:
     )
     result = train_ctr(config, small)
     assert result.metrics["val_auc"] > 0.7
+
+
+def _small_config(**overrides: object) -> CTRTrainConfig:
+    fields = {"model": "deepfm", "embed_dim": 4, "hidden": (16,), "lr": 1e-2, "batch_size": 256,
+              "max_epochs": 6, "patience": 1, "progress": False, "device": "cpu", "threads": 1}
+    return CTRTrainConfig(**(fields | overrides))
+
+
+def test_trainer_keeps_only_checkpoints_whose_table_has_settled() -> None:
+    """A pruning table (PEP) prunes half-way: the restored checkpoint is a pruned one, and it serves the
+    validation AUC it was chosen with (not a pre-pruning model pruned afterwards)."""
+    from embeddings.pep import PEPTable
+
+    data = _toy_data()
+    table = PEPTable(data.num_features, 4, 0.5, field_dims=data.field_dims, search_fraction=0.5)
+    result = train_ctr(_small_config(), data, table)
+    settled = [h["settled"] for h in result.history]
+    assert settled[0] is False and settled[-1] is True  # the search phase ran, then pruning happened
+    first = settled.index(True) + 1
+    assert result.best_epoch >= first
+    best = max(h["val_auc"] for h in result.history if h["settled"])
+    assert result.metrics["val_auc"] == pytest.approx(best, abs=1e-6)
+
+
+def test_trainer_refuses_a_table_that_never_settles() -> None:
+    class Searching(FullTable):
+        @property
+        def settled(self) -> bool:
+            return False
+
+    data = _toy_data()
+    table = Searching(data.num_features, 4, field_dims=data.field_dims)
+    with pytest.raises(RuntimeError, match="never finished its search phase"):
+        train_ctr(_small_config(max_epochs=2), data, table)
