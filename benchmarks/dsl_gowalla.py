@@ -108,6 +108,12 @@ def dev_split(train: sp.csr_matrix, fraction: float = 0.1, seed: int = 0) -> tup
     return part(~is_dev), part(is_dev)
 
 
+def dev_dataset(data: ImplicitDataset, seed: int) -> ImplicitDataset:
+    """Train minus the dev split (:func:`dev_split`) as training data, the dev split as test."""
+    fit, dev = dev_split(data.train, seed=seed)
+    return ImplicitDataset(fit, dev, data.num_users, data.num_items)
+
+
 def quick_subset(data: ImplicitDataset, num_users: int = 2000) -> ImplicitDataset:
     """The first ``num_users`` users and the items they touch (ids remapped), for ``--quick``."""
     train, test = data.train[:num_users], data.test[:num_users]
@@ -380,14 +386,11 @@ def main() -> None:
                                "threads": args.threads, "quick": args.quick}
     acceptance_rows: list[dict[str, Any]] = []
     if args.dev_run:
-        fit, dev = dev_split(data.train, seed=args.seed)
-        dev_data = ImplicitDataset(fit, dev, data.num_users, data.num_items)
         for m in args.models:
-            print(json.dumps(dev_probe(m, args.dev_run, dict(args.set), dev_data, args)))
+            print(json.dumps(dev_probe(m, args.dev_run, dict(args.set), dev_dataset(data, args.seed), args)))
         return
     if args.tune:
-        fit, dev = dev_split(data.train, seed=args.seed)
-        dev_data = ImplicitDataset(fit, dev, data.num_users, data.num_items)
+        dev_data = dev_dataset(data, args.seed)
         metrics["split"] = "dev (10% of each user's train items)"
         metrics["tuning"] = {m: tune_model(m, dev_data, args) for m in args.models}
         default_out = RESULTS / "dsl_gowalla_tune.json"
@@ -403,8 +406,6 @@ def main() -> None:
               "wall_s": round(time.perf_counter() - start, 2), "metrics": metrics,
               "acceptance": acceptance_rows}
     out = args.out or (None if args.quick else default_out)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
     if args.tune and out is not None:  # tuning one model at a time keeps the others' results
         previous = json.loads(out.read_text())["metrics"]["tuning"] if out.exists() else {}
         metrics["tuning"] = previous | metrics["tuning"]

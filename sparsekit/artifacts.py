@@ -6,9 +6,9 @@ and a SHA-256 + size for every file. Writers build the directory under a hidden 
 beside the target and rename it into place only after every file and the manifest are flushed, so a
 killed job leaves no half-written artifact and never touches the published one. Replacing an
 existing artifact swaps directories with two renames; should a crash land between them, the next
-:func:`open_artifact` restores the previous version from its backup. Temporary names carry their
-writer (``.<name>.<host>-<pid>.<random>.tmpdir``), and the next write of the same target removes what a
-``kill -9``-ed writer left (:func:`sparsekit.atomic.sweep_leftovers`).
+:func:`open_artifact` restores the previous version from its backup. A writer holds a lock on its
+temporary directory (``.<name>.<pid>.<random>.tmpdir``), so the next write of the same target can
+remove what a ``kill -9``-ed writer left (:func:`sparsekit.atomic.sweep_leftovers`).
 """
 
 from __future__ import annotations
