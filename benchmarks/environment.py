@@ -37,12 +37,13 @@ def machine() -> dict[str, Any]:
 
 
 def commit() -> str:
-    """``git rev-parse HEAD`` of the repository, or ``"uncommitted"``."""
+    """``git rev-parse HEAD`` of the repository; in a copied tree without ``.git`` (a GPU host's copy) the
+    ``SPARSEKIT_COMMIT`` environment variable the copy was made with, else ``"uncommitted"``."""
     try:
         return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True,
                                        stderr=subprocess.DEVNULL).strip()
     except (OSError, subprocess.CalledProcessError):
-        return "uncommitted"
+        return os.environ.get("SPARSEKIT_COMMIT", "uncommitted")
 
 
 def write_result(path: Path, result: dict[str, Any], indent: int = 2) -> None:

@@ -22,6 +22,7 @@ Prints one JSON object and writes ``benchmarks/results/gcn_gather.json`` (DESIGN
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -110,9 +111,15 @@ def sampler_throughput(graph: Any, batches: int, batch_size: int, threads: int) 
 
 
 def epoch_breakdown(graph_dir: Path, modes: list[str], device: str, batches: int) -> dict[str, Any]:
+    """One capped epoch per mode. On CUDA every mode reads the same in-RAM table (a memmap cannot be pinned,
+    so zero-copy from it would fall back to cpu-copy): only the gather path differs."""
     out = {}
+    ram = torch.from_numpy(np.ascontiguousarray(open_graph(graph_dir, verify=False).features)) \
+        if device == "cuda" else None
     for mode in modes:
         task = synthetic_task(graph_dir, mode=mode, device=device)
+        if ram is not None:
+            task = dataclasses.replace(task, features=NodeFeatureStore(ram, mode=mode, device=device))
         config = GCNTrainConfig(model="sage", fanouts=FANOUTS, hidden=256, batch_size=1024, epochs=1,
                                 max_batches=batches, device=device, evaluate=False, progress=False)
         stats = train_gcn(config, task).history[0]
