@@ -37,13 +37,15 @@ def machine() -> dict[str, Any]:
 
 
 def commit() -> str:
-    """``git rev-parse HEAD`` of the repository; in a copied tree without ``.git`` (a GPU host's copy) the
-    ``SPARSEKIT_COMMIT`` environment variable the copy was made with, else ``"uncommitted"``."""
+    """The commit the run was made from: ``$SPARSEKIT_COMMIT`` when set (a GPU host's copied tree, whose
+    ``.git`` may be stale), else ``git rev-parse HEAD``, else ``"uncommitted"``."""
+    if os.environ.get("SPARSEKIT_COMMIT"):
+        return os.environ["SPARSEKIT_COMMIT"]
     try:
         return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True,
                                        stderr=subprocess.DEVNULL).strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("SPARSEKIT_COMMIT", "uncommitted")
+        return "uncommitted"
 
 
 def write_result(path: Path, result: dict[str, Any], indent: int = 2) -> None:

@@ -7,7 +7,8 @@ Two hot paths, each checked for exactness before it is timed:
    Zipf-distributed ids ``[batch, fields]``. The fused Triton forward is timed against the torch reference
    of the same lookup on the GPU and against ``F.embedding`` / ``F.embedding_bag`` over the *full*
    20M-row table on the GPU (the uncompressed baseline), unpooled and sum-pooled, forward and
-   forward + backward.
+   forward + backward; the training step also against the same lookup written as plain indexing, whose
+   accumulating backward :func:`kernels.embedding_bag_reference.gather_rows` avoids on CUDA.
 2. **Sparse top-k scoring** (:mod:`kernels.sparse_scoring`; term-at-a-time over an inverted index). A
    synthetic learned-sparse-like corpus (Zipf terms, uint8 impacts) scored by the Triton kernel + torch
    top-k, against cuSPARSE (``torch.sparse.mm`` of the doc-term CSR by the dense query block, same top-k)
@@ -43,7 +44,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from environment import commit, machine, write_result  # noqa: E402
 
 from kernels.embedding_bag import embedding_bag  # noqa: E402
-from kernels.embedding_bag_reference import CompositionalLookup, HashLookup  # noqa: E402
+from kernels.embedding_bag_reference import (  # noqa: E402
+    CompositionalLookup,
+    HashLookup,
+    mixed_radix_rows,
+    universal_hash,
+)
 from kernels.sparse_scoring import Postings, QueryBatch, postings_to_device, score_topk  # noqa: E402
 from kernels.sparse_scoring_numba import WorkspacePool  # noqa: E402
 from kernels.sparse_scoring_reference import select_topk  # noqa: E402
@@ -83,11 +89,25 @@ def _lookup_case(
     def baseline() -> torch.Tensor:
         return F.embedding_bag(ids, full, mode="sum") if pool else F.embedding(ids, full)
 
-    def step(use_triton: bool | None, base: bool) -> Callable[[], None]:
+    def indexed() -> torch.Tensor:  # the reference with plain indexing (accumulating index_put backward)
+        rows = (
+            [universal_hash(ids.long(), lookup.a, lookup.b, weight.shape[0])]
+            if isinstance(lookup, HashLookup)
+            else mixed_radix_rows(ids, lookup)
+        )
+        out = weight[rows[0]]
+        for row in rows[1:]:
+            out = out * weight[row]
+        return out.sum(dim=1) if pool else out
+
+    def step(use_triton: bool | None, base: bool, index: bool = False) -> Callable[[], None]:
         def run() -> None:
             w = full if base else weight
             w.grad = None
-            out = baseline() if base else embedding_bag(w, ids, lookup, pool, use_triton=use_triton)
+            if index:
+                out = indexed()
+            else:
+                out = baseline() if base else embedding_bag(w, ids, lookup, pool, use_triton=use_triton)
             out.sum().backward()
 
         return run
@@ -106,6 +126,7 @@ def _lookup_case(
         "triton": cuda_ms(step(True, False), repeats),
         "torch_reference": cuda_ms(step(False, False), repeats),
         "full_table": cuda_ms(step(None, True), repeats),
+        "torch_indexing": cuda_ms(step(None, False, index=True), repeats),
     }
     weight.requires_grad_(False)
     full.requires_grad_(False)
@@ -118,6 +139,7 @@ def _lookup_case(
         "forward_vs_full_table": round(ms["full_table"] / ms["triton"], 3),
         "train_step_ms": {k: round(v, 4) for k, v in train.items()},
         "train_vs_full_table": round(train["full_table"] / train["triton"], 3),
+        "train_speedup_vs_indexing": round(train["torch_indexing"] / train["triton"], 3),
     }
 
 
