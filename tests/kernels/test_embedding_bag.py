@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +17,6 @@ from kernels.embedding_bag_reference import (
 )
 from sparsekit.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[2]
 IDS = torch.zeros(2, 2, dtype=torch.int64)
 LOOKUPS = {
     "hash": (HashLookup(1_234_567, 89), 37),
@@ -72,13 +66,8 @@ TRITON_SCRIPT = textwrap.dedent(
 )
 
 
-def test_triton_kernel_matches_reference_in_interpreter() -> None:
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", TRITON_SCRIPT], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_triton_kernel_matches_reference_in_interpreter(run_interpreted) -> None:
+    results = run_interpreted(TRITON_SCRIPT)
     assert len(results) == 4 * 3 * 4 * 2
     for r in results:
         assert r["device"] == "cpu" and r["dtype"] == "torch.float32", r

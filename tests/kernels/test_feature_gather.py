@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +11,6 @@ from kernels.feature_gather import gather_rows
 from kernels.feature_gather_reference import gather_rows_reference
 from sparsekit.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[2]
 WIDTHS = (100, 3, 32, 257, 1)
 
 
@@ -64,13 +58,8 @@ TRITON_SCRIPT = textwrap.dedent(
 )
 
 
-def test_triton_kernel_matches_index_select_in_interpreter() -> None:
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", TRITON_SCRIPT], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_triton_kernel_matches_index_select_in_interpreter(run_interpreted) -> None:
+    results = run_interpreted(TRITON_SCRIPT)
     assert len(results) == 3 * len(WIDTHS) * 7
     assert {r["dim"] for r in results} == set(WIDTHS)
     for r in results:

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +13,6 @@ from kernels.sparse_scoring import Postings, QueryBatch, postings_to_device, sco
 from kernels.sparse_scoring_numba import SCAN_BLOCK, WorkspacePool
 from kernels.sparse_scoring_reference import score_topk_reference, select_topk
 from kernels.sparse_scoring_triton import work_items
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def random_postings(num_docs: int, vocab: int, density: float, seed: int, dtype=np.uint8) -> Postings:
@@ -152,13 +145,8 @@ TRITON_SCRIPT = textwrap.dedent(
 )
 
 
-def test_triton_kernel_matches_reference_in_interpreter() -> None:
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", TRITON_SCRIPT], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_triton_kernel_matches_reference_in_interpreter(run_interpreted) -> None:
+    result = run_interpreted(TRITON_SCRIPT)
     assert set(result) == {"uint8", "uint16", "float32"}
     for name, r in result.items():
         assert r["device"] == "cpu", name
