@@ -107,7 +107,8 @@ def embedding_bag(
 
     ``use_triton``: ``None`` picks the fused kernel for CUDA ``weight`` (float32/16, bfloat16) when triton
     is importable and no gradient is wanted (inference: 2.1-5.8x the torch lookup on an H200); a training
-    step is 11-23% faster through torch, whose backward reuses its forward (``benchmarks/gpu_kernels.py``).
+    step takes 11-19% less time through torch, whose backward reuses its forward
+    (``benchmarks/gpu_kernels.py``).
     ``True`` forces the kernel (CPU tensors need ``TRITON_INTERPRET=1``); ``False`` forces torch.
     """
     _check(weight, ids, lookup)
