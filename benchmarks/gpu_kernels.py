@@ -8,7 +8,7 @@ Two hot paths, each checked for exactness before it is timed:
    of the same lookup on the GPU and against ``F.embedding`` / ``F.embedding_bag`` over the *full*
    20M-row table on the GPU (the uncompressed baseline), unpooled and sum-pooled, forward and
    forward + backward; the training step also against the same lookup written as plain indexing, whose
-   accumulating backward :func:`kernels.embedding_bag_reference.gather_rows` avoids on CUDA.
+   accumulating backward :func:`kernels.row_lookup.lookup_rows` avoids on CUDA.
 2. **Sparse top-k scoring** (:mod:`kernels.sparse_scoring`; term-at-a-time over an inverted index). A
    synthetic learned-sparse-like corpus (Zipf terms, uint8 impacts) scored by the Triton kernel + torch
    top-k, against cuSPARSE (``torch.sparse.mm`` of the doc-term CSR by the dense query block, same top-k)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from embeddings.search_prune import SearchThenPruneTable
+from kernels.row_lookup import lookup_rows
 from sparsekit.errors import InputError
 
 
@@ -81,7 +82,7 @@ class AutoSrhTable(SearchThenPruneTable):
         return self.weight * self.saliency[self.group_of(every)]
 
     def search_lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.weight[ids] * self.saliency[self.group_of(ids)]
+        return lookup_rows(self.weight, ids) * self.saliency[self.group_of(ids)]
 
     def penalty(self) -> torch.Tensor | None:
         if bool(self.pruned) or self.l1 == 0:

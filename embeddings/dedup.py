@@ -32,6 +32,7 @@ from torch import nn
 
 from embeddings.dpq import CODE_BITS, CodebookTable, packed_bytes
 from embeddings.table import FLOAT_BYTES, BudgetError, EmbeddingTable
+from kernels.row_lookup import lookup_rows
 from sparsekit.errors import InputError
 
 DISTANCE_CHUNK = 8192  # rows per distance block in k-means
@@ -130,7 +131,7 @@ class DedupTable(EmbeddingTable):
         return {"eps": self.eps, "iterations": self.iterations, "seed": self.seed, "init_std": self.init_std}
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.weight[ids]
+        return lookup_rows(self.weight, ids)
 
     @torch.no_grad()
     def finalize(self) -> EmbeddingTable:

@@ -34,6 +34,7 @@ from torch import nn
 
 from embeddings.csr_rows import SparseRowsTable, magnitude_mask, sparse_budget
 from embeddings.table import EmbeddingTable
+from kernels.row_lookup import lookup_rows
 from sparsekit.errors import InputError
 
 DAMPING = 0.99
@@ -83,7 +84,7 @@ class DeepLightTable(EmbeddingTable):
         return int(self.mask.sum()) <= self.max_nnz
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.weight[ids] * self.mask[ids]
+        return lookup_rows(self.weight, ids) * self.mask[ids]
 
     def sparsity_at(self, step: int, total_steps: int) -> float:
         """The damping schedule ``s * (1 - D^(t / U))``, reaching ``s`` at the end of the ramp."""

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from embeddings.table import EmbeddingTable
+from kernels.row_lookup import lookup_rows
 from sparsekit.errors import InputError
 
 
@@ -41,4 +42,4 @@ class FullTable(EmbeddingTable):
         return {"init_std": self.init_std}
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.weight[ids]
+        return lookup_rows(self.weight, ids)

@@ -38,6 +38,7 @@ from torch import nn
 
 from embeddings.csr_rows import SparseRowsTable, sparse_budget
 from embeddings.table import EmbeddingTable
+from kernels.row_lookup import lookup_rows
 from sparsekit.errors import InputError
 
 
@@ -100,7 +101,7 @@ class OptEmbedTable(EmbeddingTable):
         return self.fixed
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = self.weight[ids]
+        rows = lookup_rows(self.weight, ids)
         fields = self.field_of(ids)
         slot = torch.arange(self.dim, device=ids.device)
         if self.fixed:

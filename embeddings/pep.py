@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from embeddings.search_prune import SearchThenPruneTable
+from kernels.row_lookup import lookup_rows
 from sparsekit.errors import InputError
 
 GRANULARITIES = ("global", "dimension", "feature", "feature_dimension")
@@ -78,7 +79,7 @@ class PEPTable(SearchThenPruneTable):
         return self._soft_threshold(self.weight, None)
 
     def search_lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        return self._soft_threshold(self.weight[ids], ids)
+        return self._soft_threshold(lookup_rows(self.weight, ids), ids)
 
     def learned_sparsity(self) -> float:
         """Fraction of weights the thresholds currently zero."""

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from embeddings.table import BUDGET_SLACK, BudgetError, EmbeddingTable
+from kernels.row_lookup import lookup_rows
 from sparsekit.errors import InputError
 
 GRANULARITIES = ("row", "field", "table")
@@ -227,7 +228,7 @@ class FakeQuantTable(EmbeddingTable):
         return scales[self.field_of(ids)] if self.granularity == "field" else scales[0].expand(ids.shape)
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = self.weight[ids]
+        rows = lookup_rows(self.weight, ids)
         scale = self._scale_of(ids, rows)[..., None]
         quantized = (rows / scale).round().clamp(-self.qmax, self.qmax) * scale
         return rows + (quantized - rows).detach()  # straight-through estimator

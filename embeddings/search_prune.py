@@ -18,6 +18,7 @@ from torch import nn
 
 from embeddings.csr_rows import SparseRowsTable, magnitude_mask, sparse_budget
 from embeddings.table import EmbeddingTable
+from kernels.row_lookup import lookup_rows
 from sparsekit.errors import InputError
 
 
@@ -49,7 +50,7 @@ class SearchThenPruneTable(EmbeddingTable):
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         if bool(self.pruned):
-            return self.weight[ids] * self.mask[ids]
+            return lookup_rows(self.weight, ids) * self.mask[ids]
         return self.search_lookup(ids)
 
     @torch.no_grad()

@@ -23,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from kernels.row_lookup import lookup_rows
 
 HASH_PRIME = 2_147_483_647  # 2^31 - 1: (a * (x mod p) + b) stays below 2^62, exact in int64
 COMBINES = ("mult", "add")
@@ -74,17 +75,10 @@ def mixed_radix_rows(ids: torch.Tensor, lookup: CompositionalLookup) -> list[tor
     return rows
 
 
-def gather_rows(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``weight[rows]``. On CUDA through ``F.embedding``, whose backward sorts the ids and reduces each
-    run of equal rows (hot rows of power-law ids cost no atomic contention); on CPU by indexing, whose
-    accumulating backward is the faster one there."""
-    return F.embedding(rows, weight) if weight.is_cuda else weight[rows]
-
-
 def hashed_bag_reference(weight: torch.Tensor, ids: torch.Tensor, lookup: HashLookup,
                          pool: bool = False) -> torch.Tensor:
     """``weight[h(ids)]``: ``[B, F, dim]``, or ``[B, dim]`` summed over fields when ``pool``."""
-    out = gather_rows(weight, universal_hash(ids.long(), lookup.a, lookup.b, weight.shape[0]))
+    out = lookup_rows(weight, universal_hash(ids.long(), lookup.a, lookup.b, weight.shape[0]))
     return out.sum(dim=1) if pool else out
 
 
@@ -92,7 +86,7 @@ def compositional_bag_reference(weight: torch.Tensor, ids: torch.Tensor, lookup:
                                 pool: bool = False) -> torch.Tensor:
     """Combined partition rows of ``ids``: ``[B, F, dim]``, or ``[B, dim]`` summed when ``pool``."""
     rows = mixed_radix_rows(ids, lookup)
-    out = gather_rows(weight, rows[0])
+    out = lookup_rows(weight, rows[0])
     for row in rows[1:]:
-        out = out * gather_rows(weight, row) if lookup.combine == "mult" else out + gather_rows(weight, row)
+        out = out * lookup_rows(weight, row) if lookup.combine == "mult" else out + lookup_rows(weight, row)
     return out.sum(dim=1) if pool else out
