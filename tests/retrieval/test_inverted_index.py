@@ -310,6 +310,14 @@ def test_bad_queries_name_the_position(medium: tuple[sp.csr_matrix, InvertedInde
     with pytest.raises(InputError) as err:
         index.search_sparse_batch([([1], [1.0]), ([2, 3], [1.0])], 5)
     assert err.value.source == "queries[1].values"
+    ok = (np.array([1]), np.array([1.0], np.float32))  # numpy entries take the concatenating path
+    for bad, source in [((np.array([2.5]), np.array([1.0])), "queries[1].indices"),
+                        ((np.array([[1, 2]]), np.array([1.0])), "queries[1].indices"),
+                        ((np.array([2]), np.array(["heavy"])), "queries[1].values"),
+                        ((np.array([2, 999]), np.array([1.0, 1.0])), "queries[1].indices[1]")]:
+        with pytest.raises(InputError) as err:
+            index.search_sparse_batch([ok, bad], 5)
+        assert err.value.source == source
     with pytest.raises(InputError) as err:
         index.search_sparse_batch([([1], [1.0]), 7], 5)
     assert err.value.source == "queries[1]"
