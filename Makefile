@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test lint protos bench clean
+.PHONY: venv demo test lint protos bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,12 @@ protos: venv
 
 bench: venv
 	$(BIN)/python benchmarks/bm25_scifact.py
+
+# on a CUDA host: every gpu-marked test, then the GPU benchmarks (results under benchmarks/results/)
+gpu-check: venv
+	$(BIN)/python -m pytest -q -m gpu
+	$(BIN)/python benchmarks/gpu_kernels.py
+	$(BIN)/python benchmarks/gcn_gather.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
