@@ -115,10 +115,10 @@ def epoch_breakdown(graph_dir: Path, modes: list[str], device: str, batches: int
     CUDA every mode reads the same in-RAM table (a memmap cannot be pinned, so zero-copy from it would fall
     back to cpu-copy): only the gather path differs."""
     out = {}
-    ram = torch.from_numpy(np.ascontiguousarray(open_graph(graph_dir, verify=False).features)) \
-        if device == "cuda" else None
-    for mode in modes:
-        task = synthetic_task(graph_dir, mode=mode, device=device)
+    features = open_graph(graph_dir, verify=False).features
+    ram = torch.from_numpy(np.array(features)) if device == "cuda" else None  # a real copy, not a memmap view
+    for mode in modes:  # on CUDA the task is built in cpu-copy mode (no pinning or upload), then re-pointed
+        task = synthetic_task(graph_dir, mode=mode if ram is None else "cpu-copy", device=device)
         if ram is not None:
             task = dataclasses.replace(task, features=NodeFeatureStore(ram, mode=mode, device=device))
         config = GCNTrainConfig(model="sage", fanouts=FANOUTS, hidden=256, batch_size=1024, epochs=1,
@@ -156,7 +156,7 @@ def cpu_gather(graph: Any, rows: int, repeats: int) -> dict[str, Any]:
     torch.set_num_threads(os.cpu_count() or 1)
     ids = torch.randint(0, graph.num_nodes, (rows,), generator=torch.Generator().manual_seed(2))
     memmap_store = NodeFeatureStore(graph.features, mode="zero-copy", device="cpu")
-    ram_store = NodeFeatureStore(torch.from_numpy(np.ascontiguousarray(graph.features)), mode="zero-copy",
+    ram_store = NodeFeatureStore(torch.from_numpy(np.array(graph.features)), mode="zero-copy",
                                  device="cpu")
     dim = graph.feature_dim
     result = {"rows": rows, "table_bytes": int(graph.num_nodes * dim * 4),

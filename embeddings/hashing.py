@@ -14,8 +14,8 @@ Design choices:
 - ``m`` is the largest row count within the budget (the base class's int64 field offsets, when
   ``field_dims`` is given, count against it); :class:`~embeddings.table.BudgetError` when not even one row
   fits. Rows start from N(0, ``init_std``) like the full table.
-- On CUDA the lookup is the fused Triton kernel of :mod:`kernels.embedding_bag` (hash + gather in one
-  launch); on CPU the torch reference.
+- On CUDA, inference runs the fused Triton kernel of :mod:`kernels.embedding_bag` (hash + gather in one
+  launch); training and CPU run the torch reference, whose backward is the faster one.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ Design choices:
 - Init: the first (remainder) partition ~ N(0, ``init_std``) like the full table; for ``"mult"`` the
   other partitions start at 1 + N(0, ``init_std``), so training starts from a hashed table and the
   quotient rows learn per-feature scalings (with ``"add"`` they start at N(0, ``init_std``)).
-- On CUDA the lookup is the fused Triton kernel of :mod:`kernels.embedding_bag` (digits, gathers and
-  the combine in one launch); on CPU the torch reference.
+- On CUDA, inference runs the fused Triton kernel of :mod:`kernels.embedding_bag` (digits, gathers and
+  the combine in one launch); training and CPU run the torch reference, whose backward is the faster one.
 """
 
 from __future__ import annotations

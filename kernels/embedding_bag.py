@@ -115,7 +115,8 @@ def embedding_bag(
     if use_triton is None:
         training = torch.is_grad_enabled() and weight.requires_grad
         use_triton = weight.is_cuda and weight.dtype in KERNEL_DTYPES and triton_available() and not training
+    ids = ids.to(weight.device)
     if use_triton:
-        return _FusedBag.apply(weight, ids.to(weight.device), lookup, pool)
+        return _FusedBag.apply(weight, ids, lookup, pool)
     return _reference(weight, ids, lookup, pool)
 

@@ -14,5 +14,6 @@ import torch.nn.functional as F
 
 
 def lookup_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """``weight[ids]``, shape ``[*ids.shape, weight.shape[1]]``, for a 2-D ``weight`` and integer ``ids``."""
-    return F.embedding(ids, weight) if weight.is_cuda else weight[ids]
+    """``weight[ids]``, shape ``[*ids.shape, weight.shape[1]]``, for a 2-D ``weight`` and integer ``ids``
+    (moved to ``weight``'s device first, as indexing a CUDA tensor with host ids allows)."""
+    return F.embedding(ids.to(weight.device), weight) if weight.is_cuda else weight[ids]

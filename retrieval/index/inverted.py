@@ -288,9 +288,10 @@ def _query_lengths(queries: Sequence[SparseQuery]) -> list[int]:
 
 
 def _flatten(parts: list[Any]) -> np.ndarray:
-    """The entries end to end: one ``np.concatenate`` when all are 1-D numpy arrays (what the encoders
-    return; 10x faster than iterating them), else through Python lists."""
-    if parts and all(isinstance(p, np.ndarray) and p.ndim == 1 for p in parts):
+    """The entries end to end: one ``np.concatenate`` when all are 1-D numeric numpy arrays (what the
+    encoders return; 5x faster than iterating them), else through Python lists (object arrays of ints
+    too, as before)."""
+    if parts and all(isinstance(p, np.ndarray) and p.ndim == 1 and p.dtype.kind in "iuf" for p in parts):
         return np.concatenate(parts)
     return np.array(list(itertools.chain.from_iterable(parts)))
 

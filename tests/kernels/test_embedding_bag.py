@@ -166,3 +166,23 @@ def test_cuda_kernel_matches_cpu_forward_and_backward(name: str, pool: bool, use
         # each of the few rows sums thousands of O(1) float32 terms: their rounding error in any order is
         # ~1e-4 (3.7e-4 seen between two float32 orders on an H200), a lost or doubled term moves it by ~1
         torch.testing.assert_close(gpu_weight.grad.cpu().double(), cpu_weight.grad, rtol=1e-5, atol=2e-3)
+
+
+@pytest.mark.gpu
+def test_dispatcher_uses_the_kernel_for_inference_and_torch_for_training(monkeypatch) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    pytest.importorskip("triton")
+    import kernels.embedding_bag as dispatch
+
+    calls = []
+    real = dispatch._triton
+    monkeypatch.setattr(dispatch, "_triton", lambda *args: calls.append(1) or real(*args))
+    lookup, rows = LOOKUPS["hash"]
+    weight = torch.randn(rows, 8, device="cuda", requires_grad=True)
+    ids = torch.randint(0, 1000, (16, 3))  # host ids: moved to the weight's device
+    with torch.no_grad():
+        embedding_bag(weight, ids, lookup)
+    assert calls == [1]
+    embedding_bag(weight, ids, lookup).sum().backward()
+    assert calls == [1] and weight.grad is not None

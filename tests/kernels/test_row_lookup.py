@@ -1,4 +1,7 @@
-"""``lookup_rows`` equals ``weight[ids]`` in value and gradient, on CPU and (through F.embedding) on CUDA."""
+"""``lookup_rows`` equals ``weight[ids]`` in value and gradient, on CPU and (through F.embedding) on CUDA.
+
+On CPU ``lookup_rows`` is indexing, so that case pins only the shape and API; the CUDA case is the check.
+"""
 
 from __future__ import annotations
 
@@ -27,10 +30,10 @@ def test_matches_indexing_in_value_and_gradient(device: str) -> None:
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     weight, ids, grad = _case(device)
-    got = _value_and_grad(lookup_rows(weight, ids), weight, grad)
+    got = _value_and_grad(lookup_rows(weight, ids.cpu()), weight, grad)  # host ids work with any weight
     reference, ref_ids, ref_grad = _case("cpu")
     want = _value_and_grad(reference[ref_ids], reference, ref_grad)
     assert got[0].shape == (64, 3, 6)
     torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
     torch.testing.assert_close(got[1], want[1], rtol=1e-12, atol=1e-12)
-    assert want[1][7].abs().sum() > 0  # the hot row did receive gradient
+    assert got[1][7].abs().sum() > 0  # the hot row did receive gradient
