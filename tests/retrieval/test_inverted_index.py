@@ -311,6 +311,8 @@ def test_bad_queries_name_the_position(medium: tuple[sp.csr_matrix, InvertedInde
         index.search_sparse_batch([([1], [1.0]), ([2, 3], [1.0])], 5)
     assert err.value.source == "queries[1].values"
     ok = (np.array([1]), np.array([1.0], np.float32))  # numpy entries take the concatenating path
+    objects = (np.array([3, 5], dtype=object), np.array([1.0, 2.0]))  # Python ints in an object array
+    assert index.search_sparse_batch([ok, objects], 5)[1] == index.search_sparse([3, 5], [1.0, 2.0], 5)
     for bad, source in [((np.array([2.5]), np.array([1.0])), "queries[1].indices"),
                         ((np.array([[1, 2]]), np.array([1.0])), "queries[1].indices"),
                         ((np.array([2]), np.array(["heavy"])), "queries[1].values"),
