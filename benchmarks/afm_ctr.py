@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from acceptance import entry as judge  # noqa: E402
 from environment import commit, machine, write_result  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -228,29 +229,13 @@ def _acceptance(dataset: str, result: dict[str, Any]) -> list[dict[str, Any]]:
     delta = chosen["test_auc_delta"]
     speed = result["timing_batch_1024"]["speedup"]
     return [
-        {
-            "criterion": f"{tag}: params in compressed layers, original / AFM at val-chosen rank {k}{note}",
-            "value": chosen["param_ratio"],
-            "op": ">=",
-            "target": TARGET_PARAM_RATIO,
-            "pass": bool(chosen["param_ratio"] >= TARGET_PARAM_RATIO),
-        },
-        {
-            "criterion": f"{tag}: test AUC at val-chosen rank {k} minus original test AUC, mean over "
-                         f"training seeds {seeds} (each: {chosen['test_auc_delta_per_seed']}){note}",
-            "value": delta,
-            "op": ">=",
-            "target": -AUC_TOLERANCE,
-            "pass": bool(delta >= -AUC_TOLERANCE - 1e-12),
-        },
-        {
-            "criterion": f"{tag}: CPU inference speedup at batch 1024, 1 thread, rank {k} vs original "
-                         f"(median over seeds)",
-            "value": speed,
-            "op": ">=",
-            "target": TARGET_SPEEDUP,
-            "pass": bool(speed >= TARGET_SPEEDUP),
-        },
+        judge(f"{tag}: params in compressed layers, original / AFM at val-chosen rank {k}{note}",
+              chosen["param_ratio"], ">=", TARGET_PARAM_RATIO),
+        judge(f"{tag}: test AUC at val-chosen rank {k} minus original test AUC, mean over training seeds "
+              f"{seeds} (each: {chosen['test_auc_delta_per_seed']}){note}", delta, ">=", -AUC_TOLERANCE,
+              slack=1e-12),
+        judge(f"{tag}: CPU inference speedup at batch 1024, 1 thread, rank {k} vs original "
+              "(median over seeds)", speed, ">=", TARGET_SPEEDUP),
     ]
 
 

@@ -36,6 +36,7 @@ Prints one JSON object and writes ``benchmarks/results/bigranular.json`` (DESIGN
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import hashlib
 import json
@@ -58,6 +59,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402
+from acceptance import entry as judge  # noqa: E402
 from environment import commit, machine, write_result  # noqa: E402
 
 from retrieval.data.beir import load_qrels, load_queries  # noqa: E402
@@ -621,10 +623,7 @@ def plot(curve: dict[str, Any], flat_recall: float, scale_out: dict[str, Any] | 
     plt.close(fig)
 
 
-def entry(criterion: str, value: float, op: str, target: float) -> dict[str, Any]:
-    ok = {"<=": value <= target, ">=": value >= target, ">": value > target}[op]
-    return {"criterion": criterion, "value": round(float(value), 4), "op": op, "target": target,
-            "pass": bool(ok)}
+entry = functools.partial(judge, digits=4)
 
 
 def acceptance(m: dict[str, Any]) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bm25s  # noqa: E402
 import pytrec_eval  # noqa: E402
+from acceptance import entry  # noqa: E402
 from environment import commit, machine, write_result  # noqa: E402
 
 from retrieval.data.beir import load_qrels, load_queries  # noqa: E402
@@ -167,8 +168,7 @@ def main() -> None:
         gap = round(abs(value - target), 4)
         criterion = (f"Lucene BM25 (k1={K1}, b={B}) SciFact test {name} = {target} ± {tol}: "
                      f"|measured {value} - {target}|")
-        acceptance.append({"criterion": criterion, "value": gap, "op": "<=", "target": tol,
-                           "pass": bool(gap <= tol + 1e-12)})
+        acceptance.append(entry(criterion, gap, "<=", tol, slack=1e-12))
     result = {
         "benchmark": "bm25_scifact", "commit": commit(), "machine": machine(),
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),

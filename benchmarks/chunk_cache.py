@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
+from acceptance import entry  # noqa: E402
 from environment import commit, machine, write_result  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -280,9 +281,7 @@ def _acceptance(s: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     for other in ("naive", "cacheblend@cc", "random@cc", "cacheblend"):
         rows.append((f"Cache-Craft ROUGE-L - {other} ROUGE-L (equal or more recompute for {other})",
                      round(cc["rouge_l"] - s[other]["rouge_l"], 4), ">", 0.0))
-    ops = {"<=": lambda v, t: v <= t, ">=": lambda v, t: v >= t, ">": lambda v, t: v > t}
-    return [{"criterion": c, "value": v, "op": op, "target": t, "pass": bool(ops[op](v, t))}
-            for c, v, op, t in rows]
+    return [entry(*row) for row in rows]
 
 
 def parse_args() -> argparse.Namespace:

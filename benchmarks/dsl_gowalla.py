@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 import torch  # noqa: E402
+from acceptance import entry  # noqa: E402
 from environment import commit, machine, write_result  # noqa: E402
 
 from recsys.data.implicit import ImplicitDataset, load_implicit  # noqa: E402
@@ -207,9 +208,7 @@ def _quality_entries(prefix: str, recall: dict[str, float]) -> list[tuple[str, f
 
 
 def _judged(entries: list[tuple[str, float, str, float]]) -> list[dict[str, Any]]:
-    compare = {">": lambda v, t: v > t, ">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t}
-    return [{"criterion": c, "value": v, "op": op, "target": t, "pass": bool(compare[op](v, t))}
-            for c, v, op, t in entries]
+    return [entry(*e) for e in entries]
 
 
 def acceptance(model_kind: str, rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ Writes ``benchmarks/results/embedding_compression.{json,csv,md,png}`` (DESIGN.md
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
+from acceptance import entry  # noqa: E402
 from environment import commit, machine, write_result  # noqa: E402
 
 from embeddings.registry import METHODS  # noqa: E402
@@ -151,10 +153,7 @@ def synthetic(methods: list[str], budget: float, batch: int, repeats: int, steps
     return out
 
 
-def _entry(criterion: str, value: float, op: str, target: float) -> dict[str, Any]:
-    ok = {"<=": value <= target, ">=": value >= target, ">": value > target}[op]
-    return {"criterion": criterion, "value": round(float(value), 6), "op": op, "target": target,
-            "pass": bool(ok)}
+_entry = functools.partial(entry, digits=6)
 
 
 # (model, budget, largest allowed full-table AUC minus the best method's)

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from acceptance import entry  # noqa: E402
 from environment import commit, machine, write_result  # noqa: E402
 
 from recsys.gcn.features import NodeFeatureStore  # noqa: E402
@@ -202,38 +203,33 @@ def run_tests(paths: list[str]) -> dict[str, int]:
     return counts
 
 
-def _entry(criterion: str, value: float, op: str, target: float) -> dict[str, Any]:
-    ok = {"<=": value <= target, ">=": value >= target, ">": value > target}[op]
-    return {"criterion": criterion, "value": value, "op": op, "target": target, "pass": bool(ok)}
-
-
 def acceptance(m: dict[str, Any]) -> list[dict[str, Any]]:
     acc = []
     if "mean_test_acc" in m["cora"]:
-        acc.append(_entry("Cora GraphSAGE test accuracy, mean of 5 seeds", m["cora"]["mean_test_acc"], ">=",
+        acc.append(entry("Cora GraphSAGE test accuracy, mean of 5 seeds", m["cora"]["mean_test_acc"], ">=",
                           0.79))
     labels = {"sampler": "sampler tests (edges exist, fan-out, no duplicates, seeded; property tests)",
               "kernel": "Triton gather == index_select under TRITON_INTERPRET=1 (incl. width 100)",
               "bad_input": "bad input (out-of-range ids, feature width) gives a clear error"}
     for name, label in labels.items():
         t = m["tests"][name]
-        acc.append(_entry(f"{label}: failed + errored tests", t["failed"] + t["error"], "<=", 0))
-        acc.append(_entry(f"{label}: passed tests", t["passed"], ">", 0))
+        acc.append(entry(f"{label}: failed + errored tests", t["failed"] + t["error"], "<=", 0))
+        acc.append(entry(f"{label}: passed tests", t["passed"], ">", 0))
     syn = m["synthetic"]
-    acc.append(_entry("2M-node / 20M-edge / 256-d graph: sampler seeds/s (batch 1024, fanouts 10,5, 1 thr.)",
+    acc.append(entry("2M-node / 20M-edge / 256-d graph: sampler seeds/s (batch 1024, fanouts 10,5, 1 thr.)",
                       syn["sampler"][0]["seeds_per_s"], ">", 0))
     first = next(iter(syn["epoch_breakdown"].values()))
-    acc.append(_entry("2M-node graph: epoch-time breakdown measured (total seconds over the capped batches)",
+    acc.append(entry("2M-node graph: epoch-time breakdown measured (total seconds over the capped batches)",
                       first["total_s"], ">", 0))
     gpu = m["gather"].get("gpu")
     if gpu:
-        acc.append(_entry("zero-copy gather speed-up vs CPU gather + copy (100k rows, >= 8 GB host table)",
+        acc.append(entry("zero-copy gather speed-up vs CPU gather + copy (100k rows, >= 8 GB host table)",
                           gpu["speedup_vs_cpu_copy"], ">=", 1.5))
         if "slowdown_vs_device" in gpu:
-            acc.append(_entry("zero-copy gather time / all-on-GPU gather time", gpu["slowdown_vs_device"],
+            acc.append(entry("zero-copy gather time / all-on-GPU gather time", gpu["slowdown_vs_device"],
                               "<=", 1.3))
     else:
-        acc.append(_entry("no GPU lent: CPU gather of 100k rows recorded (rows/s from the memmap table)",
+        acc.append(entry("no GPU lent: CPU gather of 100k rows recorded (rows/s from the memmap table)",
                           m["gather"]["cpu"]["memmap"]["rows_per_s"], ">", 0))
     return acc
 

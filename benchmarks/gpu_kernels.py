@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from acceptance import entry  # noqa: E402
 from environment import commit, machine, write_result  # noqa: E402
 
 from kernels.embedding_bag import embedding_bag  # noqa: E402
@@ -282,10 +283,6 @@ def _wall(fn: Callable[[], Any]) -> float:
 
 
 def acceptance(m: dict[str, Any]) -> list[dict[str, Any]]:
-    def entry(criterion: str, value: float, op: str, target: float) -> dict[str, Any]:
-        ok = {"<=": value <= target, ">=": value >= target, "==": value == target}[op]
-        return {"criterion": criterion, "value": value, "op": op, "target": target, "pass": bool(ok)}
-
     acc = []
     for name in ("hash", "qr"):
         for pooling in ("unpooled", "pooled"):

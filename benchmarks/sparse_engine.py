@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from acceptance import entry  # noqa: E402
 from environment import commit, machine, write_result  # noqa: E402
 
 from retrieval.index.inverted import InvertedIndex, build_inverted_index  # noqa: E402
@@ -208,21 +209,16 @@ def compare(name: str, matrix: sp.csr_matrix, queries: list[Query], k: int, thre
     return out
 
 
-def _row(criterion: str, value: float, op: str, target: float) -> dict[str, Any]:
-    ok = value <= target if op == "<=" else value >= target
-    return {"criterion": criterion, "value": value, "op": op, "target": target, "pass": bool(ok)}
-
-
 def _acceptance(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Single-query latency (list API) and batch QPS (list API, array API) of uint8 postings vs bm25s."""
     rows = []
     for name, m in metrics.items():
         t, base = m["threads"], m["bm25s"]
-        rows.append(_row(f"{name}: single-query median latency at k={m['k']} (ms), list API, <= bm25s",
+        rows.append(entry(f"{name}: single-query median latency at k={m['k']} (ms), list API, <= bm25s",
                          m["ours_uint8"]["latency"]["median_ms"], "<=", base["latency"]["median_ms"]))
         for engine, api in (("ours_uint8", "list API"), ("ours_uint8_arrays", "array API")):
             for key in ("qps_1", f"qps_{t}"):
-                rows.append(_row(f"{name}: batch QPS ({key[4:]} thread(s)), {api}, >= bm25s",
+                rows.append(entry(f"{name}: batch QPS ({key[4:]} thread(s)), {api}, >= bm25s",
                                  m[engine][key], ">=", base[key]))
     return rows
 

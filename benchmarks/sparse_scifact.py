@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from acceptance import entry  # noqa: E402
 from environment import commit, machine, write_result  # noqa: E402
 from sparse_engine import bm25s_over  # noqa: E402
 
@@ -487,11 +488,6 @@ def _vocabulary_from(index: LearnedSparseIndex) -> list[str]:
     return [by_id[i] for i in range(len(by_id))]
 
 
-def _row(criterion: str, value: Any, op: str, target: Any) -> dict[str, Any]:
-    ok = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b}[op](value, target)
-    return {"criterion": criterion, "value": value, "op": op, "target": target, "pass": bool(ok)}
-
-
 def ablation_findings(abl: dict[str, Any]) -> list[dict[str, Any]]:
     """What each part contributes in one block: main minus ablation on dev NDCG@10 and its paired
     bootstrap 95% interval. Findings, not pass/fail entries: the issue asks the ablations to show each
@@ -532,27 +528,27 @@ def _blocks(m: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def acceptance(m: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = [_row("SciFact test NDCG@10 of the inference-free model trained here", m["test"]["ndcg@10"],
+    rows = [entry("SciFact test NDCG@10 of the inference-free model trained here", m["test"]["ndcg@10"],
                  ">=", 0.70),
-            _row("training wall time on CPU, hours", m["training"]["wall_h"], "<=", 3.0)]
+            entry("training wall time on CPU, hours", m["training"]["wall_h"], "<=", 3.0)]
     measured = sum(name in b and f"{name} (after stage 2)" in b.get("significance", {})
                    for b in _blocks(m) if (b.get("main") or {}).get("ndcg@10") is not None
                    for name in BUDGETS[b["steps"]].ablations)
     planned = "; ".join(f"{', '.join(b.ablations)} at {b.steps} steps" for b in BUDGETS.values())
-    rows.append(_row(f"ablations measured in this run ({planned}), each against the main recipe at the "
+    rows.append(entry(f"ablations measured in this run ({planned}), each against the main recipe at the "
                      "same stage-1 steps, after both stages, with paired bootstrap intervals (values in "
                      "findings)", measured, ">=", sum(len(b.ablations) for b in BUDGETS.values())))
     sp_ = m.get("speed_scifact")
     if sp_:
-        rows.append(_row("native single-query mean latency (ms, k=100, 1 thread) <= bm25s's",
+        rows.append(entry("native single-query mean latency (ms, k=100, 1 thread) <= bm25s's",
                          round(sp_["single"]["native_list_api"]["mean_ms"], 4), "<=",
                          round(sp_["single"]["bm25s"]["mean_ms"], 4)))
-        rows.append(_row("native batch QPS (array API: ids + scores arrays, as bm25s returns; 1 thread) "
+        rows.append(entry("native batch QPS (array API: ids + scores arrays, as bm25s returns; 1 thread) "
                          ">= bm25s's", round(sp_["batch_qps"]["native_array_api"], 1), ">=",
                          round(sp_["batch_qps"]["bm25s"], 1)))
     scale_ = m.get("scale") or {}
     engines = [e for e in ("native", "bm25s_same_postings", "lucene_impact") if e in scale_]
-    rows.append(_row("1M-document synthetic corpus: engines measured (native, bm25s, Lucene impact; "
+    rows.append(entry("1M-document synthetic corpus: engines measured (native, bm25s, Lucene impact; "
                      "latency, index bytes and build time in metrics.scale)", len(engines), ">=", 3))
     return rows
 
