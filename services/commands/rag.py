@@ -56,9 +56,10 @@ def open_pipeline(rag: Path, policy: str, cache_dir: Path | None, host_mb: int, 
     from retrieval.rag.engine import open_engine
     from retrieval.rag.pipeline import RagPipeline
 
+    corpus = RagCorpus.open(rag)  # first: a wrong path fails before the model loads
     engine = open_engine(policy=policy, gguf_path=gguf, cache_dir=cache_dir, host_bytes=host_mb << 20,
                          disk_bytes=disk_mb << 20)
-    return RagPipeline(RagCorpus.open(rag), engine, k=k)
+    return RagPipeline(corpus, engine, k=k)
 
 
 def _stats_table(answer) -> Table:
