@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from embeddings.registry import METHODS
 from embeddings.table import BudgetError, table_class
+from recsys.data.ctr_table import TableCTRConfig
 from sparsekit.atomic import atomic_path, write_text_atomic
 from sparsekit.errors import InputError
 
@@ -36,6 +37,7 @@ class SweepConfig:
     """What to sweep and how each run trains (defaults: the issue's Frappe grid with DCNv2)."""
 
     dataset: str = "frappe"
+    table: TableCTRConfig | None = None  # how to read ``dataset`` when it is a table file
     models: tuple[str, ...] = ("dcnv2",)
     methods: tuple[str, ...] = tuple(METHODS)
     budgets: tuple[float, ...] = (0.5, 0.1, 0.01, 0.001)
@@ -102,21 +104,18 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(payload, indent=1, default=float))
 
 
-def load_dataset(name: str, root: str | None, seed: int = 0) -> Any:
-    """The CTR dataset ``frappe`` or ``movielens`` (fixed split seed, the same for every run)."""
-    from recsys.data.ctr import load_frappe_ctr, load_movielens_ctr
+def load_dataset(config: SweepConfig, seed: int = 0) -> Any:
+    """The sweep's CTR data (:func:`recsys.data.ctr.load_ctr`), with one fixed split seed for every run."""
+    from recsys.data.ctr import load_ctr
 
-    loaders = {"frappe": load_frappe_ctr, "movielens": load_movielens_ctr}
-    if name not in loaders:
-        raise InputError("dataset", f"unknown CTR dataset {name!r}; choose one of {sorted(loaders)}")
-    return loaders[name](root, seed=seed)
+    return load_ctr(config.dataset, config.data_root, seed=seed, table=config.table)
 
 
 def run_sweep(config: SweepConfig) -> pl.DataFrame:
     """Run (or resume) the sweep; returns one row per run, finished runs read back from disk."""
     runs = Path(config.out_dir) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(config.dataset, config.data_root)
+    data = load_dataset(config)
     rows = []
     keys = run_keys(config)
     for key in tqdm(keys, desc="embedding sweep", disable=not config.progress):

@@ -5,7 +5,8 @@ Every dataset becomes a :class:`CTRDataset`: train / val / test :class:`CTRSplit
 (field names, cardinalities, raw value vocabularies). :meth:`CTRSchema.encode` turns raw field values
 (what a ScoreCTR client sends) into feature ids, naming the field of a malformed or unknown value.
 Vocabularies cover the dataset's whole feature space (from the metadata, not from the split rows), so a
-value seen only in val/test still has an id.
+value seen only in val/test still has an id. :func:`load_ctr` opens a dataset by name, or a user's
+CSV / TSV / Parquet table (:mod:`recsys.data.ctr_table`, train-split vocabularies with OOV ids).
 
 - **Frappe** (Baltrunas et al. 2015, libFM files of NFM, He & Chua 2017): the shared copy lacks the
   train file, so ``frappe.validation.libfm`` + ``frappe.test.libfm`` (86,582 rows) are concatenated and
@@ -24,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -33,6 +34,9 @@ from recsys.data.libfm import load_libfm, split_rows
 from recsys.data.movielens import load_movielens
 from sparsekit.dataroot import dataset_path
 from sparsekit.errors import InputError, NotFoundError
+
+if TYPE_CHECKING:
+    from recsys.data.ctr_table import TableCTRConfig
 
 SPLIT = (0.7, 0.1, 0.2)
 FRAPPE_FIELDS = (
@@ -57,27 +61,47 @@ RawRow = Mapping[str, Any] | Sequence[Any]
 @dataclass(frozen=True)
 class CTRField:
     """One categorical field: ``cardinality`` ids; raw values are ``values`` (strings), or numbers cut
-    into ``len(bins) + 1`` buckets at the ascending edges ``bins``, or (neither) field-local integers."""
+    into ``len(bins) + 1`` buckets at the ascending edges ``bins``, or (neither) field-local integers.
+
+    With ``oov`` the field owns one more id, its last: a value outside the vocabulary, or a missing one
+    (``None``, ``""``, NaN, and for a binned field any non-finite number), maps there instead of raising.
+    Fields built from a user's table (:mod:`recsys.data.ctr_table`) have it, so a value first seen at
+    serving time still gets a score.
+    """
 
     name: str
     cardinality: int
     values: tuple[str, ...] | None = None
     bins: tuple[float, ...] | None = None
+    oov: bool = False
 
     def __post_init__(self) -> None:
-        if self.values is not None and len(self.values) != self.cardinality:
-            raise InputError(self.name, f"{len(self.values)} values for cardinality {self.cardinality}")
-        if self.bins is not None and len(self.bins) + 1 != self.cardinality:
-            raise InputError(self.name, f"{len(self.bins)} bin edges for cardinality {self.cardinality}")
+        if self.values is not None and len(self.values) + self.oov != self.cardinality:
+            raise InputError(self.name, f"{len(self.values)} values (oov={self.oov}) for cardinality "
+                                        f"{self.cardinality}")
+        if self.bins is not None and len(self.bins) + 1 + self.oov != self.cardinality:
+            raise InputError(self.name, f"{len(self.bins)} bin edges (oov={self.oov}) for cardinality "
+                                        f"{self.cardinality}")
+
+    @property
+    def oov_id(self) -> int | None:
+        """The field-local id of unknown and missing values, or ``None`` when they raise."""
+        return self.cardinality - 1 if self.oov else None
 
     def local_id(self, value: Any, row: int) -> int:
         """The field-local id of one raw value; :class:`InputError` names the field and the row."""
+        if self.oov and _missing(value):
+            return self.cardinality - 1
         if self.bins is not None:
-            number = _number(value, self.name, row)
+            number = _number(value, self.name, row, finite=not self.oov)
+            if not np.isfinite(number):
+                return self.cardinality - 1
             return int(np.searchsorted(np.asarray(self.bins), number, side="right"))
         if self.values is not None:
             index = self._index().get(str(value).strip())
             if index is None:
+                if self.oov:
+                    return self.cardinality - 1
                 raise InputError(self.name, f"unknown value {value!r}", line=row)
             return index
         number = _number(value, self.name, row)
@@ -93,12 +117,20 @@ class CTRField:
         return cached
 
 
-def _number(value: Any, name: str, row: int) -> float:
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, float) and not np.isfinite(value)
+
+
+def _number(value: Any, name: str, row: int, finite: bool = True) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise InputError(name, f"{value!r} is not a number", line=row) from None
-    if not np.isfinite(number):
+    if finite and not np.isfinite(number):
         raise InputError(name, f"{value!r} is not a finite number", line=row)
     return number
 
@@ -160,6 +192,7 @@ class CTRSchema:
                     "cardinality": f.cardinality,
                     "values": None if f.values is None else list(f.values),
                     "bins": None if f.bins is None else list(f.bins),
+                    "oov": f.oov,
                 }
                 for f in self.fields
             ]
@@ -174,6 +207,7 @@ class CTRSchema:
                     int(f["cardinality"]),
                     None if f.get("values") is None else tuple(f["values"]),
                     None if f.get("bins") is None else tuple(f["bins"]),
+                    bool(f.get("oov", False)),
                 )
                 for f in data["fields"]
             )
@@ -245,6 +279,37 @@ def _folder(root: str | Path | None, name: str) -> Path:
     if path is None:
         raise NotFoundError(f"dataset {name!r} not found under the data root (set SPARSEKIT_DATA)")
     return path
+
+
+DATASETS = ("frappe", "movielens")
+
+
+def load_ctr(
+    source: str | Path,
+    root: str | Path | None = None,
+    seed: int = 0,
+    table: TableCTRConfig | None = None,
+    schema: CTRSchema | None = None,
+) -> CTRDataset:
+    """The CTR dataset ``source``: ``frappe``, ``movielens`` (from the data root or ``root``), or the path
+    of a CSV / TSV / Parquet table read with ``table`` (a :class:`recsys.data.ctr_table.TableCTRConfig`).
+
+    ``schema`` (a trained model's) encodes a table with that model's ids; for a named dataset it must
+    equal the dataset's own schema.
+    """
+    if str(source) in DATASETS:
+        loader = load_frappe_ctr if str(source) == "frappe" else load_movielens_ctr
+        data = loader(root, seed=seed)
+        if schema is not None and schema != data.schema:
+            raise InputError("data", f"{source} does not have the fields the model was trained on "
+                                     f"({schema.names})")
+        return data
+    from recsys.data.ctr_table import SUFFIXES, load_table_ctr
+
+    if Path(source).suffix.lower() not in SUFFIXES:
+        raise InputError("data", f"{str(source)!r} is neither a dataset ({', '.join(DATASETS)}) nor a table "
+                                 f"file ({', '.join(sorted(SUFFIXES))})")
+    return load_table_ctr(source, table, seed=seed, schema=schema)
 
 
 def frappe_schema() -> CTRSchema:
@@ -323,7 +388,7 @@ def load_movielens_ctr(root: str | Path | None = None, seed: int = 0) -> CTRData
     }
     features = np.stack(
         [
-            _encode_column(spec, columns[spec.name], offset)
+            encode_column(spec, columns[spec.name], offset)
             for spec, offset in zip(schema.fields, schema.offsets, strict=True)
         ],
         axis=1,
@@ -332,17 +397,30 @@ def load_movielens_ctr(root: str | Path | None = None, seed: int = 0) -> CTRData
     return split_dataset("movielens-100k", schema, features, labels, seed, info={"click": "rating >= 4"})
 
 
-def _encode_column(spec: CTRField, column: pl.Series, offset: int) -> np.ndarray:
+def encode_column(spec: CTRField, column: pl.Series, offset: int = 0) -> np.ndarray:
     """Vectorized :meth:`CTRField.local_id` over a whole column (+ the field offset)."""
     if spec.bins is not None:
-        local = np.searchsorted(np.asarray(spec.bins), column.to_numpy().astype(np.float64), side="right")
+        numbers = column.cast(pl.Float64, strict=False)
+        bad = column.is_not_null() & numbers.is_null()
+        if column.dtype == pl.String:
+            bad &= column.str.strip_chars() != ""
+        if bad.any():
+            raise InputError(spec.name, f"{column.filter(bad)[0]!r} is not a number")
+        values = numbers.fill_nan(None).to_numpy().astype(np.float64)
+        missing = ~np.isfinite(values)
+        if missing.any() and not spec.oov:
+            raise InputError(spec.name, "missing or non-finite value")
+        local = np.searchsorted(np.asarray(spec.bins), np.where(missing, 0.0, values), side="right")
+        local[missing] = spec.cardinality - 1
     else:
-        index = pl.DataFrame({"value": list(spec.values or ()), "local": np.arange(spec.cardinality)})
-        joined = pl.DataFrame({"value": column.str.strip_chars()}).join(
-            index, on="value", how="left", maintain_order="left"
-        )
+        index = pl.DataFrame({"value": list(spec.values or ()), "local": np.arange(len(spec.values or ()))},
+                             schema={"value": pl.String, "local": pl.Int64})
+        text = column.cast(pl.String).str.strip_chars()
+        joined = pl.DataFrame({"value": text}).join(index, on="value", how="left", maintain_order="left")
         if joined["local"].null_count():
-            bad = joined.filter(pl.col("local").is_null())["value"][0]
-            raise InputError(spec.name, f"unknown value {bad!r}")
+            if not spec.oov:
+                bad = joined.filter(pl.col("local").is_null())["value"][0]
+                raise InputError(spec.name, f"unknown value {bad!r}")
+            joined = joined.with_columns(pl.col("local").fill_null(spec.cardinality - 1))
         local = joined["local"].to_numpy()
     return local.astype(np.int64) + offset

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from services.commands.ctr import DATA_HELP, LabelOption, MinCountOption, NumericOption, table_config
 from services.commands.output import console, fail
 from sparsekit.errors import SparsekitError
 
@@ -22,7 +23,7 @@ def _split(text: str, cast: type, option: str) -> tuple:
 
 
 def bench_embeddings_command(
-    dataset: Annotated[str, typer.Option(help="frappe or movielens (CTR).")] = "frappe",
+    dataset: Annotated[str, typer.Option(help=DATA_HELP)] = "frappe",
     model: Annotated[str, typer.Option(help="CTR model(s): dlrm, wdl, deepfm, dcnv2.")] = "dcnv2",
     methods: Annotated[str, typer.Option(help="Methods, comma-separated (default: all; see "
                                               "embeddings.registry.METHODS).")] = "",
@@ -31,6 +32,9 @@ def bench_embeddings_command(
     out: Annotated[Path, typer.Option(help="Sweep folder: a JSON per run (resumable), report/.")] = Path(
         "runs/embedding-sweep"),
     max_epochs: Annotated[int, typer.Option(help="Epoch cap (early stopping on validation AUC).")] = 30,
+    label: LabelOption = "label",
+    numeric: NumericOption = "",
+    min_count: MinCountOption = 1,
 ) -> None:
     """Train every method x budget x seed; write a tidy table (CSV, Markdown), AUC-vs-budget plots and a
     "which method at which budget" recommendation. Resumable: finished runs are skipped."""
@@ -38,7 +42,8 @@ def bench_embeddings_command(
     from embeddings.sweep import SweepConfig, run_sweep, write_report
 
     try:
-        config = SweepConfig(dataset=dataset, models=_split(model, str, "model"),
+        config = SweepConfig(dataset=dataset, table=table_config(label, numeric, min_count),
+                             models=_split(model, str, "model"),
                              methods=_split(methods, str, "methods") or tuple(METHODS),
                              budgets=_split(budgets, float, "budgets"), seeds=_split(seeds, int, "seeds"),
                              out_dir=str(out), max_epochs=max_epochs)

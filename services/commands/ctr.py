@@ -15,20 +15,24 @@ from rich.table import Table
 from services.commands.output import console, fail
 from sparsekit.errors import SparsekitError
 
-DATASETS = ("frappe", "movielens")
+DATA_HELP = ("frappe, movielens (CTR: rating >= 4 is a click), or a CSV / TSV / Parquet table of your own "
+             "(a 0/1 label column plus feature columns; vocabularies from its train split, OOV ids).")
+LabelOption = Annotated[str, typer.Option(help="Table files: the 0/1 label column.")]
+NumericOption = Annotated[str, typer.Option(help="Table files: numeric columns, comma-separated (bucketed "
+                                                 "at train quantiles).")]
+MinCountOption = Annotated[int, typer.Option(help="Table files: values seen fewer times in train share "
+                                                  "the field's OOV id.")]
 
 
-def load_ctr_dataset(name: str, root: Path | None, seed: int):  # -> recsys.data.ctr.CTRDataset
-    """Frappe (libFM rows re-split 70/10/20) or the MovieLens-100k CTR set, from the data root or ``root``."""
-    from recsys.data.ctr import load_frappe_ctr, load_movielens_ctr
+def table_config(label: str, numeric: str, min_count: int):  # -> recsys.data.ctr_table.TableCTRConfig
+    """The table-reading options of the CTR commands as one config."""
+    from recsys.data.ctr_table import TableCTRConfig
 
-    if name not in DATASETS:
-        raise ValueError(f"--data {name!r}: expected one of {', '.join(DATASETS)}")
-    return (load_frappe_ctr if name == "frappe" else load_movielens_ctr)(root, seed=seed)
+    return TableCTRConfig(label=label, numeric=tuple(c for c in numeric.split(",") if c), min_count=min_count)
 
 
 def train_ctr_command(
-    data: Annotated[str, typer.Option(help="frappe or movielens (CTR: rating >= 4 is a click).")],
+    data: Annotated[str, typer.Option(help=DATA_HELP)],
     out: Annotated[Path, typer.Option(help="Model directory to write (ctr-model artifact).")],
     model: Annotated[str, typer.Option(help="dlrm, wdl, deepfm or dcnv2.")] = "deepfm",
     data_root: Annotated[Path | None, typer.Option(help="Dataset folder (default: the data root).")] = None,
@@ -38,13 +42,17 @@ def train_ctr_command(
     patience: Annotated[int, typer.Option(help="Epochs without validation gain before stopping.")] = 2,
     seed: Annotated[int, typer.Option(help="Split and initialisation seed.")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads (1 avoids thrashing on busy machines).")] = 1,
+    label: LabelOption = "label",
+    numeric: NumericOption = "",
+    min_count: MinCountOption = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
 ) -> None:
     """Train a CTR model with early stopping on validation AUC; save it with its field schema."""
+    from recsys.data.ctr import load_ctr
     from recsys.training.ctr import CTRTrainConfig, save_ctr_model, train_ctr
 
     try:
-        dataset = load_ctr_dataset(data, data_root, seed)
+        dataset = load_ctr(data, data_root, seed, table=table_config(label, numeric, min_count))
         config = CTRTrainConfig(model=model, embed_dim=embed_dim, lr=lr, max_epochs=max_epochs,
                                 patience=patience, seed=seed, threads=threads)
         result = train_ctr(config, dataset)
@@ -59,7 +67,8 @@ def train_ctr_command(
 
 def compress_ctr_command(
     model: Annotated[Path, typer.Option(help="A trained ctr-model directory (from `train ctr`).")],
-    calib: Annotated[str, typer.Option(help="Calibration data: frappe or movielens (its train split).")],
+    calib: Annotated[str, typer.Option(help="Calibration data, as --data of `train ctr` (its train "
+                                            "split; a table is encoded with the model's vocabularies).")],
     out: Annotated[Path, typer.Option(help="Compressed model directory to write.")],
     rank: Annotated[int | None, typer.Option(help="Keep the top-k eigenvectors of every layer.")] = None,
     energy: Annotated[float | None, typer.Option(help="Or: the smallest rank explaining this share of "
@@ -68,9 +77,11 @@ def compress_ctr_command(
     calib_rows: Annotated[int, typer.Option(help="Training rows in the calibration pass.")] = 20000,
     data_root: Annotated[Path | None, typer.Option(help="Dataset folder (default: the data root).")] = None,
     seed: Annotated[int, typer.Option(help="Split seed (must match training).")] = 0,
+    label: LabelOption = "label",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
 ) -> None:
     """Atomic Feature Mimicking: one calibration pass, top-k eigenvectors per layer, no retraining."""
+    from recsys.data.ctr import load_ctr
     from recsys.lowrank import affected_layers, compress, default_targets, parameter_count
     from recsys.training.ctr import batches, evaluate_ctr, load_ctr_model, save_ctr_model
 
@@ -78,7 +89,7 @@ def compress_ctr_command(
         fail(ValueError("pass exactly one of --rank and --energy"))
     try:
         art = load_ctr_model(model)
-        dataset = load_ctr_dataset(calib, data_root, seed)
+        dataset = load_ctr(calib, data_root, seed, table=table_config(label, "", 1), schema=art.schema)
         targets = default_targets(art.model) + (["embedding"] if embedding else [])
         rows = np.random.default_rng(seed).permutation(len(dataset.train))[:calib_rows]
         small = compress(art.model, batches(dataset.train.features[rows], 4096), rank=rank, energy=energy,

@@ -16,7 +16,7 @@ from sparsekit.errors import InputError
 @pytest.fixture()
 def tiny(monkeypatch: pytest.MonkeyPatch):
     data = make_synthetic_ctr(SyntheticCTRConfig(field_dims=(50, 20, 8), num_rows=3000, seed=1))
-    def fake_load(name, root, seed=0):
+    def fake_load(config, seed=0):
         return data
 
     monkeypatch.setattr(sweep, "load_dataset", fake_load)

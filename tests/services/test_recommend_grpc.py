@@ -1,7 +1,8 @@
 """gRPC RecommendService over real saved artifacts: a dense MF model, its sparse export and a DeepFM model.
 
 Checks answers against the Python API, the status codes for bad input (unknown user or model NOT_FOUND,
-a malformed CTR row INVALID_ARGUMENT naming the field, too many rows RESOURCE_EXHAUSTED), and health.
+a malformed CTR row INVALID_ARGUMENT naming the field, too many rows RESOURCE_EXHAUSTED), unseen values
+going to the OOV id of a schema built from a table, and health.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from services.search_service import ServerConfig, make_server
 
 SEEN = {0: [1, 2], 1: [0], 2: [], 3: [4, 5, 6], 4: [3]}
 SCHEMA = CTRSchema((CTRField("user", 3, values=("ann", "bob", "cy")), CTRField("age", 3, bins=(18.0, 30.0))))
+OOV_SCHEMA = CTRSchema((CTRField("user", 4, values=("ann", "bob", "cy"), oov=True),
+                        CTRField("age", 4, bins=(18.0, 30.0), oov=True)))  # as train ctr builds from a table
 
 
 def _interactions() -> sp.csr_matrix:
@@ -53,14 +56,17 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ctr = build_ctr_model(CTRTrainConfig(model="deepfm", embed_dim=4, hidden=[8]), SCHEMA.field_dims)
     save_ctr_model(ctr, root / "deepfm", schema=SCHEMA)
     save_ctr_model(ctr, root / "deepfm-noschema")
+    oov = build_ctr_model(CTRTrainConfig(model="deepfm", embed_dim=4, hidden=[8]), OOV_SCHEMA.field_dims)
+    save_ctr_model(oov, root / "deepfm-oov", schema=OOV_SCHEMA)
     return {"mf": root / "mf", "mf-sparse": root / "mf-sparse", "deepfm": root / "deepfm",
-            "noschema": root / "deepfm-noschema"}
+            "noschema": root / "deepfm-noschema", "oov": root / "deepfm-oov"}
 
 
 @pytest.fixture(scope="module")
 def stub(artifacts: dict[str, Path]) -> Iterator[recommend_pb2_grpc.RecommendServiceStub]:
     recs = {name: load_recommender(artifacts[name]) for name in ("mf", "mf-sparse")}
-    ctrs = {"deepfm": load_ctr(artifacts["deepfm"]), "noschema": load_ctr(artifacts["noschema"])}
+    ctrs = {name: load_ctr(artifacts[path]) for name, path in
+            (("deepfm", "deepfm"), ("noschema", "noschema"), ("deepfm-oov", "oov"))}
     servicer = RecommendServicer(recs, ctrs, RecommendLimits(max_ctr_rows=3))
     server, port = make_server({}, ServerConfig(address="127.0.0.1:0"), servicer)
     server.start()
@@ -136,10 +142,24 @@ def test_score_ctr_status_codes(stub) -> None:
     assert code == grpc.StatusCode.FAILED_PRECONDITION
 
 
+def test_score_ctr_maps_unseen_values_to_the_oov_id_when_the_schema_has_one(stub, artifacts) -> None:
+    client, _ = stub
+    rows = [{"user": "zed", "age": ""}, {"user": "bob", "age": "40"}]
+    resp = client.ScoreCTR(recommend_pb2.ScoreCTRRequest(
+        model="deepfm-oov", rows=[recommend_pb2.CTRRow(fields=r) for r in rows]))
+    np.testing.assert_array_equal(OOV_SCHEMA.encode(rows), [[3, 7], [1, 6]])
+    want = predict(load_ctr(artifacts["oov"]).model, OOV_SCHEMA.encode(rows))
+    np.testing.assert_allclose(resp.probabilities, want, rtol=1e-5)
+    code, msg = _code(client.ScoreCTR, recommend_pb2.ScoreCTRRequest(
+        model="deepfm-oov", rows=[recommend_pb2.CTRRow(fields={"user": "ann", "age": "old"})]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("rows[0].age:"), msg
+
+
 def test_list_models_and_health(stub) -> None:
     client, channel = stub
     kinds = {m.name: m.kind for m in client.ListModels(recommend_pb2.ListModelsRequest()).models}
-    assert kinds == {"mf": "mf", "mf-sparse": "mf-sparse", "deepfm": "deepfm", "noschema": "deepfm"}
+    assert kinds == {"mf": "mf", "mf-sparse": "mf-sparse", "deepfm": "deepfm", "noschema": "deepfm",
+                     "deepfm-oov": "deepfm"}
     health = health_pb2_grpc.HealthStub(channel)
     status = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME)).status
     assert status == health_pb2.HealthCheckResponse.SERVING

@@ -1,0 +1,143 @@
+"""CTR rows from a user's own table: a CSV, TSV or Parquet file with a 0/1 label column and categorical
+(optionally numeric) feature columns, turned into the :class:`~recsys.data.ctr.CTRDataset` every CTR
+model, compression table and benchmark here takes.
+
+The rows are split 70/10/20 with a fixed seed (:func:`~recsys.data.libfm.split_rows`). The vocabulary of
+each field is built from the **train split only**, the standard Criteo/Avazu preprocessing (e.g.
+FuxiCTR, BARS): values seen fewer than ``min_count`` times in train, values seen only in val/test, and
+missing values share the field's out-of-vocabulary id (:attr:`CTRField.oov`). Numeric columns are cut
+into up to ``bins`` buckets at train quantiles, plus a missing bucket. Given an existing ``schema`` (a
+trained model's), rows are encoded with it instead, so calibration or scoring data lines up with the
+ids the model was trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from recsys.data.ctr import SPLIT, CTRDataset, CTRField, CTRSchema, encode_column, split_dataset
+from recsys.data.libfm import split_rows
+from sparsekit.errors import InputError
+
+SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".parquet": None}
+
+
+@dataclass
+class TableCTRConfig:
+    """How to read a CTR table: the label column, which columns are numeric, and vocabulary limits.
+
+    ``fields`` lists the feature columns in order (default: every column but the label). A file without
+    a header (``header=False``) has columns ``column_1``, ``column_2``, ... as polars names them.
+    """
+
+    label: str = "label"
+    fields: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    min_count: int = 1
+    bins: int = 16
+    header: bool = True
+
+    def __post_init__(self) -> None:
+        if self.min_count < 1:
+            raise InputError("min_count", f"must be >= 1, got {self.min_count}")
+        if self.bins < 2:
+            raise InputError("bins", f"must be >= 2, got {self.bins}")
+
+
+def read_table(path: str | Path, header: bool = True) -> pl.DataFrame:
+    """Read a CSV / TSV / Parquet file; text columns stay strings (ids like ``"007"`` keep their zeros)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise InputError(path, f"unknown table format {suffix!r}; use one of {sorted(SUFFIXES)}")
+    try:
+        if suffix == ".parquet":
+            return pl.read_parquet(path)
+        return pl.read_csv(path, separator=SUFFIXES[suffix], has_header=header, infer_schema=False)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise InputError(path, f"cannot read the table: {exc}") from exc
+
+
+def load_table_ctr(
+    path: str | Path,
+    config: TableCTRConfig | None = None,
+    seed: int = 0,
+    schema: CTRSchema | None = None,
+    fractions: Sequence[float] = SPLIT,
+) -> CTRDataset:
+    """A CTR table as train / val / test over a schema built from train (or the given ``schema``)."""
+    config = config or TableCTRConfig()
+    path = Path(path)
+    frame = read_table(path, config.header)
+    if frame.height == 0:
+        raise InputError(path, "the table has no rows")
+    labels = _labels(frame, config.label, path)
+    names = list(schema.names) if schema is not None else _field_names(frame, config, path)
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise InputError(path, f"column(s) {missing} not in the table (columns: {frame.columns})")
+    if schema is None:
+        train = split_rows(frame.height, fractions, seed)[0]
+        schema = build_schema(frame[train], names, config)
+    features = np.stack([encode_column(spec, frame[spec.name], int(offset))
+                         for spec, offset in zip(schema.fields, schema.offsets, strict=True)], axis=1)
+    info = {"source": path.name, "label": config.label, "oov": "train-split vocabulary"}
+    return split_dataset(path.stem, schema, features, labels, seed, fractions, info=info)
+
+
+def build_schema(train: pl.DataFrame, names: Sequence[str], config: TableCTRConfig) -> CTRSchema:
+    """One OOV-capable field per column: a train vocabulary (by frequency), or train-quantile bins."""
+    return CTRSchema(tuple(
+        _numeric_field(train[name], config.bins) if name in config.numeric
+        else _categorical_field(train[name], config.min_count)
+        for name in names
+    ))
+
+
+def _categorical_field(column: pl.Series, min_count: int) -> CTRField:
+    text = column.cast(pl.String).str.strip_chars()
+    counts = text.filter(text.is_not_null() & (text != "")).value_counts(name="n")
+    kept = counts.filter(pl.col("n") >= min_count).sort(["n", text.name], descending=[True, False])
+    values = tuple(kept[text.name].to_list())
+    return CTRField(column.name, len(values) + 1, values=values, oov=True)
+
+
+def _numeric_field(column: pl.Series, bins: int) -> CTRField:
+    numbers = column.cast(pl.Float64, strict=False).fill_nan(None).drop_nulls().to_numpy()
+    if numbers.size == 0:
+        raise InputError(column.name, "numeric column has no numeric values in the train split")
+    quantiles = np.quantile(numbers, np.linspace(0.0, 1.0, bins + 1)[1:-1])
+    edges = tuple(float(e) for e in np.unique(quantiles))
+    return CTRField(column.name, len(edges) + 2, bins=edges, oov=True)
+
+
+def _labels(frame: pl.DataFrame, label: str, path: Path) -> np.ndarray:
+    if label not in frame.columns:
+        raise InputError(path, f"label column {label!r} not in the table (columns: {frame.columns})")
+    values = frame[label].cast(pl.String).str.strip_chars().str.to_lowercase()
+    clicks = values.replace_strict({"1": 1.0, "0": 0.0, "true": 1.0, "false": 0.0, "1.0": 1.0, "0.0": 0.0},
+                                   default=None, return_dtype=pl.Float32)
+    bad = clicks.is_null()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise InputError(label, f"row {row + 1}: label {frame[label][row]!r} is not 0/1")
+    return clicks.to_numpy().astype(np.float32)
+
+
+def _field_names(frame: pl.DataFrame, config: TableCTRConfig, path: Path) -> list[str]:
+    names = list(config.fields) or [c for c in frame.columns if c != config.label]
+    if config.label in names:
+        raise InputError(path, f"the label column {config.label!r} cannot also be a feature")
+    unknown = sorted(set(config.numeric) - set(names))
+    if unknown:
+        raise InputError(path, f"numeric column(s) {unknown} are not feature columns ({names})")
+    if not names:
+        raise InputError(path, "the table has no feature columns besides the label")
+    return names

@@ -1,0 +1,163 @@
+"""CTR rows from a user's own table (recsys.data.ctr_table): train-split vocabularies with OOV ids,
+quantile bins for numeric columns, CSV = Parquet, clear errors, and training / AFM / the sweep on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from embeddings.sweep import SweepConfig, run_sweep
+from recsys.data.ctr import CTRField, CTRSchema, encode_column, load_ctr
+from recsys.data.ctr_table import TableCTRConfig, load_table_ctr
+from recsys.data.libfm import split_rows
+from recsys.training.ctr import CTRTrainConfig, load_ctr_model, train_ctr
+from services.cli import app
+from sparsekit.errors import InputError
+
+CONFIG = TableCTRConfig(label="click", numeric=("price",), min_count=2)
+
+
+def _frame(n: int = 3000, seed: int = 0) -> pl.DataFrame:
+    """A planted CTR table: the click depends on the user, the item and the price."""
+    rng = np.random.default_rng(seed)
+    user = rng.integers(0, 40, n)
+    item = rng.zipf(1.4, n) % 300
+    price = rng.lognormal(1.0, 1.0, n)
+    logit = 1.5 * np.sin(user) + np.cos(item) + 0.8 * np.log(price) - 0.8
+    click = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
+    price_text = [("" if rng.random() < 0.05 else f"{p:.3f}") for p in price]
+    return pl.DataFrame({"click": click, "user": [f"u{u:03d}" for u in user], "item": item.astype(str),
+                         "price": price_text})
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ctr") / "clicks.csv"
+    _frame().write_csv(path)
+    return path
+
+
+def test_vocabularies_come_from_the_train_split_only(table: Path) -> None:
+    data = load_table_ctr(table, CONFIG)
+    frame = pl.read_csv(table, infer_schema=False)
+    train = split_rows(frame.height, seed=0)[0]
+    counts = frame[train]["item"].value_counts()
+    kept = set(counts.filter(pl.col("count") >= 2)["item"])
+    item = data.schema.fields[1]
+    assert item.oov and set(item.values) == kept and item.cardinality == len(kept) + 1
+    assert data.field_names == ["user", "item", "price"]
+    assert (len(data.train), len(data.val), len(data.test)) == (2100, 300, 600)
+    # a test value the train split never saw, or saw once, gets the OOV id
+    test_items = frame[split_rows(frame.height, seed=0)[2]]["item"].to_list()
+    local = data.test.features[:, 1] - data.schema.offsets[1]
+    for value, got in zip(test_items, local, strict=True):
+        assert got == (item.values.index(value) if value in kept else item.cardinality - 1)
+
+
+def test_numeric_columns_are_cut_at_train_quantiles_with_a_missing_bucket(table: Path) -> None:
+    data = load_table_ctr(table, CONFIG)
+    price = data.schema.fields[2]
+    assert price.bins is not None and price.oov and len(price.bins) <= 15
+    assert list(price.bins) == sorted(price.bins)
+    splits = (data.train, data.val, data.test)
+    local = np.concatenate([s.features[:, 2] for s in splits]) - data.schema.offsets[2]
+    assert local.min() == 0 and local.max() == price.cardinality - 1  # the missing bucket is used
+    counts = np.bincount(data.train.features[:, 2] - data.schema.offsets[2])[:-1]
+    assert counts.min() > 0.5 * counts.mean()  # quantile buckets hold similar shares of train rows
+
+
+def test_csv_and_parquet_give_the_same_dataset_and_a_schema_reencodes_identically(
+    table: Path, tmp_path: Path
+) -> None:
+    parquet = tmp_path / "clicks.parquet"
+    pl.read_csv(table, infer_schema=False).write_parquet(parquet)
+    a, b = load_table_ctr(table, CONFIG), load_ctr(str(parquet), table=CONFIG)
+    assert a.schema == b.schema
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(a, split).features, getattr(b, split).features)
+        np.testing.assert_array_equal(getattr(a, split).labels, getattr(b, split).labels)
+    again = load_table_ctr(parquet, CONFIG, schema=CTRSchema.from_dict(a.schema.to_dict()))
+    np.testing.assert_array_equal(again.test.features, a.test.features)
+
+
+def test_oov_fields_map_unknown_and_missing_values_to_their_last_id() -> None:
+    field = CTRField("city", 3, values=("paris", "rome"), oov=True)
+    schema = CTRSchema((field, CTRField("age", 4, bins=(18.0, 30.0), oov=True)))
+    rows = [{"city": "rome", "age": 25}, {"city": "oslo", "age": None}, {"city": "", "age": "nan"}]
+    np.testing.assert_array_equal(schema.encode(rows), [[1, 4], [2, 6], [2, 6]])
+    column = pl.Series("city", ["rome", "oslo", None, " paris "])
+    np.testing.assert_array_equal(encode_column(field, column), [1, 2, 2, 0])
+    with pytest.raises(InputError, match="age"):
+        schema.encode([{"city": "rome", "age": "old"}])  # malformed, not missing: still an error
+    with pytest.raises(InputError, match="city"):
+        CTRField("city", 2, values=("paris", "rome"), oov=True)  # the OOV id needs its own slot
+
+
+@pytest.mark.parametrize(
+    ("frame", "config", "match"),
+    [
+        (pl.DataFrame({"y": [0, 1], "a": ["x", "y"]}), TableCTRConfig(), "label column 'label'"),
+        (pl.DataFrame({"label": [0, 2], "a": ["x", "y"]}), TableCTRConfig(), "row 2: label '2'"),
+        (pl.DataFrame({"label": [0, 1], "a": ["x", "y"]}), TableCTRConfig(numeric=("b",)),
+         r"numeric.*\['b'\]"),
+        (pl.DataFrame({"label": [0, 1]}), TableCTRConfig(), "no feature columns"),
+        (pl.DataFrame({"label": [], "a": []}, schema={"label": pl.Int64, "a": pl.String}), TableCTRConfig(),
+         "no rows"),
+        (pl.DataFrame({"label": [0, 1, 1], "a": ["x", "y", "z"], "n": ["1", "2", "lots"]}),
+         TableCTRConfig(numeric=("n",)), "'lots' is not a number"),
+    ],
+)
+def test_bad_tables_get_errors_that_name_the_problem(
+    tmp_path: Path, frame: pl.DataFrame, config: TableCTRConfig, match: str
+) -> None:
+    path = tmp_path / "t.csv"
+    frame.write_csv(path)
+    with pytest.raises(InputError, match=match):
+        load_table_ctr(path, config)
+
+
+def test_unknown_sources_and_formats_are_named(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="neither a dataset"):
+        load_ctr(str(tmp_path / "rows.json"))
+    (tmp_path / "rows.xlsx").write_text("x")
+    with pytest.raises(InputError, match="unknown table format"):
+        load_table_ctr(tmp_path / "rows.xlsx")
+    with pytest.raises(InputError, match="no such file"):
+        load_table_ctr(tmp_path / "missing.csv")
+
+
+def test_a_model_trains_on_the_table_and_scores_unseen_values(table: Path) -> None:
+    data = load_table_ctr(table, CONFIG)
+    result = train_ctr(CTRTrainConfig(model="deepfm", max_epochs=8, progress=False), data)
+    assert result.metrics["test_auc"] > 0.7
+    ids = data.schema.encode([{"user": "nobody", "item": "never-seen", "price": ""}])
+    assert (ids[0] == data.schema.offsets + np.asarray(data.field_dims) - 1).all()
+
+
+def test_cli_trains_and_compresses_a_table_model(table: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["--label", "click", "--numeric", "price", "--min-count", "2"]
+    out = runner.invoke(app, ["train", "ctr", "--data", str(table), "--out", str(tmp_path / "m"),
+                              "--max-epochs", "3", *args])
+    assert out.exit_code == 0, out.output
+    art = load_ctr_model(tmp_path / "m")
+    assert art.schema == load_table_ctr(table, CONFIG).schema
+    out = runner.invoke(app, ["compress", "ctr", "--model", str(tmp_path / "m"), "--calib", str(table),
+                              "--label", "click", "--rank", "4", "--out", str(tmp_path / "small")])
+    assert out.exit_code == 0, out.output
+    assert load_ctr_model(tmp_path / "small").schema == art.schema
+    out = runner.invoke(app, ["train", "ctr", "--data", str(table), "--out", str(tmp_path / "bad")])
+    assert out.exit_code != 0 and "label column 'label'" in out.output
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_compression_sweep_runs_on_a_table(table: Path, tmp_path: Path) -> None:
+    config = SweepConfig(dataset=str(table), table=CONFIG, methods=("hashing",), budgets=(0.1,), seeds=(0,),
+                         out_dir=str(tmp_path / "sweep"), max_epochs=2, progress=False)
+    runs = run_sweep(config)
+    assert set(runs["method"]) == {"full", "hashing"} and (runs["status"] == "ok").all()
+    assert (runs["stored_bytes"] <= 1.02 * runs["budget_bytes"]).all()
