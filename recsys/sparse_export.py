@@ -25,6 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recsys.id_vocab import IdVocab
 from recsys.models.cf import CFModel, Recommender, Scorer
 from recsys.training.cf import build_model
 from sparsekit.artifacts import Manifest, open_artifact, write_artifact
@@ -106,9 +107,12 @@ def _interactions_table(matrix: sp.csr_matrix) -> CSRTable:
     return CSRTable(matrix.indptr.astype(np.int64), indices, np.ones(indices.size, np.float32), matrix.shape)
 
 
-def export_sparse(model: CFModel, path: str | Path, overwrite: bool = False) -> Manifest:
-    """Write ``model`` as a ``cf-sparse`` artifact; returns its manifest (``counts``: ``stored_bytes``,
-    ``dense_bytes`` (all parameters as float32), ``interaction_bytes`` and ``nnz.<table>``)."""
+def export_sparse(
+    model: CFModel, path: str | Path, overwrite: bool = False, ids: IdVocab | None = None
+) -> Manifest:
+    """Write ``model`` (and its raw ``ids``, when given) as a ``cf-sparse`` artifact; returns its manifest
+    (``counts``: ``stored_bytes``, ``dense_bytes`` (all parameters as float32), ``interaction_bytes`` and
+    ``nnz.<table>``)."""
     sparse_names = set(model.sparse_parameters())
     state = {name: t.detach().cpu().float().numpy() for name, t in model.state_dict().items()}
     tables = {name: CSRTable.from_dense(state[name]) for name in sorted(sparse_names)}
@@ -123,6 +127,8 @@ def export_sparse(model: CFModel, path: str | Path, overwrite: bool = False) -> 
         for name, array in dense.items():
             np.save(writer.path(f"{name}.npy"), array)
         _write_csr(writer.dir, "interactions", seen)
+        if ids is not None:
+            ids.write(writer)
         writer.counts["stored_bytes"] = sum(t.nbytes for t in tables.values()) + sum(
             a.nbytes for a in dense.values())
         writer.counts["dense_bytes"] = sum(a.size * 4 for a in state.values())

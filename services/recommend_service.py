@@ -1,7 +1,8 @@
 """gRPC RecommendService (``protos/recommend.proto``): top-k items per user and CTR scores per row.
 
 Serves named recommenders — a dense trained CF model (``cf-model`` artifact) or a DSL sparse export
-(``cf-sparse``), both answering through :class:`recsys.models.cf.Recommender` — and named CTR models
+(``cf-sparse``), both answering through :class:`recsys.models.cf.Recommender`, by model row or, for a
+model trained on an interaction table, by raw user id (items then carry their raw ids) — and named CTR models
 (``ctr-model`` artifacts, original or low-rank compressed by AFM). Status codes: an unknown model or user
 NOT_FOUND; a bad ``k`` or a malformed CTR row INVALID_ARGUMENT naming the field (``rows[3].gender``); too
 many rows RESOURCE_EXHAUSTED; a CTR model saved without its field schema FAILED_PRECONDITION.
@@ -38,11 +39,13 @@ class RecommendLimits:
 
 @dataclass
 class ServedRecommender:
-    """A recommender (anything with ``recommend(user_ids, k, exclude_seen)``) and its kind for listings."""
+    """A recommender (anything with ``recommend(user_ids, k, exclude_seen)``), its kind for listings and
+    its raw-id vocabulary (:class:`recsys.id_vocab.IdVocab`, for models trained on an interaction table)."""
 
     recommender: Any
     kind: str
     num_items: int
+    ids: Any = None
 
 
 @dataclass
@@ -63,6 +66,7 @@ def _format(path: Path) -> str:
 
 def load_recommender(path: str | Path, device: str = "cpu") -> ServedRecommender:
     """Open a ``cf-model`` (dense) or ``cf-sparse`` (DSL export) artifact for serving."""
+    from recsys.id_vocab import IdVocab
     from recsys.models.cf import Recommender
     from recsys.sparse_export import FORMAT as SPARSE_FORMAT
     from recsys.sparse_export import load_sparse
@@ -72,10 +76,12 @@ def load_recommender(path: str | Path, device: str = "cpu") -> ServedRecommender
     fmt = _format(path)
     if fmt == SPARSE_FORMAT:
         rec = load_sparse(path, device=device)
-        return ServedRecommender(rec, f"{rec.kind}-sparse", rec.num_items)
+        ids = IdVocab.read(path, (rec.num_users, rec.num_items))
+        return ServedRecommender(rec, f"{rec.kind}-sparse", rec.num_items, ids)
     if fmt == MODEL_FORMAT:
         model = load_model(path, device=device)
-        return ServedRecommender(Recommender.from_model(model), model.kind, model.num_items)
+        ids = IdVocab.read(path, (model.num_users, model.num_items))
+        return ServedRecommender(Recommender.from_model(model), model.kind, model.num_items, ids)
     raise ArtifactError(path, f"format {fmt!r} is not a recommender ({MODEL_FORMAT!r} or {SPARSE_FORMAT!r})")
 
 
@@ -111,11 +117,26 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         k = req.k or self.limits.default_k
         if k > min(self.limits.max_k, served.num_items):
             raise InputError("k", f"{k} exceeds the limit of {min(self.limits.max_k, served.num_items)}")
-        items, scores = served.recommender.recommend([req.user_id], k=k, exclude_seen=req.exclude_seen)
-        hits = [recommend_pb2.ScoredItem(item_id=int(i), score=float(s), rank=r)
+        items, scores = served.recommender.recommend([self._user(served, req)], k=k,
+                                                     exclude_seen=req.exclude_seen)
+        names = served.ids.items if served.ids is not None else None
+        hits = [recommend_pb2.ScoredItem(item_id=int(i), score=float(s), rank=r,
+                                         item=names[int(i)] if names else "")
                 for r, (i, s) in enumerate(zip(items[0], scores[0], strict=True), 1) if s != float("-inf")]
         return recommend_pb2.RecommendResponse(model=req.model, items=hits,
                                                took_ms=1000 * (time.perf_counter() - start))
+
+    @staticmethod
+    def _user(served: ServedRecommender, req: recommend_pb2.RecommendRequest) -> int:
+        """The model row asked for: ``user_id`` as given, or the raw ``user`` looked up in the vocabulary."""
+        if not req.user:
+            return req.user_id
+        if req.user_id:
+            raise InputError("user", "set one of user and user_id, not both")
+        if served.ids is None:
+            raise InputError("user", f"model {req.model!r} has no raw-id vocabulary (it was trained on "
+                                     "pre-indexed data); pass user_id")
+        return served.ids.user_row(req.user)
 
     def _score(self, req: recommend_pb2.ScoreCTRRequest) -> recommend_pb2.ScoreCTRResponse:
         from recsys.training.ctr import predict

@@ -304,9 +304,10 @@ def load_ctr(
             raise InputError("data", f"{source} does not have the fields the model was trained on "
                                      f"({schema.names})")
         return data
-    from recsys.data.ctr_table import SUFFIXES, load_table_ctr
+    from recsys.data.ctr_table import load_table_ctr
+    from recsys.data.table_file import SUFFIXES, is_table_file
 
-    if Path(source).suffix.lower() not in SUFFIXES:
+    if not is_table_file(source):
         raise InputError("data", f"{str(source)!r} is neither a dataset ({', '.join(DATASETS)}) nor a table "
                                  f"file ({', '.join(sorted(SUFFIXES))})")
     return load_table_ctr(source, table, seed=seed, schema=schema)

@@ -22,9 +22,8 @@ import polars as pl
 
 from recsys.data.ctr import SPLIT, CTRDataset, CTRField, CTRSchema, encode_column, split_dataset
 from recsys.data.libfm import split_rows
+from recsys.data.table_file import read_table
 from sparsekit.errors import InputError
-
-SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".parquet": None}
 
 
 @dataclass
@@ -47,22 +46,6 @@ class TableCTRConfig:
             raise InputError("min_count", f"must be >= 1, got {self.min_count}")
         if self.bins < 2:
             raise InputError("bins", f"must be >= 2, got {self.bins}")
-
-
-def read_table(path: str | Path, header: bool = True) -> pl.DataFrame:
-    """Read a CSV / TSV / Parquet file; text columns stay strings (ids like ``"007"`` keep their zeros)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file")
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise InputError(path, f"unknown table format {suffix!r}; use one of {sorted(SUFFIXES)}")
-    try:
-        if suffix == ".parquet":
-            return pl.read_parquet(path)
-        return pl.read_csv(path, separator=SUFFIXES[suffix], has_header=header, infer_schema=False)
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(path, f"cannot read the table: {exc}") from exc
 
 
 def load_table_ctr(

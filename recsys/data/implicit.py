@@ -21,12 +21,15 @@ from sparsekit.errors import InputError
 
 @dataclass
 class ImplicitDataset:
-    """Train and test interactions as binary ``num_users x num_items`` CSR matrices."""
+    """Train and test interactions as binary ``num_users x num_items`` CSR matrices; ``user_ids`` and
+    ``item_ids`` (when the data had raw ids, :mod:`recsys.data.interactions_table`) name each row / column."""
 
     train: sp.csr_matrix
     test: sp.csr_matrix
     num_users: int
     num_items: int
+    user_ids: tuple[str, ...] | None = None
+    item_ids: tuple[str, ...] | None = None
 
 
 @dataclass

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from recsys.data.implicit import ImplicitDataset
 from recsys.dsl import DSLConfig, DynamicSparsity
+from recsys.id_vocab import IdVocab
 from recsys.models.cf import CFModel
 from recsys.models.lightgcn import LightGCN
 from recsys.models.mf import MF
@@ -286,11 +287,14 @@ def _load_checkpoint(run: _Run, config: CFTrainConfig) -> None:
 
 
 def save_model(model: CFModel, path: str | Path, overwrite: bool = False,
-               params: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (weights as ``.npy``, train interactions as scipy ``.npz``) as a ``cf-model``."""
+               params: dict[str, Any] | None = None, ids: IdVocab | None = None) -> Path:
+    """Write ``model`` (weights as ``.npy``, train interactions as scipy ``.npz``, raw ``ids`` when given)
+    as a ``cf-model``."""
     meta = {"kind": model.kind, "hparams": model.hparams(), "num_users": model.num_users,
             "num_items": model.num_items, **(params or {})}
     with write_artifact(path, MODEL_FORMAT, MODEL_VERSION, params=meta, overwrite=overwrite) as writer:
+        if ids is not None:
+            ids.write(writer)
         for name, tensor in model.state_dict().items():
             np.save(writer.path(f"{name}.npy"), tensor.detach().cpu().numpy())
         sp.save_npz(writer.path("interactions.npz"), model.interactions)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cservices/api/recommend.proto\x12\x0csparsekit.v1\"S\n\x10RecommendRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x04\x12\t\n\x01k\x18\x03 \x01(\r\x12\x14\n\x0c\x65xclude_seen\x18\x04 \x01(\x08\":\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x04\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04rank\x18\x03 \x01(\r\"\\\n\x11RecommendResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x05items\x18\x02 \x03(\x0b\x32\x18.sparsekit.v1.ScoredItem\x12\x0f\n\x07took_ms\x18\x03 \x01(\x01\"i\n\x06\x43TRRow\x12\x30\n\x06\x66ields\x18\x01 \x03(\x0b\x32 .sparsekit.v1.CTRRow.FieldsEntry\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x0fScoreCTRRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x04rows\x18\x02 \x03(\x0b\x32\x14.sparsekit.v1.CTRRow\"I\n\x10ScoreCTRResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rprobabilities\x18\x02 \x03(\x02\x12\x0f\n\x07took_ms\x18\x03 \x01(\x01\"\x13\n\x11ListModelsRequest\"\'\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.sparsekit.v1.ModelInfo2\xfc\x01\n\x10RecommendService\x12L\n\tRecommend\x12\x1e.sparsekit.v1.RecommendRequest\x1a\x1f.sparsekit.v1.RecommendResponse\x12I\n\x08ScoreCTR\x12\x1d.sparsekit.v1.ScoreCTRRequest\x1a\x1e.sparsekit.v1.ScoreCTRResponse\x12O\n\nListModels\x12\x1f.sparsekit.v1.ListModelsRequest\x1a .sparsekit.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cservices/api/recommend.proto\x12\x0csparsekit.v1\"a\n\x10RecommendRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x04\x12\t\n\x01k\x18\x03 \x01(\r\x12\x14\n\x0c\x65xclude_seen\x18\x04 \x01(\x08\x12\x0c\n\x04user\x18\x05 \x01(\t\"H\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x04\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\x0c\n\x04item\x18\x04 \x01(\t\"\\\n\x11RecommendResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x05items\x18\x02 \x03(\x0b\x32\x18.sparsekit.v1.ScoredItem\x12\x0f\n\x07took_ms\x18\x03 \x01(\x01\"i\n\x06\x43TRRow\x12\x30\n\x06\x66ields\x18\x01 \x03(\x0b\x32 .sparsekit.v1.CTRRow.FieldsEntry\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x0fScoreCTRRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x04rows\x18\x02 \x03(\x0b\x32\x14.sparsekit.v1.CTRRow\"I\n\x10ScoreCTRResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rprobabilities\x18\x02 \x03(\x02\x12\x0f\n\x07took_ms\x18\x03 \x01(\x01\"\x13\n\x11ListModelsRequest\"\'\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.sparsekit.v1.ModelInfo2\xfc\x01\n\x10RecommendService\x12L\n\tRecommend\x12\x1e.sparsekit.v1.RecommendRequest\x1a\x1f.sparsekit.v1.RecommendResponse\x12I\n\x08ScoreCTR\x12\x1d.sparsekit.v1.ScoreCTRRequest\x1a\x1e.sparsekit.v1.ScoreCTRResponse\x12O\n\nListModels\x12\x1f.sparsekit.v1.ListModelsRequest\x1a .sparsekit.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,25 +34,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CTRROW_FIELDSENTRY']._loaded_options = None
   _globals['_CTRROW_FIELDSENTRY']._serialized_options = b'8\001'
   _globals['_RECOMMENDREQUEST']._serialized_start=46
-  _globals['_RECOMMENDREQUEST']._serialized_end=129
-  _globals['_SCOREDITEM']._serialized_start=131
-  _globals['_SCOREDITEM']._serialized_end=189
-  _globals['_RECOMMENDRESPONSE']._serialized_start=191
-  _globals['_RECOMMENDRESPONSE']._serialized_end=283
-  _globals['_CTRROW']._serialized_start=285
-  _globals['_CTRROW']._serialized_end=390
-  _globals['_CTRROW_FIELDSENTRY']._serialized_start=345
-  _globals['_CTRROW_FIELDSENTRY']._serialized_end=390
-  _globals['_SCORECTRREQUEST']._serialized_start=392
-  _globals['_SCORECTRREQUEST']._serialized_end=460
-  _globals['_SCORECTRRESPONSE']._serialized_start=462
-  _globals['_SCORECTRRESPONSE']._serialized_end=535
-  _globals['_LISTMODELSREQUEST']._serialized_start=537
-  _globals['_LISTMODELSREQUEST']._serialized_end=556
-  _globals['_MODELINFO']._serialized_start=558
-  _globals['_MODELINFO']._serialized_end=597
-  _globals['_LISTMODELSRESPONSE']._serialized_start=599
-  _globals['_LISTMODELSRESPONSE']._serialized_end=660
-  _globals['_RECOMMENDSERVICE']._serialized_start=663
-  _globals['_RECOMMENDSERVICE']._serialized_end=915
+  _globals['_RECOMMENDREQUEST']._serialized_end=143
+  _globals['_SCOREDITEM']._serialized_start=145
+  _globals['_SCOREDITEM']._serialized_end=217
+  _globals['_RECOMMENDRESPONSE']._serialized_start=219
+  _globals['_RECOMMENDRESPONSE']._serialized_end=311
+  _globals['_CTRROW']._serialized_start=313
+  _globals['_CTRROW']._serialized_end=418
+  _globals['_CTRROW_FIELDSENTRY']._serialized_start=373
+  _globals['_CTRROW_FIELDSENTRY']._serialized_end=418
+  _globals['_SCORECTRREQUEST']._serialized_start=420
+  _globals['_SCORECTRREQUEST']._serialized_end=488
+  _globals['_SCORECTRRESPONSE']._serialized_start=490
+  _globals['_SCORECTRRESPONSE']._serialized_end=563
+  _globals['_LISTMODELSREQUEST']._serialized_start=565
+  _globals['_LISTMODELSREQUEST']._serialized_end=584
+  _globals['_MODELINFO']._serialized_start=586
+  _globals['_MODELINFO']._serialized_end=625
+  _globals['_LISTMODELSRESPONSE']._serialized_start=627
+  _globals['_LISTMODELSRESPONSE']._serialized_end=688
+  _globals['_RECOMMENDSERVICE']._serialized_start=691
+  _globals['_RECOMMENDSERVICE']._serialized_end=943
 # @@protoc_insertion_point(module_scope)

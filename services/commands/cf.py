@@ -17,7 +17,9 @@ from sparsekit.errors import SparsekitError
 
 def train_cf_command(
     data: Annotated[Path, typer.Option(help="A LightGCN-style folder with train.txt / test.txt "
-                                            "(e.g. ../shared/data/gowalla-lightgcn).")],
+                                            "(e.g. ../shared/data/gowalla-lightgcn), or an interaction "
+                                            "log: a CSV / TSV / Parquet table of user, item (and time) "
+                                            "columns, split per user.")],
     out: Annotated[Path, typer.Option(help="Model directory: a cf-model, or with --density a cf-sparse "
                                            "export (CSR tables; the stored bytes are real).")],
     model: Annotated[str, typer.Option(help="mf (MF-BPR), lightgcn or neumf.")] = "lightgcn",
@@ -34,27 +36,41 @@ def train_cf_command(
     checkpoint_dir: Annotated[Path | None, typer.Option(help="Checkpoint every epoch here.")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from --checkpoint-dir.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 2020,
+    user_col: Annotated[str, typer.Option(help="Interaction logs: the user id column.")] = "user",
+    item_col: Annotated[str, typer.Option(help="Interaction logs: the item id column.")] = "item",
+    time_col: Annotated[str | None, typer.Option(help="Interaction logs: a timestamp column; each user's "
+                                                      "latest items go to test (else a seeded random "
+                                                      "choice).")] = None,
+    test_fraction: Annotated[float, typer.Option(help="Interaction logs: each user's share of items held "
+                                                      "out for test.")] = 0.2,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
 ) -> None:
     """Train a CF model with BPR; report Recall@20 / NDCG@20 on the test split (train items excluded)."""
     from recsys.data.implicit import load_implicit
+    from recsys.data.interactions_table import InteractionsConfig, load_interactions_table
+    from recsys.data.table_file import is_table_file
+    from recsys.id_vocab import IdVocab
     from recsys.ranking import evaluate_ranking
     from recsys.sparse_export import export_sparse
     from recsys.training.cf import CFTrainConfig, save_model, train_cf
 
     start = time.perf_counter()
     try:
-        dataset = load_implicit(data)
+        if is_table_file(data):
+            log = InteractionsConfig(user=user_col, item=item_col, time=time_col, test_fraction=test_fraction)
+            dataset = load_interactions_table(data, log, seed=seed)
+        else:
+            dataset = load_implicit(data)
         config = CFTrainConfig(model=model, dim=dim, layers=layers, lr=lr, batch_size=batch_size,
                                epochs=epochs, seed=seed, density=density, static_sparsity=static,
                                dsl_delta_t=delta_t, time_budget_s=time_budget_s, resume=resume,
                                checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None)
         trained, history = train_cf(config, dataset)
         if density is None:
-            save_model(trained, out, overwrite=overwrite)
+            save_model(trained, out, overwrite=overwrite, ids=IdVocab.of(dataset))
             stored = ""
         else:
-            counts = export_sparse(trained, out, overwrite=overwrite).counts
+            counts = export_sparse(trained, out, overwrite=overwrite, ids=IdVocab.of(dataset)).counts
             stored = f", stored {counts['stored_bytes']:,} B vs dense {counts['dense_bytes']:,} B"
         metrics = evaluate_ranking(trained.scorer(), dataset.train, dataset.test, k=20, device=trained.device)
     except (SparsekitError, ValueError) as exc:

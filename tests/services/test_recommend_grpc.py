@@ -18,6 +18,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys.data.ctr import CTRField, CTRSchema
+from recsys.id_vocab import IdVocab
 from recsys.sparse_export import export_sparse
 from recsys.training.cf import build_model, save_model
 from recsys.training.ctr import CTRTrainConfig, build_ctr_model, predict, save_ctr_model
@@ -32,6 +33,7 @@ from services.recommend_service import (
 from services.search_service import ServerConfig, make_server
 
 SEEN = {0: [1, 2], 1: [0], 2: [], 3: [4, 5, 6], 4: [3]}
+IDS = IdVocab(("ann", "bob", "cy", "dee", "eve"), tuple(f"sku-{i}" for i in range(7)))  # from a log
 SCHEMA = CTRSchema((CTRField("user", 3, values=("ann", "bob", "cy")), CTRField("age", 3, bins=(18.0, 30.0))))
 OOV_SCHEMA = CTRSchema((CTRField("user", 4, values=("ann", "bob", "cy"), oov=True),
                         CTRField("age", 4, bins=(18.0, 30.0), oov=True)))  # as train ctr builds from a table
@@ -53,18 +55,19 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             p[torch.rand_like(p) < 0.5] = 0.0
     save_model(mf, root / "mf")
     export_sparse(mf, root / "mf-sparse")
+    save_model(mf, root / "mf-ids", ids=IDS)
     ctr = build_ctr_model(CTRTrainConfig(model="deepfm", embed_dim=4, hidden=[8]), SCHEMA.field_dims)
     save_ctr_model(ctr, root / "deepfm", schema=SCHEMA)
     save_ctr_model(ctr, root / "deepfm-noschema")
     oov = build_ctr_model(CTRTrainConfig(model="deepfm", embed_dim=4, hidden=[8]), OOV_SCHEMA.field_dims)
     save_ctr_model(oov, root / "deepfm-oov", schema=OOV_SCHEMA)
     return {"mf": root / "mf", "mf-sparse": root / "mf-sparse", "deepfm": root / "deepfm",
-            "noschema": root / "deepfm-noschema", "oov": root / "deepfm-oov"}
+            "noschema": root / "deepfm-noschema", "oov": root / "deepfm-oov", "mf-ids": root / "mf-ids"}
 
 
 @pytest.fixture(scope="module")
 def stub(artifacts: dict[str, Path]) -> Iterator[recommend_pb2_grpc.RecommendServiceStub]:
-    recs = {name: load_recommender(artifacts[name]) for name in ("mf", "mf-sparse")}
+    recs = {name: load_recommender(artifacts[name]) for name in ("mf", "mf-sparse", "mf-ids")}
     ctrs = {name: load_ctr(artifacts[path]) for name, path in
             (("deepfm", "deepfm"), ("noschema", "noschema"), ("deepfm-oov", "oov"))}
     servicer = RecommendServicer(recs, ctrs, RecommendLimits(max_ctr_rows=3))
@@ -100,6 +103,23 @@ def test_sparse_export_serves_the_same_ranking_as_the_dense_model(stub) -> None:
                for m in ("mf", "mf-sparse")]
         assert [h.item_id for h in got[0]] == [h.item_id for h in got[1]]
         np.testing.assert_allclose([h.score for h in got[0]], [h.score for h in got[1]], atol=1e-5)
+
+
+def test_recommend_by_raw_user_id_answers_with_raw_item_ids(stub) -> None:
+    client, _ = stub
+    by_row = client.Recommend(recommend_pb2.RecommendRequest(model="mf", user_id=3, k=4, exclude_seen=True))
+    by_raw = client.Recommend(recommend_pb2.RecommendRequest(model="mf-ids", user="dee", k=4,
+                                                             exclude_seen=True))
+    assert [h.item_id for h in by_raw.items] == [h.item_id for h in by_row.items]
+    assert [h.item for h in by_raw.items] == [f"sku-{h.item_id}" for h in by_row.items]
+    assert all(h.item == "" for h in by_row.items)  # no vocabulary, no raw ids
+    code, msg = _code(client.Recommend, recommend_pb2.RecommendRequest(model="mf-ids", user="zoe", k=3))
+    assert code == grpc.StatusCode.NOT_FOUND and "'zoe'" in msg
+    code, msg = _code(client.Recommend, recommend_pb2.RecommendRequest(model="mf", user="dee", k=3))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("user:") and "user_id" in msg
+    both = recommend_pb2.RecommendRequest(model="mf-ids", user="dee", user_id=2, k=3)
+    code, msg = _code(client.Recommend, both)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "not both" in msg
 
 
 def test_recommend_status_codes(stub) -> None:
@@ -158,8 +178,8 @@ def test_score_ctr_maps_unseen_values_to_the_oov_id_when_the_schema_has_one(stub
 def test_list_models_and_health(stub) -> None:
     client, channel = stub
     kinds = {m.name: m.kind for m in client.ListModels(recommend_pb2.ListModelsRequest()).models}
-    assert kinds == {"mf": "mf", "mf-sparse": "mf-sparse", "deepfm": "deepfm", "noschema": "deepfm",
-                     "deepfm-oov": "deepfm"}
+    assert kinds == {"mf": "mf", "mf-sparse": "mf-sparse", "mf-ids": "mf", "deepfm": "deepfm",
+                     "noschema": "deepfm", "deepfm-oov": "deepfm"}
     health = health_pb2_grpc.HealthStub(channel)
     status = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME)).status
     assert status == health_pb2.HealthCheckResponse.SERVING
