@@ -6,6 +6,8 @@ trains the CTR model with early stopping on validation AUC (:func:`recsys.traini
 the table finalize into its serving form, and records AUC / logloss on validation and test, the serving
 table's stored bytes, and training and inference samples/s. Runs are written one JSON file each
 (atomically) under ``<out>/runs/``; a rerun skips finished runs, so a killed sweep resumes.
+``<out>/sweep.json`` records the data and training settings; a rerun with other ones is refused rather
+than mixed in.
 
 The report: a tidy table (polars -> CSV and Markdown, mean and std over seeds), AUC vs budget per method
 (log x; PNG), and "which method at which budget": per model and budget the method with the best mean
@@ -30,6 +32,7 @@ from sparsekit.atomic import atomic_path, write_text_atomic
 from sparsekit.errors import InputError
 
 BASELINE = "full"
+IDENTITY = "sweep.json"
 
 
 @dataclass
@@ -111,11 +114,33 @@ def load_dataset(config: SweepConfig, seed: int = 0) -> Any:
     return load_ctr(config.dataset, config.data_root, seed=seed, table=config.table)
 
 
+def sweep_identity(config: SweepConfig, data: Any) -> dict[str, Any]:
+    """What every run of a sweep folder shares: the data (source, reading options, shape) and the training
+    settings. Models, methods, budgets and seeds may grow between resumes; these may not."""
+    return {"dataset": config.dataset, "table": None if config.table is None else asdict(config.table),
+            "field_dims": list(data.field_dims), "rows": [len(data.train), len(data.val), len(data.test)],
+            "embed_dim": config.embed_dim, "max_epochs": config.max_epochs, "patience": config.patience}
+
+
+def _check_identity(out_dir: Path, identity: dict[str, Any]) -> None:
+    """Write ``sweep.json`` on first use; refuse to resume a folder whose runs came from another setup."""
+    path = out_dir / IDENTITY
+    if not path.is_file():
+        _write_json(path, identity)
+        return
+    stored = json.loads(path.read_text())
+    changed = sorted(k for k in identity.keys() | stored.keys() if stored.get(k) != identity.get(k))
+    if changed:
+        raise InputError("out", f"{out_dir} holds runs of a different sweep (differs in {changed}); resuming "
+                                "would mix them. Use another --out")
+
+
 def run_sweep(config: SweepConfig) -> pl.DataFrame:
     """Run (or resume) the sweep; returns one row per run, finished runs read back from disk."""
     runs = Path(config.out_dir) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     data = load_dataset(config)
+    _check_identity(Path(config.out_dir), json.loads(json.dumps(sweep_identity(config, data))))
     rows = []
     keys = run_keys(config)
     for key in tqdm(keys, desc="embedding sweep", disable=not config.progress):

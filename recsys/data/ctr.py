@@ -98,11 +98,13 @@ class CTRField:
                 return self.cardinality - 1
             return int(np.searchsorted(np.asarray(self.bins), number, side="right"))
         if self.values is not None:
-            index = self._index().get(str(value).strip())
+            key = category_key(value)
+            index = None if key is None else self._index().get(key)
             if index is None:
                 if self.oov:
                     return self.cardinality - 1
-                raise InputError(self.name, f"unknown value {value!r}", line=row)
+                raise InputError(self.name, "missing value" if key is None else f"unknown value {value!r}",
+                                 line=row)
             return index
         number = _number(value, self.name, row)
         if number != int(number) or not 0 <= number < self.cardinality:
@@ -122,7 +124,38 @@ def _missing(value: Any) -> bool:
         return True
     if isinstance(value, str):
         return not value.strip()
-    return isinstance(value, float) and not np.isfinite(value)
+    return isinstance(value, float | np.floating) and not np.isfinite(value)
+
+
+def category_key(value: Any) -> str | None:
+    """The vocabulary key of a raw categorical value (``None``: missing), as :func:`category_keys` makes it
+    for a whole column: strings stripped, booleans ``true`` / ``false``, integral floats as integers."""
+    if value is None:
+        return None
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, float | np.floating):
+        if not np.isfinite(value):
+            return None
+        if float(value).is_integer():
+            return str(int(value))
+        return str(pl.Series([float(value)]).cast(pl.String)[0])  # polars' float text, as in columns
+    return str(value).strip() or None
+
+
+def category_keys(column: pl.Series) -> pl.Series:
+    """:func:`category_key` of every value of a column (a String series, nulls for missing values)."""
+    if column.dtype == pl.Boolean:
+        keys = pl.select(pl.when(column).then(pl.lit("true")).otherwise(pl.lit("false"))).to_series()
+        return keys.set(column.is_null(), None)
+    if column.dtype.is_float():
+        finite = column.is_finite().fill_null(False)
+        integral = finite & (column == column.round())
+        text = pl.select(pl.when(integral).then(column.cast(pl.Int64, strict=False).cast(pl.String))
+                         .otherwise(column.cast(pl.String))).to_series()
+        return text.set(~finite, None)
+    text = column.cast(pl.String).str.strip_chars()
+    return text.set(text == "", None)
 
 
 def _number(value: Any, name: str, row: int, finite: bool = True) -> float:
@@ -176,10 +209,10 @@ class CTRSchema:
             unknown = sorted(set(raw) - set(self.names))
             if unknown:
                 raise InputError("row", f"unknown field(s) {unknown} (fields: {self.names})", line=row)
-            for name in self.names:
-                if name not in raw:
-                    raise InputError(name, "missing value", line=row)
-            return [raw[name] for name in self.names]
+            for spec in self.fields:
+                if spec.name not in raw and not spec.oov:
+                    raise InputError(spec.name, "missing value", line=row)
+            return [raw.get(name) for name in self.names]
         if isinstance(raw, str | bytes) or len(raw) != len(self.fields):
             raise InputError("row", f"expected {len(self.fields)} values ({self.names})", line=row)
         return list(raw)
@@ -401,10 +434,12 @@ def load_movielens_ctr(root: str | Path | None = None, seed: int = 0) -> CTRData
 def encode_column(spec: CTRField, column: pl.Series, offset: int = 0) -> np.ndarray:
     """Vectorized :meth:`CTRField.local_id` over a whole column (+ the field offset)."""
     if spec.bins is not None:
+        if column.dtype == pl.String:
+            column = column.str.strip_chars()
         numbers = column.cast(pl.Float64, strict=False)
         bad = column.is_not_null() & numbers.is_null()
         if column.dtype == pl.String:
-            bad &= column.str.strip_chars() != ""
+            bad &= column != ""
         if bad.any():
             raise InputError(spec.name, f"{column.filter(bad)[0]!r} is not a number")
         values = numbers.fill_nan(None).to_numpy().astype(np.float64)
@@ -416,8 +451,8 @@ def encode_column(spec: CTRField, column: pl.Series, offset: int = 0) -> np.ndar
     else:
         index = pl.DataFrame({"value": list(spec.values or ()), "local": np.arange(len(spec.values or ()))},
                              schema={"value": pl.String, "local": pl.Int64})
-        text = column.cast(pl.String).str.strip_chars()
-        joined = pl.DataFrame({"value": text}).join(index, on="value", how="left", maintain_order="left")
+        joined = pl.DataFrame({"value": category_keys(column)}).join(index, on="value", how="left",
+                                                                      maintain_order="left")
         if joined["local"].null_count():
             if not spec.oov:
                 bad = joined.filter(pl.col("local").is_null())["value"][0]

@@ -20,7 +20,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from recsys.data.ctr import SPLIT, CTRDataset, CTRField, CTRSchema, encode_column, split_dataset
+from recsys.data.ctr import (
+    SPLIT,
+    CTRDataset,
+    CTRField,
+    CTRSchema,
+    category_keys,
+    encode_column,
+    split_dataset,
+)
 from recsys.data.libfm import split_rows
 from recsys.data.table_file import read_table
 from sparsekit.errors import InputError
@@ -31,7 +39,7 @@ class TableCTRConfig:
     """How to read a CTR table: the label column, which columns are numeric, and vocabulary limits.
 
     ``fields`` lists the feature columns in order (default: every column but the label). A file without
-    a header (``header=False``) has columns ``column_1``, ``column_2``, ... as polars names them.
+    a header (``header=False``) has columns ``column_1``, ``column_2``, ... (1-based).
     """
 
     label: str = "label"
@@ -72,7 +80,13 @@ def load_table_ctr(
     features = np.stack([encode_column(spec, frame[spec.name], int(offset))
                          for spec, offset in zip(schema.fields, schema.offsets, strict=True)], axis=1)
     info = {"source": path.name, "label": config.label, "oov": "train-split vocabulary"}
-    return split_dataset(path.stem, schema, features, labels, seed, fractions, info=info)
+    data = split_dataset(path.stem, schema, features, labels, seed, fractions, info=info)
+    for name in ("train", "val"):
+        split = getattr(data, name)
+        if len(np.unique(split.labels)) < 2:
+            raise InputError(path, f"the {name} split ({len(split)} rows) holds one label only; AUC needs "
+                                   "clicks and non-clicks (more rows, or a different --seed)")
+    return data
 
 
 def build_schema(train: pl.DataFrame, names: Sequence[str], config: TableCTRConfig) -> CTRSchema:
@@ -85,17 +99,20 @@ def build_schema(train: pl.DataFrame, names: Sequence[str], config: TableCTRConf
 
 
 def _categorical_field(column: pl.Series, min_count: int) -> CTRField:
-    text = column.cast(pl.String).str.strip_chars()
-    counts = text.filter(text.is_not_null() & (text != "")).value_counts(name="n")
-    kept = counts.filter(pl.col("n") >= min_count).sort(["n", text.name], descending=[True, False])
-    values = tuple(kept[text.name].to_list())
+    keys = category_keys(column).rename("key")
+    counts = keys.drop_nulls().value_counts(name="n")
+    kept = counts.filter(pl.col("n") >= min_count).sort(["n", "key"], descending=[True, False])
+    values = tuple(kept["key"].to_list())
     return CTRField(column.name, len(values) + 1, values=values, oov=True)
 
 
 def _numeric_field(column: pl.Series, bins: int) -> CTRField:
-    numbers = column.cast(pl.Float64, strict=False).fill_nan(None).drop_nulls().to_numpy()
+    if column.dtype == pl.String:
+        column = column.str.strip_chars()
+    numbers = column.cast(pl.Float64, strict=False).to_numpy().astype(np.float64)
+    numbers = numbers[np.isfinite(numbers)]
     if numbers.size == 0:
-        raise InputError(column.name, "numeric column has no numeric values in the train split")
+        raise InputError(column.name, "numeric column has no finite numbers in the train split")
     quantiles = np.quantile(numbers, np.linspace(0.0, 1.0, bins + 1)[1:-1])
     edges = tuple(float(e) for e in np.unique(quantiles))
     return CTRField(column.name, len(edges) + 2, bins=edges, oov=True)

@@ -20,7 +20,12 @@ def is_table_file(path: str | Path) -> bool:
 
 
 def read_table(path: str | Path, header: bool = True) -> pl.DataFrame:
-    """Read a CSV / TSV / Parquet file; :class:`InputError` names the file when it cannot be read."""
+    """Read a CSV / TSV / Parquet file; :class:`InputError` names the file when it cannot be read.
+
+    Column names are stripped of surrounding spaces; without a ``header`` they are ``column_1``,
+    ``column_2``, ... (1-based, whatever the polars version). TSV has no quoting (a ``"`` is data).
+    Duplicate names and nested (list / struct) columns are errors.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such file")
@@ -29,7 +34,22 @@ def read_table(path: str | Path, header: bool = True) -> pl.DataFrame:
         raise InputError(path, f"unknown table format {suffix!r}; use one of {sorted(SUFFIXES)}")
     try:
         if suffix == ".parquet":
-            return pl.read_parquet(path)
-        return pl.read_csv(path, separator=SUFFIXES[suffix], has_header=header, infer_schema=False)
+            frame = pl.read_parquet(path)
+        else:
+            sep = SUFFIXES[suffix]
+            frame = pl.read_csv(path, separator=sep, has_header=header, infer_schema=False,
+                                quote_char='"' if sep == "," else None)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise InputError(path, f"cannot read the table: {exc}") from exc
+    return _checked_names(frame, path, header or suffix == ".parquet")
+
+
+def _checked_names(frame: pl.DataFrame, path: Path, header: bool) -> pl.DataFrame:
+    names = [c.strip() for c in frame.columns] if header else [f"column_{i + 1}" for i in range(frame.width)]
+    duplicated = sorted({n for n in names if names.count(n) > 1 or "_duplicated_" in n})
+    if duplicated:
+        raise InputError(path, f"duplicate column name(s) {duplicated}")
+    nested = [n for n, dtype in zip(names, frame.dtypes, strict=True) if dtype.is_nested()]
+    if nested:
+        raise InputError(path, f"column(s) {nested} hold lists or structs; give one scalar per cell")
+    return frame.rename(dict(zip(frame.columns, names, strict=True)))

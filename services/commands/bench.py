@@ -10,7 +10,15 @@ from typing import Annotated
 
 import typer
 
-from services.commands.ctr import DATA_HELP, LabelOption, MinCountOption, NumericOption, table_config
+from services.commands.ctr import (
+    DATA_HELP,
+    FieldsOption,
+    HeaderOption,
+    LabelOption,
+    MinCountOption,
+    NumericOption,
+    table_config,
+)
 from services.commands.output import console, fail
 from sparsekit.errors import SparsekitError
 
@@ -33,8 +41,10 @@ def bench_embeddings_command(
         "runs/embedding-sweep"),
     max_epochs: Annotated[int, typer.Option(help="Epoch cap (early stopping on validation AUC).")] = 30,
     label: LabelOption = "label",
+    fields: FieldsOption = "",
     numeric: NumericOption = "",
     min_count: MinCountOption = 1,
+    header: HeaderOption = True,
 ) -> None:
     """Train every method x budget x seed; write a tidy table (CSV, Markdown), AUC-vs-budget plots and a
     "which method at which budget" recommendation. Resumable: finished runs are skipped."""
@@ -42,7 +52,7 @@ def bench_embeddings_command(
     from embeddings.sweep import SweepConfig, run_sweep, write_report
 
     try:
-        config = SweepConfig(dataset=dataset, table=table_config(label, numeric, min_count),
+        config = SweepConfig(dataset=dataset, table=table_config(label, numeric, min_count, fields, header),
                              models=_split(model, str, "model"),
                              methods=_split(methods, str, "methods") or tuple(METHODS),
                              budgets=_split(budgets, float, "budgets"), seeds=_split(seeds, int, "seeds"),

@@ -22,13 +22,23 @@ NumericOption = Annotated[str, typer.Option(help="Table files: numeric columns, 
                                                  "at train quantiles).")]
 MinCountOption = Annotated[int, typer.Option(help="Table files: values seen fewer times in train share "
                                                   "the field's OOV id.")]
+FieldsOption = Annotated[str, typer.Option(help="Table files: the feature columns, comma-separated "
+                                                "(default: every column but the label).")]
+HeaderOption = Annotated[bool, typer.Option(help="Table files: the first line names the columns (without "
+                                                 "it they are column_1, column_2, ...).")]
 
 
-def table_config(label: str, numeric: str, min_count: int):  # -> recsys.data.ctr_table.TableCTRConfig
-    """The table-reading options of the CTR commands as one config."""
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
+def table_config(label: str, numeric: str = "", min_count: int = 1, fields: str = "",
+                 header: bool = True):  # -> TableCTRConfig
+    """The table-reading options of the CTR commands as one ``recsys.data.ctr_table.TableCTRConfig``."""
     from recsys.data.ctr_table import TableCTRConfig
 
-    return TableCTRConfig(label=label, numeric=tuple(c for c in numeric.split(",") if c), min_count=min_count)
+    return TableCTRConfig(label=label, fields=_names(fields), numeric=_names(numeric), min_count=min_count,
+                          header=header)
 
 
 def train_ctr_command(
@@ -43,8 +53,10 @@ def train_ctr_command(
     seed: Annotated[int, typer.Option(help="Split and initialisation seed.")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads (1 avoids thrashing on busy machines).")] = 1,
     label: LabelOption = "label",
+    fields: FieldsOption = "",
     numeric: NumericOption = "",
     min_count: MinCountOption = 1,
+    header: HeaderOption = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
 ) -> None:
     """Train a CTR model with early stopping on validation AUC; save it with its field schema."""
@@ -52,7 +64,8 @@ def train_ctr_command(
     from recsys.training.ctr import CTRTrainConfig, save_ctr_model, train_ctr
 
     try:
-        dataset = load_ctr(data, data_root, seed, table=table_config(label, numeric, min_count))
+        table = table_config(label, numeric, min_count, fields, header)
+        dataset = load_ctr(data, data_root, seed, table=table)
         config = CTRTrainConfig(model=model, embed_dim=embed_dim, lr=lr, max_epochs=max_epochs,
                                 patience=patience, seed=seed, threads=threads)
         result = train_ctr(config, dataset)
@@ -78,6 +91,7 @@ def compress_ctr_command(
     data_root: Annotated[Path | None, typer.Option(help="Dataset folder (default: the data root).")] = None,
     seed: Annotated[int, typer.Option(help="Split seed (must match training).")] = 0,
     label: LabelOption = "label",
+    header: HeaderOption = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
 ) -> None:
     """Atomic Feature Mimicking: one calibration pass, top-k eigenvectors per layer, no retraining."""
@@ -89,7 +103,8 @@ def compress_ctr_command(
         fail(ValueError("pass exactly one of --rank and --energy"))
     try:
         art = load_ctr_model(model)
-        dataset = load_ctr(calib, data_root, seed, table=table_config(label, "", 1), schema=art.schema)
+        dataset = load_ctr(calib, data_root, seed, table=table_config(label, header=header),
+                           schema=art.schema)
         targets = default_targets(art.model) + (["embedding"] if embedding else [])
         rows = np.random.default_rng(seed).permutation(len(dataset.train))[:calib_rows]
         small = compress(art.model, batches(dataset.train.features[rows], 4096), rank=rank, energy=energy,

@@ -161,3 +161,71 @@ def test_the_compression_sweep_runs_on_a_table(table: Path, tmp_path: Path) -> N
     runs = run_sweep(config)
     assert set(runs["method"]) == {"full", "hashing"} and (runs["status"] == "ok").all()
     assert (runs["stored_bytes"] <= 1.02 * runs["budget_bytes"]).all()
+
+
+def test_per_row_and_column_encoding_agree_on_typed_columns(tmp_path: Path) -> None:
+    frame = pl.DataFrame({
+        "label": [0, 1, 0, 1, 0, 1, 0, 1, 0, 1],
+        "shop": [7.0, 7.0, 2.5, None, float("nan"), float("inf"), 7.0, 2.5, 3.0, 3.0],
+        "flag": [True, False, True, None, True, False, True, False, True, False],
+        "n": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+    })
+    path = tmp_path / "typed.parquet"
+    frame.write_parquet(path)
+    data = load_table_ctr(path, TableCTRConfig(), fractions=(0.6, 0.2, 0.2))
+    shop, flag, _ = data.schema.fields
+    assert "NaN" not in shop.values and "inf" not in shop.values and set(shop.values) <= {"7", "2.5", "3"}
+    assert set(flag.values) <= {"true", "false"}
+    for spec, offset in zip(data.schema.fields, data.schema.offsets, strict=True):
+        column = encode_column(spec, frame[spec.name], int(offset))
+        rows = [int(offset) + spec.local_id(v, i + 1) for i, v in enumerate(frame[spec.name].to_list())]
+        assert column.tolist() == rows, spec.name
+    # what a ScoreCTR client sends as text lands on the same ids
+    assert data.schema.encode([{"shop": "7", "flag": "true", "n": "3"}]).tolist() == \
+        data.schema.encode([{"shop": 7.0, "flag": True, "n": 3}]).tolist()
+
+
+def test_omitted_fields_of_an_oov_schema_are_missing_values() -> None:
+    schema = CTRSchema((CTRField("city", 2, values=("rome",), oov=True), CTRField("age", 3, bins=(18.0,),
+                                                                                   oov=True)))
+    np.testing.assert_array_equal(schema.encode([{"city": "rome"}]), [[0, 4]])
+    closed = CTRSchema((CTRField("city", 1, values=("rome",)),))
+    with pytest.raises(InputError, match=r"city.*missing value"):
+        closed.encode([{}])
+
+
+def test_file_quirks_headerless_tsv_quotes_spaces_and_infinities(tmp_path: Path) -> None:
+    (tmp_path / "nh.csv").write_text("".join(f"{i % 2},u{i % 5},{i}.5\n" for i in range(40)))
+    data = load_table_ctr(tmp_path / "nh.csv", TableCTRConfig(label="column_1", numeric=("column_3",),
+                                                              header=False))
+    assert data.field_names == ["column_2", "column_3"]
+    quoted = "".join(f"{i % 2}\t{i % 3} 5\" screen\n" for i in range(40))
+    (tmp_path / "q.tsv").write_text("label\tname\n" + quoted)
+    assert load_table_ctr(tmp_path / "q.tsv").schema.fields[0].values[0].endswith('5" screen')
+    lines = "".join(f"{i % 2}, {('inf' if i % 5 == 0 else i)}\n" for i in range(60))
+    (tmp_path / "sp.csv").write_text("label, price\n" + lines)
+    data = load_table_ctr(tmp_path / "sp.csv", TableCTRConfig(numeric=("price",)))
+    price = data.schema.fields[0]
+    assert price.name == "price" and all(np.isfinite(price.bins))
+    assert CTRSchema.from_dict(data.schema.to_dict()) == data.schema
+
+
+def test_duplicate_names_nested_columns_and_one_label_splits_are_errors(tmp_path: Path) -> None:
+    (tmp_path / "dup.csv").write_text("label,a,a\n0,x,y\n1,y,z\n")
+    with pytest.raises(InputError, match="duplicate column"):
+        load_table_ctr(tmp_path / "dup.csv")
+    pl.DataFrame({"label": [0, 1], "tags": [["a"], ["b", "c"]]}).write_parquet(tmp_path / "nested.parquet")
+    with pytest.raises(InputError, match=r"\['tags'\] hold lists"):
+        load_table_ctr(tmp_path / "nested.parquet")
+    pl.DataFrame({"label": [1] * 9 + [0], "a": list("abcdefghij")}).write_csv(tmp_path / "skew.csv")
+    with pytest.raises(InputError, match="one label only"):
+        load_table_ctr(tmp_path / "skew.csv")
+
+
+def test_a_sweep_folder_refuses_runs_of_another_setup(table: Path, tmp_path: Path) -> None:
+    config = SweepConfig(dataset=str(table), table=CONFIG, methods=("hashing",), budgets=(0.1,), seeds=(0,),
+                         out_dir=str(tmp_path), max_epochs=1, progress=False)
+    run_sweep(config)
+    other = TableCTRConfig(label="click", numeric=("price",), min_count=50)
+    with pytest.raises(InputError, match=r"different sweep.*'field_dims'.*'table'"):
+        run_sweep(SweepConfig(**{**config.__dict__, "table": other}))
