@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparsekit.artifacts import ArtifactWriter
+from sparsekit.artifacts import MANIFEST, ArtifactWriter
 from sparsekit.errors import ArtifactError, NotFoundError
 
 FILE = "ids.json"
@@ -30,11 +30,13 @@ class IdVocab:
         return None if users is None or items is None else cls(tuple(users), tuple(items))
 
     def user_row(self, user: str) -> int:
-        """The model row of a raw user id; :class:`NotFoundError` when the model never saw it."""
+        """The model row of a raw user id (stripped, as the log's ids were); :class:`NotFoundError` when
+        the model never saw it."""
         index = self.__dict__.get("_rows")
         if index is None:
             index = {u: i for i, u in enumerate(self.users)}
             object.__setattr__(self, "_rows", index)
+        user = user.strip()
         if user not in index:
             raise NotFoundError(f"user: {user!r} is not a user of this model")
         return index[user]
@@ -46,8 +48,11 @@ class IdVocab:
     def read(cls, path: str | Path, shape: tuple[int, int]) -> IdVocab | None:
         """The vocabulary stored in artifact ``path`` (checked against the model's users x items)."""
         file = Path(path) / FILE
-        if not file.is_file():
+        listed = FILE in _manifest_files(Path(path))
+        if not file.is_file() and not listed:
             return None
+        if not listed:
+            raise ArtifactError(path, f"{FILE} is not listed in the manifest (not written with this model)")
         try:
             data = json.loads(file.read_text())
             vocab = cls(tuple(map(str, data["users"])), tuple(map(str, data["items"])))
@@ -57,3 +62,10 @@ class IdVocab:
             raise ArtifactError(path, f"{FILE} names {len(vocab.users)} users x {len(vocab.items)} items, "
                                       f"the model has {shape[0]} x {shape[1]}")
         return vocab
+
+
+def _manifest_files(path: Path) -> dict:
+    try:
+        return json.loads((path / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ArtifactError(path, f"unreadable manifest: {exc}") from exc

@@ -130,6 +130,9 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
     def _user(served: ServedRecommender, req: recommend_pb2.RecommendRequest) -> int:
         """The model row asked for: ``user_id`` as given, or the raw ``user`` looked up in the vocabulary."""
         if not req.user:
+            if served.ids is not None:
+                raise InputError("user", f"model {req.model!r} was trained on raw ids: set user (a raw "
+                                         "id), not user_id")
             return req.user_id
         if req.user_id:
             raise InputError("user", "set one of user and user_id, not both")

@@ -7,7 +7,7 @@ with the trained model, so the Recommend service can be asked about user ``"alic
 item ids. Repeated (user, item) pairs count once. Each user's interactions are split into train and test
 as the NGCF / LightGCN data are (per-user holdout, ``test_fraction`` of each user's items, at least one
 left in train): the **latest** ones when a ``time`` column is given (a temporal split, nothing from the
-future in train), otherwise a seeded random choice.
+future in train; times compare exactly, to the nanosecond), otherwise a seeded random choice.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def load_interactions_table(
         raise InputError(path, "the table has no rows")
     users, user_ids = _ids(frame[config.user])
     items, item_ids = _ids(frame[config.item])
-    order = _times(frame[config.time]) if config.time else np.random.default_rng(seed).random(frame.height)
+    order = _times(frame[config.time]) if config.time else _random_order(users, items, seed)
     train, test = _split(users, items, order, config.test_fraction)
     shape = (len(user_ids), len(item_ids))
     return ImplicitDataset(_csr(users[train], items[train], shape), _csr(users[test], items[test], shape),
@@ -62,34 +62,49 @@ def load_interactions_table(
 
 
 def _ids(column: pl.Series) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Contiguous codes in sorted raw-id order, and the sorted raw ids."""
     text = column.cast(pl.String).str.strip_chars()
     empty = text.is_null() | (text == "")
     if empty.any():
         row = int(np.flatnonzero(empty.to_numpy())[0])
         raise InputError(column.name, f"row {row + 1}: missing id")
-    vocab, codes = np.unique(text.to_numpy().astype(str), return_inverse=True)
-    return codes.astype(np.int64), tuple(vocab.tolist())
+    codes = text.rank("dense").cast(pl.Int64).to_numpy() - 1
+    return codes, tuple(text.unique().sort().to_list())
 
 
 def _times(column: pl.Series) -> np.ndarray:
-    """Timestamps as float64: numbers as given, or ISO-8601 date-times / dates (parsed by polars)."""
-    if column.dtype.is_temporal():
-        return column.dt.epoch("ms").cast(pl.Float64).to_numpy()
-    if column.dtype.is_numeric():
-        numbers = column.cast(pl.Float64)
+    """Exact sort keys: integers as given, float numbers, or date-times / dates (ISO-8601 text or typed
+    columns) as nanoseconds since the epoch. A missing or NaN time is an error."""
+    if isinstance(column.dtype, pl.Datetime):
+        keys = column.dt.epoch("ns")
+    elif column.dtype == pl.Date:
+        keys = column.cast(pl.Datetime("ns")).dt.epoch("ns")
+    elif column.dtype.is_integer():
+        keys = column
+    elif column.dtype.is_float():
+        keys = column.fill_nan(None)
+    elif column.dtype == pl.String:
+        keys = _parse_times(column)
     else:
-        text = column.cast(pl.String).str.strip_chars()
-        numbers = text.cast(pl.Float64, strict=False)
-        if (numbers.is_null() & text.is_not_null()).any():
-            try:
-                numbers = text.str.to_datetime(strict=True).dt.epoch("ms").cast(pl.Float64)
-            except pl.exceptions.PolarsError:
-                bad = text.filter(numbers.is_null())[0]
-                raise InputError(column.name, f"{bad!r} is neither a number nor a date-time") from None
-    if numbers.is_null().any():
-        row = int(np.flatnonzero(numbers.is_null().to_numpy())[0])
+        raise InputError(column.name, f"a time column holds numbers or date-times, not {column.dtype}")
+    if keys.is_null().any():
+        row = int(np.flatnonzero(keys.is_null().to_numpy())[0])
         raise InputError(column.name, f"row {row + 1}: missing time")
-    return numbers.to_numpy()
+    return keys.to_numpy()
+
+
+def _parse_times(column: pl.Series) -> pl.Series:
+    text = column.str.strip_chars()
+    given = text.is_not_null() & (text != "")
+    for kind in (pl.Int64, pl.Float64):
+        keys = text.cast(kind, strict=False)
+        if not (keys.is_null() & given).any():
+            return keys.fill_nan(None) if kind == pl.Float64 else keys
+    try:
+        return text.str.to_datetime(strict=True, time_unit="ns").dt.epoch("ns")
+    except pl.exceptions.PolarsError:
+        bad = text.filter(text.cast(pl.Float64, strict=False).is_null() & given)[0]
+        raise InputError(column.name, f"{bad!r} is neither a number nor a date-time") from None
 
 
 def _split(
@@ -108,6 +123,13 @@ def _split(
     n = counts[users[keep]]
     test = rank >= n - np.clip(np.rint(n * fraction), 0, n - 1)
     return keep[~test], keep[test]
+
+
+def _random_order(users: np.ndarray, items: np.ndarray, seed: int) -> np.ndarray:
+    """One seeded random key per distinct (user, item) pair, shared by its repeats (so an often-repeated
+    item is no likelier to stay in train)."""
+    _, pair = np.unique(users * (int(items.max()) + 1) + items, return_inverse=True)
+    return np.random.default_rng(seed).random(int(pair.max()) + 1)[pair]
 
 
 def _csr(users: np.ndarray, items: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from services.commands.output import console, fail
+from services.commands.output import console, fail, refuse_existing
 from sparsekit.errors import SparsekitError
 
 
@@ -54,6 +54,7 @@ def train_cf_command(
     from recsys.sparse_export import export_sparse
     from recsys.training.cf import CFTrainConfig, save_model, train_cf
 
+    refuse_existing(out, overwrite)
     start = time.perf_counter()
     try:
         if is_table_file(data):
@@ -61,20 +62,21 @@ def train_cf_command(
             dataset = load_interactions_table(data, log, seed=seed)
         else:
             dataset = load_implicit(data)
+        k = min(20, dataset.num_items)  # a small log may have fewer items than the usual cut-off
         config = CFTrainConfig(model=model, dim=dim, layers=layers, lr=lr, batch_size=batch_size,
                                epochs=epochs, seed=seed, density=density, static_sparsity=static,
-                               dsl_delta_t=delta_t, time_budget_s=time_budget_s, resume=resume,
+                               dsl_delta_t=delta_t, time_budget_s=time_budget_s, resume=resume, eval_k=k,
                                checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None)
         trained, history = train_cf(config, dataset)
+        metrics = evaluate_ranking(trained.scorer(), dataset.train, dataset.test, k=k, device=trained.device)
         if density is None:
             save_model(trained, out, overwrite=overwrite, ids=IdVocab.of(dataset))
             stored = ""
         else:
             counts = export_sparse(trained, out, overwrite=overwrite, ids=IdVocab.of(dataset)).counts
             stored = f", stored {counts['stored_bytes']:,} B vs dense {counts['dense_bytes']:,} B"
-        metrics = evaluate_ranking(trained.scorer(), dataset.train, dataset.test, k=20, device=trained.device)
     except (SparsekitError, ValueError) as exc:
         fail(exc)
     console.print(f"{model} ({'dense' if density is None else f'density {density}'}): "
                   f"{len(history)} epochs in {time.perf_counter() - start:.0f}s, "
-                  f"Recall@20 {metrics.recall:.4f}, NDCG@20 {metrics.ndcg:.4f}{stored}; saved to {out}")
+                  f"Recall@{k} {metrics.recall:.4f}, NDCG@{k} {metrics.ndcg:.4f}{stored}; saved to {out}")

@@ -12,7 +12,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from services.commands.output import console, fail
+from services.commands.output import console, fail, refuse_existing
 from sparsekit.errors import SparsekitError
 
 DATA_HELP = ("frappe, movielens (CTR: rating >= 4 is a click), or a CSV / TSV / Parquet table of your own "
@@ -63,6 +63,7 @@ def train_ctr_command(
     from recsys.data.ctr import load_ctr
     from recsys.training.ctr import CTRTrainConfig, save_ctr_model, train_ctr
 
+    refuse_existing(out, overwrite)
     try:
         table = table_config(label, numeric, min_count, fields, header)
         dataset = load_ctr(data, data_root, seed, table=table)

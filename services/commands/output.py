@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NoReturn
 
 import typer
@@ -15,3 +16,9 @@ def fail(exc: Exception) -> NoReturn:
     """Print ``error: <exc>`` to stderr and exit with status 2 (bad input)."""
     err.print(f"[bold red]error:[/] {exc}")
     raise typer.Exit(2)
+
+
+def refuse_existing(out: Path, overwrite: bool) -> None:
+    """Fail before any work when ``out`` exists and may not be replaced (not after an hour of training)."""
+    if out.exists() and not overwrite:
+        fail(FileExistsError(f"{out}: already exists (pass --overwrite to replace it)"))

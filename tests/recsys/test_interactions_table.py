@@ -131,5 +131,58 @@ def test_cli_trains_on_a_log_and_keeps_its_ids(tmp_path: Path) -> None:
     assert served.ids.users[0] == "user-0" and all(i.startswith("sku-") for i in served.ids.items)
     out = CliRunner().invoke(app, ["train", "cf", "--data", str(path), "--item-col", "i", "--out",
                                    str(tmp_path / "bad")])  # no user column called "user"
-    assert out.exit_code != 0 and "'user'" in out.output
+    assert out.exit_code != 0 and "'user'" in " ".join(out.output.split())
     assert not (tmp_path / "bad").exists()
+
+
+def test_random_holdout_does_not_favour_repeated_items(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    pl.DataFrame({"user": ["a"] * 10, "item": ["A"] * 9 + ["B"]}).write_csv(path)
+    config = InteractionsConfig(test_fraction=0.5)
+    in_test = [load_interactions_table(path, config, seed=s).test[0, 0] for s in range(200)]
+    assert 0.4 < np.mean(in_test) < 0.6  # A is held out half the time, however often it repeats
+
+
+def test_times_compare_exactly_and_bad_times_are_errors(tmp_path: Path) -> None:
+    base = datetime(2024, 1, 1)
+    late_first = {"user": ["a", "a", "a", "a"], "item": ["b", "c", "d", "e"]}
+    cases = [
+        [base + timedelta(microseconds=1), base, base - timedelta(days=2), base - timedelta(days=1)],
+        [1_700_000_000_000_000_001, 1_700_000_000_000_000_000, 1, 2],
+        ["2024-01-01T00:00:00.000001", "2024-01-01T00:00:00", "2023-12-30", "2023-12-31"],
+    ]
+    for times in cases:
+        path = tmp_path / "t.parquet"
+        pl.DataFrame({**late_first, "t": times}).write_parquet(path)
+        data = load_interactions_table(path, InteractionsConfig(time="t", test_fraction=0.25))
+        assert _dense(data)["test"] == {"a:b"}, times
+    for times, match in (([float("nan"), 5.0, 3.0, 4.0], "row 1: missing time"),
+                         ([timedelta(1)] * 4, "numbers or date-times")):
+        pl.DataFrame({**late_first, "t": times}).write_parquet(tmp_path / "bad.parquet")
+        with pytest.raises(InputError, match=match):
+            load_interactions_table(tmp_path / "bad.parquet", InteractionsConfig(time="t"))
+
+
+def test_an_ids_file_the_manifest_does_not_list_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    LOG.write_csv(path)
+    data = load_interactions_table(path, TEMPORAL)
+    model, _ = train_cf(CFTrainConfig(model="mf", dim=4, epochs=1, batch_size=8, progress=False), data)
+    save_model(model, tmp_path / "plain")  # no ids
+    assert load_recommender(tmp_path / "plain").ids is None
+    (tmp_path / "plain" / FILE).write_text('{"users": ["x", "y", "z"], "items": ["1", "2", "3", "4", "5"]}')
+    with pytest.raises(ArtifactError, match="not listed in the manifest"):
+        load_recommender(tmp_path / "plain")
+    assert IdVocab.of(data).user_row("  bob ") == 1  # request ids are stripped like the log's
+
+
+def test_cli_evaluates_a_small_catalogue_at_its_size_and_refuses_to_clobber(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.csv"
+    pl.DataFrame({"user": [f"u{i % 5}" for i in range(40)], "item": [f"i{i % 8}" for i in range(40)]}
+                 ).write_csv(path)
+    args = ["train", "cf", "--data", str(path), "--model", "mf", "--epochs", "1", "--dim", "4",
+            "--out", str(tmp_path / "m")]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0 and "Recall@8" in out.output, out.output
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 2 and "already exists" in " ".join(out.output.split())  # rich wraps lines

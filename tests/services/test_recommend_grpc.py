@@ -117,6 +117,8 @@ def test_recommend_by_raw_user_id_answers_with_raw_item_ids(stub) -> None:
     assert code == grpc.StatusCode.NOT_FOUND and "'zoe'" in msg
     code, msg = _code(client.Recommend, recommend_pb2.RecommendRequest(model="mf", user="dee", k=3))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("user:") and "user_id" in msg
+    code, msg = _code(client.Recommend, recommend_pb2.RecommendRequest(model="mf-ids", user_id=0, k=3))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "set user" in msg  # no silent row 0
     both = recommend_pb2.RecommendRequest(model="mf-ids", user="dee", user_id=2, k=3)
     code, msg = _code(client.Recommend, both)
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "not both" in msg
