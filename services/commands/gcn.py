@@ -27,7 +27,8 @@ def _fanouts(text: str) -> tuple[int, ...]:
 
 def train_gcn_command(
     data: Annotated[Path, typer.Option(help="A Planetoid root holding <name>/raw/ (e.g. ../shared/data/"
-                                            "planetoid), or a graph from `sparsekit generate graph`.")],
+                                            "planetoid), a graph from `sparsekit generate graph`, or your "
+                                            "own graph as .npz (x, edge_index, y[, *_mask]).")],
     name: Annotated[str, typer.Option(help="Planetoid graph name (Cora, CiteSeer, PubMed).")] = "Cora",
     model: Annotated[str, typer.Option(help="sage (GraphSAGE-mean) or gcn.")] = "sage",
     fanouts: Annotated[str, typer.Option(help="Neighbours sampled per hop, e.g. 10,5 (-1: all).")] = "10,5",
