@@ -6,6 +6,9 @@
 2. **Frappe grid** (:mod:`embeddings.sweep`): DCNv2 x every method x budgets {0.5, 0.1, 0.01, 0.001} x
    3 seeds, plus DeepFM at budget 0.1, with the full table as baseline; early stopping on validation AUC.
    The best method per budget is chosen on validation AUC and its test AUC compared with the full table's.
+   The compositions of :data:`embeddings.registry.COMPOSED` (QR or hashed rows stored as INT8 / INT4
+   codes) run in the same grid; they are reported in a second choice that lets them compete, with
+   entries of their own, never as one of the published methods.
    Resumable: runs already under ``--work`` are read back.
 3. **Synthetic 20M-feature table at budget 0.01:** per method, the RSS it adds when built, lookup
    throughput relative to ``nn.EmbeddingBag`` at full size (1.28 GB), and DCNv2 training samples/s on
@@ -39,8 +42,8 @@ import torch  # noqa: E402
 from acceptance import entry  # noqa: E402
 from environment import commit, machine, write_result  # noqa: E402
 
-from embeddings.registry import METHODS  # noqa: E402
-from embeddings.sweep import SweepConfig, recommend, run_sweep, summarize, write_report  # noqa: E402
+from embeddings.registry import COMPOSED  # noqa: E402
+from embeddings.sweep import KINDS, SweepConfig, recommend, run_sweep, summarize, write_report  # noqa: E402
 from embeddings.table import BUDGET_SLACK, BudgetError, table_class  # noqa: E402
 from recsys.data.ctr import frappe_schema  # noqa: E402
 from sparsekit.atomic import atomic_path  # noqa: E402
@@ -58,7 +61,7 @@ def memory_accounting(dim: int = 16) -> dict[str, Any]:
     """Build every method at every budget on Frappe's shape; compare reported, real and allowed bytes."""
     schema = frappe_schema()
     cells = []
-    for method, kind in METHODS.items():
+    for method, kind in KINDS.items():
         for budget in BUDGETS:
             try:
                 table = table_class(kind)(schema.num_features, dim, budget, field_dims=schema.field_dims)
@@ -117,7 +120,7 @@ def synthetic_one(method: str, budget: float, batch: int, repeats: int, steps: i
         return {"status": "ok", "rss_bytes": _rss() - before, "lookups_per_s": round(speed)}
     before = _rss()
     try:
-        table = table_class(METHODS[method])(n, dim, budget, field_dims=SYNTHETIC_FIELDS)
+        table = table_class(KINDS[method])(n, dim, budget, field_dims=SYNTHETIC_FIELDS)
     except BudgetError as exc:
         return {"status": "infeasible", "reason": str(exc)}
     rss = _rss() - before
@@ -159,33 +162,38 @@ _entry = functools.partial(entry, digits=6)
 # (model, budget, largest allowed full-table AUC minus the best method's)
 GAP_TARGETS = (("dcnv2", 0.1, 0.003), ("dcnv2", 0.01, 0.01), ("deepfm", 0.1, 0.003))
 BEST_PREFIX = "best method"
+COMPOSED_PREFIX = "best table, compositions of two methods included"
 
 
-def best_entries(best: pl.DataFrame) -> list[dict]:
+def best_entries(best: pl.DataFrame, prefix: str = BEST_PREFIX) -> list[dict]:
     """Per (model, budget) of ``GAP_TARGETS``: the val-chosen method's test-AUC gap to the full table.
 
     The issue states the gap targets for "the best method at budget 0.1 / 0.01"; DeepFM runs at 0.1
-    only, and is held to the same 0.003 there.
+    only, and is held to the same 0.003 there. ``best`` chooses among the published methods, or (with
+    ``prefix`` :data:`COMPOSED_PREFIX`) among them and the compositions.
     """
     entries = []
     for model, budget, gap in GAP_TARGETS:
         row = best.filter((pl.col("model") == model) & (pl.col("budget") == budget))
-        label = f"{BEST_PREFIX} at budget {budget}, {model} (chosen on val: {row['method'][0]})"
+        label = f"{prefix} at budget {budget}, {model} (chosen on val: {row['method'][0]})"
         entries.append(_entry(f"{label}: full test AUC - its test AUC", row["gap_to_full"][0], "<=", gap))
     return entries
 
 
 def rescore(path: Path) -> None:
-    """Recompute the best-method entries of a results file from its stored recommendation table."""
+    """Recompute the best-method entries of a results file from its stored recommendation tables."""
     result = json.loads(path.read_text())
-    kept = [e for e in result["acceptance"] if not e["criterion"].startswith(BEST_PREFIX)]
+    kept = [e for e in result["acceptance"] if not e["criterion"].startswith((BEST_PREFIX, COMPOSED_PREFIX))]
     result["acceptance"] = kept + best_entries(pl.DataFrame(result["metrics"]["recommendation"]))
+    if "recommendation_composed" in result["metrics"]:
+        result["acceptance"] += best_entries(pl.DataFrame(result["metrics"]["recommendation_composed"]),
+                                             COMPOSED_PREFIX)
     result["rescored_commit"] = commit()
     write_result(path, result, indent=1)
     print(json.dumps(result["acceptance"]))
 
 
-def acceptance(mem: dict[str, Any], best: pl.DataFrame, runs: pl.DataFrame,
+def acceptance(mem: dict[str, Any], best: pl.DataFrame, composed: pl.DataFrame, runs: pl.DataFrame,
                syn: dict[str, Any]) -> list[dict]:
     ok = runs.filter(pl.col("status") == "ok")
     acc = [_entry("memory_bytes() == real parameter + buffer bytes: mismatching (method, budget) cells",
@@ -197,6 +205,8 @@ def acceptance(mem: dict[str, Any], best: pl.DataFrame, runs: pl.DataFrame,
     full = ok.filter((pl.col("method") == "full") & (pl.col("model") == "dcnv2"))["test_auc"].mean()
     acc.append(_entry("DCNv2 full-table test AUC (Frappe, mean of seeds)", full, ">", 0.5))
     acc += best_entries(best)
+    if runs["method"].is_in(list(COMPOSED)).any():
+        acc += best_entries(composed, COMPOSED_PREFIX)
     measured = [m for m, r in syn.items()
                 if m != "embeddingbag" and isinstance(r, dict) and r.get("status") == "ok"]
     acc.append(_entry("synthetic 20M features at budget 0.01: methods measured (RSS, lookups/s, train/s)",
@@ -207,7 +217,7 @@ def acceptance(mem: dict[str, Any], best: pl.DataFrame, runs: pl.DataFrame,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "embedding-sweep")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=",".join(KINDS))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--max-epochs", type=int, default=30)
     p.add_argument("--synthetic-batch", type=int, default=4096)
@@ -234,16 +244,17 @@ def main() -> None:
     for key in ("csv", "md", "png"):
         with atomic_path(args.out / paths[key].name) as tmp:
             shutil.copyfile(paths[key], tmp)
-    best = recommend(summarize(runs))
+    best, composed = recommend(summarize(runs)), recommend(summarize(runs), composed=True)
     torch.set_num_threads(os.cpu_count() or 1)
     syn = {} if args.skip_synthetic else synthetic(list(methods), 0.01, args.synthetic_batch, 5,
                                                    args.synthetic_steps)
     metrics = {"memory_accounting": mem, "recommendation": best.to_dicts(),
+               "recommendation_composed": composed.to_dicts(),
                "summary": summarize(runs).to_dicts(), "synthetic": syn}
     result = {"benchmark": "embedding_compression", "commit": commit(), "machine": machine(),
               "command": "python " + shlex.join(["benchmarks/embedding_compression.py", *sys.argv[1:]]),
               "wall_s": round(time.perf_counter() - start, 1), "metrics": metrics,
-              "acceptance": acceptance(mem, best, runs, syn)}
+              "acceptance": acceptance(mem, best, composed, runs, syn)}
     write_result(args.out / "embedding_compression.json", result, indent=1)
     print(json.dumps(result, default=float))
 

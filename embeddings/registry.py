@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 
 MODULES = ("full", "hashing", "qr", "tt_rec", "dhe", "robe", "dpq", "mgqe", "dedup", "mde", "autodim",
-           "optembed", "deeplight", "pep", "autosrh", "quantization", "alpt", "adaptembed")
+           "optembed", "deeplight", "pep", "autosrh", "quantization", "alpt", "adaptembed", "quantized_rows")
 
 # benchmark method name -> table kind (the full table is the baseline, not a method)
 METHODS = {
@@ -20,6 +20,11 @@ METHODS = {
     "deeplight": "deeplight", "pep": "pep", "autosrh": "autosrh", "int8": "int8", "int16": "int16",
     "alpt": "alpt", "dedup": "dedup",
 }
+
+# compositions of two published families (a shared-row table stored as low-bit codes); swept and reported
+# beside the methods, never counted as one of them
+COMPOSED = {"qr+int8": "qr+int8", "qr+int4": "qr+int4", "hashing+int8": "hashing+int8",
+            "hashing+int4": "hashing+int4"}
 
 
 def import_all() -> None:

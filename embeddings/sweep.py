@@ -25,13 +25,14 @@ from typing import Any
 import polars as pl
 from tqdm.auto import tqdm
 
-from embeddings.registry import METHODS
+from embeddings.registry import COMPOSED, METHODS
 from embeddings.table import BudgetError, table_class
 from recsys.data.ctr_table import TableCTRConfig
 from sparsekit.atomic import atomic_path, write_text_atomic
 from sparsekit.errors import InputError
 
 BASELINE = "full"
+KINDS = {**METHODS, **COMPOSED}  # what a sweep may run: the methods, and compositions of two of them
 IDENTITY = "sweep.json"
 
 
@@ -54,9 +55,9 @@ class SweepConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.methods) - set(METHODS))
+        unknown = sorted(set(self.methods) - set(KINDS))
         if unknown:
-            raise InputError("methods", f"unknown method(s) {unknown}; known: {sorted(METHODS)}")
+            raise InputError("methods", f"unknown method(s) {unknown}; known: {sorted(KINDS)}")
         bad = [b for b in self.budgets if not 0.0 < b <= 1.0]
         if bad:
             raise InputError("budgets", f"budgets must lie in (0, 1], got {bad}")
@@ -88,7 +89,7 @@ def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
     """Train one cell; a method that cannot meet the budget gives ``status == "infeasible"``."""
     from recsys.training.ctr import CTRTrainConfig, train_ctr
 
-    kind = BASELINE if key.method == BASELINE else METHODS[key.method]
+    kind = BASELINE if key.method == BASELINE else KINDS[key.method]
     row: dict[str, Any] = {**asdict(key), "dataset": config.dataset}
     try:
         table = table_class(kind)(data.num_features, config.embed_dim, key.budget, field_dims=data.field_dims)
@@ -166,12 +167,15 @@ def summarize(runs: pl.DataFrame) -> pl.DataFrame:
                                                                      descending=[False, True, False])
 
 
-def recommend(summary: pl.DataFrame) -> pl.DataFrame:
+def recommend(summary: pl.DataFrame, composed: bool = False) -> pl.DataFrame:
     """Per model and budget: the method with the best mean validation AUC, its test AUC and the gap to
-    the full table's mean test AUC."""
+    the full table's mean test AUC. Compositions (:data:`embeddings.registry.COMPOSED`) compete only
+    with ``composed``."""
     full = (summary.filter(pl.col("method") == BASELINE)
             .select("model", pl.col("test_auc").alias("full_test_auc")))
     cand = summary.filter((pl.col("method") != BASELINE) & (pl.col("n_ok") > 0))
+    if not composed:
+        cand = cand.filter(~pl.col("method").is_in(list(COMPOSED)))
     best = cand.sort("val_auc", descending=True).group_by("model", "budget", maintain_order=True).first()
     return (best.join(full, on="model", how="left")
             .with_columns((pl.col("full_test_auc") - pl.col("test_auc")).alias("gap_to_full"))
@@ -235,8 +239,14 @@ def write_report(runs: pl.DataFrame, out_dir: str | Path,
     with atomic_path(paths["csv"]) as tmp:
         summary.write_csv(tmp)
     text = ["# Embedding compression: AUC vs memory budget", "", "## Which method at which budget",
-            "Chosen by mean validation AUC; test AUC reported once.", "", _markdown(best),
-            "## All cells (mean over seeds)", "", _markdown(summary)]
+            "Chosen by mean validation AUC among the published methods; test AUC reported once.", "",
+            _markdown(best)]
+    if summary["method"].is_in(list(COMPOSED)).any():
+        text += ["## Which table at which budget, compositions included",
+                 "The same choice with compositions of two methods (a shared-row table stored as "
+                 "low-bit codes, e.g. `qr+int4`) allowed to compete.", "",
+                 _markdown(recommend(summary, composed=True))]
+    text += ["## All cells (mean over seeds)", "", _markdown(summary)]
     write_text_atomic(paths["md"], "\n".join(text))
     plot(summary, paths["png"])
     return paths

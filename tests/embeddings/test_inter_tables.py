@@ -1,6 +1,7 @@
 """The embedding-table contract for every inter-feature compression method.
 
-Hashing, QR, TT-Rec, DHE, ROBE, DPQ, MGQE and dedup: forward/backward on tiny shapes, budget adherence
+Hashing, QR, TT-Rec, DHE, ROBE, DPQ, MGQE and dedup, and the compositions of hashing / QR with INT8 /
+INT4 rows (embeddings.quantized_rows): forward/backward on tiny shapes, budget adherence
 of the table that serves (exact byte accounting, Frappe shapes at the benchmark budgets), BudgetError
 where a method cannot reach a budget, id validation, the config round trip (finalized tables too),
 and, on a small Frappe sample, that DeepFM learns through each table.
@@ -18,6 +19,7 @@ from embeddings.dpq import DPQTable, code_bits, packed_bytes
 from embeddings.hashing import HashingTable
 from embeddings.mgqe import MGQETable
 from embeddings.qr import QRTable
+from embeddings.quantized_rows import HashingInt4Table, HashingInt8Table, QRInt4Table, QRInt8Table
 from embeddings.robe import ROBETable
 from embeddings.table import BUDGET_SLACK, TABLES, BudgetError, EmbeddingTable, build_table
 from embeddings.tt_rec import TTRecTable
@@ -36,12 +38,17 @@ CLASSES = {
     "dpq": DPQTable,
     "mgqe": MGQETable,
     "dedup": DedupTable,
+    "qr+int8": QRInt8Table,
+    "qr+int4": QRInt4Table,
+    "hashing+int8": HashingInt8Table,
+    "hashing+int4": HashingInt4Table,
 }
 KINDS = sorted(CLASSES)
 FRAPPE_DIMS = [size for _, size in FRAPPE_FIELDS]
 FRAPPE_N = sum(FRAPPE_DIMS)
 BUDGETS = (0.5, 0.1, 0.01, 0.001)
-INFEASIBLE = {(kind, 0.001) for kind in KINDS if kind not in ("hashing", "robe")}
+INFEASIBLE = {(kind, 0.001) for kind in KINDS
+              if kind not in ("hashing", "robe", "qr+int4", "hashing+int8", "hashing+int4")}
 TINY_FIELDS = [40, 100, 30, 30]
 TINY_INFEASIBLE = {("dhe", 0.2), ("dhe", 0.1)}  # the narrowest 16-16x2-8 MLP is 2,720 bytes
 TINY_N = sum(TINY_FIELDS)
