@@ -193,6 +193,10 @@ def rescore(path: Path) -> None:
     print(json.dumps(result["acceptance"]))
 
 
+def _has_compositions(runs: pl.DataFrame) -> bool:
+    return bool(runs["method"].is_in(list(COMPOSED)).any())
+
+
 def acceptance(mem: dict[str, Any], best: pl.DataFrame, composed: pl.DataFrame, runs: pl.DataFrame,
                syn: dict[str, Any]) -> list[dict]:
     ok = runs.filter(pl.col("status") == "ok")
@@ -205,7 +209,7 @@ def acceptance(mem: dict[str, Any], best: pl.DataFrame, composed: pl.DataFrame, 
     full = ok.filter((pl.col("method") == "full") & (pl.col("model") == "dcnv2"))["test_auc"].mean()
     acc.append(_entry("DCNv2 full-table test AUC (Frappe, mean of seeds)", full, ">", 0.5))
     acc += best_entries(best)
-    if runs["method"].is_in(list(COMPOSED)).any():
+    if _has_compositions(runs):
         acc += best_entries(composed, COMPOSED_PREFIX)
     measured = [m for m, r in syn.items()
                 if m != "embeddingbag" and isinstance(r, dict) and r.get("status") == "ok"]
@@ -249,7 +253,7 @@ def main() -> None:
     syn = {} if args.skip_synthetic else synthetic(list(methods), 0.01, args.synthetic_batch, 5,
                                                    args.synthetic_steps)
     metrics = {"memory_accounting": mem, "recommendation": best.to_dicts(),
-               "recommendation_composed": composed.to_dicts(),
+               **({"recommendation_composed": composed.to_dicts()} if _has_compositions(runs) else {}),
                "summary": summarize(runs).to_dicts(), "synthetic": syn}
     result = {"benchmark": "embedding_compression", "commit": commit(), "machine": machine(),
               "command": "python " + shlex.join(["benchmarks/embedding_compression.py", *sys.argv[1:]]),

@@ -75,7 +75,9 @@ class QuantizedRowsTable(EmbeddingTable):
         del self.inner.weight  # the inner table supplies the row mapping; its rows live here, once
         stored = master.shape[0] * row_bytes + sum(b.numel() * b.element_size() for b in self.buffers())
         if served:
-            self.register_buffer("codes", pack_codes(torch.zeros_like(master, dtype=torch.int64), self.bits))
+            width = master.shape[1] if self.bits == 8 else row_code_bytes(dim, self.bits)
+            self.register_buffer("codes", torch.zeros(master.shape[0], width,
+                                                      dtype=torch.int8 if self.bits == 8 else torch.uint8))
             self.register_buffer("scales", torch.ones(master.shape[0], dtype=torch.float16))
         else:
             self.weight = nn.Parameter(master.clone())
@@ -133,10 +135,15 @@ class QuantizedRowsTable(EmbeddingTable):
         return f"{super().extra_repr()}, table={self.table_kind}, rows={rows}, bits={self.bits}"
 
 
+FP16_SMALLEST = 2.0**-24  # the smallest (subnormal) float16: small rows keep the whole code range
+FP16_LARGEST = float(torch.finfo(torch.float16).max)
+
+
 def row_scales(rows: torch.Tensor, qmax: int) -> torch.Tensor:
-    """Symmetric scales ``max|w| / qmax`` over the last dim, at the float16 precision they are stored in."""
-    tiny = torch.finfo(torch.float16).tiny
-    return (rows.abs().amax(dim=-1) / qmax).clamp_min(tiny).to(torch.float16).float().clamp_min(tiny)
+    """Symmetric scales ``max|w| / qmax`` over the last dim, at the float16 precision they are stored in
+    (clamped to float16's range: a huge row saturates instead of overflowing)."""
+    scale = (rows.abs().amax(dim=-1) / qmax).clamp(FP16_SMALLEST, FP16_LARGEST)
+    return scale.to(torch.float16).float().clamp_min(FP16_SMALLEST)
 
 
 class QRInt8Table(QuantizedRowsTable):

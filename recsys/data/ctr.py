@@ -160,6 +160,8 @@ def category_keys(column: pl.Series) -> pl.Series:
 
 def _number(value: Any, name: str, row: int, finite: bool = True) -> float:
     try:
+        if isinstance(value, str) and "_" in value:  # Python reads "1_000"; a table column does not
+            raise ValueError(value)
         number = float(value)
     except (TypeError, ValueError):
         raise InputError(name, f"{value!r} is not a number", line=row) from None

@@ -33,8 +33,9 @@ def _split(text: str, cast: type, option: str) -> tuple:
 def bench_embeddings_command(
     dataset: Annotated[str, typer.Option(help=DATA_HELP)] = "frappe",
     model: Annotated[str, typer.Option(help="CTR model(s): dlrm, wdl, deepfm, dcnv2.")] = "dcnv2",
-    methods: Annotated[str, typer.Option(help="Methods, comma-separated (default: all; see "
-                                              "embeddings.registry.METHODS).")] = "",
+    methods: Annotated[str, typer.Option(help="Methods, comma-separated (default: every published "
+                                              "method, embeddings.registry.METHODS; compositions such "
+                                              "as qr+int4 run when named).")] = "",
     budgets: Annotated[str, typer.Option(help="Budgets (share of the full table).")] = "0.5,0.1,0.01,0.001",
     seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0,1,2",
     out: Annotated[Path, typer.Option(help="Sweep folder: a JSON per run (resumable), report/.")] = Path(

@@ -10,7 +10,7 @@ import torch
 from embeddings.hashing import HashingTable
 from embeddings.qr import QRTable
 from embeddings.quantization import unpack_codes
-from embeddings.quantized_rows import QRInt4Table, QRInt8Table, QuantizedRowsTable
+from embeddings.quantized_rows import HashingInt8Table, QRInt4Table, QRInt8Table, QuantizedRowsTable
 from embeddings.table import BudgetError, table_class
 from kernels.embedding_bag_reference import compositional_bag_reference, hashed_bag_reference
 from sparsekit.errors import InputError
@@ -65,3 +65,14 @@ def test_bad_options_and_budgets_are_named() -> None:
     with pytest.raises(BudgetError) as info:
         QRInt8Table(N, DIM, 0.001)
     assert info.value.source == "qr+int8"
+
+
+def test_small_rows_keep_the_code_range_and_huge_rows_saturate() -> None:
+    table = HashingInt8Table(N, DIM, 0.1)  # rows start at N(0, 1e-4), below float16's normal range
+    rows = table.weight.detach()
+    served = table.finalize()
+    dequantized = unpack_codes(served.codes, 8, DIM).float() * served.scales.float()[:, None]
+    assert (dequantized - rows).norm() / rows.norm() < 0.02
+    with torch.no_grad():
+        table.weight[0, 0] = 1e7  # beyond float16: the scale saturates, nothing turns NaN
+    assert torch.isfinite(table.finalize().lookup(torch.arange(N))).all()
