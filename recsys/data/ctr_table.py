@@ -81,7 +81,7 @@ def load_table_ctr(
                          for spec, offset in zip(schema.fields, schema.offsets, strict=True)], axis=1)
     info = {"source": path.name, "label": config.label, "oov": "train-split vocabulary"}
     data = split_dataset(path.stem, schema, features, labels, seed, fractions, info=info)
-    for name in ("train", "val"):
+    for name in ("train", "val", "test"):
         split = getattr(data, name)
         if len(np.unique(split.labels)) < 2:
             raise InputError(path, f"the {name} split ({len(split)} rows) holds one label only; AUC needs "
