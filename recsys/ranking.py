@@ -67,6 +67,8 @@ def evaluate_ranking(scorer: Scorer, train: sp.csr_matrix, test: sp.csr_matrix, 
         for start in tqdm(range(0, users.size, batch_size), desc="rank", disable=not progress, leave=False):
             chunk = users[start:start + batch_size]
             scores = scorer(torch.from_numpy(chunk).to(device)).float()
+            if scores._base is not None:  # a view (e.g. one expanded popularity row): never write into it
+                scores = scores.clone()
             scores[interaction_positions(train, chunk, device)] = float("-inf")
             top = torch.topk(scores, k, dim=1).indices
             relevant = torch.zeros(len(chunk), num_items, dtype=torch.bool, device=device)

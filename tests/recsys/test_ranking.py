@@ -96,3 +96,13 @@ def test_bad_input_names_the_argument() -> None:
         evaluate_ranking(_fixed(np.zeros((1, 3))), train, test, k=4)
     with pytest.raises(InputError, match="test"):
         evaluate_ranking(_fixed(np.zeros((1, 3))), train, _csr([[1]], 4), k=1)
+
+
+def test_a_scorer_returning_a_shared_view_is_not_written_into() -> None:
+    popularity = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    train, test = _csr([[0], [1], []], 4), _csr([[1], [0], [2]], 4)
+    got = evaluate_ranking(lambda users: popularity.expand(len(users), -1), train, test, k=1)
+    # user 0 (train item 0 masked) ranks item 1 first: a hit; user 1 ranks item 0 first: a hit;
+    # user 2 ranks item 0 first: a miss. Masking one user's train items must not leak to the others.
+    assert got.recall == pytest.approx(2 / 3)
+    assert torch.equal(popularity, torch.tensor([4.0, 3.0, 2.0, 1.0]))
