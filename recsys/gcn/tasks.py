@@ -75,9 +75,9 @@ def npz_task(path: str | Path, mode: str = "zero-copy", device: str | None = Non
              undirected: bool = True) -> NodeTask:
     """A graph of your own in one ``.npz`` file (``numpy.savez``), with PyG's names: ``x`` (node features
     ``[N, F]``), ``edge_index`` (``[2, E]``, source then destination), ``y`` (class ids ``[N]``; -1 marks an
-    unlabelled node) and optionally boolean ``train_mask`` / ``val_mask`` / ``test_mask``. Without masks
-    the labelled nodes are split by ``fractions`` with ``seed``. With ``undirected`` every edge also runs
-    backwards (PyG's ``ToUndirected``); repeated edges are kept once.
+    unlabelled node) and optionally boolean ``train_mask``, ``val_mask`` and ``test_mask`` (all three or
+    none). Without masks the labelled nodes are split by ``fractions`` with ``seed``. With ``undirected``
+    every edge also runs backwards (PyG's ``ToUndirected``); repeated edges are kept once.
     """
     arrays = _read_npz(Path(path))
     x, y = torch.from_numpy(arrays["x"]).float(), torch.from_numpy(arrays["y"]).long()
@@ -85,7 +85,10 @@ def npz_task(path: str | Path, mode: str = "zero-copy", device: str | None = Non
     if undirected:
         edges = torch.cat([edges, edges.flip(0)], dim=1)
     edges = torch.unique(edges, dim=1)
-    if all(m in arrays for m in NPZ_MASKS):
+    given = [m for m in NPZ_MASKS if m in arrays]
+    if given and len(given) < len(NPZ_MASKS):
+        raise InputError(path, f"has {given} but not all of {list(NPZ_MASKS)}: give all three masks, or none")
+    if given:
         splits = [torch.from_numpy(arrays[m]).nonzero().view(-1) for m in NPZ_MASKS]
     else:
         labelled = (y >= 0).nonzero().view(-1)

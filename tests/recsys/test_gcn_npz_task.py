@@ -72,7 +72,9 @@ def test_masks_given_in_the_file_are_used(tmp_path: Path) -> None:
     (lambda a: a.update(y=np.full(50, -1)), "no node is labelled"),
     (lambda a: a.update(y=np.where(np.arange(50) == 0, -1, a["y"]), train_mask=np.arange(50) < 5,
                         val_mask=np.zeros(50, bool), test_mask=np.zeros(50, bool)), "unlabelled"),
-    (lambda a: a.update(train_mask=np.ones(50)), "train_mask must be a boolean"),
+    (lambda a: a.update(train_mask=np.ones(50), val_mask=np.ones(50, bool), test_mask=np.ones(50, bool)),
+     "train_mask must be a boolean"),
+    (lambda a: a.update(train_mask=np.ones(50, bool)), "give all three masks, or none"),
     (lambda a: a.update(x=np.array([object()] * 50)), "cannot read the graph"),
 ])
 def test_bad_graph_files_get_errors_that_name_the_problem(tmp_path: Path, change, match: str) -> None:
