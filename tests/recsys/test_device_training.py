@@ -1,4 +1,5 @@
-"""Training on every device: each compressed embedding table inside a CTR model, and CF models under DSL.
+"""Training on every device: each compressed embedding table (and composition) inside a CTR model, and CF
+models under DSL.
 
 The CUDA cases cover what no CPU run exercises: masks, codebooks, hash coefficients, scores and pruning
 state created inside the tables must follow the model to the GPU, and the served table must still meet
@@ -15,7 +16,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from embeddings.registry import METHODS, import_all
+from embeddings.registry import COMPOSED, METHODS, import_all
 from embeddings.table import BudgetError, table_class
 from recsys.data.ctr import CTRField, CTRSchema, split_dataset
 from recsys.data.implicit import ImplicitDataset
@@ -25,6 +26,7 @@ from recsys.training.ctr import CTRTrainConfig, train_ctr
 import_all()
 FIELDS = (300, 200, 100, 50)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+TABLE_KINDS = {**METHODS, **COMPOSED}
 
 
 def _need(device: str) -> None:
@@ -50,12 +52,12 @@ def _toy_ctr(rows: int = 3000):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(TABLE_KINDS))
 def test_every_table_trains_in_a_ctr_model(method: str, device: str) -> None:
     _need(device)
     data = _toy_ctr()
     try:
-        table = table_class(METHODS[method])(data.num_features, 8, 0.5, field_dims=data.field_dims)
+        table = table_class(TABLE_KINDS[method])(data.num_features, 8, 0.5, field_dims=data.field_dims)
     except BudgetError as exc:
         pytest.skip(f"{method} cannot meet budget 0.5 on the toy vocabulary: {exc}")
     config = CTRTrainConfig(model="deepfm", embed_dim=8, hidden=(16,), lr=1e-2, batch_size=256,
