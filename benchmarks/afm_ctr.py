@@ -47,12 +47,11 @@ from acceptance import entry as judge  # noqa: E402
 from environment import commit, machine, write_result  # noqa: E402
 from torch import nn  # noqa: E402
 
-from recsys.data.ctr import CTRDataset, load_frappe_ctr, load_movielens_ctr  # noqa: E402
+from recsys.data.ctr import CTRDataset, load_ctr  # noqa: E402
 from recsys.lowrank import Calibration, affected_layers, calibrate, compress, parameter_count  # noqa: E402
 from recsys.training.ctr import CTRTrainConfig, batches, evaluate_ctr, train_ctr  # noqa: E402
 from sparsekit.atomic import write_text_atomic  # noqa: E402
 
-LOADERS = {"frappe": load_frappe_ctr, "movielens": load_movielens_ctr}
 AUC_TOLERANCE = 0.001
 TARGET_PARAM_RATIO, TARGET_SPEEDUP = 3.0, 1.3
 TIMING_BATCH = 1024
@@ -324,7 +323,7 @@ def main() -> None:
     results: dict[str, list[dict[str, Any]]] = {}
     acceptance: list[dict[str, Any]] = []
     for dataset in args.datasets.split(","):
-        data = LOADERS[dataset](seed=args.split_seed)
+        data = load_ctr(dataset, seed=args.split_seed)
         results[dataset] = []
         for name in args.models.split(","):
             result = run_model(data, name, args)
