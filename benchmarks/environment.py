@@ -1,4 +1,5 @@
-"""What every benchmark result records about where it ran: the machine and the git commit."""
+"""What every benchmark result records about where it ran: the machine and the git commit
+(:func:`sparsekit.provenance.commit`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsekit.atomic import write_text_atomic
+from sparsekit.provenance import commit  # noqa: F401  (re-exported for the benchmark scripts)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,18 +36,6 @@ def machine() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "ram": ram}
-
-
-def commit() -> str:
-    """The commit the run was made from: ``$SPARSEKIT_COMMIT`` when set (a GPU host's copied tree, whose
-    ``.git`` may be stale), else ``git rev-parse HEAD``, else ``"uncommitted"``."""
-    if os.environ.get("SPARSEKIT_COMMIT"):
-        return os.environ["SPARSEKIT_COMMIT"]
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True,
-                                       stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "uncommitted"
 
 
 def write_result(path: Path, result: dict[str, Any], indent: int = 2) -> None:

@@ -5,7 +5,8 @@ Each run builds the method's table at the budget (``BudgetError``: the cell is r
 trains the CTR model with early stopping on validation AUC (:func:`recsys.training.ctr.train_ctr`), lets
 the table finalize into its serving form, and records AUC / logloss on validation and test, the serving
 table's stored bytes, and training and inference samples/s. Runs are written one JSON file each
-(atomically) under ``<out>/runs/``; a rerun skips finished runs, so a killed sweep resumes.
+(atomically) under ``<out>/runs/``, with the commit of the code that trained it; a rerun skips finished
+runs, so a killed sweep resumes.
 ``<out>/sweep.json`` records the data and training settings; a rerun with other ones is refused rather
 than mixed in.
 
@@ -30,6 +31,7 @@ from embeddings.table import BudgetError, table_class
 from recsys.data.ctr_table import TableCTRConfig
 from sparsekit.atomic import atomic_path, write_text_atomic
 from sparsekit.errors import InputError
+from sparsekit.provenance import commit
 
 BASELINE = "full"
 KINDS = {**METHODS, **COMPOSED}  # what a sweep may run: the methods, and compositions of two of them
@@ -50,6 +52,7 @@ class SweepConfig:
     embed_dim: int = 16
     max_epochs: int = 30
     patience: int = 2
+    min_epochs: int = 1
     threads: int = 1
     data_root: str | None = None
     progress: bool = True
@@ -96,11 +99,13 @@ def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
     except BudgetError as exc:
         return {**row, "status": "infeasible", "reason": str(exc)}
     train = CTRTrainConfig(model=key.model, embed_dim=config.embed_dim, max_epochs=config.max_epochs,
-                           patience=config.patience, seed=key.seed, threads=config.threads, progress=False)
+                           patience=config.patience, min_epochs=config.min_epochs, seed=key.seed,
+                           threads=config.threads, progress=False)
     result = train_ctr(train, data, table)
     served = result.model.embedding
-    return {**row, "status": "ok", "table": served.kind, "stored_bytes": served.memory_bytes(),
-            "budget_bytes": int(key.budget * served.full_bytes()), "full_bytes": served.full_bytes(),
+    return {**row, "status": "ok", "commit": commit(), "table": served.kind,
+            "stored_bytes": served.memory_bytes(), "budget_bytes": int(key.budget * served.full_bytes()),
+            "full_bytes": served.full_bytes(),
             "best_epoch": result.best_epoch, "epochs": len(result.history), **result.metrics}
 
 
@@ -120,7 +125,8 @@ def sweep_identity(config: SweepConfig, data: Any) -> dict[str, Any]:
     settings. Models, methods, budgets and seeds may grow between resumes; these may not."""
     return {"dataset": config.dataset, "table": None if config.table is None else asdict(config.table),
             "field_dims": list(data.field_dims), "rows": [len(data.train), len(data.val), len(data.test)],
-            "embed_dim": config.embed_dim, "max_epochs": config.max_epochs, "patience": config.patience}
+            "embed_dim": config.embed_dim, "max_epochs": config.max_epochs, "patience": config.patience,
+            "min_epochs": config.min_epochs}
 
 
 def _check_identity(out_dir: Path, identity: dict[str, Any]) -> None:
@@ -129,7 +135,7 @@ def _check_identity(out_dir: Path, identity: dict[str, Any]) -> None:
     if not path.is_file():
         _write_json(path, identity)
         return
-    stored = json.loads(path.read_text())
+    stored = {"min_epochs": 1, **json.loads(path.read_text())}  # folders from before min_epochs: 1
     changed = sorted(k for k in identity.keys() | stored.keys() if stored.get(k) != identity.get(k))
     if changed:
         raise InputError("out", f"{out_dir} holds runs of a different sweep (differs in {changed}); resuming "

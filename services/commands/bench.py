@@ -41,6 +41,7 @@ def bench_embeddings_command(
     out: Annotated[Path, typer.Option(help="Sweep folder: a JSON per run (resumable), report/.")] = Path(
         "runs/embedding-sweep"),
     max_epochs: Annotated[int, typer.Option(help="Epoch cap (early stopping on validation AUC).")] = 30,
+    min_epochs: Annotated[int, typer.Option(help="Never stop early before this epoch.")] = 1,
     label: LabelOption = "label",
     fields: FieldsOption = "",
     numeric: NumericOption = "",
@@ -57,7 +58,7 @@ def bench_embeddings_command(
                              models=_split(model, str, "model"),
                              methods=_split(methods, str, "methods") or tuple(METHODS),
                              budgets=_split(budgets, float, "budgets"), seeds=_split(seeds, int, "seeds"),
-                             out_dir=str(out), max_epochs=max_epochs)
+                             out_dir=str(out), max_epochs=max_epochs, min_epochs=min_epochs)
         paths = write_report(run_sweep(config), out / "report")
     except (SparsekitError, ValueError) as exc:
         fail(exc)

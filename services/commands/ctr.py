@@ -50,6 +50,7 @@ def train_ctr_command(
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-2,
     max_epochs: Annotated[int, typer.Option(help="Epoch cap (early stopping on validation AUC).")] = 30,
     patience: Annotated[int, typer.Option(help="Epochs without validation gain before stopping.")] = 2,
+    min_epochs: Annotated[int, typer.Option(help="Never stop early before this epoch.")] = 1,
     seed: Annotated[int, typer.Option(help="Split and initialisation seed.")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads (1 avoids thrashing on busy machines).")] = 1,
     label: LabelOption = "label",
@@ -68,7 +69,7 @@ def train_ctr_command(
         table = table_config(label, numeric, min_count, fields, header)
         dataset = load_ctr(data, data_root, seed, table=table)
         config = CTRTrainConfig(model=model, embed_dim=embed_dim, lr=lr, max_epochs=max_epochs,
-                                patience=patience, seed=seed, threads=threads)
+                                patience=patience, min_epochs=min_epochs, seed=seed, threads=threads)
         result = train_ctr(config, dataset)
         save_ctr_model(result.model, out, schema=dataset.schema, config=config, metrics=result.metrics,
                        overwrite=overwrite)

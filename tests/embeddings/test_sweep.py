@@ -36,6 +36,7 @@ def test_sweep_runs_resumes_and_reports(tiny, tmp_path) -> None:
     row = json.loads(marker.read_text())
     row["test_auc"] = -1.0  # a finished run is read back, not retrained
     marker.write_text(json.dumps(row))
+    assert row["commit"]  # which code trained it
     again = run_sweep(config)
     assert again.filter((pl.col("method") == "hashing") & (pl.col("budget") == 0.5))["test_auc"][0] == -1.0
     paths = write_report(runs, tmp_path / "report")
@@ -68,3 +69,17 @@ def test_config_names_unknown_methods_and_budgets() -> None:
         SweepConfig(methods=("nope",))
     with pytest.raises(InputError, match="budgets"):
         SweepConfig(budgets=(0.0,))
+
+
+def test_resume_refuses_other_min_epochs_and_reads_old_folders_as_1(tiny, tmp_path) -> None:
+    config = SweepConfig(models=("wdl",), methods=("hashing",), budgets=(0.5,), seeds=(0,),
+                         out_dir=str(tmp_path), max_epochs=2, progress=False)
+    run_sweep(config)
+    identity = tmp_path / "sweep.json"
+    stored = json.loads(identity.read_text())
+    assert stored["min_epochs"] == 1
+    del stored["min_epochs"]  # a folder written before the setting existed trained with 1
+    identity.write_text(json.dumps(stored))
+    run_sweep(config)
+    with pytest.raises(InputError, match="min_epochs"):
+        run_sweep(SweepConfig(**{**config.__dict__, "min_epochs": 2}))

@@ -195,6 +195,26 @@ def _small_config(**overrides: object) -> CTRTrainConfig:
     return CTRTrainConfig(**(fields | overrides))
 
 
+def test_min_epochs_holds_off_early_stopping() -> None:
+    """At lr 0 validation AUC never improves after epoch 1: patience 1 stops at epoch 2, unless
+    ``min_epochs`` asks for more; the best epoch stays the first either way."""
+    data = _toy_data(600)
+    plain = train_ctr(_small_config(lr=0.0), data)
+    held = train_ctr(_small_config(lr=0.0, min_epochs=4), data)
+    assert len(plain.history) == 2 and len(held.history) == 4
+    assert plain.best_epoch == held.best_epoch == 1
+
+
+@pytest.mark.parametrize(("overrides", "field"), [({"min_epochs": 0}, "min_epochs"),
+                                                  ({"min_epochs": 7}, "min_epochs"),
+                                                  ({"patience": 0}, "patience"),
+                                                  ({"max_epochs": 1.5}, "max_epochs")])
+def test_epoch_settings_are_checked(overrides: dict, field: str) -> None:
+    with pytest.raises(InputError) as info:
+        _small_config(**overrides)
+    assert info.value.source == field
+
+
 def test_trainer_keeps_only_checkpoints_whose_table_has_settled() -> None:
     """A pruning table (PEP) prunes half-way: the restored checkpoint is a pruned one, and it serves the
     validation AUC it was chosen with (not a pre-pruning model pruned afterwards)."""

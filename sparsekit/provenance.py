@@ -1,0 +1,22 @@
+"""Which code produced a result: the git commit of the checkout, recorded by every benchmark result and by
+each run of the embedding-compression sweep (so a resumed sweep shows which commits its runs came from)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def commit() -> str:
+    """The commit the code runs from: ``$SPARSEKIT_COMMIT`` when set (a GPU host's copied tree, whose
+    ``.git`` may be stale), else ``git rev-parse HEAD``, else ``"uncommitted"``."""
+    if os.environ.get("SPARSEKIT_COMMIT"):
+        return os.environ["SPARSEKIT_COMMIT"]
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True,
+                                       stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "uncommitted"
