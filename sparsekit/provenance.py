@@ -3,6 +3,7 @@ each run of the embedding-compression sweep (so a resumed sweep shows which comm
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 from pathlib import Path
@@ -10,9 +11,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@functools.cache
 def commit() -> str:
     """The commit the code runs from: ``$SPARSEKIT_COMMIT`` when set (a GPU host's copied tree, whose
-    ``.git`` may be stale), else ``git rev-parse HEAD``, else ``"uncommitted"``."""
+    ``.git`` may be stale), else ``git rev-parse HEAD``, else ``"uncommitted"``. Read once per process:
+    the code in memory is what was checked out when it started, whatever is committed meanwhile."""
     if os.environ.get("SPARSEKIT_COMMIT"):
         return os.environ["SPARSEKIT_COMMIT"]
     try:
