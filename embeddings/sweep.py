@@ -144,6 +144,7 @@ def _check_identity(out_dir: Path, identity: dict[str, Any]) -> None:
 
 def run_sweep(config: SweepConfig) -> pl.DataFrame:
     """Run (or resume) the sweep; returns one row per run, finished runs read back from disk."""
+    commit()  # pinned now: runs record the code this process loaded, not a commit made while they train
     runs = Path(config.out_dir) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     data = load_dataset(config)

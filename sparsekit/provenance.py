@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @functools.cache
 def commit() -> str:
     """The commit the code runs from: ``$SPARSEKIT_COMMIT`` when set (a GPU host's copied tree, whose
-    ``.git`` may be stale), else ``git rev-parse HEAD``, else ``"uncommitted"``. Read once per process:
-    the code in memory is what was checked out when it started, whatever is committed meanwhile."""
+    ``.git`` may be stale), else ``git rev-parse HEAD``, else ``"uncommitted"``. Read once per process, at
+    the first call: a long job calls it when it starts, so commits made while it runs are not
+    attributed to it."""
     if os.environ.get("SPARSEKIT_COMMIT"):
         return os.environ["SPARSEKIT_COMMIT"]
     try:
