@@ -1,0 +1,135 @@
+"""Analysis: why magnitude-pruned tables (PEP, DeepLight) collapse under DCNv2 on Frappe but not under DeepFM.
+
+The embedding-compression grid (``benchmarks/embedding_compression.py``) shows PEP and DeepLight at budget
+0.1 far below full under DCNv2, yet close to full under DeepFM. This script measures the two causes on
+the validation split only (no test numbers), with the grid's training settings:
+
+1. **Magnitude is not importance here.** A full table trained with Adam and the trainer's per-batch L2 on
+   the rows a batch reads: mean ``|w|`` per feature, by how often the feature occurs in train. Frequent
+   features (Frappe's low-cardinality context fields: daytime, weekday, weather, ...) end with the
+   *smallest* weights, so keeping the budget's largest weights drops them.
+2. **What pruning keeps, per field.** For each model x method at the budget: the share of looked-up
+   embedding values (val rows) that are non-zero in each field, and val AUC.
+3. **DeepFM's first-order table.** DeepFM (and WDL) add ``sum_f w[x_f]`` from a dim-1 table of one float
+   per feature, kept full precision and outside the budget (the convention of PEP / OptEmbed, which count
+   the dim-``d`` table only: 21.5 KB on Frappe, 6.25% of the full dim-16 table). Val AUC of the trained
+   DeepFM with that table zeroed shows how much of the pruned model's accuracy it carries.
+
+Writes ``benchmarks/results/pruned_fields.json`` (no acceptance criterion: an analysis) and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from environment import commit, machine, write_result  # noqa: E402
+
+import embeddings.registry  # noqa: E402,F401  (registers every table kind)
+from embeddings.sweep import SweepConfig, load_dataset  # noqa: E402
+from embeddings.table import table_class  # noqa: E402
+from recsys.data.ctr import CTRDataset  # noqa: E402
+from recsys.training.ctr import CTRTrainConfig, evaluate_ctr, train_ctr  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+FREQUENCY_BUCKETS = (1, 5, 20, 100, 1000)  # train occurrences: [1, 5), [5, 20), ..., [1000, inf)
+
+
+def train(data: CTRDataset, model: str, method: str, budget: float, seed: int, grid: SweepConfig) -> Any:
+    table = table_class(method)(data.num_features, grid.embed_dim, budget, field_dims=data.field_dims)
+    config = CTRTrainConfig(model=model, embed_dim=grid.embed_dim, max_epochs=grid.max_epochs,
+                            patience=grid.patience, min_epochs=grid.min_epochs, seed=seed, threads=1,
+                            progress=False)
+    return train_ctr(config, data, table)
+
+
+def magnitude_by_frequency(data: CTRDataset, weight: torch.Tensor) -> list[dict[str, Any]]:
+    """Mean ``|w|`` of the full table's features, bucketed by their train occurrence count."""
+    counts = np.bincount(data.train.features.reshape(-1), minlength=data.num_features)
+    size = weight.detach().abs().mean(dim=1).cpu().numpy()
+    edges = (*FREQUENCY_BUCKETS, np.inf)
+    rows = []
+    for lo, hi in itertools.pairwise(edges):
+        chosen = (counts >= lo) & (counts < hi)
+        rows.append({"train_count": f"[{lo}, {hi})", "features": int(chosen.sum()),
+                     "mean_abs_weight": round(float(size[chosen].mean()), 4) if chosen.any() else None})
+    return rows
+
+
+def nonzero_by_field(data: CTRDataset, model: torch.nn.Module) -> list[float]:
+    """Share of non-zero embedding values per field over the val rows (what serving reads)."""
+    ids = torch.from_numpy(np.ascontiguousarray(data.val.features))
+    with torch.no_grad():
+        emb = model.embedding(ids)  # [rows, fields, dim]
+    return [round(float(v), 4) for v in (emb != 0).float().mean(dim=(0, 2))]
+
+
+def without_first_order(data: CTRDataset, model: torch.nn.Module) -> float:
+    """Val AUC of a Wide&Deep-family model with its first-order weights zeroed (no retraining)."""
+    first = next(p for p in model.first_order.parameters())
+    kept = first.detach().clone()
+    with torch.no_grad():
+        first.zero_()
+        auc = evaluate_ctr(model, data.val)["auc"]
+        first.copy_(kept)
+    return auc
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budget", type=float, default=0.1)
+    p.add_argument("--methods", default="pep,deeplight")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=RESULTS / "pruned_fields.json")
+    args = p.parse_args()
+    start = time.perf_counter()
+    grid = SweepConfig(min_epochs=10)  # the grid's settings (benchmarks/embedding_compression.py)
+    data = load_dataset(grid)
+    full = train(data, "dcnv2", "full", 1.0, args.seed, grid)
+    runs = []
+    for model in ("dcnv2", "deepfm"):
+        for method in (m for m in args.methods.split(",") if m):
+            result = train(data, model, method, args.budget, args.seed, grid)
+            row = {"model": model, "method": method, "val_auc": round(result.metrics["val_auc"], 4),
+                   "best_epoch": result.best_epoch,
+                   "nonzero_share_by_field": nonzero_by_field(data, result.model)}
+            if hasattr(result.model, "first_order"):
+                row["val_auc_first_order_zeroed"] = round(without_first_order(data, result.model), 4)
+            runs.append(row)
+            print(json.dumps(row), file=sys.stderr)
+    out = {
+        "benchmark": "pruned_fields",
+        "commit": commit(),
+        "machine": machine(),
+        "command": "python benchmarks/pruned_fields.py " + shlex.join(sys.argv[1:]),
+        "wall_s": round(time.perf_counter() - start, 1),
+        "metrics": {
+            "dataset": "frappe", "split": "val", "seed": args.seed, "budget": args.budget,
+            "fields": data.field_names, "field_dims": list(data.field_dims),
+            "full_table": {"model": "dcnv2", "val_auc": round(full.metrics["val_auc"], 4),
+                           "mean_abs_weight_by_train_count": magnitude_by_frequency(data,
+                                                                                   full.model.embedding.weight)},
+            "first_order_bytes": 4 * data.num_features,
+            "full_table_bytes": 4 * data.num_features * grid.embed_dim,
+            "pruned": runs,
+        },
+        "acceptance": [],
+    }
+    write_result(args.out, out)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
