@@ -48,6 +48,7 @@ FREQUENCY_BUCKETS = (1, 5, 20, 100, 1000)  # train occurrences: [1, 5), [5, 20),
 
 
 def train(data: CTRDataset, model: str, method: str, budget: float, seed: int, grid: SweepConfig) -> Any:
+    torch.manual_seed(seed)  # the table's init as well as the model's
     table = table_class(method)(data.num_features, grid.embed_dim, budget, field_dims=data.field_dims)
     config = CTRTrainConfig(model=model, embed_dim=grid.embed_dim, max_epochs=grid.max_epochs,
                             patience=grid.patience, min_epochs=grid.min_epochs, seed=seed, threads=1,

@@ -10,6 +10,13 @@ runs, so a killed sweep resumes.
 ``<out>/sweep.json`` records the data and training settings; a rerun with other ones is refused rather
 than mixed in.
 
+DeepFM and Wide&Deep also read a dim-1 first-order table (one float per feature, 1/16 of the full dim-16
+table). ``first_order="free"`` (default) keeps it full precision and outside the budget, the convention of
+PEP and OptEmbed, which count the dim-``d`` table only. ``"counted"`` charges it to the budget: the budget
+is then a fraction of *both* full tables, the compressed table gets what the full first-order table leaves
+(``(budget * (full + first) - first) / full`` of its own full size), and ``stored_bytes`` adds the
+first-order bytes. Below ``first / (full + first)`` nothing is left and the cell is infeasible.
+
 The report: a tidy table (polars -> CSV and Markdown, mean and std over seeds), AUC vs budget per method
 (log x; PNG), and "which method at which budget": per model and budget the method with the best mean
 *validation* AUC, with its test AUC and the gap to the full table's test AUC (test is never used to choose).
@@ -24,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import torch
 from tqdm.auto import tqdm
 
 from embeddings.registry import COMPOSED, METHODS
-from embeddings.table import BudgetError, table_class
+from embeddings.table import FLOAT_BYTES, BudgetError, table_class
 from recsys.data.ctr_table import TableCTRConfig
 from sparsekit.atomic import atomic_path, write_text_atomic
 from sparsekit.errors import InputError
@@ -36,6 +44,7 @@ from sparsekit.provenance import commit
 BASELINE = "full"
 KINDS = {**METHODS, **COMPOSED}  # what a sweep may run: the methods, and compositions of two of them
 IDENTITY = "sweep.json"
+FIRST_ORDER = ("free", "counted")
 
 
 @dataclass
@@ -53,6 +62,7 @@ class SweepConfig:
     max_epochs: int = 30
     patience: int = 2
     min_epochs: int = 1
+    first_order: str = "free"  # DeepFM / WDL's dim-1 table: outside the budget, or "counted" in it
     threads: int = 1
     data_root: str | None = None
     progress: bool = True
@@ -64,6 +74,8 @@ class SweepConfig:
         bad = [b for b in self.budgets if not 0.0 < b <= 1.0]
         if bad:
             raise InputError("budgets", f"budgets must lie in (0, 1], got {bad}")
+        if self.first_order not in FIRST_ORDER:
+            raise InputError("first_order", f"one of {FIRST_ORDER}, got {self.first_order!r}")
 
 
 @dataclass(frozen=True)
@@ -88,14 +100,36 @@ def run_keys(config: SweepConfig) -> list[RunKey]:
     return keys
 
 
+def first_order_bytes(model: str, num_features: int) -> int:
+    """Bytes of ``model``'s full-precision first-order table (DeepFM, Wide&Deep), 0 for the others."""
+    from recsys.models.ctr.wdl import WideDeep
+    from recsys.training.ctr import CTR_MODELS
+
+    return num_features * FLOAT_BYTES if issubclass(CTR_MODELS[model], WideDeep) else 0
+
+
+def table_budget(key: RunKey, num_features: int, config: SweepConfig) -> tuple[float, int]:
+    """The compressed table's own budget fraction and the run's whole budget in bytes (see module doc)."""
+    full = num_features * config.embed_dim * FLOAT_BYTES
+    side = first_order_bytes(key.model, num_features) if config.first_order == "counted" else 0
+    allowed = int(key.budget * (full + side))
+    return (allowed - side) / full, allowed
+
+
 def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
     """Train one cell; a method that cannot meet the budget gives ``status == "infeasible"``."""
     from recsys.training.ctr import CTRTrainConfig, train_ctr
 
     kind = BASELINE if key.method == BASELINE else KINDS[key.method]
     row: dict[str, Any] = {**asdict(key), "dataset": config.dataset}
+    budget, allowed = table_budget(key, data.num_features, config)
+    if budget <= 0:
+        return {**row, "status": "infeasible", "reason": f"the first-order table alone needs more than the "
+                                                          f"{allowed} bytes of the budget"}
+    torch.manual_seed(key.seed)  # the table's init too: a run must not depend on what ran before it
     try:
-        table = table_class(kind)(data.num_features, config.embed_dim, key.budget, field_dims=data.field_dims)
+        table = table_class(kind)(data.num_features, config.embed_dim, min(budget, 1.0),
+                                  field_dims=data.field_dims)
     except BudgetError as exc:
         return {**row, "status": "infeasible", "reason": str(exc)}
     train = CTRTrainConfig(model=key.model, embed_dim=config.embed_dim, max_epochs=config.max_epochs,
@@ -103,8 +137,11 @@ def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
                            threads=config.threads, progress=False)
     result = train_ctr(train, data, table)
     served = result.model.embedding
+    first = result.model.first_order.memory_bytes() if config.first_order == "counted" and hasattr(
+        result.model, "first_order") else 0
     return {**row, "status": "ok", "commit": commit(), "table": served.kind,
-            "stored_bytes": served.memory_bytes(), "budget_bytes": int(key.budget * served.full_bytes()),
+            "stored_bytes": served.memory_bytes() + first, "first_order_bytes": first,
+            "budget_bytes": allowed if first else int(key.budget * served.full_bytes()),
             "full_bytes": served.full_bytes(),
             "best_epoch": result.best_epoch, "epochs": len(result.history), **result.metrics}
 
@@ -126,7 +163,7 @@ def sweep_identity(config: SweepConfig, data: Any) -> dict[str, Any]:
     return {"dataset": config.dataset, "table": None if config.table is None else asdict(config.table),
             "field_dims": list(data.field_dims), "rows": [len(data.train), len(data.val), len(data.test)],
             "embed_dim": config.embed_dim, "max_epochs": config.max_epochs, "patience": config.patience,
-            "min_epochs": config.min_epochs}
+            "min_epochs": config.min_epochs, "first_order": config.first_order}
 
 
 def _check_identity(out_dir: Path, identity: dict[str, Any]) -> None:
@@ -135,7 +172,7 @@ def _check_identity(out_dir: Path, identity: dict[str, Any]) -> None:
     if not path.is_file():
         _write_json(path, identity)
         return
-    stored = {"min_epochs": 1, **json.loads(path.read_text())}  # folders from before min_epochs: 1
+    stored = {"min_epochs": 1, "first_order": "free", **json.loads(path.read_text())}  # older folders
     changed = sorted(k for k in identity.keys() | stored.keys() if stored.get(k) != identity.get(k))
     if changed:
         raise InputError("out", f"{out_dir} holds runs of a different sweep (differs in {changed}); resuming "

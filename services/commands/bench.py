@@ -42,6 +42,9 @@ def bench_embeddings_command(
         "runs/embedding-sweep"),
     max_epochs: Annotated[int, typer.Option(help="Epoch cap (early stopping on validation AUC).")] = 30,
     min_epochs: Annotated[int, typer.Option(help="Never stop early before this epoch.")] = 1,
+    first_order: Annotated[str, typer.Option(help="DeepFM / WDL's dim-1 first-order table: 'free' (outside "
+                                                  "the budget, as PEP / OptEmbed count) or 'counted' (its "
+                                                  "bytes come out of the budget).")] = "free",
     label: LabelOption = "label",
     fields: FieldsOption = "",
     numeric: NumericOption = "",
@@ -58,7 +61,8 @@ def bench_embeddings_command(
                              models=_split(model, str, "model"),
                              methods=_split(methods, str, "methods") or tuple(METHODS),
                              budgets=_split(budgets, float, "budgets"), seeds=_split(seeds, int, "seeds"),
-                             out_dir=str(out), max_epochs=max_epochs, min_epochs=min_epochs)
+                             out_dir=str(out), max_epochs=max_epochs, min_epochs=min_epochs,
+                             first_order=first_order)
         paths = write_report(run_sweep(config), out / "report")
     except (SparsekitError, ValueError) as exc:
         fail(exc)

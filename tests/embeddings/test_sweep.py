@@ -6,6 +6,7 @@ import json
 
 import polars as pl
 import pytest
+import torch
 
 from embeddings import sweep
 from embeddings.sweep import SweepConfig, recommend, run_keys, run_sweep, summarize, write_report
@@ -83,3 +84,49 @@ def test_resume_refuses_other_min_epochs_and_reads_old_folders_as_1(tiny, tmp_pa
     run_sweep(config)
     with pytest.raises(InputError, match="min_epochs"):
         run_sweep(SweepConfig(**{**config.__dict__, "min_epochs": 2}))
+
+
+def test_counted_first_order_table_comes_out_of_the_budget(tiny, tmp_path) -> None:
+    config = SweepConfig(models=("deepfm", "dcnv2"), methods=("hashing",), budgets=(0.5, 0.05), seeds=(0,),
+                         out_dir=str(tmp_path), max_epochs=1, progress=False, first_order="counted")
+    runs = {(r["model"], r["method"], r["budget"]): r for r in run_sweep(config).iter_rows(named=True)}
+    n, dim = tiny.num_features, config.embed_dim
+    full, first = 4 * n * dim, 4 * n  # float32 dim-16 table, dim-1 first-order table
+    deepfm = runs[("deepfm", "hashing", 0.5)]
+    assert deepfm["budget_bytes"] == int(0.5 * (full + first))
+    assert deepfm["first_order_bytes"] >= first  # its field offsets too
+    assert deepfm["stored_bytes"] <= 1.02 * deepfm["budget_bytes"]
+    assert deepfm["stored_bytes"] - deepfm["first_order_bytes"] <= 1.02 * (0.5 * (full + first) - first)
+    # 5% of both tables is less than the first-order table's 1/17 share: nothing left for the embeddings
+    assert runs[("deepfm", "hashing", 0.05)]["status"] == "infeasible"
+    assert "first-order" in runs[("deepfm", "hashing", 0.05)]["reason"]
+    # models without a first-order table are unaffected, and the baseline stays the whole model
+    assert runs[("dcnv2", "hashing", 0.05)]["status"] == "ok"
+    assert runs[("dcnv2", "hashing", 0.05)]["first_order_bytes"] == 0
+    assert runs[("deepfm", "full", 1.0)]["budget_bytes"] == full + first
+
+
+def test_first_order_setting_is_checked_and_part_of_the_folder_identity(tiny, tmp_path) -> None:
+    with pytest.raises(InputError, match="first_order"):
+        SweepConfig(first_order="sometimes")
+    config = SweepConfig(models=("wdl",), methods=("hashing",), budgets=(0.5,), seeds=(0,),
+                         out_dir=str(tmp_path), max_epochs=1, progress=False)
+    run_sweep(config)
+    identity = tmp_path / "sweep.json"
+    stored = json.loads(identity.read_text())
+    assert stored["first_order"] == "free"
+    del stored["first_order"]  # a folder written before the setting existed kept it outside the budget
+    identity.write_text(json.dumps(stored))
+    run_sweep(config)
+    with pytest.raises(InputError, match="first_order"):
+        run_sweep(SweepConfig(**{**config.__dict__, "first_order": "counted"}))
+
+
+def test_a_run_does_not_depend_on_what_ran_before_it(tiny, tmp_path) -> None:
+    config = SweepConfig(models=("wdl",), methods=("hashing",), budgets=(0.5,), seeds=(0,),
+                         out_dir=str(tmp_path / "a"), max_epochs=1, progress=False)
+    key = run_keys(config)[1]
+    first = sweep.run_one(key, tiny, config)
+    torch.randn(1000)  # another run (or anything else) drew from the global generator in between
+    again = sweep.run_one(key, tiny, config)
+    assert first["val_auc"] == again["val_auc"] and first["test_auc"] == again["test_auc"]
