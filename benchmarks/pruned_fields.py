@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from environment import commit, machine, write_result  # noqa: E402
 
 import embeddings.registry  # noqa: E402,F401  (registers every table kind)
-from embeddings.sweep import SweepConfig, load_dataset  # noqa: E402
+from embeddings.sweep import SweepConfig, load_dataset, seed_options, table_seed  # noqa: E402
 from embeddings.table import table_class  # noqa: E402
 from recsys.data.ctr import CTRDataset  # noqa: E402
 from recsys.training.ctr import CTRTrainConfig, evaluate_ctr, train_ctr  # noqa: E402
@@ -48,8 +48,9 @@ FREQUENCY_BUCKETS = (1, 5, 20, 100, 1000)  # train occurrences: [1, 5), [5, 20),
 
 
 def train(data: CTRDataset, model: str, method: str, budget: float, seed: int, grid: SweepConfig) -> Any:
-    torch.manual_seed(seed)  # the table's init as well as the model's
-    table = table_class(method)(data.num_features, grid.embed_dim, budget, field_dims=data.field_dims)
+    torch.manual_seed(table_seed(seed))  # as the sweep seeds a run's table
+    table = table_class(method)(data.num_features, grid.embed_dim, budget, field_dims=data.field_dims,
+                                **seed_options(method, seed))
     config = CTRTrainConfig(model=model, embed_dim=grid.embed_dim, max_epochs=grid.max_epochs,
                             patience=grid.patience, min_epochs=grid.min_epochs, seed=seed, threads=1,
                             progress=False)

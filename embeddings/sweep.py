@@ -10,6 +10,11 @@ runs, so a killed sweep resumes.
 ``<out>/sweep.json`` records the data and training settings; a rerun with other ones is refused rather
 than mixed in.
 
+Seeds: a run seeds its table's init from its own seed (:func:`table_seed`) before building it, so it
+does not depend on what ran before it in the process, and tables with hash functions or clustering
+(hashing, ROBE, DHE, dedup, a hashed composition) take the run's seed, so that seeds vary the collisions
+as well as the init. Folders written before this (``seeding`` 1 in ``sweep.json``) are not resumed.
+
 DeepFM and Wide&Deep also read a dim-1 first-order table (one float per feature, 1/16 of the full dim-16
 table). ``first_order="free"`` (default) keeps it full precision and outside the budget, the convention of
 PEP and OptEmbed, which count the dim-``d`` table only. ``"counted"`` charges it to the budget: the budget
@@ -24,12 +29,14 @@ The report: a tidy table (polars -> CSV and Markdown, mean and std over seeds), 
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import torch
 from tqdm.auto import tqdm
@@ -45,6 +52,7 @@ BASELINE = "full"
 KINDS = {**METHODS, **COMPOSED}  # what a sweep may run: the methods, and compositions of two of them
 IDENTITY = "sweep.json"
 FIRST_ORDER = ("free", "counted")
+SEEDING = 2  # how a run seeds its table (:func:`table_seed`, :func:`seed_options`); part of the identity
 
 
 @dataclass
@@ -116,6 +124,24 @@ def table_budget(key: RunKey, num_features: int, config: SweepConfig) -> tuple[f
     return (allowed - side) / full, allowed
 
 
+def table_seed(seed: int) -> int:
+    """The seed of a run's table init: derived from the run's seed, so that the table's first draws differ
+    from those of the model :func:`~recsys.training.ctr.train_ctr` builds after seeding with ``seed``."""
+    return int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
+
+
+def seed_options(kind: str, seed: int) -> dict[str, Any]:
+    """``seed=`` for tables whose hash functions or clustering take one (hashing, ROBE, DHE, dedup, and a
+    composition's inner table), so that the sweep's seeds vary the collisions too."""
+    cls = table_class(kind)
+    if "seed" in inspect.signature(cls).parameters:
+        return {"seed": seed}
+    inner = getattr(cls, "inner_kind", None)
+    if inner and "seed" in inspect.signature(table_class(inner)).parameters:
+        return {"table_options": {"seed": seed}}
+    return {}
+
+
 def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
     """Train one cell; a method that cannot meet the budget gives ``status == "infeasible"``."""
     from recsys.training.ctr import CTRTrainConfig, train_ctr
@@ -126,10 +152,10 @@ def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
     if budget <= 0:
         return {**row, "status": "infeasible", "reason": f"the first-order table alone needs more than the "
                                                           f"{allowed} bytes of the budget"}
-    torch.manual_seed(key.seed)  # the table's init too: a run must not depend on what ran before it
+    torch.manual_seed(table_seed(key.seed))  # a run must not depend on what ran before it in the process
     try:
         table = table_class(kind)(data.num_features, config.embed_dim, min(budget, 1.0),
-                                  field_dims=data.field_dims)
+                                  field_dims=data.field_dims, **seed_options(kind, key.seed))
     except BudgetError as exc:
         return {**row, "status": "infeasible", "reason": str(exc)}
     train = CTRTrainConfig(model=key.model, embed_dim=config.embed_dim, max_epochs=config.max_epochs,
@@ -163,7 +189,7 @@ def sweep_identity(config: SweepConfig, data: Any) -> dict[str, Any]:
     return {"dataset": config.dataset, "table": None if config.table is None else asdict(config.table),
             "field_dims": list(data.field_dims), "rows": [len(data.train), len(data.val), len(data.test)],
             "embed_dim": config.embed_dim, "max_epochs": config.max_epochs, "patience": config.patience,
-            "min_epochs": config.min_epochs, "first_order": config.first_order}
+            "min_epochs": config.min_epochs, "first_order": config.first_order, "seeding": SEEDING}
 
 
 def _check_identity(out_dir: Path, identity: dict[str, Any]) -> None:
@@ -172,7 +198,9 @@ def _check_identity(out_dir: Path, identity: dict[str, Any]) -> None:
     if not path.is_file():
         _write_json(path, identity)
         return
-    stored = {"min_epochs": 1, "first_order": "free", **json.loads(path.read_text())}  # older folders
+    # folders from before a setting existed: min_epochs 1, first_order free, seeding 1 (the table drawn
+    # from whatever state the process had reached, hashes seeded 0 whatever the run's seed)
+    stored = {"min_epochs": 1, "first_order": "free", "seeding": 1, **json.loads(path.read_text())}
     changed = sorted(k for k in identity.keys() | stored.keys() if stored.get(k) != identity.get(k))
     if changed:
         raise InputError("out", f"{out_dir} holds runs of a different sweep (differs in {changed}); resuming "

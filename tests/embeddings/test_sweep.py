@@ -130,3 +130,19 @@ def test_a_run_does_not_depend_on_what_ran_before_it(tiny, tmp_path) -> None:
     torch.randn(1000)  # another run (or anything else) drew from the global generator in between
     again = sweep.run_one(key, tiny, config)
     assert first["val_auc"] == again["val_auc"] and first["test_auc"] == again["test_auc"]
+
+
+def test_seeds_reach_hash_functions_and_old_seeding_is_not_resumed(tiny, tmp_path) -> None:
+    assert sweep.seed_options("hashing", 2) == {"seed": 2}
+    assert sweep.seed_options("hashing+int4", 2) == {"table_options": {"seed": 2}}
+    assert sweep.seed_options("qr", 2) == {}
+    assert sweep.table_seed(0) != 0 and sweep.table_seed(0) != sweep.table_seed(1)
+    config = SweepConfig(models=("wdl",), methods=("hashing",), budgets=(0.5,), seeds=(0,),
+                         out_dir=str(tmp_path), max_epochs=1, progress=False)
+    run_sweep(config)
+    identity = tmp_path / "sweep.json"
+    stored = json.loads(identity.read_text())
+    del stored["seeding"]  # a folder whose runs drew their tables before the run's seed was set
+    identity.write_text(json.dumps(stored))
+    with pytest.raises(InputError, match="seeding"):
+        run_sweep(config)
