@@ -13,7 +13,9 @@
    The compositions of :data:`embeddings.registry.COMPOSED` (QR or hashed rows stored as INT8 / INT4
    codes) run in the same grid; they are reported in a second choice that lets them compete, with
    entries of their own, never as one of the published methods.
-   Resumable: runs already under ``--work`` are read back.
+   Resumable: runs already under ``--work`` are read back. DeepFM's dim-1 first-order table stays full
+   precision and outside the budget (``first_order="free"``, as PEP and OptEmbed count);
+   ``benchmarks/first_order_budget.py`` trains the DeepFM cells with it charged to the budget as well.
 3. **Synthetic 20M-feature table at budget 0.01:** per method, the RSS it adds when built, lookup
    throughput relative to ``nn.EmbeddingBag`` at full size (1.28 GB), and DCNv2 training samples/s on
    planted-logistic rows (:mod:`recsys.data.synthetic_ctr`). Tables are timed as built for training;
