@@ -75,7 +75,7 @@ def plot(summary: pl.DataFrame, path: Path) -> None:
     full = summary.filter(pl.col("method") == "full")["test_auc"].mean()
     ax.axvline(full, color="k", linestyle="--", label="full model")
     ax.set_yticks(range(len(methods)), methods)
-    ax.set_xlim(left=min(0.9, float(cells["test_auc"].min()) - 0.005))
+    ax.set_xlim(min(0.9, float(cells["test_auc"].min()) - 0.005), full + 0.01)
     ax.set_xlabel("test AUC (mean over seeds), DeepFM on Frappe at budget 0.1")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
