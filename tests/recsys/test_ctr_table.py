@@ -3,6 +3,7 @@ quantile bins for numeric columns, CSV = Parquet, clear errors, and training / A
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,18 @@ def test_the_compression_sweep_runs_on_a_table(table: Path, tmp_path: Path) -> N
     runs = run_sweep(config)
     assert set(runs["method"]) == {"full", "hashing"} and (runs["status"] == "ok").all()
     assert (runs["stored_bytes"] <= 1.02 * runs["budget_bytes"]).all()
+
+
+def test_cli_sweep_charges_the_first_order_table_when_asked(table: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["bench", "embeddings", "--dataset", str(table), "--label", "click", "--model", "deepfm",
+            "--methods", "hashing", "--budgets", "0.5", "--seeds", "0", "--max-epochs", "1"]
+    out = runner.invoke(app, [*args, "--first-order", "counted", "--out", str(tmp_path / "s")])
+    assert out.exit_code == 0, out.output
+    run = json.loads((tmp_path / "s" / "runs" / "deepfm__hashing__0.5__s0.json").read_text())
+    assert run["first_order_bytes"] > 0 and run["stored_bytes"] <= 1.02 * run["budget_bytes"]
+    out = runner.invoke(app, [*args, "--first-order", "sometimes", "--out", str(tmp_path / "bad")])
+    assert out.exit_code != 0 and "first_order" in out.output
 
 
 def test_per_row_and_column_encoding_agree_on_typed_columns(tmp_path: Path) -> None:
