@@ -197,6 +197,10 @@ def train_ctr(
 ) -> CTRTrainResult:
     """Train ``config.model`` on ``data.train`` with early stopping on validation AUC.
 
+    The model is built after ``torch.manual_seed(config.seed)``; a ``table`` passed in was initialised
+    before that, from the caller's random state, so seed before building it (as :mod:`embeddings.sweep`
+    does) when runs must be reproducible.
+
     Returns the best epoch's model (in eval mode), the history (train loss, val AUC/logloss and speeds per
     epoch) and metrics: ``val_auc``, ``val_logloss``, ``test_auc``, ``test_logloss``,
     ``train_samples_per_s`` (mean over epochs) and ``inference_samples_per_s`` (on test).
