@@ -167,7 +167,7 @@ def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
         result.model, "first_order") else 0
     return {**row, "status": "ok", "commit": commit(), "table": served.kind,
             "stored_bytes": served.memory_bytes() + first, "first_order_bytes": first,
-            "budget_bytes": allowed if first else int(key.budget * served.full_bytes()),
+            "budget_bytes": allowed,
             "full_bytes": served.full_bytes(),
             "best_epoch": result.best_epoch, "epochs": len(result.history), **result.metrics}
 
