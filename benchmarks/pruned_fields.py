@@ -42,23 +42,24 @@ from acceptance import entry  # noqa: E402
 from environment import commit, machine, write_result  # noqa: E402
 
 import embeddings.registry  # noqa: E402,F401  (registers every table kind)
-from embeddings.sweep import SweepConfig, load_dataset, seed_options, table_seed  # noqa: E402
-from embeddings.table import table_class  # noqa: E402
+from embeddings.sweep import (  # noqa: E402
+    SweepConfig,
+    first_order_bytes,
+    load_dataset,
+    seeded_table,
+    train_config,
+)
 from recsys.data.ctr import CTRDataset  # noqa: E402
-from recsys.training.ctr import CTRTrainConfig, evaluate_ctr, train_ctr  # noqa: E402
+from recsys.training.ctr import evaluate_ctr, train_ctr  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 FREQUENCY_BUCKETS = (1, 5, 20, 100, 1000)  # train occurrences: [1, 5), [5, 20), ..., [1000, inf)
 
 
 def train(data: CTRDataset, model: str, method: str, budget: float, seed: int, grid: SweepConfig) -> Any:
-    torch.manual_seed(table_seed(seed))  # as the sweep seeds a run's table
-    table = table_class(method)(data.num_features, grid.embed_dim, budget, field_dims=data.field_dims,
-                                **seed_options(method, seed))
-    config = CTRTrainConfig(model=model, embed_dim=grid.embed_dim, max_epochs=grid.max_epochs,
-                            patience=grid.patience, min_epochs=grid.min_epochs, seed=seed, threads=1,
-                            progress=False)
-    return train_ctr(config, data, table)
+    """One run trained exactly as the sweep trains it (:func:`embeddings.sweep.run_one`), model kept."""
+    table = seeded_table(method, data, grid.embed_dim, budget, seed)
+    return train_ctr(train_config(model, seed, grid), data, table)
 
 
 def magnitude_by_frequency(data: CTRDataset, weight: torch.Tensor) -> list[dict[str, Any]]:
@@ -143,7 +144,7 @@ def main() -> None:
             "full_table": {"model": "dcnv2", "val_auc": round(full.metrics["val_auc"], 4),
                            "mean_abs_weight_by_train_count": magnitude_by_frequency(data,
                                                                                    full.model.embedding.weight)},
-            "first_order_bytes": 4 * data.num_features,
+            "first_order_bytes": first_order_bytes("deepfm", data.num_features),
             "full_table_bytes": 4 * data.num_features * grid.embed_dim,
             "pruned": runs,
         },

@@ -142,9 +142,26 @@ def seed_options(kind: str, seed: int) -> dict[str, Any]:
     return {}
 
 
+def seeded_table(kind: str, data: Any, dim: int, budget: float, seed: int) -> Any:
+    """``kind``'s table for ``data`` at ``budget``, its init and hashes seeded from ``seed`` (module doc), so
+    that it does not depend on what ran before it in the process."""
+    torch.manual_seed(table_seed(seed))
+    return table_class(kind)(data.num_features, dim, budget, field_dims=data.field_dims,
+                             **seed_options(kind, seed))
+
+
+def train_config(model: str, seed: int, config: SweepConfig) -> Any:
+    """How every run of the sweep trains (:class:`~recsys.training.ctr.CTRTrainConfig`)."""
+    from recsys.training.ctr import CTRTrainConfig
+
+    return CTRTrainConfig(model=model, embed_dim=config.embed_dim, max_epochs=config.max_epochs,
+                          patience=config.patience, min_epochs=config.min_epochs, seed=seed,
+                          threads=config.threads, progress=False)
+
+
 def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
     """Train one cell; a method that cannot meet the budget gives ``status == "infeasible"``."""
-    from recsys.training.ctr import CTRTrainConfig, train_ctr
+    from recsys.training.ctr import train_ctr
 
     kind = BASELINE if key.method == BASELINE else KINDS[key.method]
     row: dict[str, Any] = {**asdict(key), "dataset": config.dataset}
@@ -152,16 +169,11 @@ def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
     if budget <= 0:
         return {**row, "status": "infeasible", "reason": f"the first-order table alone needs more than the "
                                                           f"{allowed} bytes of the budget"}
-    torch.manual_seed(table_seed(key.seed))  # a run must not depend on what ran before it in the process
     try:
-        table = table_class(kind)(data.num_features, config.embed_dim, min(budget, 1.0),
-                                  field_dims=data.field_dims, **seed_options(kind, key.seed))
+        table = seeded_table(kind, data, config.embed_dim, min(budget, 1.0), key.seed)
     except BudgetError as exc:
         return {**row, "status": "infeasible", "reason": str(exc)}
-    train = CTRTrainConfig(model=key.model, embed_dim=config.embed_dim, max_epochs=config.max_epochs,
-                           patience=config.patience, min_epochs=config.min_epochs, seed=key.seed,
-                           threads=config.threads, progress=False)
-    result = train_ctr(train, data, table)
+    result = train_ctr(train_config(key.model, key.seed, config), data, table)
     served = result.model.embedding
     first = result.model.first_order.memory_bytes() if config.first_order == "counted" and hasattr(
         result.model, "first_order") else 0
