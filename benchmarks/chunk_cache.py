@@ -16,6 +16,11 @@ replayed in a seeded Zipf order (exponent ``--zipf``):
   computes 0.71x prefix caching's prefill tokens, because the Zipf replay repeats whole questions,
   which prefix caching serves in full.
 
+``--replay once`` asks each of the ``--distinct`` pool questions exactly once, in a seeded order. With no
+exact repeats, prefix caching reuses only what sits at the prompt start (the instructions, and a first
+chunk that happens to match), while chunk reuse comes from *different* questions sharing chunks: the
+case the Cache-Craft paper's comparison with prefix caching is about.
+
 The dev slice used to choose Cache-Craft's ``alpha`` (``--tune``) is disjoint from the evaluation pool
 (the next ``--dev`` queries of the same ranking or group order), each question asked once (so its chunks
 are reused under changed prefixes); alpha is the smallest of ``ALPHAS`` within 0.01 ROUGE-L of the best
@@ -33,7 +38,8 @@ Per policy: prefill tokens (layer-equivalent, sum and mean per request), TTFT, c
 and the cache's own stats, and quality against full recompute: agreement of the first 32 greedy
 tokens, ROUGE-L of the answer, and the mean log-prob of the full-recompute answer under the policy's
 assembled KV. Acceptance: Cache-Craft prefill tokens <= 0.5 x prefix caching; Cache-Craft mean
-ROUGE-L >= 0.9; at equal recompute Cache-Craft ROUGE-L > naive and > CacheBlend and > random. Writes
+ROUGE-L >= 0.9; at equal recompute Cache-Craft ROUGE-L > naive and > CacheBlend and > random (each
+difference also with a paired 95% bootstrap interval over requests, ``rouge_l_differences``). Writes
 ``benchmarks/results/chunk_cache.json`` and a plot of quality vs recompute fraction
 (``chunk_cache.png``).
 """
@@ -167,6 +173,14 @@ def zipf_replay(pool: list[str], n: int, exponent: float, seed: int) -> list[str
     return random.Random(seed).choices(pool, weights=weights, k=n)
 
 
+def once_replay(pool: list[str], seed: int) -> list[str]:
+    """Every question of ``pool`` once, in a seeded order: no exact repeats, so prefix caching reuses
+    only what sits at the prompt start, and chunk reuse comes from different questions."""
+    order = list(pool)
+    random.Random(seed).shuffle(order)
+    return order
+
+
 def references(engine: RagEngine, requests: dict[str, Request], progress: bool) -> dict[str, Reference]:
     """Full recompute once per distinct question (stateless, so it holds for every replay)."""
     refs = {}
@@ -273,12 +287,31 @@ def plot(summaries: dict[str, dict[str, Any]], path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=120)
 
 
+COMPARED = ("naive", "cacheblend@cc", "random@cc", "cacheblend")
+
+
+def paired_differences(runs: dict[str, PolicyRun], seed: int, resamples: int = 2000) -> dict[str, Any]:
+    """Cache-Craft's ROUGE-L minus each other policy's, request by request on the same replay: the mean
+    and a 95% bootstrap interval over requests (seeded), so a difference can be told from noise."""
+    rng = random.Random(seed)
+    cc = runs["cache-craft"].rouge
+    out = {}
+    for other in COMPARED:
+        diffs = [a - b for a, b in zip(cc, runs[other].rouge, strict=True)]
+        means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(resamples))
+        low, high = means[int(0.025 * resamples)], means[int(0.975 * resamples)]
+        out[other] = {"mean": round(statistics.fmean(diffs), 4), "ci95": [round(low, 4), round(high, 4)],
+                      "requests_better": sum(d > 0 for d in diffs),
+                      "requests_worse": sum(d < 0 for d in diffs)}
+    return out
+
+
 def _acceptance(s: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     cc = s["cache-craft"]
     ratio = round(cc["prefill_tokens_sum"] / s["prefix"]["prefill_tokens_sum"], 4)
     rows = [("Cache-Craft prefill tokens / prefix-caching prefill tokens", ratio, "<=", 0.5),
             ("Cache-Craft mean ROUGE-L vs full recompute", cc["rouge_l"], ">=", 0.9)]
-    for other in ("naive", "cacheblend@cc", "random@cc", "cacheblend"):
+    for other in COMPARED:
         rows.append((f"Cache-Craft ROUGE-L - {other} ROUGE-L (equal or more recompute for {other})",
                      round(cc["rouge_l"] - s[other]["rouge_l"], 4), ">", 0.0))
     return [entry(*row) for row in rows]
@@ -289,6 +322,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--distinct", type=int, default=40, help="distinct evaluation queries in the replay")
     parser.add_argument("--zipf", type=float, default=1.1)
+    parser.add_argument("--replay", choices=("zipf", "once"), default="zipf",
+                        help="zipf: --requests drawn from the pool (questions repeat); once: each of the "
+                             "--distinct pool questions once, seeded order (--requests and --zipf unused)")
     parser.add_argument("--pool", choices=("related", "popular"), default="related",
                         help="queries with the most popular chunks, or groups citing one document")
     parser.add_argument("--seed", type=int, default=0)
@@ -321,7 +357,8 @@ def workload(generator: Generator, args: argparse.Namespace, workdir: Path, prog
         pool, dev_pool = popular_pools(retrieved, args.distinct, args.dev)
     else:
         pool, dev_pool = question_pools(train, args.seed, args.distinct, args.dev)
-    order = zipf_replay(pool, args.requests, args.zipf, args.seed)
+    order = (once_replay(pool, args.seed) if args.replay == "once"
+             else zipf_replay(pool, args.requests, args.zipf, args.seed))
     dev_order = dev_pool  # each dev question once: its chunks are reused under changed prefixes
     requests = {q: Request(queries[q], retrieved[q]) for q in sorted(set(order) | set(dev_order))}
     slots = [c for q in order for c in retrieved[q]]
@@ -391,9 +428,11 @@ def main() -> None:
         "dataset": "scifact", "split": "train queries", "model": generator.model_id, "top_k": TOP_K,
         "new_tokens": NEW_TOKENS, "requests": len(work.order), "distinct_questions": len(set(work.order)),
         **work.stats,
-        "zipf": args.zipf, "seed": args.seed, "threads": torch.get_num_threads(), "alpha": out["alpha"],
+        "replay": args.replay, "zipf": args.zipf if args.replay == "zipf" else None, "seed": args.seed,
+        "threads": torch.get_num_threads(), "alpha": out["alpha"],
         "alpha_tuning_on_dev": out["tuning"], "equal_recompute_fraction": round(out["fraction"], 4),
         "cache_capacity_mb": {"host": args.host_mb, "disk": args.disk_mb}, "policies": summaries,
+        "rouge_l_differences": paired_differences(out["runs"], args.seed),
     }
     result = {
         "benchmark": "chunk_cache", "commit": commit(), "machine": machine(),
