@@ -71,6 +71,8 @@ class SweepConfig:
     patience: int = 2
     min_epochs: int = 1
     first_order: str = "free"  # DeepFM / WDL's dim-1 table: outside the budget, or "counted" in it
+    lr: float = 1e-2  # Adam's learning rate (CTRTrainConfig's default)
+    embedding_l2: float = 1e-2  # L2 on the embedding rows a batch reads (CTRTrainConfig's default)
     threads: int = 1
     data_root: str | None = None
     progress: bool = True
@@ -84,6 +86,10 @@ class SweepConfig:
             raise InputError("budgets", f"budgets must lie in (0, 1], got {bad}")
         if self.first_order not in FIRST_ORDER:
             raise InputError("first_order", f"one of {FIRST_ORDER}, got {self.first_order!r}")
+        if not self.lr > 0:
+            raise InputError("lr", f"must be positive, got {self.lr}")
+        if not self.embedding_l2 >= 0:
+            raise InputError("embedding_l2", f"must be >= 0, got {self.embedding_l2}")
 
 
 @dataclass(frozen=True)
@@ -155,8 +161,9 @@ def train_config(model: str, seed: int, config: SweepConfig) -> Any:
     from recsys.training.ctr import CTRTrainConfig
 
     return CTRTrainConfig(model=model, embed_dim=config.embed_dim, max_epochs=config.max_epochs,
-                          patience=config.patience, min_epochs=config.min_epochs, seed=seed,
-                          threads=config.threads, progress=False)
+                          patience=config.patience, min_epochs=config.min_epochs, lr=config.lr,
+                          embedding_l2=config.embedding_l2, seed=seed, threads=config.threads,
+                          progress=False)
 
 
 def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
@@ -201,7 +208,8 @@ def sweep_identity(config: SweepConfig, data: Any) -> dict[str, Any]:
     return {"dataset": config.dataset, "table": None if config.table is None else asdict(config.table),
             "field_dims": list(data.field_dims), "rows": [len(data.train), len(data.val), len(data.test)],
             "embed_dim": config.embed_dim, "max_epochs": config.max_epochs, "patience": config.patience,
-            "min_epochs": config.min_epochs, "first_order": config.first_order, "seeding": SEEDING}
+            "min_epochs": config.min_epochs, "first_order": config.first_order, "seeding": SEEDING,
+            "lr": config.lr, "embedding_l2": config.embedding_l2}
 
 
 def _check_identity(out_dir: Path, identity: dict[str, Any]) -> None:
@@ -211,8 +219,10 @@ def _check_identity(out_dir: Path, identity: dict[str, Any]) -> None:
         _write_json(path, identity)
         return
     # folders from before a setting existed: min_epochs 1, first_order free, seeding 1 (the table drawn
-    # from whatever state the process had reached, hashes seeded 0 whatever the run's seed)
-    stored = {"min_epochs": 1, "first_order": "free", "seeding": 1, **json.loads(path.read_text())}
+    # from whatever state the process had reached, hashes seeded 0 whatever the run's seed), lr and
+    # embedding_l2 at CTRTrainConfig's defaults
+    stored = {"min_epochs": 1, "first_order": "free", "seeding": 1, "lr": 1e-2, "embedding_l2": 1e-2,
+              **json.loads(path.read_text())}
     changed = sorted(k for k in identity.keys() | stored.keys() if stored.get(k) != identity.get(k))
     if changed:
         raise InputError("out", f"{out_dir} holds runs of a different sweep (differs in {changed}); resuming "

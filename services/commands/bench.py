@@ -45,6 +45,8 @@ def bench_embeddings_command(
     first_order: Annotated[str, typer.Option(help="DeepFM / WDL's dim-1 first-order table: 'free' (outside "
                                                   "the budget, as PEP / OptEmbed count) or 'counted' (its "
                                                   "bytes come out of the budget).")] = "free",
+    lr: Annotated[float, typer.Option(help="Adam learning rate of every run.")] = 1e-2,
+    embedding_l2: Annotated[float, typer.Option(help="L2 on the embedding rows each batch reads.")] = 1e-2,
     label: LabelOption = "label",
     fields: FieldsOption = "",
     numeric: NumericOption = "",
@@ -62,7 +64,7 @@ def bench_embeddings_command(
                              methods=_split(methods, str, "methods") or tuple(METHODS),
                              budgets=_split(budgets, float, "budgets"), seeds=_split(seeds, int, "seeds"),
                              out_dir=str(out), max_epochs=max_epochs, min_epochs=min_epochs,
-                             first_order=first_order)
+                             first_order=first_order, lr=lr, embedding_l2=embedding_l2)
         paths = write_report(run_sweep(config), out / "report")
     except (SparsekitError, ValueError) as exc:
         fail(exc)

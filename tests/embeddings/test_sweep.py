@@ -146,3 +146,30 @@ def test_seeds_reach_hash_functions_and_old_seeding_is_not_resumed(tiny, tmp_pat
     identity.write_text(json.dumps(stored))
     with pytest.raises(InputError, match="seeding"):
         run_sweep(config)
+
+
+def test_training_settings_reach_the_runs_and_are_part_of_the_folder_identity(tiny, tmp_path) -> None:
+    from recsys.training.ctr import CTRTrainConfig
+
+    defaults = CTRTrainConfig()
+    assert (SweepConfig().lr, SweepConfig().embedding_l2) == (defaults.lr, defaults.embedding_l2)
+    with pytest.raises(InputError, match="lr"):
+        SweepConfig(lr=0.0)
+    with pytest.raises(InputError, match="embedding_l2"):
+        SweepConfig(embedding_l2=-1.0)
+    config = SweepConfig(models=("wdl",), methods=("hashing",), budgets=(0.5,), seeds=(0,),
+                         out_dir=str(tmp_path / "a"), max_epochs=1, progress=False)
+    slow = SweepConfig(**{**config.__dict__, "lr": 1e-4, "out_dir": str(tmp_path / "b")})
+    assert sweep.train_config("wdl", 0, slow).lr == 1e-4
+    assert sweep.train_config("wdl", 0, SweepConfig(embedding_l2=0.0)).embedding_l2 == 0.0
+    key = run_keys(config)[1]
+    assert sweep.run_one(key, tiny, config)["val_auc"] != sweep.run_one(key, tiny, slow)["val_auc"]
+    run_sweep(config)
+    identity = tmp_path / "a" / "sweep.json"
+    stored = json.loads(identity.read_text())
+    assert (stored["lr"], stored["embedding_l2"]) == (1e-2, 1e-2)
+    del stored["lr"], stored["embedding_l2"]  # a folder written before the settings existed: defaults
+    identity.write_text(json.dumps(stored))
+    run_sweep(config)
+    with pytest.raises(InputError, match="lr"):
+        run_sweep(SweepConfig(**{**config.__dict__, "lr": 3e-2}))
