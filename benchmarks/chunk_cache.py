@@ -55,6 +55,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,12 +253,17 @@ def summarise(run: PolicyRun, refs_logprob: float) -> dict[str, Any]:
 
 
 def tune_alpha(generator: Generator, dev_order: list[str], requests: dict[str, Request],
-               refs: dict[str, Reference], cache_config: CacheConfig, progress: bool) -> dict[str, Any]:
-    """Cache-Craft on the dev slice for each alpha: the smallest alpha within 0.01 of the best ROUGE-L."""
+               refs: dict[str, Reference], cache_config: Callable[[str], CacheConfig], progress: bool
+               ) -> dict[str, Any]:
+    """Cache-Craft on the dev slice for each alpha: the smallest alpha within 0.01 of the best ROUGE-L.
+
+    Each alpha starts from an empty cache of its own (``cache_config(name)``): the disk tier survives a
+    restart, so a shared directory would hand the later alphas the earlier ones' entries, and they would
+    be compared on warmer caches (more hits, less recompute) than the first."""
     grid = {}
     for alpha in ALPHAS:
         run, _ = run_policy(generator, make_policy("cache-craft", alpha=alpha), dev_order, requests, refs,
-                            cache_config, f"dev alpha={alpha}", progress)
+                            cache_config(f"tune-alpha{alpha:g}"), f"dev alpha={alpha}", progress)
         grid[alpha] = {"rouge_l": round(statistics.mean(run.rouge), 4),
                        "recompute_fraction": round(sum(run.prefill) / sum(run.prompt), 4)}
     best = max(v["rouge_l"] for v in grid.values())
@@ -377,7 +383,7 @@ def run_all(generator: Generator, work: Workload, args: argparse.Namespace, cach
     tuning, alpha = None, DEFAULT_ALPHA
     if args.tune:
         dev_refs = references(full, {q: work.requests[q] for q in set(work.dev_order)}, progress)
-        tuning = tune_alpha(generator, work.dev_order, work.requests, dev_refs, config("tune"), progress)
+        tuning = tune_alpha(generator, work.dev_order, work.requests, dev_refs, config, progress)
         alpha = tuning["chosen_alpha"]
     refs = references(full, {q: work.requests[q] for q in set(work.order)}, progress)
     runs, cache_stats = {}, {}
