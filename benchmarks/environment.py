@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsekit.atomic import write_text_atomic
-from sparsekit.provenance import commit  # noqa: F401  (re-exported for the benchmark scripts)
+from sparsekit.provenance import commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,3 +42,19 @@ def write_result(path: Path, result: dict[str, Any], indent: int = 2) -> None:
     """Write ``result`` as JSON to ``path`` atomically (parent created), so a killed job never leaves a
     half-written file: see :func:`sparsekit.atomic.atomic_path`."""
     write_text_atomic(path, json.dumps(result, indent=indent, default=float) + "\n")
+
+
+def report(name: str, start: float, metrics: dict[str, Any], acceptance: list[dict[str, Any]], out_dir: Path,
+           indent: int = 1) -> dict[str, Any]:
+    """The DESIGN.md §7 envelope of ``benchmarks/<name>.py`` (commit, machine, command, wall time since
+    ``start``, metrics, acceptance), written to ``out_dir/<name>.json`` and printed as one JSON line."""
+    import shlex
+    import sys
+    import time
+
+    result = {"benchmark": name, "commit": commit(), "machine": machine(),
+              "command": "python " + shlex.join([f"benchmarks/{name}.py", *sys.argv[1:]]),
+              "wall_s": round(time.perf_counter() - start, 1), "metrics": metrics, "acceptance": acceptance}
+    write_result(out_dir / f"{name}.json", result, indent=indent)
+    print(json.dumps(result, default=float))
+    return result

@@ -22,8 +22,6 @@ Writes ``benchmarks/results/first_order_budget.{json,png}`` (DESIGN.md §7) and 
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -35,7 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import polars as pl  # noqa: E402
 from acceptance import entry  # noqa: E402
-from environment import commit, machine, write_result  # noqa: E402
+from environment import report  # noqa: E402
 
 from embeddings.sweep import KINDS, SweepConfig, recommend, run_sweep, summarize  # noqa: E402
 from sparsekit.atomic import atomic_path  # noqa: E402
@@ -133,11 +131,7 @@ def main() -> None:
         "summary": table.select("first_order", "method", "val_auc", "test_auc", "test_auc_std",
                                 "stored_bytes", "budget_bytes", "n_ok", "n_runs").to_dicts(),
     }
-    result = {"benchmark": "first_order_budget", "commit": commit(), "machine": machine(),
-              "command": "python " + shlex.join(["benchmarks/first_order_budget.py", *sys.argv[1:]]),
-              "wall_s": round(time.perf_counter() - start, 1), "metrics": metrics, "acceptance": acc}
-    write_result(args.out / "first_order_budget.json", result, indent=1)
-    print(json.dumps(result, default=float))
+    report("first_order_budget", start, metrics, acc, args.out)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,7 @@ Writes ``benchmarks/results/tuned_training.{json,png}`` (DESIGN.md §7) and prin
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
-import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -37,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import polars as pl  # noqa: E402
 from acceptance import entry  # noqa: E402
-from environment import commit, machine, write_result  # noqa: E402
+from environment import report  # noqa: E402
 
 from embeddings.sweep import BASELINE, SweepConfig, run_sweep, summarize  # noqa: E402
 from sparsekit.atomic import atomic_path  # noqa: E402
@@ -159,11 +157,7 @@ def main() -> None:
         "summary": summary.select("setting", "method", "val_auc", "val_auc_std", "test_auc", "test_auc_std",
                                   "stored_bytes", "budget_bytes", "n_ok", "n_runs").to_dicts(),
     }
-    result = {"benchmark": "tuned_training", "commit": commit(), "machine": machine(),
-              "command": "python " + shlex.join(["benchmarks/tuned_training.py", *sys.argv[1:]]),
-              "wall_s": round(time.perf_counter() - start, 1), "metrics": metrics, "acceptance": acc}
-    write_result(args.out / "tuned_training.json", result, indent=1)
-    print(json.dumps(result, default=float))
+    report("tuned_training", start, metrics, acc, args.out)
 
 
 if __name__ == "__main__":
