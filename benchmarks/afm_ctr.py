@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import shlex
 import statistics
 import sys
 import time
@@ -44,7 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from acceptance import entry as judge  # noqa: E402
-from environment import commit, machine, write_result  # noqa: E402
+from environment import BenchmarkRun  # noqa: E402
 from torch import nn  # noqa: E402
 
 from recsys.data.ctr import CTRDataset, load_ctr  # noqa: E402
@@ -318,7 +316,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.seeds:
         parser.error("--seeds needs at least one seed")
-    start = time.perf_counter()
+    run = BenchmarkRun("afm_ctr")
     torch.set_num_threads(1)
     results: dict[str, list[dict[str, Any]]] = {}
     acceptance: list[dict[str, Any]] = []
@@ -344,18 +342,8 @@ def main() -> None:
         "split": f"70/10/20 with seed {args.split_seed}; training seeds {args.seeds}; rank chosen on the "
                  "mean val delta",
     }
-    result = {
-        "benchmark": "afm_ctr",
-        "commit": commit(),
-        "machine": machine(),
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "wall_s": round(time.perf_counter() - start, 2),
-        "metrics": metrics,
-        "acceptance": acceptance,
-    }
-    write_result(args.out, result)
+    run.report(metrics, acceptance, args.out)
     write_text_atomic(args.out.with_suffix(".md"), _markdown(metrics) + "\n")
-    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ import gc
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -60,7 +59,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 from acceptance import entry as judge  # noqa: E402
-from environment import commit, machine, write_result  # noqa: E402
+from environment import BenchmarkRun  # noqa: E402
 
 from retrieval.data.beir import load_qrels, load_queries  # noqa: E402
 from retrieval.evaluation import evaluate  # noqa: E402
@@ -698,7 +697,7 @@ def main() -> None:
     if args.worker:
         worker(args.worker)
         return
-    start = time.perf_counter()
+    run = BenchmarkRun("bigranular")
     work = args.work / "run"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -732,14 +731,9 @@ def main() -> None:
         metrics["scale"] = stage("scale", scale, data.docs, data.matrix(data.test), args, work)
     metrics["stages_s"] = stages
     plot(curve, sci["flat"]["recall@100"], metrics.get("scale"), args.out.with_suffix(".png"))
-    result = {"benchmark": "bigranular", "commit": commit(), "machine": machine(),
-              "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-              "wall_s": round(time.perf_counter() - start, 1), "metrics": metrics,
-              "acceptance": acceptance(metrics)}
-    write_result(args.out, result)
+    run.report(metrics, acceptance(metrics), args.out)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -34,7 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bm25s  # noqa: E402
 import pytrec_eval  # noqa: E402
 from acceptance import entry  # noqa: E402
-from environment import commit, machine, write_result  # noqa: E402
+from environment import BenchmarkRun  # noqa: E402
 
 from retrieval.data.beir import load_qrels, load_queries  # noqa: E402
 from retrieval.engines import lucene  # noqa: E402
@@ -140,7 +139,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bm25_scifact.json")
     args = parser.parse_args()
-    start = time.perf_counter()
+    run = BenchmarkRun("bm25_scifact")
     root = dataset_path("scifact")
     if root is None:
         sys.exit("dataset 'scifact' not found under the data root (set SPARSEKIT_DATA)")
@@ -169,13 +168,7 @@ def main() -> None:
         criterion = (f"Lucene BM25 (k1={K1}, b={B}) SciFact test {name} = {target} ± {tol}: "
                      f"|measured {value} - {target}|")
         acceptance.append(entry(criterion, gap, "<=", tol, slack=1e-12))
-    result = {
-        "benchmark": "bm25_scifact", "commit": commit(), "machine": machine(),
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "wall_s": round(time.perf_counter() - start, 2), "metrics": metrics, "acceptance": acceptance,
-    }
-    write_result(args.out, result)
-    print(json.dumps(result))
+    run.report(metrics, acceptance, args.out)
 
 
 if __name__ == "__main__":

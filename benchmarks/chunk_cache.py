@@ -47,13 +47,10 @@ difference also with a paired 95% bootstrap interval over requests, ``rouge_l_di
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import shlex
 import statistics
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,7 +63,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 from acceptance import entry  # noqa: E402
-from environment import commit, machine, write_result  # noqa: E402
+from environment import BenchmarkRun  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from retrieval.data.beir import load_qrels, load_queries  # noqa: E402
@@ -420,7 +417,7 @@ def summaries_of(order: list[str], out: dict[str, Any]) -> dict[str, dict[str, A
 
 def main() -> None:
     args = parse_args()
-    start = time.perf_counter()
+    run = BenchmarkRun("chunk_cache")
     torch.set_num_threads(1)
     progress = not args.no_progress
     generator = Generator.load(device="cpu")
@@ -440,14 +437,7 @@ def main() -> None:
         "cache_capacity_mb": {"host": args.host_mb, "disk": args.disk_mb}, "policies": summaries,
         "rouge_l_differences": paired_differences(out["runs"], args.seed),
     }
-    result = {
-        "benchmark": "chunk_cache", "commit": commit(), "machine": machine(),
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "wall_s": round(time.perf_counter() - start, 2), "metrics": metrics,
-        "acceptance": _acceptance(summaries),
-    }
-    write_result(args.out, result)
-    print(json.dumps(result))
+    run.report(metrics, _acceptance(summaries), args.out)
 
 
 if __name__ == "__main__":

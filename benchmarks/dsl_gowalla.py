@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 import torch  # noqa: E402
 from acceptance import entry  # noqa: E402
-from environment import commit, machine, write_result  # noqa: E402
+from environment import BenchmarkRun  # noqa: E402
 
 from recsys.data.implicit import ImplicitDataset, load_implicit  # noqa: E402
 from recsys.models.cf import CFModel, Recommender  # noqa: E402
@@ -373,7 +373,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    start = time.perf_counter()
+    run = BenchmarkRun("dsl_gowalla_tune" if args.tune else "dsl_gowalla", script="dsl_gowalla")
     root = dataset_path("gowalla-lightgcn")
     if root is None:
         sys.exit("dataset 'gowalla-lightgcn' not found under the data root (set SPARSEKIT_DATA)")
@@ -400,19 +400,13 @@ def main() -> None:
                 metrics[m], rows = run_model(m, data, args, Path(tmp))
                 acceptance_rows += rows
         default_out = RESULTS / "dsl_gowalla.json"
-    result = {"benchmark": "dsl_gowalla_tune" if args.tune else "dsl_gowalla", "commit": commit(),
-              "machine": machine(), "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-              "wall_s": round(time.perf_counter() - start, 2), "metrics": metrics,
-              "acceptance": acceptance_rows}
     out = args.out or (None if args.quick else default_out)
     if args.tune and out is not None:  # tuning one model at a time keeps the others' results
         previous = json.loads(out.read_text())["metrics"]["tuning"] if out.exists() else {}
         metrics["tuning"] = previous | metrics["tuning"]
-        result["acceptance"] = tune_acceptance(metrics["tuning"])
+        acceptance_rows = tune_acceptance(metrics["tuning"])
         plot(metrics["tuning"], out.with_name("dsl_gowalla.png"))
-    if out is not None:
-        write_result(out, result)
-    print(json.dumps(result))
+    run.report(metrics, acceptance_rows, out)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import functools
 import json
 import multiprocessing
 import os
-import shlex
 import shutil
 import sys
 import time
@@ -47,13 +46,14 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
 from acceptance import entry  # noqa: E402
-from environment import commit, machine, write_result  # noqa: E402
+from environment import BenchmarkRun, write_result  # noqa: E402
 
 from embeddings.registry import COMPOSED  # noqa: E402
 from embeddings.sweep import KINDS, SweepConfig, recommend, run_sweep, summarize, write_report  # noqa: E402
 from embeddings.table import BUDGET_SLACK, BudgetError, table_class  # noqa: E402
 from recsys.data.ctr import frappe_schema  # noqa: E402
 from sparsekit.atomic import atomic_path  # noqa: E402
+from sparsekit.provenance import commit  # noqa: E402
 
 BUDGETS = (0.5, 0.1, 0.01, 0.001)
 SYNTHETIC_FIELDS = (12_000_000, 5_000_000, 2_000_000, 900_000, 90_000, 10_000)  # 20M features
@@ -259,7 +259,7 @@ def main() -> None:
     if args.rescore:
         rescore(args.out / "embedding_compression.json")
         return
-    start = time.perf_counter()
+    run = BenchmarkRun("embedding_compression")
     methods = tuple(m for m in args.methods.split(",") if m)
     seeds = tuple(int(s) for s in args.seeds.split(","))
     mem = memory_accounting()
@@ -282,12 +282,8 @@ def main() -> None:
                "memory_accounting": mem, "recommendation": best.to_dicts(),
                **({"recommendation_composed": composed.to_dicts()} if _has_compositions(runs) else {}),
                "summary": summarize(runs).to_dicts(), "synthetic": syn}
-    result = {"benchmark": "embedding_compression", "commit": commit(), "machine": machine(),
-              "command": "python " + shlex.join(["benchmarks/embedding_compression.py", *sys.argv[1:]]),
-              "wall_s": round(time.perf_counter() - start, 1), "metrics": metrics,
-              "acceptance": acceptance(mem, best, composed, runs, syn)}
-    write_result(args.out / "embedding_compression.json", result, indent=1)
-    print(json.dumps(result, default=float))
+    run.report(metrics, acceptance(mem, best, composed, runs, syn), args.out / "embedding_compression.json",
+               indent=1)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,22 @@
-"""What every benchmark result records about where it ran: the machine and the git commit
-(:func:`sparsekit.provenance.commit`)."""
+"""What every benchmark result records about where and from what it ran: the machine, the git commit
+(:func:`sparsekit.provenance.commit`) and the command, in the DESIGN.md §7 envelope that
+:class:`BenchmarkRun` writes."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparsekit import provenance
 from sparsekit.atomic import write_text_atomic
-from sparsekit.provenance import commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,17 +49,32 @@ def write_result(path: Path, result: dict[str, Any], indent: int = 2) -> None:
     write_text_atomic(path, json.dumps(result, indent=indent, default=float) + "\n")
 
 
-def report(name: str, start: float, metrics: dict[str, Any], acceptance: list[dict[str, Any]], out_dir: Path,
-           indent: int = 1) -> dict[str, Any]:
-    """The DESIGN.md §7 envelope of ``benchmarks/<name>.py`` (commit, machine, command, wall time since
-    ``start``, metrics, acceptance), written to ``out_dir/<name>.json`` and printed as one JSON line."""
-    import shlex
-    import sys
-    import time
+@dataclass
+class BenchmarkRun:
+    """One run of ``benchmarks/<script>.py``. Created when the run starts: the clock starts and the git
+    commit is read then, so commits made while a long run goes on are not attributed to it.
+    :meth:`report` writes the DESIGN.md §7 envelope of the result."""
 
-    result = {"benchmark": name, "commit": commit(), "machine": machine(),
-              "command": "python " + shlex.join([f"benchmarks/{name}.py", *sys.argv[1:]]),
-              "wall_s": round(time.perf_counter() - start, 1), "metrics": metrics, "acceptance": acceptance}
-    write_result(out_dir / f"{name}.json", result, indent=indent)
-    print(json.dumps(result, default=float))
-    return result
+    name: str
+    script: str = ""
+    start: float = field(default_factory=time.perf_counter)
+    commit: str = field(default_factory=provenance.commit)
+
+    def envelope(self, metrics: dict[str, Any], acceptance: list[dict[str, Any]]) -> dict[str, Any]:
+        """``benchmark`` (``name``), ``commit``, ``machine``, ``command`` (``python
+        benchmarks/<script>.py`` and the arguments), ``wall_s`` so far, ``metrics``, ``acceptance``."""
+        script = self.script or self.name
+        return {"benchmark": self.name, "commit": self.commit, "machine": machine(),
+                "command": "python " + shlex.join([f"benchmarks/{script}.py", *sys.argv[1:]]),
+                "wall_s": round(time.perf_counter() - self.start, 1), "metrics": metrics,
+                "acceptance": acceptance}
+
+    def report(self, metrics: dict[str, Any], acceptance: list[dict[str, Any]], out: Path | None,
+               indent: int = 2) -> dict[str, Any]:
+        """The :meth:`envelope`, written atomically to ``out`` (unless ``None``) and printed as one JSON
+        line."""
+        result = self.envelope(metrics, acceptance)
+        if out is not None:
+            write_result(out, result, indent=indent)
+        print(json.dumps(result, default=float))
+        return result

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import polars as pl  # noqa: E402
 from acceptance import entry  # noqa: E402
-from environment import report  # noqa: E402
+from environment import BenchmarkRun  # noqa: E402
 
 from embeddings.sweep import KINDS, SweepConfig, recommend, run_sweep, summarize  # noqa: E402
 from sparsekit.atomic import atomic_path  # noqa: E402
@@ -96,7 +95,7 @@ def main() -> None:
     p.add_argument("--min-epochs", type=int, default=10)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
-    start = time.perf_counter()
+    run = BenchmarkRun("first_order_budget")
     methods = tuple(KINDS) if args.methods == "all" else tuple(m for m in args.methods.split(",") if m)
     seeds = tuple(int(s) for s in args.seeds.split(","))
     modes = tuple(m for m in args.modes.split(",") if m)
@@ -131,7 +130,7 @@ def main() -> None:
         "summary": table.select("first_order", "method", "val_auc", "test_auc", "test_auc_std",
                                 "stored_bytes", "budget_bytes", "n_ok", "n_runs").to_dicts(),
     }
-    report("first_order_budget", start, metrics, acc, args.out)
+    run.report(metrics, acc, args.out / "first_order_budget.json", indent=1)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
-import shlex
 import statistics
 import subprocess
 import sys
@@ -42,7 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from acceptance import entry  # noqa: E402
-from environment import commit, machine, write_result  # noqa: E402
+from environment import BenchmarkRun  # noqa: E402
 
 from recsys.gcn.features import NodeFeatureStore  # noqa: E402
 from recsys.gcn.sampler import NeighborSampler  # noqa: E402
@@ -253,7 +251,7 @@ def main() -> None:
     p.add_argument("--skip-tests", action="store_true")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gcn_gather.json")
     args = p.parse_args()
-    start = time.perf_counter()
+    run = BenchmarkRun("gcn_gather")
     cuda = torch.cuda.is_available()
     metrics: dict[str, Any] = {"cuda": cuda, "torch_threads": torch.get_num_threads()}
     metrics["tests"] = {} if args.skip_tests else {k: run_tests(v) for k, v in TEST_GROUPS.items()}
@@ -272,12 +270,7 @@ def main() -> None:
     metrics["gather"] = {"cpu": cpu_gather(graph, args.gather_rows, args.repeats)}
     if cuda:
         metrics["gather"]["gpu"] = gpu_gather(args.host_table_gb, args.dim, args.gather_rows, args.repeats)
-    result = {"benchmark": "gcn_gather", "commit": commit(), "machine": machine(),
-              "command": "python " + shlex.join(["benchmarks/gcn_gather.py", *sys.argv[1:]]),
-              "wall_s": round(time.perf_counter() - start, 1), "metrics": metrics,
-              "acceptance": acceptance(metrics) if not args.skip_tests else []}
-    write_result(args.out, result)
-    print(json.dumps(result))
+    run.report(metrics, acceptance(metrics) if not args.skip_tests else [], args.out)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,7 @@ Prints one JSON object and writes ``benchmarks/results/gpu_kernels.json`` (DESIG
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -45,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from acceptance import entry  # noqa: E402
-from environment import commit, machine, write_result  # noqa: E402
+from environment import BenchmarkRun  # noqa: E402
 
 from kernels.embedding_bag import embedding_bag  # noqa: E402
 from kernels.embedding_bag_reference import (  # noqa: E402
@@ -320,7 +318,7 @@ def main() -> None:
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_kernels.py needs CUDA: no GPU is visible to torch here")
-    start = time.perf_counter()
+    run = BenchmarkRun("gpu_kernels")
     metrics = {
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(),
@@ -330,17 +328,7 @@ def main() -> None:
     import triton
 
     metrics["triton"] = triton.__version__
-    result = {
-        "benchmark": "gpu_kernels",
-        "commit": commit(),
-        "machine": machine(),
-        "command": "python " + shlex.join(["benchmarks/gpu_kernels.py", *sys.argv[1:]]),
-        "wall_s": round(time.perf_counter() - start, 1),
-        "metrics": metrics,
-        "acceptance": acceptance(metrics),
-    }
-    write_result(args.out, result)
-    print(json.dumps(result))
+    run.report(metrics, acceptance(metrics), args.out)
 
 
 if __name__ == "__main__":

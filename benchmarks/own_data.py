@@ -21,11 +21,8 @@ Writes ``benchmarks/results/own_data.json`` (DESIGN.md §7) and prints it.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +34,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
 from acceptance import entry  # noqa: E402
-from environment import commit, machine, write_result  # noqa: E402
+from environment import BenchmarkRun  # noqa: E402
 
 from recsys.data.ctr import SPLIT, CTRDataset, load_movielens_ctr  # noqa: E402
 from recsys.data.libfm import split_rows  # noqa: E402
@@ -141,17 +138,12 @@ def main() -> None:
     missing = [n for n in ("movielens-100k", "planetoid") if dataset_path(n) is None]
     if missing:
         raise SystemExit(f"datasets {missing} not found under the data root (set SPARSEKIT_DATA)")
-    start = time.perf_counter()
+    run = BenchmarkRun("own_data")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         ctr, cf, gcn = click_table(work), interaction_log(work), graph_file(work)
-    result = {"benchmark": "own_data", "commit": commit(), "machine": machine(),
-              "command": "python " + shlex.join(["benchmarks/own_data.py", *sys.argv[1:]]),
-              "wall_s": round(time.perf_counter() - start, 1),
-              "metrics": {"click_table": ctr, "interaction_log": cf, "graph_file": gcn},
-              "acceptance": acceptance(ctr, cf, gcn)}
-    write_result(args.out, result)
-    print(json.dumps(result))
+    metrics = {"click_table": ctr, "interaction_log": cf, "graph_file": gcn}
+    run.report(metrics, acceptance(ctr, cf, gcn), args.out)
 
 
 if __name__ == "__main__":

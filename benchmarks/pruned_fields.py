@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from acceptance import entry  # noqa: E402
-from environment import commit, machine, write_result  # noqa: E402
+from environment import BenchmarkRun  # noqa: E402
 
 import embeddings.registry  # noqa: E402,F401  (registers every table kind)
 from embeddings.sweep import (  # noqa: E402
@@ -117,7 +115,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS / "pruned_fields.json")
     args = p.parse_args()
-    start = time.perf_counter()
+    run = BenchmarkRun("pruned_fields")
     grid = SweepConfig(min_epochs=10)  # the grid's settings (benchmarks/embedding_compression.py)
     data = load_dataset(grid)
     full = train(data, "dcnv2", "full", 1.0, args.seed, grid)
@@ -132,26 +130,17 @@ def main() -> None:
                 row["val_auc_first_order_zeroed"] = round(without_first_order(data, result.model), 4)
             runs.append(row)
             print(json.dumps(row), file=sys.stderr)
-    out = {
-        "benchmark": "pruned_fields",
-        "commit": commit(),
-        "machine": machine(),
-        "command": "python benchmarks/pruned_fields.py " + shlex.join(sys.argv[1:]),
-        "wall_s": round(time.perf_counter() - start, 1),
-        "metrics": {
-            "dataset": "frappe", "split": "val", "seed": args.seed, "budget": args.budget,
-            "fields": data.field_names, "field_dims": list(data.field_dims),
-            "full_table": {"model": "dcnv2", "val_auc": round(full.metrics["val_auc"], 4),
-                           "mean_abs_weight_by_train_count": magnitude_by_frequency(data,
-                                                                                   full.model.embedding.weight)},
-            "first_order_bytes": first_order_bytes("deepfm", data.num_features),
-            "full_table_bytes": 4 * data.num_features * grid.embed_dim,
-            "pruned": runs,
-        },
+    metrics = {
+        "dataset": "frappe", "split": "val", "seed": args.seed, "budget": args.budget,
+        "fields": data.field_names, "field_dims": list(data.field_dims),
+        "full_table": {"model": "dcnv2", "val_auc": round(full.metrics["val_auc"], 4),
+                       "mean_abs_weight_by_train_count": magnitude_by_frequency(
+                           data, full.model.embedding.weight)},
+        "first_order_bytes": first_order_bytes("deepfm", data.num_features),
+        "full_table_bytes": 4 * data.num_features * grid.embed_dim,
+        "pruned": runs,
     }
-    out["acceptance"] = findings(out["metrics"])
-    write_result(args.out, out)
-    print(json.dumps(out, indent=1))
+    run.report(metrics, findings(metrics), args.out)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from acceptance import entry  # noqa: E402
-from environment import commit, machine, write_result  # noqa: E402
+from environment import BenchmarkRun  # noqa: E402
 
 from retrieval.index.inverted import InvertedIndex, build_inverted_index  # noqa: E402
 
@@ -235,7 +235,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=data_root / "scifact")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sparse_engine.json")
     args = parser.parse_args()
-    t_start = time.perf_counter()
+    run = BenchmarkRun("sparse_engine")
     metrics: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="sparse-engine-") as tmp:
         if (args.data / "corpus.jsonl").is_file():
@@ -246,11 +246,7 @@ def main() -> None:
             matrix, queries = synthetic(args.docs, args.nnz, args.vocab, args.queries, seed=0)
             metrics[f"synthetic_{args.docs}"] = compare("synthetic", matrix, queries, args.k, args.threads,
                                                         Path(tmp))
-    result = {"benchmark": "sparse_engine", "commit": commit(), "machine": machine(),
-              "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "wall_s": time.perf_counter() - t_start, "metrics": metrics, "acceptance": _acceptance(metrics)}
-    write_result(args.out, result)
-    print(json.dumps(result))
+    run.report(metrics, _acceptance(metrics), args.out)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from acceptance import entry  # noqa: E402
-from environment import commit, machine, write_result  # noqa: E402
+from environment import BenchmarkRun, write_result  # noqa: E402
 from sparse_engine import bm25s_over  # noqa: E402
 
 from retrieval.data.beir import load_corpus, load_qrels, load_queries  # noqa: E402
@@ -69,6 +69,7 @@ from retrieval.training.dev_eval import corpus_flops  # noqa: E402
 from retrieval.training.sparse import SparseTrainConfig, train_sparse_encoder  # noqa: E402
 from retrieval.training.teachers import Bm25Teacher, doc_contents  # noqa: E402
 from sparsekit.dataroot import dataset_path  # noqa: E402
+from sparsekit.provenance import commit  # noqa: E402
 
 K = 100
 ABLATIONS = {"plain_flops": {"idf_aware": False}, "dense_teacher_only": {"distill": "dense"},
@@ -602,30 +603,29 @@ def redo_ablations(args: argparse.Namespace, data: Path) -> None:
 
 def full_run(args: argparse.Namespace, data: Path, model: Path) -> dict[str, Any]:
     """Test quality, speed, scale and ablations of ``model``, saved to ``args.out`` after each stage."""
-    start = time.perf_counter()
+    run = BenchmarkRun("sparse_scifact")
     metrics: dict[str, Any] = {"training": training_record(model, args.train_total_s)}
-    result = {"benchmark": "sparse_scifact", "commit": commit(), "machine": machine(),
-              "command": "python " + " ".join(sys.argv), "metrics": metrics}
 
-    def save() -> None:  # after every stage, so a long run keeps what it measured
-        result["wall_s"] = round(time.perf_counter() - start, 1)
+    def save() -> dict[str, Any]:  # after every stage, so a long run keeps what it measured
+        result = run.envelope(metrics, [])
         score(result)
         write_result(args.out, result)
+        return result
 
     with tempfile.TemporaryDirectory(prefix="sparse-bench-", dir=args.runs) as tmp:
         work = Path(tmp)
         metrics["test"], index = test_quality(data, model, work / "index")
-        save()
+        result = save()
         metrics["speed_scifact"] = speed_scifact(data, index)
-        save()
+        result = save()
         if args.scale_docs:
             queries = load_queries(data / "queries.jsonl")
             texts = [queries[q] for q in sorted(load_qrels(data / "qrels" / "test.tsv"))]
             metrics["scale"] = scale(index, texts, args.scale_docs, work, not args.no_lucene_scale)
-            save()
+            result = save()
         if not args.skip_ablations:
             metrics["ablations"] = ablations(data, args.runs, model)
-            save()
+            result = save()
     return result
 
 

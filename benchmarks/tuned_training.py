@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import polars as pl  # noqa: E402
 from acceptance import entry  # noqa: E402
-from environment import report  # noqa: E402
+from environment import BenchmarkRun  # noqa: E402
 
 from embeddings.sweep import BASELINE, SweepConfig, run_sweep, summarize  # noqa: E402
 from sparsekit.atomic import atomic_path  # noqa: E402
@@ -123,7 +122,7 @@ def main() -> None:
     p.add_argument("--min-epochs", type=int, default=10)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
-    start = time.perf_counter()
+    run = BenchmarkRun("tuned_training")
     seeds = tuple(int(s) for s in args.seeds.split(","))
     jobs = [(s, seed) for s in SETTINGS for seed in seeds]
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -157,7 +156,7 @@ def main() -> None:
         "summary": summary.select("setting", "method", "val_auc", "val_auc_std", "test_auc", "test_auc_std",
                                   "stored_bytes", "budget_bytes", "n_ok", "n_runs").to_dicts(),
     }
-    report("tuned_training", start, metrics, acc, args.out)
+    run.report(metrics, acc, args.out / "tuned_training.json", indent=1)
 
 
 if __name__ == "__main__":
