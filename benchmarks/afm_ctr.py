@@ -21,14 +21,16 @@ compression changed (:func:`recsys.lowrank.affected_layers`).
 
 Acceptance (per dataset x model): >= 3x fewer parameters in the compressed layers at the chosen rank;
 mean test AUC delta at that rank >= -0.001; >= 1.3x faster CPU inference at batch 1024.
-Prints one JSON object, writes ``benchmarks/results/afm_ctr.json`` and the sweep tables as
-``benchmarks/results/afm_ctr.md``.
+Prints one JSON object, writes ``benchmarks/results/afm_ctr.json``, the sweep tables as
+``benchmarks/results/afm_ctr.md`` and the rank sweeps as ``benchmarks/results/afm_ctr.png`` (test and
+val AUC delta against the parameter ratio; ``--replot`` redraws it from a results file).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import sys
 import time
@@ -48,7 +50,7 @@ from torch import nn  # noqa: E402
 from recsys.data.ctr import CTRDataset, load_ctr  # noqa: E402
 from recsys.lowrank import Calibration, affected_layers, calibrate, compress, parameter_count  # noqa: E402
 from recsys.training.ctr import CTRTrainConfig, batches, evaluate_ctr, train_ctr  # noqa: E402
-from sparsekit.atomic import write_text_atomic  # noqa: E402
+from sparsekit.atomic import atomic_path, write_text_atomic  # noqa: E402
 
 AUC_TOLERANCE = 0.001
 TARGET_PARAM_RATIO, TARGET_SPEEDUP = 3.0, 1.3
@@ -291,6 +293,50 @@ def _markdown(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot(metrics: dict[str, Any], path: Path) -> None:
+    """One panel per dataset x model: mean val and test AUC delta against the parameter ratio of the
+    compressed layers, over the rank sweep (per-seed test range as a band), with both targets drawn and the
+    val-chosen rank circled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(dataset, r) for dataset, results in metrics["datasets"].items() for r in results]
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (dataset, r) in zip(axes.flat, panels, strict=False):
+        sweep = r["rank_sweep"]
+        ratio = [e["param_ratio"] for e in sweep]
+        low = [min(e["test_auc_delta_per_seed"]) for e in sweep]
+        high = [max(e["test_auc_delta_per_seed"]) for e in sweep]
+        ax.fill_between(ratio, low, high, color="C0", alpha=0.2, label="test, seed range")
+        for key, style, color in (("test_auc_delta", "o-", "C0"), ("val_auc_delta", "s--", "C1")):
+            ax.plot(ratio, [e[key] for e in sweep], style, color=color, markersize=3,
+                    label=f"{key.split('_')[0]}, mean")
+        for e in sweep:
+            ax.annotate(str(e["rank"]), (e["param_ratio"], e["test_auc_delta"]), fontsize=6,
+                        textcoords="offset points", xytext=(0, 4), ha="center")
+        chosen = r["chosen"]
+        ax.plot([chosen["param_ratio"]], [chosen["test_auc_delta"]], "o", markersize=11, fillstyle="none",
+                color="C3", label="val-chosen rank")
+        ax.axhline(-metrics["auc_tolerance"], color="grey", linestyle=":", label="AUC target")
+        ax.axvline(TARGET_PARAM_RATIO, color="grey", linestyle="-.", label="3x target")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.006, 0.003)
+        ax.set_title(f"{dataset} / {r['model']}: val-chosen rank {r['chosen_rank']}", fontsize=9)
+        ax.set_xlabel("params in compressed layers, original / AFM (points labelled by rank)", fontsize=8)
+        ax.set_ylabel("AUC delta vs original (clipped)", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -313,7 +359,12 @@ def main() -> None:
     parser.add_argument("--split-seed", type=int, default=0, help="the fixed seed of the 70/10/20 split")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "afm_ctr.json")
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw the PNG beside --out from the metrics stored in --out")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads(args.out.read_text())["metrics"], args.out.with_suffix(".png"))
+        return
     if not args.seeds:
         parser.error("--seeds needs at least one seed")
     run = BenchmarkRun("afm_ctr")
@@ -344,6 +395,7 @@ def main() -> None:
     }
     run.report(metrics, acceptance, args.out)
     write_text_atomic(args.out.with_suffix(".md"), _markdown(metrics) + "\n")
+    plot(metrics, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
