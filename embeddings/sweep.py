@@ -78,6 +78,9 @@ class SweepConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("models", "methods", "budgets", "seeds"):
+            if not getattr(self, name):
+                raise InputError(name, "needs at least one value")
         unknown = sorted(set(self.methods) - set(KINDS))
         if unknown:
             raise InputError("methods", f"unknown method(s) {unknown}; known: {sorted(KINDS)}")
@@ -215,7 +218,7 @@ def sweep_identity(config: SweepConfig, data: Any) -> dict[str, Any]:
 def _check_identity(out_dir: Path, identity: dict[str, Any]) -> None:
     """Write ``sweep.json`` on first use; refuse to resume a folder whose runs came from another setup."""
     path = out_dir / IDENTITY
-    if not path.is_file():
+    if not path.is_file() or not any((out_dir / "runs").glob("*.json")):  # no finished run to mix with
         _write_json(path, identity)
         return
     # folders from before a setting existed: min_epochs 1, first_order free, seeding 1 (the table drawn

@@ -19,7 +19,7 @@ import typer
 from rich.table import Table
 
 from services.commands import bench, cf, ctr, gcn, rag
-from services.commands.output import console
+from services.commands.output import above, console
 from services.commands.output import fail as _fail
 from sparsekit.atomic import exit_on_sigterm
 from sparsekit.errors import SparsekitError
@@ -64,21 +64,25 @@ def index(
                                            "bigranular (PQ codes in RAM + vectors on disk) or hybrid "
                                            "(first stage + dense re-score + fusion).")] = "bm25",
     model: Annotated[Path | None, typer.Option(help="sparse (and hybrid over sparse): a model dir.")] = None,
-    k1: Annotated[float, typer.Option(help="bm25: k1 (recorded in the manifest, used at search).")] = 0.9,
-    b: Annotated[float, typer.Option(help="bm25: b.")] = 0.4,
-    threads: Annotated[int, typer.Option(help="bm25: indexing threads.")] = 2,
+    k1: Annotated[float, typer.Option(
+        min=0, help="bm25: k1 (recorded in the manifest, used at search).")] = 0.9,
+    b: Annotated[float, typer.Option(min=0, max=1, help="bm25: b.")] = 0.4,
+    threads: Annotated[int, typer.Option(min=1, help="bm25: indexing threads.")] = 2,
     quantization: Annotated[str, typer.Option(help="sparse: uint8, uint16 or none.")] = "uint8",
-    top_k: Annotated[int | None, typer.Option(help="sparse: keep each document's top-k terms.")] = None,
-    batch_size: Annotated[int, typer.Option(help="sparse/dense: encoding batch size.")] = 32,
+    top_k: Annotated[int | None, typer.Option(
+        min=1, help="sparse: keep each document's top-k terms.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="sparse/dense: encoding batch size.")] = 32,
     factory: Annotated[str, typer.Option(help="dense: faiss factory string (Flat, HNSW32, "
                                               "IVF1024,PQ48).")] = "Flat",
     codes: Annotated[str, typer.Option(help="bigranular: the in-RAM codes (faiss factory).")] = "OPQ48,PQ48",
-    candidates: Annotated[int, typer.Option(help="bigranular: candidates C re-scored from disk.")] = 1000,
-    nprobe: Annotated[int, typer.Option(help="dense/bigranular IVF: lists probed.")] = 32,
+    candidates: Annotated[int, typer.Option(
+        min=1, help="bigranular: candidates C re-scored from disk.")] = 1000,
+    nprobe: Annotated[int, typer.Option(min=1, help="dense/bigranular IVF: lists probed.")] = 32,
     first_stage: Annotated[str, typer.Option(help="hybrid: bm25, sparse or an index directory.")] = "bm25",
     fusion: Annotated[str, typer.Option(help="hybrid: rrf or linear (min-max normalised).")] = "linear",
-    alpha: Annotated[float, typer.Option(help="hybrid linear: weight of the dense score.")] = 0.65,
-    depth: Annotated[int, typer.Option(help="hybrid: first-stage candidates re-scored.")] = 1000,
+    alpha: Annotated[float, typer.Option(
+        min=0, max=1, help="hybrid linear: weight of the dense score.")] = 0.65,
+    depth: Annotated[int, typer.Option(min=1, help="hybrid: first-stage candidates re-scored.")] = 1000,
     cache_dir: Annotated[Path | None, typer.Option(help="dense kinds: corpus-embedding cache.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing index at OUT.")] = False,
 ) -> None:
@@ -102,7 +106,7 @@ def index(
 def search(
     index: Annotated[Path, typer.Option(help="Index directory.")],
     query: Annotated[str, typer.Argument(help="Query text.")],
-    k: Annotated[int, typer.Option("-k", help="Number of hits.")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, help="Number of hits.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Search an index directory locally (no server) and print the ranked hits."""
@@ -126,8 +130,8 @@ def evaluate_cmd(
     index: Annotated[Path, typer.Option(help="Index directory.")],
     data: Annotated[Path, typer.Option(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")],
     split: Annotated[str, typer.Option(help="qrels split to evaluate (qrels/<split>.tsv).")] = "test",
-    k: Annotated[int, typer.Option("-k", help="Hits retrieved per query (R@100 needs >= 100).")] = 100,
-    threads: Annotated[int, typer.Option(help="Search threads.")] = 2,
+    k: Annotated[int, typer.Option("-k", min=1, help="Hits retrieved per query (R@100 needs >= 100).")] = 100,
+    threads: Annotated[int, typer.Option(min=1, help="Search threads.")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object, not a table.")] = False,
 ) -> None:
     """Evaluate an index on a BEIR split: NDCG@10, Recall@100, MRR@10 (pytrec_eval)."""
@@ -166,6 +170,8 @@ def _named(specs: list[str], option: str) -> dict[str, Path]:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             raise ValueError(f"--{option} {spec!r}: expected NAME=DIR")
+        if name in out:
+            raise ValueError(f"--{option} {spec!r}: the name {name!r} is given twice")
         out[name] = Path(path)
     return out
 
@@ -179,7 +185,8 @@ def _generate_servicer(rag_corpus: Path, policy: str, cache_dir: Path | None):
 
 @app.command()
 def serve(
-    index: Annotated[list[str], typer.Option(help="NAME=DIR of an index to serve; repeat for several.")] = [],  # noqa: B006
+    index: Annotated[list[str], typer.Option(
+        help="NAME=DIR of an index to serve; repeat for several.")] = [],  # noqa: B006
     recommender: Annotated[list[str], typer.Option(help="NAME=DIR of a CF model or DSL sparse export "
                                                         "(RecommendService.Recommend).")] = [],  # noqa: B006
     ctr: Annotated[list[str], typer.Option(help="NAME=DIR of a CTR model, original or AFM-compressed "
@@ -189,7 +196,7 @@ def serve(
     rag_policy: Annotated[str, typer.Option(help=rag.POLICY_HELP)] = "cache-craft",
     rag_cache_dir: Annotated[Path | None, typer.Option(help="Disk tier of the chunk cache.")] = None,
     address: Annotated[str, typer.Option(help="host:port to bind.")] = "127.0.0.1:50051",
-    workers: Annotated[int, typer.Option(help="gRPC worker threads.")] = 4,
+    workers: Annotated[int, typer.Option(min=1, help="gRPC worker threads.")] = 4,
 ) -> None:
     """Serve indexes and models over gRPC (SearchService, RecommendService, GenerateService, health,
     reflection) until SIGINT/SIGTERM."""
@@ -200,12 +207,12 @@ def serve(
     try:
         if not (index or recommender or ctr or rag_corpus):
             raise ValueError("nothing to serve: pass --index, --recommender, --ctr and/or --rag")
+        config = ServerConfig(address=address, workers=workers)  # a bad --address fails before any loading
         indexes = {name: open_index(path) for name, path in _named(index, "index").items()}
         recs = {name: load_recommender(path) for name, path in _named(recommender, "recommender").items()}
         ctrs = {name: load_ctr(path) for name, path in _named(ctr, "ctr").items()}
         recommend = RecommendServicer(recs, ctrs) if recs or ctrs else None
         generate = _generate_servicer(rag_corpus, rag_policy, rag_cache_dir) if rag_corpus else None
-        config = ServerConfig(address=address, workers=workers)
         server, port = make_server(indexes, config, recommend, generate)
     except (SparsekitError, ValueError, OSError) as exc:
         _fail(exc)
@@ -236,19 +243,19 @@ def train_sparse(
     idf_aware: Annotated[bool, typer.Option(help="IDF-aware matching (off: binary queries).")] = True,
     pseudo_queries: Annotated[str, typer.Option(help="none | titles (each document's title as an extra "
                                                      "training query, teacher-scored).")] = "none",
-    epochs: Annotated[int, typer.Option(help="Passes over the training queries.")] = 2,
-    max_length: Annotated[int, typer.Option(help="Document tokens kept.")] = 256,
-    freeze_layers: Annotated[int, typer.Option(help="Frozen lower transformer layers (cached).")] = 4,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training queries.")] = 2,
+    max_length: Annotated[int, typer.Option(min=1, help="Document tokens kept.")] = 256,
+    freeze_layers: Annotated[int, typer.Option(min=0, help="Frozen lower transformer layers (cached).")] = 4,
     tie_head: Annotated[bool, typer.Option(help="Vocabulary head tied to the frozen word embeddings "
                                                  "(--no-tie-head: a trainable copy).")] = True,
     lexical_prior: Annotated[bool, typer.Option(help="Add BM25-saturated WordPiece term frequencies to "
                                                       "the learned document vector (residual learning).")]
     = False,
-    lr: Annotated[float, typer.Option(help="Learning rate of the trained layers.")] = 5e-5,
-    flops_lambda: Annotated[float, typer.Option(help="FLOPS weight after warm-up.")] = 0.002,
-    flops_warmup: Annotated[int, typer.Option(help="Steps of quadratic FLOPS warm-up.")] = 200,
+    lr: Annotated[float, typer.Option(callback=above(0), help="Learning rate of the trained layers.")] = 5e-5,
+    flops_lambda: Annotated[float, typer.Option(min=0, help="FLOPS weight after warm-up.")] = 0.002,
+    flops_warmup: Annotated[int, typer.Option(min=0, help="Steps of quadratic FLOPS warm-up.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 13,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many steps.")] = None,
     dev_eval_start: Annotated[bool, typer.Option(help="Dev metrics of the untrained model too.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
 ) -> None:
@@ -289,12 +296,16 @@ def train_query_table(
     out: Annotated[Path, typer.Option(help="Model directory to write: same document encoder, trained "
                                            "query table.")],
     work_dir: Annotated[Path | None, typer.Option(help="Stage-1 caches (default MODEL.work).")] = None,
-    epochs: Annotated[int, typer.Option(help="Passes over the training queries per learning rate.")] = 4,
-    lr: Annotated[list[float] | None, typer.Option(help="Adam learning rate; repeat for a grid (default "
-                                                        "0.01, 0.03, 0.1); best (lr, epoch) on dev kept.")]
+    epochs: Annotated[int, typer.Option(
+        min=1, help="Passes over the training queries per learning rate.")] = 4,
+    lr: Annotated[list[float] | None, typer.Option(
+        callback=above(0), help="Adam learning rate; repeat for a grid (default "
+                                "0.01, 0.03, 0.1); best (lr, epoch) on dev kept.")]
     = None,
-    ce_weight: Annotated[float, typer.Option(help="Weight of the positives' cross-entropy beside KD.")] = 1.0,
-    l2: Annotated[float, typer.Option(help="Pull of the table towards its start (IDF after stage 1).")] = 0.0,
+    ce_weight: Annotated[float, typer.Option(
+        min=0, help="Weight of the positives' cross-entropy beside KD.")] = 1.0,
+    l2: Annotated[float, typer.Option(
+        min=0, help="Pull of the table towards its start (IDF after stage 1).")] = 0.0,
     learn_residual_scale: Annotated[bool, typer.Option(
         help="Also learn the weight of the learned document terms beside the lexical prior.")] = True,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 13,

@@ -10,7 +10,6 @@ many rows RESOURCE_EXHAUSTED; a CTR model saved without its field schema FAILED_
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import grpc
 from services.api import recommend_pb2, recommend_pb2_grpc
 from services.status import guarded
 from services.validation import RequestError
-from sparsekit.artifacts import MANIFEST
+from sparsekit.artifacts import artifact_format
 from sparsekit.errors import ArtifactError, InputError, NotFoundError
 
 SERVICE_NAME = recommend_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name
@@ -57,13 +56,6 @@ class ServedCTR:
     kind: str
 
 
-def _format(path: Path) -> str:
-    try:
-        return json.loads((path / MANIFEST).read_text())["format"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ArtifactError(path, f"not a Sparsekit model artifact ({exc})") from exc
-
-
 def load_recommender(path: str | Path, device: str = "cpu") -> ServedRecommender:
     """Open a ``cf-model`` (dense) or ``cf-sparse`` (DSL export) artifact for serving."""
     from recsys.id_vocab import IdVocab
@@ -73,7 +65,7 @@ def load_recommender(path: str | Path, device: str = "cpu") -> ServedRecommender
     from recsys.training.cf import MODEL_FORMAT, load_model
 
     path = Path(path)
-    fmt = _format(path)
+    fmt = artifact_format(path)
     if fmt == SPARSE_FORMAT:
         rec = load_sparse(path, device=device)
         ids = IdVocab.read(path, (rec.num_users, rec.num_items))

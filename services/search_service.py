@@ -25,6 +25,7 @@ from services.recommend_service import SERVICE_NAME as RECOMMEND_SERVICE
 from services.recommend_service import RecommendServicer
 from services.status import guarded
 from services.validation import Limits, RequestError, validate_batch, validate_search
+from sparsekit.errors import InputError
 
 if TYPE_CHECKING:  # the Generate service pulls in transformers: imported only where it is served
     from services.generate_service import GenerateServicer
@@ -118,6 +119,9 @@ class ServerConfig:
     engine_threads: int = 1
     limits: Limits = field(default_factory=Limits)
 
+    def __post_init__(self) -> None:
+        _check_address(self.address)
+
 
 def make_server(indexes: Mapping[str, SearchIndex], config: ServerConfig | None = None,
                 recommend: RecommendServicer | None = None,
@@ -128,7 +132,9 @@ def make_server(indexes: Mapping[str, SearchIndex], config: ServerConfig | None 
     size = config.limits.max_message_bytes
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers),
-        options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", 4 * size)],
+        # no SO_REUSEPORT: a second server on a port in use must fail, not share it silently
+        options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", 4 * size),
+                 ("grpc.so_reuseport", 0)],
     )
     search_pb2_grpc.add_SearchServiceServicer_to_server(
         SearchServicer(indexes, config.limits, config.engine_threads), server)
@@ -144,7 +150,17 @@ def make_server(indexes: Mapping[str, SearchIndex], config: ServerConfig | None 
     for name in (*services, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(config.address)
+    try:
+        port = server.add_insecure_port(config.address)
+    except RuntimeError as exc:  # grpc raises this when the port is taken or the host cannot be bound
+        raise OSError(f"cannot bind {config.address}: {exc}") from exc
     if port == 0:
         raise OSError(f"cannot bind {config.address}")
     return server, port
+
+
+def _check_address(address: str) -> None:
+    """``host:port`` with a port in 0..65535 (0: any free port); grpc would otherwise wrap the port."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InputError("address", f"expected host:port with a port in 0..65535, got {address!r}")

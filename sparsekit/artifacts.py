@@ -145,9 +145,8 @@ def write_artifact(
     killed writers of ``target`` are removed first.
     """
     target = Path(target)
-    if target.exists() and not overwrite:
-        raise ArtifactError(target, "already exists (pass overwrite=True / --overwrite to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _check_replaceable(target, overwrite)
+    _make_parent(target)
     sweep_leftovers(target)
     tmp = temp_sibling(target, "tmpdir")
     tmp.mkdir()
@@ -164,6 +163,47 @@ def write_artifact(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_replaceable(target: Path, overwrite: bool) -> None:
+    """Refuse a target that exists unless ``overwrite``, and never replace what is not an artifact.
+
+    ``--overwrite`` swaps out a previous Sparsekit artifact (a directory holding ``manifest.json``) or an
+    empty directory; a file, or a directory of anything else (a dataset, the input itself), is refused, so
+    a wrong ``--out`` cannot delete data.
+    """
+    _recover(target)
+    if not target.exists():
+        return
+    if not overwrite:
+        raise ArtifactError(target, "already exists (pass overwrite=True / --overwrite to replace it)")
+    if not target.is_dir():
+        raise ArtifactError(target, "is a file, not an artifact directory: refusing to replace it")
+    if not (target / MANIFEST).is_file() and any(target.iterdir()):
+        raise ArtifactError(target, f"is a directory with no {MANIFEST} (not a Sparsekit artifact): refusing "
+                                    "to replace it; choose another output path or remove it yourself")
+
+
+def _make_parent(target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise ArtifactError(target, f"cannot create its parent directory: {exc.filename} is a file") from exc
+
+
+def artifact_format(path: str | Path) -> str:
+    """The ``format`` of an artifact directory, read from its manifest without the checksum pass
+    (a backup left by a crash mid-replace is restored first, as in :func:`open_artifact`)."""
+    path = Path(path)
+    _recover(path)
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise ArtifactError(path, f"not a Sparsekit artifact directory (no {MANIFEST})")
+    try:
+        data = json.loads(mpath.read_text())
+        return str(data["format"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(mpath, f"corrupt manifest: {exc!r}") from exc
 
 
 def _mtime(path: Path) -> float:

@@ -22,3 +22,19 @@ def default_device() -> str:
     if forced:
         return forced
     return "cuda" if cuda_available() else "cpu"
+
+
+def resolve_device(device: str | None, source: str = "device") -> str:
+    """A checked device name: ``None`` means :func:`default_device`; ``cpu``, ``cuda`` or ``cuda:N``
+    otherwise. Raises :class:`~sparsekit.errors.InputError` naming ``source`` for an unknown name, or for
+    CUDA on a machine without it (instead of torch's assertion deep inside the first transfer)."""
+    from sparsekit.errors import InputError
+
+    if device is None:
+        return default_device()
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise InputError(source, f"unknown device {device!r}: expected cpu, cuda or cuda:N")
+    if kind == "cuda" and not cuda_available():
+        raise InputError(source, f"{device!r} requested, but torch sees no CUDA device here (use cpu)")
+    return device

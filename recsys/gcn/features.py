@@ -38,7 +38,7 @@ import torch
 from torch_geometric.data import FeatureStore, TensorAttr
 
 from kernels.feature_gather import gather_rows
-from sparsekit.device import default_device
+from sparsekit.device import resolve_device
 from sparsekit.errors import InputError, NotFoundError
 
 MODES = ("zero-copy", "cpu-copy", "device")
@@ -158,7 +158,7 @@ class NodeFeatureStore(FeatureStore):
         if mode not in MODES:
             raise InputError("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
         self.requested_mode = mode
-        self.device = torch.device(device if device is not None else default_device())
+        self.device = torch.device(resolve_device(device))
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self._tables: dict[Key, _Table] = {}

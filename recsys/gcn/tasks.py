@@ -11,7 +11,7 @@ graphs of your own.
 
 from __future__ import annotations
 
-import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from recsys.gcn.sampler import CSRGraph
 from recsys.gcn.synthetic import FORMAT as SYNTHETIC_FORMAT
 from recsys.gcn.synthetic import open_graph
 from recsys.gcn.training import NodeTask
-from sparsekit.artifacts import MANIFEST
+from sparsekit.artifacts import MANIFEST, artifact_format
 from sparsekit.errors import InputError
 
 
@@ -107,8 +107,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"cannot read the graph: {exc}") from exc
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:  # a truncated .npz: BadZipFile
+        raise InputError(path, f"cannot read the graph (not a complete .npz): {exc}") from exc
     missing = [k for k in NPZ_ARRAYS if k not in arrays]
     if missing:
         raise InputError(path, f"missing array(s) {missing} (has {sorted(arrays)})")
@@ -143,7 +143,7 @@ def load_task(data: str | Path, mode: str = "zero-copy", device: str | None = No
     if path.suffix == ".npz":
         return npz_task(path, mode, device)
     if (path / MANIFEST).is_file():
-        fmt = json.loads((path / MANIFEST).read_text()).get("format")
+        fmt = artifact_format(path)
         if fmt != SYNTHETIC_FORMAT:
             raise InputError(path, f"artifact format {fmt!r} is not a graph ({SYNTHETIC_FORMAT!r})")
         return synthetic_task(path, mode, device)

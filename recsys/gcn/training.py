@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from recsys.gcn.features import NodeFeatureStore
 from recsys.gcn.sampler import ALL_NEIGHBORS, CSRGraph, NeighborSampler
-from sparsekit.device import default_device
+from sparsekit.device import resolve_device
 from sparsekit.errors import InputError
 
 MODELS = ("sage", "gcn")
@@ -69,6 +69,7 @@ class GCNTrainConfig:
         if not self.fanouts or any(f <= 0 for f in self.fanouts):
             raise InputError("fanouts", f"need one positive fan-out per layer, got {list(self.fanouts)}")
         self.fanouts = tuple(int(f) for f in self.fanouts)
+        self.device = resolve_device(self.device)
 
 
 @dataclass
@@ -230,7 +231,7 @@ def accuracy(model: nn.Module, task: NodeTask, nodes: Tensor, config: GCNTrainCo
 
 def train_gcn(config: GCNTrainConfig, task: NodeTask, model: nn.Module | None = None) -> GCNResult:
     """Train on ``task.train_idx``; keep the epoch with the best validation accuracy; test it once."""
-    device = torch.device(config.device or default_device())
+    device = torch.device(config.device)
     torch.manual_seed(config.seed)
     if model is None:
         model = build_model(config.model, task.features.dim, config.hidden, task.num_classes,

@@ -12,6 +12,7 @@ loaded as ``cf-model`` artifacts (:func:`save_model`, :func:`load_model`).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from dataclasses import asdict, dataclass
@@ -32,7 +33,7 @@ from recsys.models.mf import MF
 from recsys.models.neumf import NeuMF
 from recsys.ranking import evaluate_ranking
 from sparsekit.artifacts import open_artifact, write_artifact
-from sparsekit.device import default_device
+from sparsekit.device import default_device, resolve_device
 from sparsekit.errors import ArtifactError, InputError
 
 MODELS: dict[str, type[CFModel]] = {"mf": MF, "lightgcn": LightGCN, "neumf": NeuMF}
@@ -205,10 +206,10 @@ def train_cf(config: CFTrainConfig, data: ImplicitDataset) -> tuple[CFModel, lis
     Recall/NDCG@``eval_k`` on ``data.test`` (train items excluded). Training stops early, after a whole
     epoch, once ``time_budget_s`` wall seconds of training are spent.
     """
-    device = torch.device(config.device or default_device())
+    device = torch.device(resolve_device(config.device))
     run = _new_run(config, data, device)
     if config.resume:
-        _load_checkpoint(run, config)
+        _load_checkpoint(run, config, data)
     spent = sum(record["train_s"] for record in run.history)
     budget = float("inf") if config.time_budget_s is None else config.time_budget_s
     while run.epoch < config.epochs and spent < budget:
@@ -227,7 +228,7 @@ def train_cf(config: CFTrainConfig, data: ImplicitDataset) -> tuple[CFModel, lis
                                  for k, v in record.items()))
         last = run.epoch == config.epochs or spent >= budget
         if config.checkpoint_dir and (run.epoch % config.checkpoint_every == 0 or last):
-            _save_checkpoint(run, config)
+            _save_checkpoint(run, config, data)
     run.model.eval()
     return run.model, run.history
 
@@ -246,7 +247,16 @@ def _identity(config: CFTrainConfig) -> dict[str, Any]:
     return {k: v for k, v in asdict(config).items() if k not in RUNTIME_FIELDS}
 
 
-def _save_checkpoint(run: _Run, config: CFTrainConfig) -> None:
+def _data_identity(data: ImplicitDataset) -> dict[str, Any]:
+    """Shape and a digest of the training interactions: a checkpoint resumes only on the same data."""
+    train = data.train.tocsr()
+    digest = hashlib.sha256(np.ascontiguousarray(train.indptr, dtype=np.int64).tobytes())
+    digest.update(np.ascontiguousarray(train.indices, dtype=np.int64).tobytes())
+    return {"num_users": data.num_users, "num_items": data.num_items, "train_nnz": int(train.nnz),
+            "train_sha256": digest.hexdigest()}
+
+
+def _save_checkpoint(run: _Run, config: CFTrainConfig, data: ImplicitDataset) -> None:
     state = {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
@@ -257,14 +267,14 @@ def _save_checkpoint(run: _Run, config: CFTrainConfig) -> None:
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    params = {"config": _identity(config), "epoch": run.epoch}
+    params = {"config": _identity(config), "data": _data_identity(data), "epoch": run.epoch}
     with write_artifact(checkpoint_path(config), CHECKPOINT_FORMAT, CHECKPOINT_VERSION, params=params,
                         overwrite=True) as writer:
         writer.path("state.pt").write_bytes(buffer.getvalue())
         writer.counts["epoch"] = run.epoch
 
 
-def _load_checkpoint(run: _Run, config: CFTrainConfig) -> None:
+def _load_checkpoint(run: _Run, config: CFTrainConfig, data: ImplicitDataset) -> None:
     path = checkpoint_path(config)
     if not path.exists():
         return
@@ -272,8 +282,16 @@ def _load_checkpoint(run: _Run, config: CFTrainConfig) -> None:
     if manifest.params["config"] != _identity(config):
         diff = sorted(k for k, v in _identity(config).items() if manifest.params["config"].get(k) != v)
         raise ArtifactError(path, f"checkpoint was written with a different config (fields {diff})")
+    stored = manifest.params.get("data")  # absent in checkpoints written before it was recorded
+    if stored is not None and stored != _data_identity(data):
+        raise ArtifactError(path, f"checkpoint was trained on other data ({stored['num_users']} users x "
+                                  f"{stored['num_items']} items, {stored['train_nnz']} train interactions); "
+                                  "resuming would mix them: use another --checkpoint-dir")
     state = torch.load(path / "state.pt", map_location=run.model.device, weights_only=True)
-    run.model.load_state_dict(state["model"])
+    try:
+        run.model.load_state_dict(state["model"])
+    except RuntimeError as exc:  # shapes of other data (a checkpoint from before the data was recorded)
+        raise ArtifactError(path, f"checkpoint does not fit this data: {exc}") from exc
     run.optimizer.load_state_dict(state["optimizer"])
     if run.sparsity is not None:
         run.sparsity.load_state_dict(state["sparsity"])

@@ -10,14 +10,13 @@ atomically, and is opened by :func:`open_index`, which dispatches on the manifes
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from sparsekit.artifacts import MANIFEST
-from sparsekit.errors import ArtifactError
+from sparsekit.artifacts import artifact_format
+from sparsekit.errors import ArtifactError, InputError
 
 
 @runtime_checkable
@@ -32,6 +31,13 @@ class SearchIndex(Protocol):
     def search(self, text: str, k: int) -> list[tuple[str, float]]: ...
 
     def batch_search(self, texts: list[str], k: int, threads: int = 1) -> list[list[tuple[str, float]]]: ...
+
+
+def query_batch(texts: Sequence[str]) -> list[str]:
+    """``texts`` as a list for ``batch_search``, refusing a bare string (it would search each character)."""
+    if isinstance(texts, str | bytes) or not isinstance(texts, Sequence):
+        raise InputError("texts", f"expected a list of query strings, got a {type(texts).__name__}")
+    return list(texts)
 
 
 def _open_bm25(path: Path) -> SearchIndex:
@@ -92,13 +98,7 @@ KINDS: dict[str, str] = {"bm25": "bm25-lucene", "sparse": "learned-sparse", "den
 
 def index_format(path: str | Path) -> str:
     """The ``format`` field of an index directory's manifest (cheap: no checksum pass)."""
-    mpath = Path(path) / MANIFEST
-    if not mpath.is_file():
-        raise ArtifactError(path, f"not an index directory (no {MANIFEST})")
-    try:
-        return str(json.loads(mpath.read_text())["format"])
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise ArtifactError(mpath, f"corrupt manifest: {exc}") from exc
+    return artifact_format(path)
 
 
 def open_index(path: str | Path) -> SearchIndex:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from retrieval.index import query_batch
 from retrieval.index.dense import (
     MINILM,
     DocIdTable,
@@ -283,6 +284,7 @@ class BiGranularIndex:
 
     def batch_search(self, texts: list[str], k: int = 10, threads: int = 1) -> list[list[tuple[str, float]]]:
         """Top-``k`` hits for each query, in input order (the code search runs ``threads`` threads)."""
+        texts = query_batch(texts)
         if not texts:
             return []
         with omp_threads(threads):

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from retrieval.data.beir import iter_corpus
+from retrieval.index import query_batch
 from sparsekit.artifacts import Manifest, fingerprint, open_artifact, write_artifact
 from sparsekit.errors import ArtifactError, InputError
 
@@ -440,6 +441,7 @@ class DenseIndex:
 
     def batch_search(self, texts: list[str], k: int = 10, threads: int = 1) -> list[list[tuple[str, float]]]:
         """Top-``k`` hits for each query, in input order (faiss runs ``threads`` OpenMP threads)."""
+        texts = query_batch(texts)
         if not texts:
             return []
         with omp_threads(threads):

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.index import query_batch
 from retrieval.index.bigranular import DTYPES, VECTORS_FILE, VectorStore
 from retrieval.index.dense import (
     MINILM,
@@ -237,6 +238,7 @@ class HybridIndex:
 
     def batch_search(self, texts: list[str], k: int = 10, threads: int = 1) -> list[Hits]:
         """Top-``k`` fused hits for each query, in input order (the first stage uses ``threads``)."""
+        texts = query_batch(texts)
         if not texts:
             return []
         queries = self.queries(texts)

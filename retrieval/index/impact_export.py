@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from retrieval.encoders.backbone import load_fast_tokenizer
 from retrieval.encoders.idf_query import IdfQueryEncoder
+from retrieval.index import query_batch
 from retrieval.index.learned_sparse import LearnedSparseIndex, check_text
 from sparsekit.artifacts import open_artifact, write_artifact
 
@@ -102,6 +103,7 @@ class LuceneImpactIndex:
         return self.searcher.search(weights, k) if weights else []
 
     def batch_search(self, texts: list[str], k: int, threads: int = 1) -> list[list[tuple[str, float]]]:
+        texts = query_batch(texts)
         return [self.search(t, k) for t in texts]
 
     def search_sparse(self, indices: list[int], values: list[float], k: int) -> list[tuple[str, float]]:

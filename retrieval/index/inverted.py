@@ -35,7 +35,9 @@ import scipy.sparse as sp
 
 from kernels.sparse_scoring import Postings, QueryBatch, TopK, postings_to_device, score_topk
 from kernels.sparse_scoring_numba import WorkspacePool
+from retrieval.index import query_batch
 from sparsekit.artifacts import Manifest, open_artifact, write_artifact
+from sparsekit.device import resolve_device
 from sparsekit.errors import ArtifactError, InputError
 
 FORMAT = "sparse-inverted"
@@ -357,7 +359,7 @@ class InvertedIndex:
         path = Path(path)
         manifest = open_artifact(path, format=FORMAT, version=VERSION, verify=verify)
         postings, doc_ids = _load_postings(path, manifest, mmap)
-        if device != "cpu":
+        if resolve_device(device) != "cpu":
             postings = postings_to_device(postings, device)
         return cls(path, manifest, postings, doc_ids, query_encoder)
 
@@ -462,6 +464,7 @@ class InvertedIndex:
 
     def batch_search(self, texts: list[str], k: int, threads: int = 1) -> list[list[tuple[str, float]]]:
         """Batched text search through the attached ``query_encoder``."""
+        texts = query_batch(texts)
         return self.search_sparse_batch([self._encode(t) for t in texts], k, threads)
 
 

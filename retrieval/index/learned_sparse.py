@@ -22,6 +22,7 @@ from tqdm import tqdm
 from retrieval.data.beir import iter_corpus
 from retrieval.encoders.backbone import load_fast_tokenizer
 from retrieval.encoders.idf_query import CONFIG_FILE, TABLE_FILE, IdfQueryEncoder
+from retrieval.index import query_batch
 from retrieval.index.inverted import InvertedIndex, build_inverted_index
 from sparsekit.artifacts import fingerprint, open_artifact, write_artifact
 from sparsekit.errors import InputError
@@ -113,6 +114,7 @@ class LearnedSparseIndex:
         return self.batch_search([text], k)[0]
 
     def batch_search(self, texts: list[str], k: int, threads: int = 1) -> list[list[tuple[str, float]]]:
+        texts = query_batch(texts)
         return self.postings.search_packed(*self.encode_packed(texts), k, threads)
 
     def search_sparse(self, indices: list[int], values: list[float], k: int) -> list[tuple[str, float]]:

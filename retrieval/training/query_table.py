@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import itertools
 import time
+import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -175,7 +177,10 @@ def _document_vectors(model: SparseModel, model_dir: Path, contents: list[str], 
     encoding there). ``prior``: the corpus' lexical prior rows when the encoder has one."""
     path = document_cache(model_dir, contents, work)
     if path.exists():
-        return sp.load_npz(path).tocsr()
+        try:
+            return sp.load_npz(path).tocsr()
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # a damaged cache
+            warnings.warn(f"{path}: unreadable document cache ({exc}); re-encoding the corpus", stacklevel=2)
     hidden = build_hidden_cache(contents, model.doc, work, progress=progress)
     with torch.no_grad():
         docs = encode_cached(model, hidden, progress=progress, prior=prior)

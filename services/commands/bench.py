@@ -19,7 +19,7 @@ from services.commands.ctr import (
     NumericOption,
     table_config,
 )
-from services.commands.output import console, fail
+from services.commands.output import above, console, fail
 from sparsekit.errors import SparsekitError
 
 
@@ -40,13 +40,15 @@ def bench_embeddings_command(
     seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0,1,2",
     out: Annotated[Path, typer.Option(help="Sweep folder: a JSON per run (resumable), report/.")] = Path(
         "runs/embedding-sweep"),
-    max_epochs: Annotated[int, typer.Option(help="Epoch cap (early stopping on validation AUC).")] = 30,
-    min_epochs: Annotated[int, typer.Option(help="Never stop early before this epoch.")] = 1,
+    max_epochs: Annotated[int, typer.Option(
+        min=1, help="Epoch cap (early stopping on validation AUC).")] = 30,
+    min_epochs: Annotated[int, typer.Option(min=1, help="Never stop early before this epoch.")] = 1,
     first_order: Annotated[str, typer.Option(help="DeepFM / WDL's dim-1 first-order table: 'free' (outside "
                                                   "the budget, as PEP / OptEmbed count) or 'counted' (its "
                                                   "bytes come out of the budget).")] = "free",
-    lr: Annotated[float, typer.Option(help="Adam learning rate of every run.")] = 1e-2,
-    embedding_l2: Annotated[float, typer.Option(help="L2 on the embedding rows each batch reads.")] = 1e-2,
+    lr: Annotated[float, typer.Option(callback=above(0), help="Adam learning rate of every run.")] = 1e-2,
+    embedding_l2: Annotated[float, typer.Option(
+        min=0, help="L2 on the embedding rows each batch reads.")] = 1e-2,
     label: LabelOption = "label",
     fields: FieldsOption = "",
     numeric: NumericOption = "",

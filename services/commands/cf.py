@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from services.commands.output import console, fail, refuse_existing
+from services.commands.output import above, console, fail, refuse_existing
 from sparsekit.errors import SparsekitError
 
 
@@ -26,13 +26,14 @@ def train_cf_command(
     density: Annotated[float | None, typer.Option(help="DSL: train sparse at this density (e.g. 0.2); "
                                                        "default dense.")] = None,
     static: Annotated[bool, typer.Option(help="With --density: a fixed random mask (no regrowth).")] = False,
-    dim: Annotated[int, typer.Option(help="Embedding width.")] = 64,
-    layers: Annotated[int, typer.Option(help="LightGCN propagation layers / NeuMF MLP layers.")] = 3,
-    epochs: Annotated[int, typer.Option(help="Epochs over the training interactions.")] = 30,
-    batch_size: Annotated[int, typer.Option(help="BPR triples per step.")] = 8192,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 5e-3,
-    delta_t: Annotated[int, typer.Option(help="DSL: steps between prune-and-regrow updates.")] = 100,
-    time_budget_s: Annotated[float | None, typer.Option(help="Stop after this much training time.")] = None,
+    dim: Annotated[int, typer.Option(min=1, help="Embedding width.")] = 64,
+    layers: Annotated[int, typer.Option(min=0, help="LightGCN propagation layers / NeuMF MLP layers.")] = 3,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs over the training interactions.")] = 30,
+    batch_size: Annotated[int, typer.Option(min=1, help="BPR triples per step.")] = 8192,
+    lr: Annotated[float, typer.Option(callback=above(0), help="Adam learning rate.")] = 5e-3,
+    delta_t: Annotated[int, typer.Option(min=1, help="DSL: steps between prune-and-regrow updates.")] = 100,
+    time_budget_s: Annotated[float | None, typer.Option(
+        callback=above(0), help="Stop after this much training time.")] = None,
     checkpoint_dir: Annotated[Path | None, typer.Option(help="Checkpoint every epoch here.")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from --checkpoint-dir.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 2020,
@@ -41,8 +42,9 @@ def train_cf_command(
     time_col: Annotated[str | None, typer.Option(help="Interaction logs: a timestamp column; each user's "
                                                       "latest items go to test (else a seeded random "
                                                       "choice).")] = None,
-    test_fraction: Annotated[float, typer.Option(help="Interaction logs: each user's share of items held "
-                                                      "out for test.")] = 0.2,
+    test_fraction: Annotated[float, typer.Option(
+        callback=above(0), max=0.99, help="Interaction logs: each user's share of items held "
+                                          "out for test.")] = 0.2,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
 ) -> None:
     """Train a CF model with BPR; report Recall@20 / NDCG@20 on the test split (train items excluded)."""

@@ -12,7 +12,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from services.commands.output import console, fail, refuse_existing
+from services.commands.output import above, console, fail, refuse_existing
 from sparsekit.errors import SparsekitError
 
 DATA_HELP = ("frappe, movielens (CTR: rating >= 4 is a click), or a CSV / TSV / Parquet table of your own "
@@ -46,13 +46,15 @@ def train_ctr_command(
     out: Annotated[Path, typer.Option(help="Model directory to write (ctr-model artifact).")],
     model: Annotated[str, typer.Option(help="dlrm, wdl, deepfm or dcnv2.")] = "deepfm",
     data_root: Annotated[Path | None, typer.Option(help="Dataset folder (default: the data root).")] = None,
-    embed_dim: Annotated[int, typer.Option(help="Embedding width.")] = 16,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-2,
-    max_epochs: Annotated[int, typer.Option(help="Epoch cap (early stopping on validation AUC).")] = 30,
-    patience: Annotated[int, typer.Option(help="Epochs without validation gain before stopping.")] = 2,
-    min_epochs: Annotated[int, typer.Option(help="Never stop early before this epoch.")] = 1,
+    embed_dim: Annotated[int, typer.Option(min=1, help="Embedding width.")] = 16,
+    lr: Annotated[float, typer.Option(callback=above(0), help="Adam learning rate.")] = 1e-2,
+    max_epochs: Annotated[int, typer.Option(
+        min=1, help="Epoch cap (early stopping on validation AUC).")] = 30,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without validation gain before stopping.")] = 2,
+    min_epochs: Annotated[int, typer.Option(min=1, help="Never stop early before this epoch.")] = 1,
     seed: Annotated[int, typer.Option(help="Split and initialisation seed.")] = 0,
-    threads: Annotated[int, typer.Option(help="torch threads (1 avoids thrashing on busy machines).")] = 1,
+    threads: Annotated[int, typer.Option(
+        min=1, help="torch threads (1 avoids thrashing on busy machines).")] = 1,
     label: LabelOption = "label",
     fields: FieldsOption = "",
     numeric: NumericOption = "",
@@ -85,11 +87,13 @@ def compress_ctr_command(
     calib: Annotated[str, typer.Option(help="Calibration data, as --data of `train ctr` (its train "
                                             "split; a table is encoded with the model's vocabularies).")],
     out: Annotated[Path, typer.Option(help="Compressed model directory to write.")],
-    rank: Annotated[int | None, typer.Option(help="Keep the top-k eigenvectors of every layer.")] = None,
-    energy: Annotated[float | None, typer.Option(help="Or: the smallest rank explaining this share of "
-                                                      "variance (e.g. 0.99).")] = None,
+    rank: Annotated[int | None, typer.Option(
+        min=1, help="Keep the top-k eigenvectors of every layer.")] = None,
+    energy: Annotated[float | None, typer.Option(
+        callback=above(0), max=1, help="Or: the smallest rank explaining this share of "
+                                       "variance (e.g. 0.99).")] = None,
     embedding: Annotated[bool, typer.Option(help="Also compress the embedding table.")] = False,
-    calib_rows: Annotated[int, typer.Option(help="Training rows in the calibration pass.")] = 20000,
+    calib_rows: Annotated[int, typer.Option(min=1, help="Training rows in the calibration pass.")] = 20000,
     data_root: Annotated[Path | None, typer.Option(help="Dataset folder (default: the data root).")] = None,
     seed: Annotated[int, typer.Option(help="Split seed (must match training).")] = 0,
     label: LabelOption = "label",

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from services.commands.output import console, fail
+from services.commands.output import above, console, fail
 from sparsekit.atomic import write_text_atomic
 from sparsekit.errors import SparsekitError
 
@@ -35,11 +35,11 @@ def train_gcn_command(
     feature_store: Annotated[str, typer.Option(help="zero-copy (GPU reads pinned host memory), cpu-copy "
                                                     "(CPU gather, then copy) or device (table on GPU). On "
                                                     "CPU all three gather with index_select.")] = "zero-copy",
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
-    batch_size: Annotated[int, typer.Option(help="Seed nodes per mini-batch.")] = 64,
-    hidden: Annotated[int, typer.Option(help="Hidden channels.")] = 128,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.01,
-    max_batches: Annotated[int | None, typer.Option(help="Cap on batches per epoch.")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 30,
+    batch_size: Annotated[int, typer.Option(min=1, help="Seed nodes per mini-batch.")] = 64,
+    hidden: Annotated[int, typer.Option(min=1, help="Hidden channels.")] = 128,
+    lr: Annotated[float, typer.Option(callback=above(0), help="Adam learning rate.")] = 0.01,
+    max_batches: Annotated[int | None, typer.Option(min=1, help="Cap on batches per epoch.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     report: Annotated[Path | None, typer.Option(help="Write the history and accuracies as JSON.")] = None,
@@ -48,6 +48,8 @@ def train_gcn_command(
     from recsys.gcn.tasks import load_task
     from recsys.gcn.training import PHASES, GCNTrainConfig, train_gcn
 
+    if report is not None and (report.is_dir() or report.parent.is_file()):
+        fail(ValueError(f"--report {report}: must be a file path (checked now, not after training)"))
     try:
         config = GCNTrainConfig(model=model, fanouts=_fanouts(fanouts), feature_store=feature_store,
                                 epochs=epochs, batch_size=batch_size, hidden=hidden, lr=lr,
@@ -71,10 +73,10 @@ def train_gcn_command(
 
 def generate_graph_command(
     out: Annotated[Path, typer.Option(help="Directory to create (written atomically).")],
-    nodes: Annotated[int, typer.Option(help="Number of nodes.")] = 2_000_000,
-    edges: Annotated[int, typer.Option(help="Number of directed edges.")] = 20_000_000,
-    dim: Annotated[int, typer.Option(help="Feature width (float32, written to a memmap).")] = 256,
-    classes: Annotated[int, typer.Option(help="Planted classes.")] = 10,
+    nodes: Annotated[int, typer.Option(min=1, help="Number of nodes.")] = 2_000_000,
+    edges: Annotated[int, typer.Option(min=1, help="Number of directed edges.")] = 20_000_000,
+    dim: Annotated[int, typer.Option(min=1, help="Feature width (float32, written to a memmap).")] = 256,
+    classes: Annotated[int, typer.Option(min=2, help="Planted classes.")] = 10,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing graph at OUT.")] = False,
 ) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -22,3 +23,17 @@ def refuse_existing(out: Path, overwrite: bool) -> None:
     """Fail before any work when ``out`` exists and may not be replaced (not after an hour of training)."""
     if out.exists() and not overwrite:
         fail(FileExistsError(f"{out}: already exists (pass --overwrite to replace it)"))
+
+
+def above(bound: float) -> Callable[[Any], Any]:
+    """A typer ``callback`` refusing a value (or any value of a repeated option) that is not > ``bound``:
+    for rates and budgets, where ``min=`` would let ``bound`` itself through."""
+
+    def check(value: Any) -> Any:
+        values = value if isinstance(value, list | tuple) else [value]
+        for v in values:
+            if v is not None and not v > bound:  # also refuses nan
+                raise typer.BadParameter(f"{v} must be > {bound}")
+        return value
+
+    return check

@@ -25,7 +25,7 @@ POLICY_HELP = "KV reuse policy: cache-craft (adaptive repair), cacheblend (fixed
 def build_command(
     corpus: Annotated[Path, typer.Option(help="BEIR corpus.jsonl, or a BEIR folder holding one.")],
     out: Annotated[Path, typer.Option(help="RAG corpus directory to create (written atomically).")],
-    max_tokens: Annotated[int, typer.Option(help="Largest chunk, in generator tokens.")] = 128,
+    max_tokens: Annotated[int, typer.Option(min=8, help="Largest chunk, in generator tokens.")] = 128,
     kind: Annotated[str, typer.Option(help="Index over the chunks: bm25, or sparse (learned; needs "
                                            "--model).")] = "bm25",
     model: Annotated[Path | None, typer.Option(help="kind sparse: a trained sparse doc-encoder dir.")] = None,
@@ -79,13 +79,13 @@ def _stats_table(answer) -> Table:
 def ask_command(
     question: Annotated[str, typer.Argument(help="The question.")],
     rag: Annotated[Path, typer.Option(help="A RAG corpus built by `sparsekit rag build`.")],
-    k: Annotated[int, typer.Option(help="Chunks in the prompt.")] = 5,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 64,
+    k: Annotated[int, typer.Option(min=1, help="Chunks in the prompt.")] = 5,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer, in tokens.")] = 64,
     policy: Annotated[str, typer.Option(help=POLICY_HELP)] = "cache-craft",
     cache_dir: Annotated[Path | None, typer.Option(help="Disk tier of the chunk cache (kept across "
                                                         "runs).")] = None,
-    host_mb: Annotated[int, typer.Option(help="Host-RAM tier capacity, MiB.")] = 512,
-    disk_mb: Annotated[int, typer.Option(help="Disk tier capacity, MiB.")] = 4096,
+    host_mb: Annotated[int, typer.Option(min=0, help="Host-RAM tier capacity, MiB.")] = 512,
+    disk_mb: Annotated[int, typer.Option(min=0, help="Disk tier capacity, MiB.")] = 4096,
     gguf: Annotated[Path | None, typer.Option(help=GGUF_HELP)] = None,
 ) -> None:
     """Answer a question from the top-k retrieved chunks, streaming the answer."""

@@ -173,3 +173,17 @@ def test_training_settings_reach_the_runs_and_are_part_of_the_folder_identity(ti
     run_sweep(config)
     with pytest.raises(InputError, match="lr"):
         run_sweep(SweepConfig(**{**config.__dict__, "lr": 3e-2}))
+
+
+def test_a_folder_with_no_finished_run_takes_new_settings(tiny, tmp_path) -> None:
+    """A sweep that failed before its first run left only sweep.json: the corrected rerun may proceed."""
+    config = SweepConfig(models=("wdl",), methods=("hashing",), budgets=(0.5,), seeds=(0,),
+                         out_dir=str(tmp_path), max_epochs=1, progress=False)
+    sweep._check_identity(tmp_path, {"min_epochs": 5})
+    sweep._check_identity(tmp_path, {"min_epochs": 1})  # nothing finished under the first settings
+    assert json.loads((tmp_path / "sweep.json").read_text()) == {"min_epochs": 1}
+    run_sweep(config)
+    with pytest.raises(InputError, match="min_epochs"):
+        run_sweep(SweepConfig(**{**config.__dict__, "min_epochs": 2}))
+    with pytest.raises(InputError, match="seeds"):
+        SweepConfig(seeds=())

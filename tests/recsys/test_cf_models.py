@@ -158,6 +158,10 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
         torch.testing.assert_close(resumed.state_dict()[name], param)
     with pytest.raises(ArtifactError, match="different config"):
         train_cf(CFTrainConfig(**{**base, "lr": 0.1}, checkpoint_dir=ckpt, resume=True), data)
+    with pytest.raises(ArtifactError, match="other data"):  # same shape, other interactions
+        train_cf(CFTrainConfig(**base, checkpoint_dir=ckpt, resume=True), planted(seed=1))
+    with pytest.raises(ArtifactError, match="other data"):  # another shape
+        train_cf(CFTrainConfig(**base, checkpoint_dir=ckpt, resume=True), planted(num_users=90))
 
 
 @pytest.mark.parametrize("kind", ["mf", "lightgcn", "neumf"])

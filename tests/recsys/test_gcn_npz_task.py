@@ -83,3 +83,13 @@ def test_bad_graph_files_get_errors_that_name_the_problem(tmp_path: Path, change
     np.savez(tmp_path / "g.npz", **arrays)
     with pytest.raises(InputError, match=match):
         npz_task(tmp_path / "g.npz", mode="cpu-copy", device="cpu")
+
+
+def test_a_truncated_npz_and_an_unknown_device_are_input_errors(tmp_path: Path) -> None:
+    np.savez(tmp_path / "g.npz", **_graph(50))
+    data = (tmp_path / "g.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"not a complete \.npz"):
+        npz_task(tmp_path / "cut.npz", mode="cpu-copy", device="cpu")
+    with pytest.raises(InputError, match="unknown device 'tpu'"):
+        npz_task(tmp_path / "g.npz", mode="cpu-copy", device="tpu")

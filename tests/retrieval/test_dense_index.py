@@ -115,6 +115,8 @@ def test_text_search_uses_the_encoder_and_validates_input(tmp_path: Path) -> Non
         index.search("cats", k=0)
     with pytest.raises(InputError, match="queries"):
         index.search_vectors(np.zeros((1, DIM + 1), np.float32), 3)
+    with pytest.raises(InputError, match="expected a list of query strings"):
+        index.batch_search("cats", k=3)  # a bare string is not a batch of its characters
 
 
 def test_bad_inputs_raise_input_errors(tmp_path: Path, vectors) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sparsekit.artifacts import MANIFEST, open_artifact, write_artifact
+from sparsekit.artifacts import MANIFEST, artifact_format, open_artifact, write_artifact
 from sparsekit.atomic import MIN_AGE_S, hold, is_held, temp_sibling
 from sparsekit.errors import ArtifactError
 
@@ -71,6 +71,44 @@ def test_existing_artifact_needs_overwrite(tmp_path: Path) -> None:
     _write(tmp_path / "art", b"two", overwrite=True)
     assert (tmp_path / "art" / "data.bin").read_bytes() == b"two"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_overwrite_never_replaces_what_is_not_an_artifact(tmp_path: Path) -> None:
+    """``--overwrite`` aimed at a dataset folder (or the input itself) must not delete it."""
+    data = tmp_path / "dataset"
+    data.mkdir()
+    (data / "corpus.jsonl").write_text("{}\n")
+    with pytest.raises(ArtifactError, match=r"no manifest\.json"):
+        _write(data, b"x", overwrite=True)
+    assert sorted(p.name for p in data.iterdir()) == ["corpus.jsonl"]
+    afile = tmp_path / "notes.txt"
+    afile.write_text("keep")
+    with pytest.raises(ArtifactError, match="is a file"):
+        _write(afile, b"x", overwrite=True)
+    assert afile.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "notes.txt"]  # no leftovers
+    (tmp_path / "empty").mkdir()
+    _write(tmp_path / "empty", b"ok", overwrite=True)  # an empty directory holds nothing to lose
+    assert artifact_format(tmp_path / "empty") == "toy"
+
+
+def test_an_output_path_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text("a,b\n")
+    with pytest.raises(ArtifactError, match=r"c\.csv is a file"):
+        _write(tmp_path / "c.csv" / "idx", b"x")
+
+
+def test_artifact_format_restores_a_crash_backup_and_names_a_bad_manifest(tmp_path: Path) -> None:
+    target = tmp_path / "art"
+    _write(target, b"old")
+    os.rename(target, temp_sibling(target, "old"))
+    time.sleep(0.01)
+    assert artifact_format(target) == "toy"  # the cheap read used by search / serve restores it too
+    (target / MANIFEST).write_text("[1, 2]")
+    with pytest.raises(ArtifactError, match="corrupt manifest"):
+        artifact_format(target)
+    with pytest.raises(ArtifactError, match="not a Sparsekit artifact"):
+        artifact_format(tmp_path)
 
 
 def test_exception_mid_write_keeps_previous_artifact(tmp_path: Path) -> None:

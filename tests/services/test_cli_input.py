@@ -1,0 +1,77 @@
+"""Bad command-line input fails before any work, with a message naming the option or path (exit 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from services.cli import app
+from services.search_service import ServerConfig, make_server
+from sparsekit.errors import InputError
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("args, option", [
+    (["index", "--corpus", "c", "--out", "o", "--batch-size", "-2"], "--batch-size"),
+    (["index", "--corpus", "c", "--out", "o", "--kind", "sparse", "--top-k", "0"], "--top-k"),
+    (["index", "--corpus", "c", "--out", "o", "--nprobe", "-1"], "--nprobe"),
+    (["index", "--corpus", "c", "--out", "o", "--b", "1.5"], "--b"),
+    (["search", "--index", "i", "-k", "0", "q"], "-k"),
+    (["train", "ctr", "--data", "frappe", "--out", "o", "--threads", "0"], "--threads"),
+    (["train", "ctr", "--data", "frappe", "--out", "o", "--lr", "-1"], "--lr"),
+    (["train", "ctr", "--data", "frappe", "--out", "o", "--lr", "nan"], "--lr"),
+    (["train", "cf", "--data", "d", "--out", "o", "--time-budget-s", "-1"], "--time-budget-s"),
+    (["train", "cf", "--data", "d", "--out", "o", "--epochs", "0"], "--epochs"),
+    (["train", "sparse", "--data", "d", "--out", "o", "--max-length", "0"], "--max-length"),
+    (["train", "query-table", "--model", "m", "--out", "o", "--lr", "0.1", "--lr", "-3"], "--lr"),
+    (["train", "gcn", "--data", "d", "--hidden", "0"], "--hidden"),
+    (["compress", "ctr", "--model", "m", "--calib", "frappe", "--out", "o", "--rank", "0"], "--rank"),
+    (["compress", "ctr", "--model", "m", "--calib", "frappe", "--out", "o", "--calib-rows", "-5"],
+     "--calib-rows"),
+    (["rag", "ask", "--rag", "r", "--k", "0", "q"], "--k"),
+])
+def test_out_of_range_numbers_are_refused_naming_the_option(args: list[str], option: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}'" in result.output
+    assert list(tmp_path.iterdir()) == []  # nothing was written
+
+
+def test_overwrite_does_not_replace_the_input_corpus(tmp_path: Path) -> None:
+    corpus = tmp_path / "beir"
+    corpus.mkdir()
+    (corpus / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "apples are red"}\n')
+    result = runner.invoke(app, ["index", "--corpus", str(corpus), "--out", str(corpus), "--overwrite"])
+    assert result.exit_code == 2
+    assert "not a Sparsekit artifact" in result.output
+    assert sorted(p.name for p in corpus.iterdir()) == ["corpus.jsonl"]
+
+
+def test_serve_refuses_a_bad_address_and_a_repeated_name(tmp_path: Path) -> None:
+    for address in ("notanaddress", "127.0.0.1:99999", ":5000"):
+        result = runner.invoke(app, ["serve", "--index", f"a={tmp_path}", "--address", address])
+        assert result.exit_code == 2
+        assert "expected host:port" in result.output
+    result = runner.invoke(app, ["serve", "--index", f"a={tmp_path}", "--index", f"a={tmp_path}"])
+    assert result.exit_code == 2
+    assert "given twice" in result.output
+
+
+def test_a_port_in_use_is_not_shared() -> None:
+    first, port = make_server({}, ServerConfig(address="127.0.0.1:0"))
+    first.start()
+    try:
+        with pytest.raises(OSError, match=f"cannot bind 127.0.0.1:{port}"):
+            make_server({}, ServerConfig(address=f"127.0.0.1:{port}"))
+    finally:
+        first.stop(0)
+
+
+def test_server_config_checks_its_address() -> None:
+    with pytest.raises(InputError, match="address"):
+        ServerConfig(address="localhost")

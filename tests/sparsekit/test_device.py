@@ -1,0 +1,25 @@
+"""Device names are checked up front (:func:`sparsekit.device.resolve_device`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sparsekit.device import cuda_available, default_device, resolve_device
+from sparsekit.errors import InputError
+
+
+def test_none_means_the_default_and_cpu_is_always_accepted() -> None:
+    assert resolve_device(None) == default_device()
+    assert resolve_device("cpu") == "cpu"
+
+
+@pytest.mark.parametrize("name", ["tpu", "cpu:0", "cuda:x", "", "CUDA"])
+def test_unknown_names_are_refused_naming_the_option(name: str) -> None:
+    with pytest.raises(InputError, match=r"^--device: unknown device"):
+        resolve_device(name, "--device")
+
+
+@pytest.mark.skipif(cuda_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_without_cuda_is_a_clear_error() -> None:
+    with pytest.raises(InputError, match="no CUDA device"):
+        resolve_device("cuda:0")
