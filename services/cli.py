@@ -32,10 +32,6 @@ app = typer.Typer(
 )
 
 
-def _corpus_file(corpus: Path) -> Path:
-    return corpus / "corpus.jsonl" if corpus.is_dir() else corpus
-
-
 def _index_params(kind: str, opts: dict) -> dict:
     """The build options that apply to ``kind`` (the CLI exposes the common ones of each)."""
     if kind == "bm25":
@@ -96,7 +92,7 @@ def index(
             "alpha": alpha, "depth": depth, "cache_dir": cache_dir}
     try:
         params = _index_params(kind, opts)
-        path = build_index(kind, _corpus_file(corpus), out, overwrite=overwrite, **params)
+        path = build_index(kind, corpus, out, overwrite=overwrite, **params)
     except (SparsekitError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
     console.print(f"built {kind} index at {path} in {time.perf_counter() - start:.1f}s")

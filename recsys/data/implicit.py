@@ -115,6 +115,9 @@ def load_implicit(folder: str | Path, train: str = "train.txt", test: str = "tes
     on one line counts once.
     """
     folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, f"expected a LightGCN-style folder holding {train} and {test} (or a CSV / "
+                                 "TSV / Parquet interaction log)")
     tr, te = _read_interactions(folder / train), _read_interactions(folder / test)
     num_users = _max_id(tr.users, te.users) + 1
     num_items = _max_id(tr.pair_items, te.pair_items) + 1

@@ -110,7 +110,7 @@ def open_index(path: str | Path) -> SearchIndex:
 
 
 def build_index(kind: str, corpus: str | Path, out: str | Path, **params: Any) -> Path:
-    """Build an index of ``kind`` from a BEIR ``corpus.jsonl`` into ``out``.
+    """Build an index of ``kind`` from a BEIR ``corpus.jsonl`` (or the BEIR folder holding it) into ``out``.
 
     ``bm25`` takes ``k1``, ``b``, ``threads``; ``sparse`` takes ``model`` (a trained
     ``sparse-doc-encoder`` directory), ``quantization``, ``top_k``, ``threshold``, ``batch_size``.
@@ -122,6 +122,8 @@ def build_index(kind: str, corpus: str | Path, out: str | Path, **params: Any) -
     also take ``query_encoder``, ``cache_dir``, ``max_length``, ``batch_size``, ``overwrite``,
     ``progress``.
     """
+    corpus = Path(corpus)
+    corpus = corpus / "corpus.jsonl" if corpus.is_dir() else corpus  # a BEIR folder names its corpus
     if kind == "bm25":
         from retrieval.index.bm25 import build_bm25_index
 

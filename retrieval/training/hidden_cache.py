@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,10 @@ def build_hidden_cache(texts: list[str], encoder: SparseDocEncoder, work_dir: Pa
     key = _key(texts, encoder)
     path = work_dir / f"hidden-{key}.npy" if work_dir else None
     if path is not None and path.exists() and path.with_suffix(".len.npy").exists():
-        return HiddenCache(np.load(path, mmap_mode="r"), np.load(path.with_suffix(".len.npy")))
+        try:
+            return HiddenCache(np.load(path, mmap_mode="r"), np.load(path.with_suffix(".len.npy")))
+        except (OSError, ValueError, EOFError) as exc:  # truncated or damaged outside our atomic writes
+            warnings.warn(f"{path}: unreadable hidden-state cache ({exc}); recomputing it", stacklevel=2)
     rows = encoder.tokenizer(texts, truncation=True, max_length=encoder.config.max_length)["input_ids"]
     lengths = np.array([len(r) for r in rows], dtype=np.int32)
     hidden = np.zeros((len(rows), int(lengths.max()), encoder.backbone.config.hidden_size), np.float32)

@@ -39,6 +39,7 @@ from retrieval.training.hidden_cache import HiddenCache, build_hidden_cache
 from retrieval.training.teachers import TeacherCache, TeacherConfig, doc_contents, mine_teachers
 from sparsekit.atomic import atomic_path
 from sparsekit.device import default_device
+from sparsekit.errors import InputError
 
 Distill = Literal["ensemble", "dense", "bm25", "none"]
 
@@ -221,6 +222,10 @@ def train_sparse_encoder(cfg: SparseTrainConfig) -> Path:
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} exists (set overwrite=True / --overwrite to replace it)")
+    missing = [n for n in ("corpus.jsonl", "queries.jsonl", f"qrels/{cfg.split}.tsv")
+               if not (Path(cfg.data) / n).is_file()]
+    if missing:  # checked before the work folder is made: a typo leaves nothing behind
+        raise InputError(cfg.data, f"not a BEIR folder with a {cfg.split!r} split (missing {missing})")
     work = Path(cfg.work_dir) if cfg.work_dir else out.parent / f"{out.name}.work"
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()  # wall time covers everything: mining, caches, training, dev evals

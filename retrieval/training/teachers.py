@@ -76,6 +76,7 @@ class Bm25Teacher:
 
 
 def _candidates(bm25: np.ndarray, dense: np.ndarray, positives: list[int], depth: int) -> np.ndarray:
+    depth = min(depth, len(bm25) - 1)  # a corpus smaller than the depth: every other document
     top_b = np.argpartition(-bm25, depth)[:depth]
     top_d = np.argpartition(-dense, depth)[:depth]
     pool = np.unique(np.concatenate([top_b, top_d, np.asarray(positives, dtype=np.int64)]))

@@ -91,6 +91,8 @@ def ask_command(
     """Answer a question from the top-k retrieved chunks, streaming the answer."""
     from retrieval.rag.pipeline import Answer
 
+    if not question.strip():
+        fail(ValueError("question: empty (checked before the model loads)"))
     try:
         pipeline = open_pipeline(rag, policy, cache_dir, host_mb, disk_mb, gguf, k)
         answer = None

@@ -59,6 +59,12 @@ def test_implicit_user_only_in_test_widens_shape(tmp_path: Path) -> None:
     assert data.train[4].nnz == 0
 
 
+def test_implicit_on_a_file_says_what_was_expected(tmp_path: Path) -> None:
+    (tmp_path / "corpus.jsonl").write_text("{}\n")
+    with pytest.raises(InputError, match=r"expected a LightGCN-style folder holding train\.txt"):
+        load_implicit(tmp_path / "corpus.jsonl")
+
+
 @pytest.mark.parametrize(
     ("train", "line", "match"),
     [

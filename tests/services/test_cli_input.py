@@ -75,3 +75,18 @@ def test_a_port_in_use_is_not_shared() -> None:
 def test_server_config_checks_its_address() -> None:
     with pytest.raises(InputError, match="address"):
         ServerConfig(address="localhost")
+
+
+def test_train_sparse_on_a_missing_folder_leaves_nothing_behind(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "sparse", "--data", "nope", "--out", "model"])
+    assert result.exit_code == 2
+    assert "not a BEIR folder" in result.output
+    assert list(tmp_path.iterdir()) == []  # no model.work/ either
+
+
+def test_an_empty_question_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["rag", "ask", "--rag", str(tmp_path / "none"), "   "])
+    assert result.exit_code == 2
+    assert "question: empty" in result.output
