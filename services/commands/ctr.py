@@ -124,4 +124,8 @@ def compress_ctr_command(
         auc = {split: evaluate_ctr(m, getattr(dataset, split))["auc"] for split in ("val", "test")}
         table.add_row(name, f"{parameter_count(m, layers):,}", f"{auc['val']:.4f}", f"{auc['test']:.4f}")
     console.print(table)
+    before, after = parameter_count(art.model, layers), parameter_count(small, layers)
+    if after >= before:
+        console.print(f"[yellow]note:[/] this rank keeps {after:,} parameters in the compressed layers "
+                      f"against {before:,}: the two factors outgrow the layer; pick a smaller --rank")
     console.print(f"saved to {out}")
