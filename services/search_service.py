@@ -58,6 +58,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     def _check_mode(self, req: search_pb2.SearchRequest, index: SearchIndex, field: str) -> None:
         wanted = MODE_KIND.get(req.mode)
+        if req.mode and wanted is None:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}.mode",
+                               f"unknown mode {req.mode}; known: {sorted(MODE_KIND)}")
         if req.mode and wanted != index.kind:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}.mode",
                                f"index {req.index!r} serves {index.kind!r}, not {wanted!r}")

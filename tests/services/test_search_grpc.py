@@ -92,6 +92,7 @@ def test_search_returns_ranked_hits(stub) -> None:
      "request.sparse.values[1]"),
     ({"sparse": search_pb2.SparseVector(indices=[1], values=[1.0])}, "request.sparse"),  # bm25: text only
     ({"text": "x", "mode": search_pb2.SEARCH_MODE_DENSE}, "request.mode"),
+    ({"text": "x", "mode": 99}, "request.mode"),  # a mode this server does not know
 ])
 def test_bad_requests_are_invalid_argument(stub, request_kw, field) -> None:
     code, details = _code(stub.Search, _req(**request_kw))
