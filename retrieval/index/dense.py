@@ -41,6 +41,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from retrieval.data.beir import iter_corpus
+from retrieval.encoders.backbone import HIDDEN_SIZE
 from retrieval.index import query_batch
 from sparsekit.artifacts import Manifest, fingerprint, open_artifact, write_artifact
 from sparsekit.errors import ArtifactError, InputError
@@ -372,6 +373,7 @@ def build_dense_index(corpus: str | Path | None, out: str | Path, config: DenseC
     if vectors is None:
         if corpus is None:
             raise InputError("corpus", "give a corpus file or precomputed vectors")
+        new_faiss_index(config.factory, HIDDEN_SIZE)  # a bad factory fails before the corpus is embedded
         vectors = embed_corpus(corpus, cache_dir, max_length, batch_size, progress)
     doc_ids, matrix = list(vectors[0]), vectors[1]
     check_vectors(doc_ids, matrix)

@@ -132,6 +132,18 @@ def test_bad_inputs_raise_input_errors(tmp_path: Path, vectors) -> None:
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
 
 
+def test_a_bad_factory_fails_before_the_corpus_is_embedded(tmp_path: Path, monkeypatch) -> None:
+    from retrieval.index import dense
+
+    def embed(*args, **kwargs):
+        raise AssertionError("the corpus was embedded before the factory string was checked")
+
+    monkeypatch.setattr(dense, "embed_corpus", embed)
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "x"}\n')
+    with pytest.raises(InputError, match="factory"):
+        build_dense_index(tmp_path / "corpus.jsonl", tmp_path / "ix", DenseConfig("IVF4,NoSuchCode"))
+
+
 def test_missing_or_corrupt_index_file_names_the_file(tmp_path: Path, vectors) -> None:
     path = build_dense_index(None, tmp_path / "ix", vectors=vectors, progress=False)
     data = bytearray((path / INDEX_FILE).read_bytes())
