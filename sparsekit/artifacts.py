@@ -145,7 +145,7 @@ def write_artifact(
     killed writers of ``target`` are removed first.
     """
     target = Path(target)
-    _check_replaceable(target, overwrite)
+    check_target(target, overwrite)
     _make_parent(target)
     sweep_leftovers(target)
     tmp = temp_sibling(target, "tmpdir")
@@ -165,7 +165,7 @@ def write_artifact(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _check_replaceable(target: Path, overwrite: bool) -> None:
+def check_target(target: Path, overwrite: bool) -> None:
     """Refuse a target that exists unless ``overwrite``, and never replace what is not an artifact.
 
     ``--overwrite`` swaps out a previous Sparsekit artifact (a directory holding ``manifest.json``) or an

@@ -217,12 +217,14 @@ def _train_epoch(model: nn.Module, task: NodeTask, opt: torch.optim.Optimizer, c
 
 @torch.no_grad()
 def accuracy(model: nn.Module, task: NodeTask, nodes: Tensor, config: GCNTrainConfig,
-             device: torch.device) -> float:
+             device: torch.device, desc: str = "accuracy") -> float:
     """Accuracy on ``nodes``, predicting each from (nearly) its full neighbourhood."""
     model.eval()
     fanouts = [config.eval_fanout] * len(config.fanouts)
     correct = 0
-    for batch in _loader(task, fanouts, nodes, 512, False, config.seed):
+    batches = _loader(task, fanouts, nodes, 512, False, config.seed)
+    for batch in tqdm(batches, desc=desc, total=-(-int(nodes.numel()) // 512), disable=not config.progress,
+                      leave=False):
         x = task.features.gather(batch.n_id).to(device)
         out = model(x, batch.edge_index.to(device))[: batch.batch_size]
         correct += int((out.argmax(-1).cpu() == batch.y[: batch.batch_size]).sum())
@@ -244,12 +246,14 @@ def train_gcn(config: GCNTrainConfig, task: NodeTask, model: nn.Module | None = 
     for epoch in range(1, config.epochs + 1):
         stats = _train_epoch(model, task, opt, config, device, epoch)
         if config.evaluate and task.val_idx.numel():
-            stats.val_acc = accuracy(model, task, task.val_idx, config, device)
+            stats.val_acc = accuracy(model, task, task.val_idx, config, device, f"epoch {epoch} val accuracy")
             if stats.val_acc > best[0]:
                 best = (stats.val_acc, epoch, copy.deepcopy(model.state_dict()))
         history.append(stats)
     if not config.evaluate or not task.val_idx.numel():
         return GCNResult(model, config.epochs, None, None, history)
     model.load_state_dict(best[2])
-    test_acc = accuracy(model, task, task.test_idx, config, device) if task.test_idx.numel() else None
+    test_acc = None
+    if task.test_idx.numel():
+        test_acc = accuracy(model, task, task.test_idx, config, device, "test accuracy")
     return GCNResult(model, best[1], best[0], test_acc, history)

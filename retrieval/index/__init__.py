@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from sparsekit.artifacts import artifact_format
+from sparsekit.artifacts import artifact_format, check_target
 from sparsekit.errors import ArtifactError, InputError
 
 
@@ -124,6 +124,7 @@ def build_index(kind: str, corpus: str | Path, out: str | Path, **params: Any) -
     """
     corpus = Path(corpus)
     corpus = corpus / "corpus.jsonl" if corpus.is_dir() else corpus  # a BEIR folder names its corpus
+    check_target(Path(out), bool(params.get("overwrite", False)))  # now, not after encoding the corpus
     if kind == "bm25":
         from retrieval.index.bm25 import build_bm25_index
 

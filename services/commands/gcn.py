@@ -42,6 +42,9 @@ def train_gcn_command(
     max_batches: Annotated[int | None, typer.Option(min=1, help="Cap on batches per epoch.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    evaluate: Annotated[bool, typer.Option(help="Validation accuracy after each epoch and test accuracy at "
+                                                "the end, each node from its full neighbourhood "
+                                                "(--no-evaluate: timing runs on large graphs).")] = True,
     report: Annotated[Path | None, typer.Option(help="Write the history and accuracies as JSON.")] = None,
 ) -> None:
     """Train a GCN on sampled mini-batches; print each epoch's sample / gather / transfer / compute time."""
@@ -53,7 +56,7 @@ def train_gcn_command(
     try:
         config = GCNTrainConfig(model=model, fanouts=_fanouts(fanouts), feature_store=feature_store,
                                 epochs=epochs, batch_size=batch_size, hidden=hidden, lr=lr,
-                                max_batches=max_batches, device=device, seed=seed)
+                                max_batches=max_batches, device=device, seed=seed, evaluate=evaluate)
         task = load_task(data, mode=feature_store, device=device, name=name)
         result = train_gcn(config, task)
     except (SparsekitError, ValueError) as exc:

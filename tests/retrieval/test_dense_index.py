@@ -142,6 +142,11 @@ def test_a_bad_factory_fails_before_the_corpus_is_embedded(tmp_path: Path, monke
     (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "x"}\n')
     with pytest.raises(InputError, match="factory"):
         build_dense_index(tmp_path / "corpus.jsonl", tmp_path / "ix", DenseConfig("IVF4,NoSuchCode"))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("keep")
+    for overwrite in (False, True):  # exists / is not an artifact: refused before any encoding
+        with pytest.raises(ArtifactError, match="taken"):
+            build_index("dense", tmp_path, tmp_path / "taken", overwrite=overwrite)
 
 
 def test_missing_or_corrupt_index_file_names_the_file(tmp_path: Path, vectors) -> None:
