@@ -93,3 +93,20 @@ def test_a_truncated_npz_and_an_unknown_device_are_input_errors(tmp_path: Path) 
         npz_task(tmp_path / "cut.npz", mode="cpu-copy", device="cpu")
     with pytest.raises(InputError, match="unknown device 'tpu'"):
         npz_task(tmp_path / "g.npz", mode="cpu-copy", device="tpu")
+
+
+def test_cli_no_evaluate_trains_without_the_accuracy_passes(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    np.savez(tmp_path / "g.npz", **_graph(100))
+    args = ["train", "gcn", "--data", str(tmp_path / "g.npz"), "--epochs", "1", "--device", "cpu",
+            "--feature-store", "cpu-copy", "--report", str(tmp_path / "r.json")]
+    result = CliRunner().invoke(app, [*args, "--no-evaluate"])
+    assert result.exit_code == 0, result.output
+    assert "test acc" not in result.output
+    assert '"test_acc": null' in (tmp_path / "r.json").read_text()
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "test acc" in result.output
