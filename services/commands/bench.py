@@ -68,6 +68,6 @@ def bench_embeddings_command(
                              out_dir=str(out), max_epochs=max_epochs, min_epochs=min_epochs,
                              first_order=first_order, lr=lr, embedding_l2=embedding_l2)
         paths = write_report(run_sweep(config), out / "report")
-    except (SparsekitError, ValueError) as exc:
+    except (SparsekitError, ValueError, OSError) as exc:  # OSError: --out under a file
         fail(exc)
     console.print(f"report: {paths['md']} (plot {paths['png']})")

@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err = Console(stderr=True)
@@ -15,7 +16,7 @@ err = Console(stderr=True)
 
 def fail(exc: Exception) -> NoReturn:
     """Print ``error: <exc>`` to stderr and exit with status 2 (bad input)."""
-    err.print(f"[bold red]error:[/] {exc}")
+    err.print(f"[bold red]error:[/] {escape(str(exc))}")  # escaped: "[nan]" in a message is not markup
     raise typer.Exit(2)
 
 

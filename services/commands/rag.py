@@ -101,7 +101,7 @@ def ask_command(
                 answer = event
             else:
                 console.print(event, end="", markup=False, highlight=False)
-    except (SparsekitError, ValueError) as exc:
+    except (SparsekitError, ValueError, OSError) as exc:  # OSError: --cache-dir under a file
         fail(exc)
     console.print()
     console.print("sources: " + ", ".join(f"[{c.rank}] {c.id}" for c in answer.chunks))

@@ -90,3 +90,17 @@ def test_an_empty_question_is_refused_before_the_model_loads(tmp_path: Path) -> 
     result = runner.invoke(app, ["rag", "ask", "--rag", str(tmp_path / "none"), "   "])
     assert result.exit_code == 2
     assert "question: empty" in result.output
+
+
+def test_error_text_in_brackets_is_printed_not_read_as_markup(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["bench", "embeddings", "--out", str(tmp_path / "s"), "--budgets", "nan"])
+    assert result.exit_code == 2
+    assert "got [nan]" in result.output
+
+
+def test_bench_out_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text("a\n")
+    result = runner.invoke(app, ["bench", "embeddings", "--out", str(tmp_path / "c.csv" / "s"),
+                                 "--methods", "hashing", "--budgets", "0.1", "--seeds", "0"])
+    assert result.exit_code == 2
+    assert "Not a directory" in result.output
