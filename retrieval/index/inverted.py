@@ -261,6 +261,17 @@ def _as_values(values: Any, where: str, length: int) -> np.ndarray:
     return array
 
 
+def _check_offsets(offsets: np.ndarray, terms: np.ndarray, values: np.ndarray) -> None:
+    """Packed layout: ``offsets`` runs from 0 to ``len(terms)`` without going back; one value per term."""
+    if len(values) != len(terms):
+        raise InputError("values", f"expected {len(terms)} values (one per term), got {len(values)}")
+    ok = offsets.ndim == 1 and len(offsets) >= 1 and offsets[0] == 0 and offsets[-1] == len(terms)
+    if not ok or bool((np.diff(offsets) < 0).any()):
+        head = np.asarray(offsets)[:8].tolist()
+        raise InputError("offsets", f"expected a non-decreasing 1-D array from 0 to len(terms) = "
+                                    f"{len(terms)}, got {head}{'...' if offsets.size > 8 else ''}")
+
+
 def _check_packed(offsets: np.ndarray, terms: np.ndarray, values: np.ndarray, vocab_size: int,
                   names: Sequence[str]) -> None:
     """Raise :class:`InputError` naming ``<query>.indices[j]`` / ``.values[j]`` of the first bad entry."""
@@ -428,6 +439,7 @@ class InvertedIndex:
                names: Sequence[str]) -> QueryBatch:
         _check_positive(k, "k")
         _check_positive(threads, "threads")
+        _check_offsets(offsets, terms, values)
         _check_packed(offsets, terms, values, self.vocab_size, names)
         return QueryBatch(offsets, terms.astype(np.int32), values * np.float32(self.scale))
 

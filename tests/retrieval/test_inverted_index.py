@@ -278,6 +278,19 @@ def test_bad_build_input_names_the_field(tmp_path: Path) -> None:
     assert not (tmp_path / "a").exists()
 
 
+def test_packed_arrays_with_inconsistent_offsets_are_refused(medium: tuple[sp.csr_matrix, InvertedIndex]
+                                                               ) -> None:
+    _, index = medium
+    terms, values = np.array([1, 2, 3], np.int64), np.ones(3, np.float32)
+    top = index.search_topk(np.array([0, 1, 3]), terms, values, 5)
+    assert top.docs.shape == (2, 5)
+    for offsets in ([0, 1, 2], [1, 3], [0, 2, 1, 3], []):  # short of the end, not from 0, going back, empty
+        with pytest.raises(InputError, match="offsets"):
+            index.search_topk(np.array(offsets, np.int64), terms, values, 5)
+    with pytest.raises(InputError, match=r"\(one per term\)"):
+        index.search_topk(np.array([0, 3]), terms, values[:2], 5)
+
+
 def test_bad_queries_name_the_position(medium: tuple[sp.csr_matrix, InvertedIndex]) -> None:
     _, index = medium
     with pytest.raises(InputError, match="out of range") as err:
