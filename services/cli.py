@@ -259,8 +259,12 @@ def train_sparse(
 
     Resumes from the last checkpoint in WORK_DIR when run again with the same settings.
     """
+    from retrieval.encoders.backbone import NUM_LAYERS
     from retrieval.encoders.sparse_doc import SparseEncoderConfig
     from retrieval.training.sparse import SparseTrainConfig, train_sparse_encoder
+
+    if freeze_layers > NUM_LAYERS:  # checked now, not after the teachers have scored the training set
+        _fail(ValueError(f"--freeze-layers {freeze_layers}: the MiniLM backbone has {NUM_LAYERS} layers"))
 
     if distill not in ("ensemble", "dense", "bm25", "none"):
         _fail(ValueError(f"--distill {distill!r}: expected ensemble, dense, bm25 or none"))

@@ -142,6 +142,11 @@ def build_hybrid_index(corpus: str | Path, out: str | Path, first_stage: str | P
 
     config = (config or HybridConfig()).check()
     corpus = Path(corpus)
+    if str(first_stage) not in KINDS:  # an index directory: checked now, not after the corpus is embedded
+        if not Path(first_stage).is_dir():
+            raise InputError("first_stage", f"{first_stage!r} is neither an index kind {sorted(KINDS)} "
+                                            "nor an index directory")
+        index_format(first_stage)
     doc_ids, matrix = vectors or embed_corpus(corpus, cache_dir, max_length, batch_size, progress)
     doc_ids = list(doc_ids)
     check_vectors(doc_ids, matrix)
@@ -151,12 +156,8 @@ def build_hybrid_index(corpus: str | Path, out: str | Path, first_stage: str | P
         target = writer.path(FIRST_STAGE_DIR)
         if str(first_stage) in KINDS:
             build_index(str(first_stage), corpus, target, progress=progress, **(first_stage_params or {}))
-        elif Path(first_stage).is_dir():
-            index_format(first_stage)
-            shutil.copytree(first_stage, target)
         else:
-            raise InputError("first_stage", f"{first_stage!r} is neither an index kind {sorted(KINDS)} "
-                                            "nor an index directory")
+            shutil.copytree(first_stage, target)
         writer.manifest.params.update(first_stage=index_format(target), query_encoder=query_encoder_params(
             query_encoder, writer.dir, max_length))
         VectorStore.write(matrix, writer.path(VECTORS_FILE), config.dtype, progress=progress)

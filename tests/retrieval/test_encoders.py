@@ -298,3 +298,20 @@ def test_dense_shape_norm_and_paraphrase(dense) -> None:
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.3
     assert np.allclose(dense.encode([SHORT, LONG], batch_size=1, progress=False)[0],
                        dense.encode([SHORT], progress=False)[0], atol=1e-5)
+
+
+def test_an_unknown_quantization_fails_before_the_corpus_is_encoded(sparse, query, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from retrieval.index import learned_sparse
+    from sparsekit.errors import InputError
+
+    def encode(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the corpus was encoded before the quantization was checked")
+
+    monkeypatch.setattr(learned_sparse, "encode_corpus", encode)
+    model = SparseModel(sparse, query).save(tmp_path / "model")
+    (tmp_path / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "title": "", "text": TEXTS[0]}) + "\n")
+    with pytest.raises(InputError, match="quantization"):
+        learned_sparse.build_learned_sparse_index(model, tmp_path / "corpus.jsonl", tmp_path / "ix",
+                                                  quantization="int3")
+    assert not (tmp_path / "ix").exists()

@@ -165,9 +165,17 @@ def test_missing_or_corrupt_vectors_are_named(built: Path, tmp_path: Path) -> No
         HybridIndex.open(path, verify=False)
 
 
-def test_unknown_first_stage_is_an_input_error(tmp_path: Path) -> None:
+def test_unknown_first_stage_is_an_input_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in CORPUS))
     with pytest.raises(InputError, match="first_stage"):
         build_hybrid_index(corpus, tmp_path / "ix", "no-such-kind", vectors=doc_vectors(), progress=False)
     assert not (tmp_path / "ix").exists()
+    from retrieval.index import hybrid
+
+    def embed(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the corpus was embedded before first_stage was checked")
+
+    monkeypatch.setattr(hybrid, "embed_corpus", embed)
+    with pytest.raises(InputError, match="first_stage"):
+        build_hybrid_index(corpus, tmp_path / "ix", "no-such-kind", progress=False)

@@ -104,3 +104,12 @@ def test_bench_out_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
                                  "--methods", "hashing", "--budgets", "0.1", "--seeds", "0"])
     assert result.exit_code == 2
     assert "Not a directory" in result.output
+
+
+def test_freeze_layers_beyond_the_backbone_is_refused_first(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "sparse", "--data", "d", "--out", "m", "--freeze-layers", "99"])
+    assert result.exit_code == 2
+    assert "--freeze-layers 99" in result.output
+    assert list(tmp_path.iterdir()) == []
