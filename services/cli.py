@@ -22,7 +22,7 @@ from services.commands import bench, cf, ctr, gcn, rag
 from services.commands.output import above, console
 from services.commands.output import fail as _fail
 from sparsekit.atomic import exit_on_sigterm
-from sparsekit.errors import SparsekitError
+from sparsekit.errors import InputError, SparsekitError
 
 app = typer.Typer(
     help="Sparsekit: sparse retrieval and recommendation embeddings. "
@@ -136,11 +136,15 @@ def evaluate_cmd(
     from retrieval.index import open_index
 
     try:
-        qrels = load_qrels(data / "qrels" / f"{split}.tsv")
-        queries = load_queries(data / "queries.jsonl")
+        qrels_path, queries_path = data / "qrels" / f"{split}.tsv", data / "queries.jsonl"
+        qrels = load_qrels(qrels_path)
+        if not qrels:
+            raise InputError(qrels_path, "no judgements below the header: nothing to evaluate")
+        queries = load_queries(queries_path)
         missing = sorted(set(qrels) - set(queries))
         if missing:
-            raise ValueError(f"{len(missing)} judged queries absent from queries.jsonl, e.g. {missing[:3]}")
+            raise InputError(queries_path, f"{len(missing)} queries judged in {qrels_path} are absent, e.g. "
+                                           f"{missing[:3]}")
         ix = open_index(index)
         qids = sorted(qrels)
         start = time.perf_counter()

@@ -91,6 +91,9 @@ def test_a_truncated_npz_and_an_unknown_device_are_input_errors(tmp_path: Path) 
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match=r"not a complete \.npz"):
         npz_task(tmp_path / "cut.npz", mode="cpu-copy", device="cpu")
+    (tmp_path / "table.npz").write_text("a,b\n1,2\n")  # a CSV under an .npz name
+    with pytest.raises(InputError, match=r"not a complete \.npz archive"):
+        npz_task(tmp_path / "table.npz", mode="cpu-copy", device="cpu")
     with pytest.raises(InputError, match="unknown device 'tpu'"):
         npz_task(tmp_path / "g.npz", mode="cpu-copy", device="tpu")
 

@@ -113,3 +113,20 @@ def test_freeze_layers_beyond_the_backbone_is_refused_first(tmp_path: Path,
     assert result.exit_code == 2
     assert "--freeze-layers 99" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_names_the_qrels_or_queries_file_at_fault(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # short relative paths: the console does not wrap the message
+    data = Path("beir")
+    (data / "qrels").mkdir(parents=True)
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    (data / "queries.jsonl").write_text('{"_id": "q1", "text": "x"}\n')
+    result = runner.invoke(app, ["eval", "--index", "ix", "--data", str(data)])
+    assert result.exit_code == 2
+    assert "test.tsv: no judgements" in result.output
+    with (data / "qrels" / "test.tsv").open("a") as fh:
+        fh.write("q9\td1\t1\n")
+    result = runner.invoke(app, ["eval", "--index", "ix", "--data", str(data)])
+    assert result.exit_code == 2
+    assert "queries.jsonl: 1 queries judged in" in result.output
