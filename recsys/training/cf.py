@@ -208,8 +208,9 @@ def train_cf(config: CFTrainConfig, data: ImplicitDataset) -> tuple[CFModel, lis
     """
     device = torch.device(resolve_device(config.device))
     run = _new_run(config, data, device)
+    identity = _data_identity(data) if config.checkpoint_dir else None  # once, not at every checkpoint
     if config.resume:
-        _load_checkpoint(run, config, data)
+        _load_checkpoint(run, config, identity)
     spent = sum(record["train_s"] for record in run.history)
     budget = float("inf") if config.time_budget_s is None else config.time_budget_s
     while run.epoch < config.epochs and spent < budget:
@@ -228,7 +229,7 @@ def train_cf(config: CFTrainConfig, data: ImplicitDataset) -> tuple[CFModel, lis
                                  for k, v in record.items()))
         last = run.epoch == config.epochs or spent >= budget
         if config.checkpoint_dir and (run.epoch % config.checkpoint_every == 0 or last):
-            _save_checkpoint(run, config, data)
+            _save_checkpoint(run, config, identity)
     run.model.eval()
     return run.model, run.history
 
@@ -256,7 +257,7 @@ def _data_identity(data: ImplicitDataset) -> dict[str, Any]:
             "train_sha256": digest.hexdigest()}
 
 
-def _save_checkpoint(run: _Run, config: CFTrainConfig, data: ImplicitDataset) -> None:
+def _save_checkpoint(run: _Run, config: CFTrainConfig, data_identity: dict[str, Any] | None) -> None:
     state = {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
@@ -267,14 +268,14 @@ def _save_checkpoint(run: _Run, config: CFTrainConfig, data: ImplicitDataset) ->
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    params = {"config": _identity(config), "data": _data_identity(data), "epoch": run.epoch}
+    params = {"config": _identity(config), "data": data_identity, "epoch": run.epoch}
     with write_artifact(checkpoint_path(config), CHECKPOINT_FORMAT, CHECKPOINT_VERSION, params=params,
                         overwrite=True) as writer:
         writer.path("state.pt").write_bytes(buffer.getvalue())
         writer.counts["epoch"] = run.epoch
 
 
-def _load_checkpoint(run: _Run, config: CFTrainConfig, data: ImplicitDataset) -> None:
+def _load_checkpoint(run: _Run, config: CFTrainConfig, data_identity: dict[str, Any] | None) -> None:
     path = checkpoint_path(config)
     if not path.exists():
         return
@@ -283,7 +284,7 @@ def _load_checkpoint(run: _Run, config: CFTrainConfig, data: ImplicitDataset) ->
         diff = sorted(k for k, v in _identity(config).items() if manifest.params["config"].get(k) != v)
         raise ArtifactError(path, f"checkpoint was written with a different config (fields {diff})")
     stored = manifest.params.get("data")  # absent in checkpoints written before it was recorded
-    if stored is not None and stored != _data_identity(data):
+    if stored is not None and stored != data_identity:
         raise ArtifactError(path, f"checkpoint was trained on other data ({stored['num_users']} users x "
                                   f"{stored['num_items']} items, {stored['train_nnz']} train interactions); "
                                   "resuming would mix them: use another --checkpoint-dir")

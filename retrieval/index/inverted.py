@@ -149,6 +149,12 @@ def _write_postings(csr: sp.csr_matrix, root: Path, quantization: str, scale: fl
     return nnz
 
 
+def check_quantization(quantization: str) -> None:
+    """Raise :class:`InputError` unless ``quantization`` names a postings dtype of :data:`QUANTIZATIONS`."""
+    if quantization not in QUANTIZATIONS:
+        raise InputError("quantization", f"unknown {quantization!r}; expected one of {sorted(QUANTIZATIONS)}")
+
+
 def build_inverted_index(
     doc_ids: list[str],
     vectors: sp.csr_matrix,
@@ -166,8 +172,7 @@ def build_inverted_index(
     negative or non-finite weights, a row/id count mismatch, empty or duplicate ids, or an unknown
     ``quantization``.
     """
-    if quantization not in QUANTIZATIONS:
-        raise InputError("quantization", f"unknown {quantization!r}; expected one of {sorted(QUANTIZATIONS)}")
+    check_quantization(quantization)
     csr = _check_vectors(vectors, doc_ids)
     ids = _check_doc_ids(doc_ids, csr.shape[0])
     max_weight = float(csr.data.max()) if csr.nnz else 0.0

@@ -23,7 +23,7 @@ from retrieval.data.beir import iter_corpus
 from retrieval.encoders.backbone import load_fast_tokenizer
 from retrieval.encoders.idf_query import CONFIG_FILE, TABLE_FILE, IdfQueryEncoder
 from retrieval.index import query_batch
-from retrieval.index.inverted import QUANTIZATIONS, InvertedIndex, build_inverted_index
+from retrieval.index.inverted import InvertedIndex, build_inverted_index, check_quantization
 from sparsekit.artifacts import fingerprint, open_artifact, write_artifact
 from sparsekit.errors import InputError
 
@@ -62,8 +62,7 @@ def build_learned_sparse_index(model: str | Path, corpus: str | Path, out: str |
     """
     model, corpus = Path(model), Path(corpus)
     manifest = open_artifact(model, "sparse-doc-encoder", 1)
-    if quantization not in QUANTIZATIONS:  # checked now, not after the corpus is encoded
-        raise InputError("quantization", f"unknown {quantization!r}; expected one of {sorted(QUANTIZATIONS)}")
+    check_quantization(quantization)  # now, not after the corpus is encoded
     doc_ids, csr = vectors or encode_corpus(model, corpus, batch_size, top_k, threshold, progress)
     params = {"model": str(model), "model_params": manifest.params, "top_k": top_k, "threshold": threshold}
     with write_artifact(out, FORMAT, VERSION, params=params, source=fingerprint([corpus]),
