@@ -45,6 +45,7 @@ from embeddings.registry import COMPOSED, METHODS
 from embeddings.table import FLOAT_BYTES, BudgetError, table_class
 from recsys.data.ctr_table import TableCTRConfig
 from sparsekit.atomic import atomic_path, write_text_atomic
+from sparsekit.bounds import at_least, count, positive
 from sparsekit.errors import InputError
 from sparsekit.provenance import commit
 
@@ -89,10 +90,9 @@ class SweepConfig:
             raise InputError("budgets", f"budgets must lie in (0, 1], got {bad}")
         if self.first_order not in FIRST_ORDER:
             raise InputError("first_order", f"one of {FIRST_ORDER}, got {self.first_order!r}")
-        if not self.lr > 0:
-            raise InputError("lr", f"must be positive, got {self.lr}")
-        if not self.embedding_l2 >= 0:
-            raise InputError("embedding_l2", f"must be >= 0, got {self.embedding_l2}")
+        positive(self, "lr")
+        at_least(self, 0, "embedding_l2")
+        count(self, 1, "embed_dim", "max_epochs", "patience", "min_epochs", "threads")
 
 
 @dataclass(frozen=True)

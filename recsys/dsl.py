@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsekit.bounds import count
 from sparsekit.errors import InputError
 
 
@@ -45,10 +46,7 @@ class DSLConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.density <= 1.0:
             raise InputError("density", f"must be in (0, 1], got {self.density}")
-        if self.delta_t < 1:
-            raise InputError("delta_t", f"must be a positive number of steps, got {self.delta_t}")
-        if self.total_steps < 1:
-            raise InputError("total_steps", f"must be positive, got {self.total_steps}")
+        count(self, 1, "delta_t", "total_steps")
         if not 0.0 <= self.prune_end <= self.prune_start <= 1.0:
             raise InputError("prune_start/prune_end", f"need 0 <= end <= start <= 1, got "
                              f"{self.prune_start} -> {self.prune_end}")

@@ -31,6 +31,7 @@ from recsys.data.ctr import (
 )
 from recsys.data.libfm import split_rows
 from recsys.data.table_file import read_table
+from sparsekit.bounds import count
 from sparsekit.errors import InputError
 
 
@@ -50,10 +51,8 @@ class TableCTRConfig:
     header: bool = True
 
     def __post_init__(self) -> None:
-        if self.min_count < 1:
-            raise InputError("min_count", f"must be >= 1, got {self.min_count}")
-        if self.bins < 2:
-            raise InputError("bins", f"must be >= 2, got {self.bins}")
+        count(self, 1, "min_count")
+        count(self, 2, "bins")
 
 
 def load_table_ctr(

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from recsys.data.ctr import CTRDataset, CTRField, CTRSchema, split_dataset
-from sparsekit.errors import InputError
+from sparsekit.bounds import at_least, count, each_count, positive
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -38,6 +38,13 @@ class SyntheticCTRConfig:
     bias: float = -1.0
     seed: int = 0
     chunk_rows: int = 1 << 16
+
+    def __post_init__(self) -> None:
+        each_count(self, 1, "field_dims")
+        count(self, 1, "num_rows", "chunk_rows")
+        at_least(self, 0, "weight_std")
+        count(self, 0, "interaction_dim")
+        positive(self, "zipf_a")
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -79,15 +86,6 @@ def _bijection(n: int, seed: int, field: int) -> tuple[int, int]:
     return mult, int(rng.integers(0, n))
 
 
-def _check(config: SyntheticCTRConfig) -> None:
-    if not config.field_dims or min(config.field_dims) < 1:
-        raise InputError("field_dims", f"every field needs >= 1 value, got {config.field_dims}")
-    if config.num_rows < 1 or config.chunk_rows < 1:
-        raise InputError("num_rows", "num_rows and chunk_rows must be >= 1")
-    if config.zipf_a <= 0:
-        raise InputError("zipf_a", f"must be > 0, got {config.zipf_a}")
-
-
 def planted_logits(config: SyntheticCTRConfig, features: np.ndarray) -> np.ndarray:
     """The ground-truth logit of each row of global ids ``[N, F]``."""
     logit = config.bias + config.weight_std * _hash_normal(features, config.seed, 0).sum(axis=1)
@@ -104,7 +102,6 @@ def synthetic_chunks(
     config: SyntheticCTRConfig, progress: bool = False
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(features int64 [n, F], labels float32 [n])`` chunks of at most ``chunk_rows`` rows."""
-    _check(config)
     offsets = np.concatenate([[0], np.cumsum(config.field_dims)[:-1]]).astype(np.int64)
     maps = [_bijection(n, config.seed, f) for f, n in enumerate(config.field_dims)]
     rng = np.random.default_rng([config.seed, 1])

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from recsys.gcn.features import NodeFeatureStore
 from recsys.gcn.sampler import ALL_NEIGHBORS, CSRGraph, NeighborSampler
+from sparsekit.bounds import at_least, count, each_count, positive, within
 from sparsekit.device import resolve_device
 from sparsekit.errors import InputError
 
@@ -66,8 +67,13 @@ class GCNTrainConfig:
         if self.feature_store not in FEATURE_STORES:
             raise InputError("feature_store", f"unknown mode {self.feature_store!r}; choose one of "
                                               f"{', '.join(FEATURE_STORES)}")
-        if not self.fanouts or any(f <= 0 for f in self.fanouts):
-            raise InputError("fanouts", f"need one positive fan-out per layer, got {list(self.fanouts)}")
+        each_count(self, 1, "fanouts")
+        count(self, 1, "hidden", "epochs", "batch_size", "max_batches")
+        at_least(self, 0, "weight_decay")
+        within(self, 0.0, 1.0, "dropout", open_high=True)
+        positive(self, "lr")
+        if self.eval_fanout != ALL_NEIGHBORS:
+            count(self, 1, "eval_fanout")
         self.fanouts = tuple(int(f) for f in self.fanouts)
         self.device = resolve_device(self.device)
 

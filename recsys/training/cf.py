@@ -33,6 +33,7 @@ from recsys.models.mf import MF
 from recsys.models.neumf import NeuMF
 from recsys.ranking import evaluate_ranking
 from sparsekit.artifacts import open_artifact, write_artifact
+from sparsekit.bounds import at_least, count, positive
 from sparsekit.device import default_device, resolve_device
 from sparsekit.errors import ArtifactError, InputError
 
@@ -82,14 +83,10 @@ class CFTrainConfig:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise InputError("model", f"unknown CF model {self.model!r}; choose one of {sorted(MODELS)}")
-        for name in ("dim", "batch_size", "epochs", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise InputError(name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("layers", "eval_every", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise InputError(name, f"must be >= 0, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise InputError("lr", f"must be positive, got {self.lr}")
+        count(self, 1, "dim", "batch_size", "epochs", "checkpoint_every", "dsl_delta_t", "eval_k")
+        count(self, 0, "layers", "eval_every")
+        at_least(self, 0, "weight_decay")
+        positive(self, "lr", "time_budget_s")
         if self.density is not None and not 0.0 < self.density <= 1.0:
             raise InputError("density", f"must be in (0, 1] (None = dense), got {self.density}")
         if self.static_sparsity and self.density is None:

@@ -45,6 +45,7 @@ from recsys.models.ctr.deepfm import DeepFM
 from recsys.models.ctr.dlrm import DLRM
 from recsys.models.ctr.wdl import WideDeep
 from sparsekit.artifacts import open_artifact, write_artifact
+from sparsekit.bounds import at_least, count, each_count, within
 from sparsekit.device import default_device
 from sparsekit.errors import ArtifactError, InputError
 
@@ -74,10 +75,12 @@ class CTRTrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_epochs", "patience", "min_epochs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(name, f"must be a positive integer, got {value!r}")
+        count(self, 1, "embed_dim", "batch_size", "max_epochs", "patience", "min_epochs",
+                 "eval_batch_size", "threads")
+        count(self, 0, "cross_layers")
+        at_least(self, 0, "lr", "embedding_l2")  # lr 0 freezes the model
+        each_count(self, 1, "hidden")
+        within(self, 0.0, 1.0, "dropout", open_high=True)
         if self.min_epochs > self.max_epochs:
             raise InputError("min_epochs", f"{self.min_epochs} exceeds max_epochs {self.max_epochs}")
 

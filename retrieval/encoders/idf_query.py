@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from retrieval.encoders.backbone import load_fast_tokenizer, special_token_ids
+from sparsekit.bounds import count
 from sparsekit.errors import ArtifactError
 
 TABLE_FILE = "idf.npy"
@@ -52,6 +53,10 @@ class IdfQueryConfig:
     trainable: bool = False
     num_docs: int = 0
     formula: str = "bm25: log(1 + (N - df + 0.5) / (df + 0.5))"
+
+    def __post_init__(self) -> None:
+        count(self, 1, "vocab_size")
+        count(self, 0, "num_docs")
 
 
 def bm25_idf(df: np.ndarray, num_docs: int) -> np.ndarray:

@@ -78,6 +78,7 @@ from retrieval.encoders.backbone import (
 from retrieval.encoders.idf_query import IdfQueryEncoder
 from retrieval.encoders.lexical_prior import fit_avgdl, saturated_tf
 from sparsekit.artifacts import open_artifact, write_artifact
+from sparsekit.bounds import at_least, count, one_of, within
 from sparsekit.device import default_device
 from sparsekit.errors import ArtifactError
 
@@ -108,6 +109,13 @@ class SparseEncoderConfig:
     lexical_avgdl: float = 0.0       # fitted on the training corpus (SparseDocEncoder.fit_lexical_prior)
     lexical_max_length: int = 512    # tokens the prior counts (the transformer reads max_length)
     residual_scale: float = 1.0      # weight of the learned terms beside the prior (query-table stage)
+
+    def __post_init__(self) -> None:
+        count(self, 1, "max_length", "logit_chunk_tokens", "lexical_max_length")
+        count(self, 0, "freeze_layers")
+        at_least(self, 0, "lexical_k1", "lexical_avgdl")
+        within(self, 0.0, 1.0, "lexical_b")
+        one_of(self, "head", ("identity", "mlm"))
 
 
 def _mlm_transform(hidden: int, eps: float) -> nn.Module:

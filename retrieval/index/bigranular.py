@@ -51,6 +51,7 @@ from retrieval.index.dense import (
     train_and_add,
 )
 from sparsekit.artifacts import Manifest, fingerprint, open_artifact, write_artifact
+from sparsekit.bounds import count, one_of
 from sparsekit.errors import ArtifactError, InputError
 
 FORMAT = "bigranular"
@@ -72,6 +73,10 @@ class BiGranularConfig:
     opq_iterations: int = 50    # OPQ rotation / codebook alternations (faiss's default 50)
     train_size: int = 100_000   # vectors sampled to train the code index
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        one_of(self, "dtype", DTYPES)
+        count(self, 1, "candidates", "nprobe", "opq_iterations", "train_size")
 
 
 class VectorStore:
@@ -172,9 +177,6 @@ def build_bigranular_index(corpus: str | Path | None, out: str | Path, config: B
     ``vectors`` may be an ``np.memmap``: it is streamed in chunks, never loaded whole.
     """
     config = config or BiGranularConfig()
-    if config.dtype not in DTYPES:
-        raise InputError("dtype", f"must be one of {DTYPES}, got {config.dtype!r}")
-    check_k(config.candidates, "candidates")
     if vectors is None:
         if corpus is None:
             raise InputError("corpus", "give a corpus file or precomputed vectors")

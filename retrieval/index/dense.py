@@ -44,6 +44,7 @@ from retrieval.data.beir import iter_corpus
 from retrieval.encoders.backbone import HIDDEN_SIZE
 from retrieval.index import query_batch
 from sparsekit.artifacts import Manifest, fingerprint, open_artifact, write_artifact
+from sparsekit.bounds import count
 from sparsekit.errors import ArtifactError, InputError
 
 FORMAT = "dense-faiss"
@@ -70,6 +71,9 @@ class DenseConfig:
     ef_search: int = 128        # HNSW search breadth (HNSW kinds)
     train_size: int = 100_000   # vectors sampled to train the index (IVF, PQ)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        count(self, 1, "nprobe", "ef_search", "train_size")
 
 
 # ---------------------------------------------------------------- document ids on disk

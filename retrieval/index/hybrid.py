@@ -46,6 +46,7 @@ from retrieval.index.dense import (
     query_encoder_params,
 )
 from sparsekit.artifacts import Manifest, fingerprint, open_artifact, write_artifact
+from sparsekit.bounds import count, one_of, within
 from sparsekit.errors import ArtifactError, InputError
 
 FORMAT = "hybrid"
@@ -66,17 +67,12 @@ class HybridConfig:
     alpha: float = 0.5        # linear fusion: weight of the dense score
     dtype: str = "float16"    # on-disk vector type
 
-    def check(self) -> HybridConfig:
-        if self.fusion not in FUSIONS:
-            raise InputError("fusion", f"must be one of {FUSIONS}, got {self.fusion!r}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise InputError("alpha", f"must be in [0, 1], got {self.alpha!r}")
-        if self.rrf_k < 0:
-            raise InputError("rrf_k", f"must be >= 0, got {self.rrf_k!r}")
-        if self.dtype not in DTYPES:
-            raise InputError("dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+    def __post_init__(self) -> None:
+        one_of(self, "fusion", FUSIONS)
+        one_of(self, "dtype", DTYPES)
+        within(self, 0.0, 1.0, "alpha")
+        count(self, 0, "rrf_k")
         check_k(self.depth, "depth")
-        return self
 
 
 # ---------------------------------------------------------------- fusion math
@@ -140,7 +136,7 @@ def build_hybrid_index(corpus: str | Path, out: str | Path, first_stage: str | P
     """
     from retrieval.index import KINDS, build_index, index_format
 
-    config = (config or HybridConfig()).check()
+    config = config or HybridConfig()
     corpus = Path(corpus)
     if str(first_stage) not in KINDS:  # an index directory: checked now, not after the corpus is embedded
         if not Path(first_stage).is_dir():
@@ -195,7 +191,7 @@ class HybridIndex:
         manifest = open_artifact(path, FORMAT, VERSION, verify=verify)
         params, counts = manifest.params, manifest.counts
         fields = {k: params[k] for k in ("fusion", "depth", "rrf_k", "alpha", "dtype") if k in params}
-        config = replace(HybridConfig(**fields), **overrides).check()
+        config = replace(HybridConfig(**fields), **overrides)
         num_docs, dim = int(counts.get("num_docs", -1)), int(counts.get("dim", -1))
         store = VectorStore.open(path / VECTORS_FILE, num_docs, dim, config.dtype)
         ids = DocIdTable.open(path, num_docs)
@@ -276,7 +272,7 @@ def tune_linear_weight(index: HybridIndex, first: list[Hits], queries: np.ndarra
     scored = [index.candidate_scores(h, q) for h, q in zip(first, queries, strict=True)]
     table: dict[float, float] = {}
     for alpha in grid:
-        config = replace(index.config, fusion="linear", alpha=float(alpha)).check()
+        config = replace(index.config, fusion="linear", alpha=float(alpha))
         hits = [fused_top(*s, k, config) if s[0] else [] for s in scored]
         table[float(alpha)] = evaluate(qrels, run_from_hits(qids, hits)).means["ndcg@10"]
     best = max(table, key=lambda a: (table[a], -a))

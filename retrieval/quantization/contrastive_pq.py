@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from sparsekit.bounds import count, positive
 from sparsekit.errors import InputError
 
 
@@ -44,6 +45,11 @@ class ContrastivePQConfig:
     epochs: int = 8
     lr: float = 1e-3
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive(self, "assign_temperature", "score_temperature", "lr")
+        count(self, 0, "negatives")
+        count(self, 1, "mine_depth", "batch_size", "epochs")
 
 
 class ContrastivePQ(nn.Module):

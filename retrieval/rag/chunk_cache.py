@@ -51,7 +51,8 @@ from typing import Any
 import torch
 
 from sparsekit.atomic import atomic_path, sweep_directory
-from sparsekit.errors import ArtifactError, InputError
+from sparsekit.bounds import count, positive
+from sparsekit.errors import ArtifactError
 
 FORMAT = "sparsekit-kv-chunk-cache"
 VERSION = 1
@@ -72,12 +73,8 @@ class CacheConfig:
     half_life: float = 256.0
 
     def __post_init__(self) -> None:
-        for name in ("device_bytes", "host_bytes", "disk_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InputError(name, f"must be an integer >= 0, got {value!r}")
-        if not self.half_life > 0:
-            raise InputError("half_life", f"must be > 0, got {self.half_life!r}")
+        count(self, 0, "device_bytes", "host_bytes", "disk_bytes")
+        positive(self, "half_life")
         if self.directory is not None:
             self.directory = Path(self.directory)
 

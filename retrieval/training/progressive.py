@@ -25,7 +25,7 @@ import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from tqdm import tqdm
 from retrieval.encoders.dense import DenseEncoder
 from retrieval.quantization.contrastive_pq import contrastive_loss, sample_batch_rows
 from sparsekit.artifacts import open_artifact, write_artifact
+from sparsekit.bounds import count, one_of, positive
 from sparsekit.errors import ArtifactError, InputError
 
 FORMAT = "dense-query-encoder"
@@ -55,6 +56,12 @@ class ProgressiveConfig:
     max_length: int = 64         # query tokens
     eval_every: int = 50
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        count(self, 1, "candidates", "steps", "batch_size", "max_length", "eval_every")
+        count(self, 0, "negatives")
+        positive(self, "lr", "temperature")
+        one_of(self, "sampling", get_args(Sampling))
 
 
 def mine_candidates(search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],

@@ -46,6 +46,7 @@ from retrieval.training.dev_eval import document_cache, encode_cached, evaluate_
 from retrieval.training.hidden_cache import build_hidden_cache
 from retrieval.training.sparse import SparseTrainConfig, prepare_data
 from retrieval.training.teachers import TeacherCache, TeacherConfig, doc_contents
+from sparsekit.bounds import at_least, count, each_positive
 from sparsekit.device import default_device
 
 
@@ -65,6 +66,11 @@ class QueryTableConfig:
     seed: int = 13
     progress: bool = True
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        count(self, 1, "epochs", "batch_queries")
+        at_least(self, 0, "ce_weight", "l2")
+        each_positive(self, "lrs")
 
 
 @dataclass

@@ -22,7 +22,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import scipy.sparse as sp
@@ -38,6 +38,7 @@ from retrieval.training.active_head import train_weights
 from retrieval.training.hidden_cache import HiddenCache, build_hidden_cache
 from retrieval.training.teachers import TeacherCache, TeacherConfig, doc_contents, mine_teachers
 from sparsekit.atomic import atomic_path
+from sparsekit.bounds import at_least, count, one_of, positive, within
 from sparsekit.device import default_device
 from sparsekit.errors import InputError
 
@@ -78,6 +79,17 @@ class SparseTrainConfig:
     dev_eval_start: bool = True      # ... and before training (the untrained model)
     dev_eval_every: int = 1          # evaluate after every n-th epoch (and always after the last)
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        within(self, 0.0, 1.0, "dev_fraction", open_high=True)
+        count(self, 1, "epochs", "queries_per_step", "negative_depth", "checkpoint_every", "max_steps",
+                 "dev_eval_every")
+        count(self, 2, "candidates_per_query")
+        at_least(self, 0, "flops_lambda")
+        count(self, 0, "flops_warmup")
+        positive(self, "lr", "bias_lr", "head_lr", "kd_scale", "temperature")
+        one_of(self, "distill", get_args(Distill))
+        one_of(self, "pseudo_queries", ("none", "titles"))
 
 
 def split_train_dev(qids: list[str], dev_fraction: float, seed: int) -> tuple[list[str], list[str]]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from retrieval.data.beir import Doc
 from sparsekit.artifacts import open_artifact, write_artifact
+from sparsekit.bounds import at_least, count, within
 from sparsekit.errors import ArtifactError
 
 FORMAT = "teacher-cache"
@@ -35,6 +36,11 @@ class TeacherConfig:
     b: float = 0.4
     dense_max_length: int = 256
     batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        count(self, 1, "depth", "dense_max_length", "batch_size")
+        at_least(self, 0, "k1")
+        within(self, 0.0, 1.0, "b")
 
 
 @dataclass

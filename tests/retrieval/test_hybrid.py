@@ -55,11 +55,11 @@ def test_minmax_and_linear_combination_on_a_hand_example() -> None:
 
 def test_config_validation_names_the_field() -> None:
     with pytest.raises(InputError, match="fusion"):
-        HybridConfig(fusion="max").check()
+        HybridConfig(fusion="max")
     with pytest.raises(InputError, match="alpha"):
-        HybridConfig(alpha=1.5).check()
+        HybridConfig(alpha=1.5)
     with pytest.raises(InputError, match="depth"):
-        HybridConfig(depth=0).check()
+        HybridConfig(depth=0)
 
 
 # ---------------------------------------------------------------- the index (BM25 first stage: Java)
