@@ -1,0 +1,40 @@
+"""The acceptance rule of ``benchmarks/chunk_cache.py``: "above X on quality" needs the paired interval."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.chunk_cache import COMPARED, _acceptance
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _stored(lows: dict[str, float]) -> dict:
+    policies = {"prefix": {"prefill_tokens_sum": 1000},
+                "cache-craft": {"prefill_tokens_sum": 400, "rouge_l": 0.95}}
+    differences = {name: {"mean": 0.02, "ci95": [low, 0.05]} for name, low in lows.items()}
+    return {"policies": policies, "rouge_l_differences": differences}
+
+
+def test_a_positive_mean_whose_interval_holds_zero_is_not_a_pass() -> None:
+    stored = _stored({"naive": 0.01, "cacheblend@cc": -0.01, "random@cc": 0.0, "cacheblend": 0.001})
+    entries = _acceptance(stored["policies"], stored["rouge_l_differences"])
+    assert [e["pass"] for e in entries] == [True, True, True, False, False, True]
+    for e, (name, recompute) in zip(entries[2:], COMPARED.items(), strict=True):
+        assert name in e["criterion"] and recompute in e["criterion"]
+        assert "mean difference 0.02" in e["criterion"]
+
+
+def test_rescore_rewrites_only_the_acceptance_of_a_results_file(tmp_path: Path) -> None:
+    path = tmp_path / "chunk_cache.json"
+    stored = _stored(dict.fromkeys(COMPARED, -0.02))
+    path.write_text(json.dumps({"benchmark": "chunk_cache", "metrics": stored, "acceptance": []}))
+    script = ROOT / "benchmarks" / "chunk_cache.py"
+    subprocess.run([sys.executable, str(script), "--rescore", "--out", str(path)], check=True,
+                   capture_output=True, cwd=ROOT)
+    result = json.loads(path.read_text())
+    assert result["metrics"] == stored
+    assert [e["pass"] for e in result["acceptance"]] == [True, True, False, False, False, False]
