@@ -174,6 +174,9 @@ def check_target(target: Path, overwrite: bool) -> None:
     """
     _recover(target)
     if not target.exists():
+        existing = next(p for p in target.absolute().parents if p.exists())
+        if not existing.is_dir():
+            raise ArtifactError(target, f"cannot be created: {existing} is a file")
         return
     if not overwrite:
         raise ArtifactError(target, "already exists (pass overwrite=True / --overwrite to replace it)")

@@ -46,6 +46,7 @@ from retrieval.training.dev_eval import document_cache, encode_cached, evaluate_
 from retrieval.training.hidden_cache import build_hidden_cache
 from retrieval.training.sparse import SparseTrainConfig, prepare_data
 from retrieval.training.teachers import TeacherCache, TeacherConfig, doc_contents
+from sparsekit.artifacts import check_target
 from sparsekit.bounds import at_least, count, each_positive
 from sparsekit.device import default_device
 
@@ -160,8 +161,7 @@ def select_table(model: SparseModel, docs: DocumentParts, data: StageData, cfg: 
 def train_query_table(cfg: QueryTableConfig) -> Path:
     """Train the table of ``cfg.model`` on its frozen document vectors; write the model to ``cfg.out``."""
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise FileExistsError(f"{out} exists (set overwrite=True / --overwrite to replace it)")
+    check_target(out, cfg.overwrite)  # before any work, not after training
     start = time.perf_counter()
     model = SparseModel.load(cfg.model, device=default_device())
     work = Path(cfg.work_dir) if cfg.work_dir else Path(cfg.model).parent / f"{Path(cfg.model).name}.work"

@@ -37,6 +37,7 @@ from retrieval.losses.flops import FlopsWarmup, flops_loss
 from retrieval.training.active_head import train_weights
 from retrieval.training.hidden_cache import HiddenCache, build_hidden_cache
 from retrieval.training.teachers import TeacherCache, TeacherConfig, doc_contents, mine_teachers
+from sparsekit.artifacts import check_target
 from sparsekit.atomic import atomic_path
 from sparsekit.bounds import at_least, count, one_of, positive, within
 from sparsekit.device import default_device
@@ -232,8 +233,7 @@ class _DevSet:
 def train_sparse_encoder(cfg: SparseTrainConfig) -> Path:
     """Train per ``cfg`` and write the model artifact to ``cfg.out``; return its path."""
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise FileExistsError(f"{out} exists (set overwrite=True / --overwrite to replace it)")
+    check_target(out, cfg.overwrite)  # before any work, not after training
     missing = [n for n in ("corpus.jsonl", "queries.jsonl", f"qrels/{cfg.split}.tsv")
                if not (Path(cfg.data) / n).is_file()]
     if missing:  # checked before the work folder is made: a typo leaves nothing behind

@@ -10,6 +10,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from sparsekit.artifacts import check_target
+from sparsekit.errors import ArtifactError
+
 console = Console()
 err = Console(stderr=True)
 
@@ -21,9 +24,12 @@ def fail(exc: Exception) -> NoReturn:
 
 
 def refuse_existing(out: Path, overwrite: bool) -> None:
-    """Fail before any work when ``out`` exists and may not be replaced (not after an hour of training)."""
-    if out.exists() and not overwrite:
-        fail(FileExistsError(f"{out}: already exists (pass --overwrite to replace it)"))
+    """Fail before any work when ``out`` may not be written (not after an hour of training): the rules of
+    :func:`sparsekit.artifacts.check_target`."""
+    try:
+        check_target(out, overwrite)
+    except ArtifactError as exc:
+        fail(exc)
 
 
 def above(bound: float) -> Callable[[Any], Any]:

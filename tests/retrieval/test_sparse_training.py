@@ -14,6 +14,7 @@ from retrieval.encoders.sparse_doc import SparseDocEncoder, SparseEncoderConfig
 from retrieval.training.active_head import train_weights
 from retrieval.training.sparse import SparseTrainConfig, split_train_dev, train_sparse_encoder
 from retrieval.training.teachers import TeacherConfig
+from sparsekit.errors import ArtifactError
 
 TEXTS = ["Aspirin lowers the risk of heart attack in older adults.",
          "Vitamin D deficiency is linked to weak bones and fractures.",
@@ -105,7 +106,7 @@ def test_tiny_train_index_search_end_to_end(tmp_path: Path) -> None:
     assert index.batch_search(["malaria vaccine for children"], 3) == [hits]
     _check_lucene_export(tmp_path, index)
     _check_grpc(index, hits)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(ArtifactError, match="already exists"):
         train_sparse_encoder(cfg)
 
 
@@ -257,7 +258,7 @@ def test_query_table_stage_keeps_the_encoder_and_its_best_dev_table(tmp_path: Pa
     dev = after.extra["training"]["dev_queries"]
     got = evaluate_dev(after, docs, list(corpus), queries, load_qrels(data / "qrels" / "train.tsv"), dev)
     assert got["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-4)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(ArtifactError, match="already exists"):
         train_query_table(cfg)
     fixed = SparseModel.load(train_query_table(dataclasses.replace(
         cfg, out=str(tmp_path / "model3"), learn_residual_scale=False)), device="cpu")

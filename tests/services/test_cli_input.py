@@ -130,3 +130,16 @@ def test_eval_names_the_qrels_or_queries_file_at_fault(tmp_path: Path,
     result = runner.invoke(app, ["eval", "--index", "ix", "--data", str(data)])
     assert result.exit_code == 2
     assert "queries.jsonl: 1 queries judged in" in result.output
+
+
+@pytest.mark.parametrize("command", [["train", "ctr", "--data", "frappe"], ["train", "cf", "--data", "d"],
+                                     ["train", "sparse", "--data", "d"]])
+def test_an_unwritable_output_is_refused_before_training(command: list[str], tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("kept")
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "data.csv").write_text("kept")
+    for out, why in [(blocker / "model", "is a file"), (tmp_path / "dataset", "no manifest.json")]:
+        result = runner.invoke(app, [*command, "--out", str(out), "--overwrite"])
+        assert result.exit_code == 2 and why in " ".join(result.output.split()), result.output
+    assert blocker.read_text() == "kept" and (tmp_path / "dataset" / "data.csv").read_text() == "kept"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sparsekit.artifacts import MANIFEST, artifact_format, open_artifact, write_artifact
+from sparsekit.artifacts import MANIFEST, artifact_format, check_target, open_artifact, write_artifact
 from sparsekit.atomic import MIN_AGE_S, hold, is_held, temp_sibling
 from sparsekit.errors import ArtifactError
 
@@ -176,3 +176,12 @@ def test_backup_locked_by_a_live_writer_is_not_restored(tmp_path: Path) -> None:
     assert backup.exists() and not target.exists()
     open_artifact(target, format="toy")  # the writer died: now it is restored
     assert not backup.exists()
+
+
+def test_check_target_refuses_a_path_under_a_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("kept")
+    with pytest.raises(ArtifactError, match="is a file"):
+        check_target(blocker / "deeper" / "model", overwrite=False)
+    check_target(tmp_path / "new" / "model", overwrite=False)  # a missing parent is fine: it gets made
+    assert blocker.read_text() == "kept"
