@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from embeddings.registry import COMPOSED, METHODS
 from embeddings.table import FLOAT_BYTES, BudgetError, table_class
+from recsys.data.ctr import DATASETS
 from recsys.data.ctr_table import TableCTRConfig
 from sparsekit.atomic import atomic_path, write_text_atomic
 from sparsekit.bounds import at_least, count, positive
@@ -61,7 +62,7 @@ class SweepConfig:
     """What to sweep and how each run trains (defaults: the issue's Frappe grid with DCNv2)."""
 
     dataset: str = "frappe"
-    table: TableCTRConfig | None = None  # how to read ``dataset`` when it is a table file
+    table: TableCTRConfig | None = None  # how to read ``dataset`` when it is a table file (else unused)
     models: tuple[str, ...] = ("dcnv2",)
     methods: tuple[str, ...] = tuple(METHODS)
     budgets: tuple[float, ...] = (0.5, 0.1, 0.01, 0.001)
@@ -92,6 +93,8 @@ class SweepConfig:
             raise InputError("first_order", f"one of {FIRST_ORDER}, got {self.first_order!r}")
         positive(self, "lr")
         at_least(self, 0, "embedding_l2")
+        if self.dataset in DATASETS:  # a named dataset has its own reader: table options are no part of it
+            self.table = None
         count(self, 1, "embed_dim", "max_epochs", "patience", "min_epochs", "threads")
 
 

@@ -187,3 +187,12 @@ def test_a_folder_with_no_finished_run_takes_new_settings(tiny, tmp_path) -> Non
         run_sweep(SweepConfig(**{**config.__dict__, "min_epochs": 2}))
     with pytest.raises(InputError, match="seeds"):
         SweepConfig(seeds=())
+
+
+def test_table_options_are_no_part_of_a_named_dataset_sweep() -> None:
+    """The CLI always passes its table options; for ``frappe`` they are unused, so a CLI sweep and the
+    benchmark's (no table options) share one folder identity and resume each other's runs."""
+    from recsys.data.ctr_table import TableCTRConfig
+
+    assert SweepConfig(dataset="frappe", table=TableCTRConfig(label="clicked")).table is None
+    assert SweepConfig(dataset="log.csv", table=TableCTRConfig(label="clicked")).table.label == "clicked"
