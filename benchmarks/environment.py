@@ -18,8 +18,6 @@ from typing import Any
 from sparsekit import provenance
 from sparsekit.atomic import write_text_atomic
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def machine() -> dict[str, Any]:
     """CPU model, core count, GPU name (nvidia-smi, else None) and RAM bytes."""

@@ -5,3 +5,10 @@ numpy or numba) otherwise, so every code path runs without a GPU (DESIGN.md §6)
 tested on CPU with ``TRITON_INTERPRET=1`` against their references. This package imports nothing
 else of Sparsekit.
 """
+
+import importlib.util
+
+
+def triton_available() -> bool:
+    """True when the triton package can be imported (it ships with CUDA builds of torch)."""
+    return importlib.util.find_spec("triton") is not None

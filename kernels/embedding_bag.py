@@ -16,12 +16,12 @@ are checked here.
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
 from typing import Any
 
 import torch
 
+from kernels import triton_available
 from kernels.embedding_bag_reference import (
     COMBINES,
     HASH_PRIME,
@@ -38,11 +38,6 @@ KERNEL_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
 
 
 @lru_cache(maxsize=1)
-def triton_available() -> bool:
-    """True when the triton package can be imported (it ships with CUDA builds of torch)."""
-    return importlib.util.find_spec("triton") is not None
-
-
 def _reference(weight: torch.Tensor, ids: torch.Tensor, lookup: Lookup, pool: bool) -> torch.Tensor:
     if isinstance(lookup, HashLookup):
         return hashed_bag_reference(weight, ids, lookup, pool)

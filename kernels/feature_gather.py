@@ -10,11 +10,11 @@ on the table's device and copies the rows over.
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
 
 import torch
 
+from kernels import triton_available
 from kernels.feature_gather_reference import gather_rows_reference
 from sparsekit.errors import InputError
 
@@ -26,11 +26,6 @@ ID_DTYPES = frozenset({torch.int32, torch.int64})
 
 
 @lru_cache(maxsize=1)
-def triton_available() -> bool:
-    """True when the triton package can be imported (it ships with CUDA builds of torch)."""
-    return importlib.util.find_spec("triton") is not None
-
-
 def readable_from(table: torch.Tensor, device: torch.device) -> bool:
     """Whether a kernel on CUDA ``device`` can read ``table``: it lives there, or in pinned host memory."""
     return table.device == device or (table.device.type == "cpu" and table.is_pinned())

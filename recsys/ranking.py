@@ -9,7 +9,7 @@ chunks, so memory stays at ``chunk x num_items`` scores (Gowalla: 29,858 x 40,98
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -28,9 +28,6 @@ class RankingMetrics:
     ndcg: float
     k: int
     users: int
-
-    def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
 
 
 def _discounts(k: int, device: torch.device) -> torch.Tensor:

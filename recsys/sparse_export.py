@@ -146,8 +146,6 @@ class SparseRecommender(Recommender):
         p = manifest.params
         self.kind: str = p["kind"]
         self.tables = tables
-        self.stored_bytes = int(manifest.counts["stored_bytes"])
-        self.dense_bytes = int(manifest.counts["dense_bytes"])
         scorer = self._mf_scorer(device) if self.kind == "mf" else self._model_scorer(p, dense, seen, device)
         super().__init__(scorer, p["num_users"], p["num_items"], seen, device)
 

@@ -23,7 +23,6 @@ from services.validation import RequestError
 from sparsekit.errors import ArtifactError, InputError, NotFoundError
 
 log = logging.getLogger(__name__)
-SERVICE_NAME = generate_pb2.DESCRIPTOR.services_by_name["GenerateService"].full_name
 
 
 @dataclass(frozen=True)

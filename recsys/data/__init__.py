@@ -5,19 +5,3 @@ LightGCN/NGCF implicit-feedback splits (:mod:`recsys.data.implicit`), MovieLens 
 Planetoid citation graphs through PyG (:mod:`recsys.data.planetoid`; torch_geometric is imported only
 when a graph is loaded).
 """
-
-from recsys.data.implicit import ImplicitDataset, load_implicit
-from recsys.data.libfm import LibfmData, load_libfm, split_rows
-from recsys.data.movielens import MovieLens, load_movielens
-from recsys.data.planetoid import load_planetoid
-
-__all__ = [
-    "ImplicitDataset",
-    "LibfmData",
-    "MovieLens",
-    "load_implicit",
-    "load_libfm",
-    "load_movielens",
-    "load_planetoid",
-    "split_rows",
-]

@@ -83,11 +83,6 @@ class CTRField:
             raise InputError(self.name, f"{len(self.bins)} bin edges (oov={self.oov}) for cardinality "
                                         f"{self.cardinality}")
 
-    @property
-    def oov_id(self) -> int | None:
-        """The field-local id of unknown and missing values, or ``None`` when they raise."""
-        return self.cardinality - 1 if self.oov else None
-
     def local_id(self, value: Any, row: int) -> int:
         """The field-local id of one raw value; :class:`InputError` names the field and the row."""
         if self.oov and _missing(value):

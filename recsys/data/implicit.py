@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from recsys.data.text_file import first_row, read_text
 from sparsekit.errors import InputError
 
 
@@ -41,21 +42,11 @@ class _Interactions:
 
 def _lines(path: Path) -> pl.DataFrame:
     """Columns ``line_no`` (1-based) and ``line`` of a text file."""
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(path, f"not valid UTF-8 (byte offset {e.start})") from None
+    text = read_text(path)
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return pl.DataFrame({"line": lines}).with_row_index("line_no", offset=1)
-
-
-def _first_row(df: pl.DataFrame, mask: pl.Expr) -> dict | None:
-    bad = df.filter(mask)
-    return bad.row(0, named=True) if bad.height else None
 
 
 def _tokens(path: Path) -> pl.DataFrame:
@@ -71,13 +62,13 @@ def _tokens(path: Path) -> pl.DataFrame:
 
 
 def _check_tokens(tokens: pl.DataFrame, path: Path) -> None:
-    if row := _first_row(tokens, pl.col("id").is_null()):
+    if row := first_row(tokens, pl.col("id").is_null()):
         raise InputError(path, f"token {row['tok']!r} is not an integer id", row["line_no"])
-    if row := _first_row(tokens, pl.col("id") < 0):
+    if row := first_row(tokens, pl.col("id") < 0):
         what = "user" if row["pos"] == 0 else "item"
         raise InputError(path, f"negative {what} id {row['id']}", row["line_no"])
     users = tokens.filter(pl.col("pos") == 0)
-    if row := _first_row(users, ~pl.col("id").is_first_distinct()):
+    if row := first_row(users, ~pl.col("id").is_first_distinct()):
         first = users.filter(pl.col("id") == row["id"])["line_no"][0]
         raise InputError(path, f"duplicate line for user {row['id']} (first on line {first})", row["line_no"])
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from recsys.data.text_file import first_row, read_text
 from sparsekit.errors import InputError
 
 
@@ -37,19 +38,9 @@ class LibfmData:
         return int(self.features.shape[1])
 
 
-def _first_row(df: pl.DataFrame, mask: pl.Expr) -> dict | None:
-    bad = df.filter(mask)
-    return bad.row(0, named=True) if bad.height else None
-
-
 def _rows(path: Path) -> pl.DataFrame:
     """Columns ``line_no`` (1-based), ``label`` (string), ``feats`` (token list); blank lines dropped."""
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(path, f"not valid UTF-8 (byte offset {e.start})") from None
+    text = read_text(path)
     tokens = pl.DataFrame({"line": text.split("\n")}).with_row_index("line_no", offset=1)
     tokens = tokens.select("line_no", pl.col("line").str.extract_all(r"\S+").alias("tok"))
     tokens = tokens.filter(pl.col("tok").list.len() > 0)
@@ -60,11 +51,11 @@ def _rows(path: Path) -> pl.DataFrame:
 def _labels(rows: pl.DataFrame, path: Path) -> np.ndarray:
     """Map labels {-1, 1} or {0, 1} to float32 {0, 1}; other values, or -1 mixed with 0, are errors."""
     rows = rows.with_columns(value=pl.col("label").cast(pl.Float64, strict=False))
-    if row := _first_row(rows, ~pl.col("value").is_in([-1.0, 0.0, 1.0]).fill_null(False)):
+    if row := first_row(rows, ~pl.col("value").is_in([-1.0, 0.0, 1.0]).fill_null(False)):
         raise InputError(path, f"label {row['label']!r} is not one of -1, 0, 1", row["line_no"])
     if (rows["value"] == -1.0).any() and (rows["value"] == 0.0).any():
         first = rows.filter(pl.col("value") <= 0.0).row(0, named=True)
-        later = _first_row(rows, pl.col("value") == (-1.0 if first["value"] == 0.0 else 0.0))
+        later = first_row(rows, pl.col("value") == (-1.0 if first["value"] == 0.0 else 0.0))
         raise InputError(path, f"labels mix -1 and 0 (first on line {first['line_no']})", later["line_no"])
     return (rows["value"] > 0).to_numpy().astype(np.float32)
 
@@ -74,7 +65,7 @@ def _check_field_count(rows: pl.DataFrame, path: Path) -> int:
     first = counts.row(0, named=True)
     if first["n"] == 0:
         raise InputError(path, "row has no features", first["line_no"])
-    if row := _first_row(counts, pl.col("n") != first["n"]):
+    if row := first_row(counts, pl.col("n") != first["n"]):
         message = f"expected {first['n']} features (as on line {first['line_no']}), got {row['n']}"
         raise InputError(path, message, row["line_no"])
     return first["n"]
@@ -90,13 +81,13 @@ def _feature_ids(rows: pl.DataFrame, path: Path, num_features: int | None) -> np
         value=parts.list.get(1, null_on_oob=True).cast(pl.Float64, strict=False),
     )
     malformed = (pl.col("n_parts") != 2) | pl.col("id").is_null() | pl.col("value").is_null()
-    if row := _first_row(feats, malformed):
+    if row := first_row(feats, malformed):
         raise InputError(path, f"token {row['feats']!r} is not 'id:value'", row["line_no"])
-    if row := _first_row(feats, pl.col("id") < 0):
+    if row := first_row(feats, pl.col("id") < 0):
         raise InputError(path, f"negative feature id in {row['feats']!r}", row["line_no"])
-    if row := _first_row(feats, pl.col("value") != 1.0):
+    if row := first_row(feats, pl.col("value") != 1.0):
         raise InputError(path, f"feature value in {row['feats']!r} must be 1 (one-hot rows)", row["line_no"])
-    if num_features is not None and (row := _first_row(feats, pl.col("id") >= num_features)):
+    if num_features is not None and (row := first_row(feats, pl.col("id") >= num_features)):
         message = f"feature id in {row['feats']!r} is out of range (num_features={num_features})"
         raise InputError(path, message, row["line_no"])
     return feats["id"].to_numpy().astype(np.int64)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
+from recsys.data.text_file import first_row, read_text
 from sparsekit.errors import InputError
 
 RATING_FIELDS = ("user", "item", "rating", "timestamp")
@@ -36,26 +37,16 @@ class MovieLens:
 
 def _lines(path: Path, encoding: str) -> pl.DataFrame:
     """Columns ``line_no`` (1-based) and ``line`` of the non-blank lines of a text file."""
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    try:
-        text = path.read_bytes().decode(encoding)
-    except UnicodeDecodeError as e:
-        raise InputError(path, f"not valid {encoding} (byte offset {e.start})") from None
+    text = read_text(path, encoding)
     lines = [line.rstrip("\r") for line in text.split("\n")]
     frame = pl.DataFrame({"line": lines}).with_row_index("line_no", offset=1)
     return frame.filter(pl.col("line").str.strip_chars() != "")
 
 
-def _first_row(df: pl.DataFrame, mask: pl.Expr) -> dict | None:
-    bad = df.filter(mask)
-    return bad.row(0, named=True) if bad.height else None
-
-
 def _table(path: Path, sep: str, fields: Sequence[str], encoding: str = "utf-8") -> pl.DataFrame:
     """Split every line on ``sep`` into string columns ``fields``; a wrong field count is an error."""
     rows = _lines(path, encoding).with_columns(pl.col("line").str.split(sep).alias("cols"))
-    if row := _first_row(rows, pl.col("cols").list.len() != len(fields)):
+    if row := first_row(rows, pl.col("cols").list.len() != len(fields)):
         got = len(row["cols"])
         raise InputError(path, f"expected {len(fields)} {sep!r}-separated fields, got {got}", row["line_no"])
     columns = [pl.col("cols").list.get(i).alias(name) for i, name in enumerate(fields)]
@@ -66,7 +57,7 @@ def _parse_ints(df: pl.DataFrame, path: Path, fields: Sequence[str], dtype: pl.D
     """Cast string columns ``fields`` to integers; the first value that is not one is an error."""
     for name in fields:
         parsed = pl.col(name).str.strip_chars().cast(pl.Int64, strict=False).cast(dtype, strict=False)
-        if row := _first_row(df, parsed.is_null()):
+        if row := first_row(df, parsed.is_null()):
             message = f"field '{name}': {row[name]!r} is not an integer in the {dtype} range"
             raise InputError(path, message, row["line_no"])
         df = df.with_columns(parsed)
@@ -74,14 +65,14 @@ def _parse_ints(df: pl.DataFrame, path: Path, fields: Sequence[str], dtype: pl.D
 
 
 def _check_unique(df: pl.DataFrame, path: Path, name: str = "id") -> None:
-    if row := _first_row(df, ~pl.col(name).is_first_distinct()):
+    if row := first_row(df, ~pl.col(name).is_first_distinct()):
         first = df.filter(pl.col(name) == row[name])["line_no"][0]
         message = f"field '{name}': duplicate {row[name]} (first on line {first})"
         raise InputError(path, message, row["line_no"])
 
 
 def _check_known(df: pl.DataFrame, path: Path, name: str, known: pl.Series, what: str) -> None:
-    if row := _first_row(df, ~pl.col(name).is_in(known.implode())):
+    if row := first_row(df, ~pl.col(name).is_in(known.implode())):
         raise InputError(path, f"field '{name}': unknown {what} id {row[name]}", row["line_no"])
 
 
@@ -110,7 +101,7 @@ def load_items(path: str | Path, genres: Sequence[str]) -> pl.DataFrame:
     items = _parse_ints(_table(path, "|", [*ITEM_FIELDS, *flags], encoding="latin-1"), path, ["id"], pl.Int32)
     _check_unique(items, path)
     for flag in flags:
-        if row := _first_row(items, ~pl.col(flag).is_in(["0", "1"])):
+        if row := first_row(items, ~pl.col(flag).is_in(["0", "1"])):
             raise InputError(path, f"field '{flag}': {row[flag]!r} is not 0 or 1", row["line_no"])
     names = [pl.when(pl.col(f) == "1").then(pl.lit(g)) for f, g in zip(flags, genres, strict=True)]
     genre_list = pl.concat_list(names).list.drop_nulls() if names else pl.lit([], dtype=pl.List(pl.String))
@@ -123,7 +114,7 @@ def load_ratings(path: str | Path, users: pl.DataFrame, items: pl.DataFrame) -> 
     ratings = _parse_ints(_table(path, "\t", RATING_FIELDS), path, ["user", "item", "rating"], pl.Int32)
     ratings = _parse_ints(ratings, path, ["timestamp"], pl.Int64)
     low, high = RATING_RANGE
-    if row := _first_row(ratings, ~pl.col("rating").is_between(low, high)):
+    if row := first_row(ratings, ~pl.col("rating").is_between(low, high)):
         raise InputError(path, f"field 'rating': {row['rating']} is outside {low}..{high}", row["line_no"])
     _check_known(ratings, path, "user", users["id"], "user")
     _check_known(ratings, path, "item", items["id"], "item")

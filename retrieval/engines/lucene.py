@@ -304,13 +304,6 @@ def _attach_current_thread() -> None:
         _THREAD.guard = _Detacher()
 
 
-def detach_current_thread() -> None:
-    """Detach the calling (non-main) thread from the JVM now; it re-attaches on its next Java call."""
-    if threading.current_thread() is threading.main_thread():
-        return
-    _THREAD.guard = None  # __del__ runs here, in this thread
-
-
 def _java_call(what: str):
     """Decorator: attach the thread and turn Java exceptions into :class:`LuceneError`."""
 
@@ -645,7 +638,7 @@ def build_impact_index(
                                   impact=True, pretokenized=True, expected_docs=count)
 
 
-def _impact_encoder_class(lucene: ModuleType) -> type:
+def _impact_encoder_class() -> type:
     from pyserini.encode import QueryEncoder
 
     class _GivenWeights(QueryEncoder):
@@ -671,7 +664,7 @@ class ImpactSearcher:
         lucene = import_pyserini_lucene()
         self.index_dir = index_dir
         # min_idf=-1 keeps tokens present in every document (idf 0), which pyserini's default drops.
-        self._searcher = lucene.LuceneImpactSearcher(str(index_dir), _impact_encoder_class(lucene)(),
+        self._searcher = lucene.LuceneImpactSearcher(str(index_dir), _impact_encoder_class()(),
                                                      min_idf=-1)
         self.num_docs = int(self._searcher.num_docs)
 

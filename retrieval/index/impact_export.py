@@ -103,8 +103,15 @@ class LuceneImpactIndex:
         return self.searcher.search(weights, k) if weights else []
 
     def batch_search(self, texts: list[str], k: int, threads: int = 1) -> list[list[tuple[str, float]]]:
+        """:meth:`search` of each text, run on ``threads`` Java threads (a query with no positive impact
+        gets no hits)."""
         texts = query_batch(texts)
-        return [self.search(t, k) for t in texts]
+        for i, text in enumerate(texts):
+            check_text(text, f"queries[{i}]")
+        weights = [self._weights(*self.query.encode(t)) for t in texts]
+        live = [str(i) for i, w in enumerate(weights) if w]
+        hits = self.searcher.batch_search([weights[int(i)] for i in live], live, k, threads) if live else {}
+        return [hits.get(str(i), []) for i in range(len(texts))]
 
     def search_sparse(self, indices: list[int], values: list[float], k: int) -> list[tuple[str, float]]:
         weights = self._weights(np.asarray(indices), np.asarray(values))

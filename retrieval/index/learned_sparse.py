@@ -132,8 +132,3 @@ def check_text(text: str, field: str) -> None:
     """Reject an empty or whitespace-only query, naming the field."""
     if not isinstance(text, str) or not text.strip():
         raise InputError(field, "empty query text")
-
-
-def open_learned_sparse_index(path: str | Path) -> LearnedSparseIndex:
-    """Registry opener for ``learned-sparse`` directories."""
-    return LearnedSparseIndex.open(path)

@@ -52,7 +52,6 @@ class TeacherCache:
     bm25: np.ndarray          # float32 [Q, C]
     dense: np.ndarray         # float32 [Q, C]
     positives: np.ndarray     # bool [Q, C]
-    doc_embeddings: np.ndarray  # float32 [N, 384], unit norm (dense teacher over the corpus)
 
 
 def doc_contents(doc: Doc) -> str:
@@ -135,14 +134,14 @@ def _compute(corpus: dict[str, Doc], queries: dict[str, str], qrels: dict[str, d
     width = max(len(r[0]) for r in rows)
     shape = (len(qids), width)
     out = TeacherCache(qids, np.full(shape, -1, np.int32), np.zeros(shape, np.float32),
-                       np.zeros(shape, np.float32), np.zeros(shape, bool), doc_emb)
+                       np.zeros(shape, np.float32), np.zeros(shape, bool))
     for i, (cand, b, d, p) in enumerate(rows):
         n = len(cand)
         out.candidates[i, :n], out.bm25[i, :n], out.dense[i, :n], out.positives[i, :n] = cand, b, d, p
     return out
 
 
-_ARRAYS = ("candidates", "bm25", "dense", "positives", "doc_embeddings")
+_ARRAYS = ("candidates", "bm25", "dense", "positives")
 
 
 def save_teachers(cache: TeacherCache, path: Path, params: dict) -> None:

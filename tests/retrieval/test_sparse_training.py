@@ -122,6 +122,8 @@ def _check_lucene_export(tmp_path: Path, native) -> None:
             theirs = [d for d, _ in lucene.search(query, 10)]
             assert set(ours[:3]) == set(theirs[:3]), query
             assert len(set(ours) & set(theirs)) >= 0.8 * len(ours), query
+        queries = ["aspirin heart attack", "vitamin D fractures", "insulin diabetes obesity"]
+        assert lucene.batch_search(queries, 10, threads=2) == [lucene.search(q, 10) for q in queries]
     finally:
         lucene.close()
 
