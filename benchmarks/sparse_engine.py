@@ -201,6 +201,7 @@ def compare(name: str, matrix: sp.csr_matrix, queries: list[Query], k: int, thre
     for name in engines:
         out[name] = {"latency": latency[name], "qps_1": qps_1[name], f"qps_{threads}": qps_t[name]}
     out["topk_agreement_with_bm25s"] = _agreement(exact, retriever, queries, k)
+    out["topk_agreement_with_bm25s_uint8"] = _agreement(quantized, retriever, queries, k)  # the timed engine
     base = out["bm25s"]
     for engine in ("ours_none", "ours_uint8", "ours_uint8_arrays"):
         mine = out[engine]
