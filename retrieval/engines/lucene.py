@@ -46,6 +46,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from retrieval.query_checks import check_k, check_text, check_texts
 from sparsekit.errors import InputError, SparsekitError
 
 MIN_JAVA_VERSION = 21
@@ -447,25 +448,8 @@ def build_bm25_lucene_index(
 # Search (in-process)
 
 
-def check_query(text: Any, field: str = "text") -> str:
-    """``text`` if it is a non-blank string, else :class:`InputError` naming ``field``."""
-    if not isinstance(text, str):
-        raise InputError(field, f"query must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise InputError(field, "query is empty")
-    return text
-
-
 def _check_k(k: Any, num_docs: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InputError("k", f"must be a positive integer, got {k!r}")
-    return min(k, max(num_docs, 1))
-
-
-def _check_threads(threads: Any) -> int:
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise InputError("threads", f"must be a positive integer, got {threads!r}")
-    return threads
+    return min(check_k(k), max(num_docs, 1))
 
 
 def _check_qids(qids: Sequence[str] | None, n: int) -> list[str]:
@@ -507,7 +491,7 @@ class Bm25Searcher:
     @_java_call("BM25 search")
     def search(self, text: str, k: int = 10) -> list[tuple[str, float]]:
         """Top-``k`` ``(doc id, score)`` for one query, best first."""
-        text = check_query(text)
+        text = check_text(text)
         return _hits(_open(self._searcher).search(text, _check_k(k, self.num_docs)))
 
     @_java_call("BM25 batch search")
@@ -515,12 +499,12 @@ class Bm25Searcher:
         self, texts: Sequence[str], qids: Sequence[str] | None = None, k: int = 10, threads: int = 1
     ) -> dict[str, list[tuple[str, float]]]:
         """Top-``k`` hits per query id (ids default to ``"0"``, ``"1"``, ...), searched on Java threads."""
-        texts = [check_query(t, f"texts[{i}]") for i, t in enumerate(texts)]
+        texts = check_texts(texts)
         qids = _check_qids(qids, len(texts))
         if not texts:
             return {}
         k = _check_k(k, self.num_docs)
-        results = _open(self._searcher).batch_search(texts, qids, k=k, threads=_check_threads(threads))
+        results = _open(self._searcher).batch_search(texts, qids, k=k, threads=check_k(threads, "threads"))
         return {qid: _hits(results.get(qid, [])) for qid in qids}
 
     @_java_call("closing the Lucene index")
@@ -691,7 +675,7 @@ class ImpactSearcher:
         if not encoded:
             return {}
         results = _open(self._searcher).batch_search(encoded, qids, k=_check_k(k, self.num_docs),
-                                              threads=_check_threads(threads))
+                                              threads=check_k(threads, "threads"))
         return {qid: _hits(results.get(qid, [])) for qid in qids}
 
     @_java_call("closing the Lucene impact index")

@@ -10,13 +10,13 @@ atomically, and is opened by :func:`open_index`, which dispatches on the manifes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from sparsekit.artifacts import artifact_format, check_target
-from sparsekit.errors import ArtifactError, InputError
+from sparsekit.errors import ArtifactError
 
 
 @runtime_checkable
@@ -31,13 +31,6 @@ class SearchIndex(Protocol):
     def search(self, text: str, k: int) -> list[tuple[str, float]]: ...
 
     def batch_search(self, texts: list[str], k: int, threads: int = 1) -> list[list[tuple[str, float]]]: ...
-
-
-def query_batch(texts: Sequence[str]) -> list[str]:
-    """``texts`` as a list for ``batch_search``, refusing a bare string (it would search each character)."""
-    if isinstance(texts, str | bytes) or not isinstance(texts, Sequence):
-        raise InputError("texts", f"expected a list of query strings, got a {type(texts).__name__}")
-    return list(texts)
 
 
 def _open_bm25(path: Path) -> SearchIndex:

@@ -32,13 +32,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from retrieval.index import query_batch
 from retrieval.index.dense import (
     MINILM,
     DocIdTable,
     LazyQueries,
     QueryEncoder,
-    check_k,
     check_queries,
     check_vectors,
     embed_corpus,
@@ -50,6 +48,7 @@ from retrieval.index.dense import (
     set_search_params,
     train_and_add,
 )
+from retrieval.query_checks import check_k, check_text, query_batch
 from sparsekit.artifacts import Manifest, fingerprint, open_artifact, write_artifact
 from sparsekit.bounds import count, one_of
 from sparsekit.errors import ArtifactError, InputError
@@ -281,7 +280,7 @@ class BiGranularIndex:
 
     def search(self, text: str, k: int = 10) -> list[tuple[str, float]]:
         """Top-``k`` ``(doc id, exact inner product)`` for one query, best first."""
-        scores, rows = self.search_vectors(self.queries([text]), k)
+        scores, rows = self.search_vectors(self.queries([check_text(text)]), k)
         return self._hits(scores[0], rows[0])
 
     def batch_search(self, texts: list[str], k: int = 10, threads: int = 1) -> list[list[tuple[str, float]]]:

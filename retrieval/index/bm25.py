@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from retrieval.data.beir import iter_corpus
 from retrieval.engines import lucene
-from retrieval.index import query_batch
+from retrieval.query_checks import check_text, check_texts
 from sparsekit.artifacts import Manifest, fingerprint, open_artifact, write_artifact
 from sparsekit.errors import ArtifactError, InputError
 
@@ -147,12 +147,11 @@ class Bm25Index:
 
     def search(self, text: str, k: int = 10) -> list[tuple[str, float]]:
         """Top-``k`` ``(doc id, BM25 score)`` for one query, best first."""
-        return self._searcher.search(lucene.check_query(text, "text"), k)
+        return self._searcher.search(check_text(text), k)
 
     def batch_search(self, texts: list[str], k: int = 10, threads: int = 1) -> list[list[tuple[str, float]]]:
         """Top-``k`` hits for each query, in input order, searched by ``threads`` Java threads."""
-        texts = query_batch(texts)
-        texts = [lucene.check_query(t, f"texts[{i}]") for i, t in enumerate(texts)]
+        texts = check_texts(texts)
         qids = [str(i) for i in range(len(texts))]
         results = self._searcher.batch_search(texts, qids, k=k, threads=threads)
         return [results[q] for q in qids]

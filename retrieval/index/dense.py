@@ -42,7 +42,7 @@ import numpy as np
 
 from retrieval.data.beir import iter_corpus
 from retrieval.encoders.backbone import HIDDEN_SIZE
-from retrieval.index import query_batch
+from retrieval.query_checks import check_k, check_text, check_texts, query_batch
 from sparsekit.artifacts import Manifest, fingerprint, open_artifact, write_artifact
 from sparsekit.bounds import count
 from sparsekit.errors import ArtifactError, InputError
@@ -166,10 +166,8 @@ class LazyQueries:
         return self._encoder
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise InputError(f"texts[{i}]" if len(texts) > 1 else "text", "empty query text")
-        return np.ascontiguousarray(self.encoder.encode(list(texts), progress=False), dtype=np.float32)
+        texts = check_texts(texts)
+        return np.ascontiguousarray(self.encoder.encode(texts, progress=False), dtype=np.float32)
 
 
 # ---------------------------------------------------------------- corpus embeddings (cached)
@@ -442,7 +440,7 @@ class DenseIndex:
 
     def search(self, text: str, k: int = 10) -> list[tuple[str, float]]:
         """Top-``k`` ``(doc id, inner product)`` for one query, best first."""
-        scores, rows = self.search_vectors(self.queries([text]), k)
+        scores, rows = self.search_vectors(self.queries([check_text(text)]), k)
         return hits_from_rows(self.ids, scores[0], rows[0])
 
     def batch_search(self, texts: list[str], k: int = 10, threads: int = 1) -> list[list[tuple[str, float]]]:
@@ -466,13 +464,6 @@ class DenseIndex:
     def __repr__(self) -> str:
         factory = self.manifest.params["factory"]
         return f"DenseIndex({str(self.path)!r}, num_docs={self.num_docs}, factory={factory!r})"
-
-
-def check_k(k: Any, field: str = "k") -> int:
-    """``k`` as a positive int, else an InputError naming ``field``."""
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise InputError(field, f"must be a positive integer, got {k!r}")
-    return int(k)
 
 
 def check_queries(queries: np.ndarray, dim: int) -> np.ndarray:

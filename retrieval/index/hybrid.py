@@ -33,18 +33,17 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.index import query_batch
 from retrieval.index.bigranular import DTYPES, VECTORS_FILE, VectorStore
 from retrieval.index.dense import (
     MINILM,
     DocIdTable,
     LazyQueries,
     QueryEncoder,
-    check_k,
     check_vectors,
     embed_corpus,
     query_encoder_params,
 )
+from retrieval.query_checks import check_k, check_text, query_batch
 from sparsekit.artifacts import Manifest, fingerprint, open_artifact, write_artifact
 from sparsekit.bounds import count, one_of, within
 from sparsekit.errors import ArtifactError, InputError
@@ -230,7 +229,7 @@ class HybridIndex:
 
     def search(self, text: str, k: int = 10) -> Hits:
         """Top-``k`` ``(doc id, fused score)`` for one query, best first."""
-        query = self.queries([text])[0]
+        query = self.queries([check_text(text)])[0]
         return self.rerank(self.first_stage.search(text, self.config.depth), query, k)
 
     def batch_search(self, texts: list[str], k: int = 10, threads: int = 1) -> list[Hits]:

@@ -19,8 +19,8 @@ import scipy.sparse as sp
 
 from retrieval.encoders.backbone import load_fast_tokenizer
 from retrieval.encoders.idf_query import IdfQueryEncoder
-from retrieval.index import query_batch
-from retrieval.index.learned_sparse import LearnedSparseIndex, check_text
+from retrieval.index.learned_sparse import LearnedSparseIndex
+from retrieval.query_checks import check_text, check_texts
 from sparsekit.artifacts import open_artifact, write_artifact
 
 FORMAT = "learned-sparse-lucene"
@@ -98,20 +98,16 @@ class LuceneImpactIndex:
         return {self.vocab[t]: int(w) for t, w in zip(indices, ints, strict=True) if w > 0}
 
     def search(self, text: str, k: int) -> list[tuple[str, float]]:
-        check_text(text, "query")
-        weights = self._weights(*self.query.encode(text))
+        weights = self._weights(*self.query.encode(check_text(text)))
         return self.searcher.search(weights, k) if weights else []
 
     def batch_search(self, texts: list[str], k: int, threads: int = 1) -> list[list[tuple[str, float]]]:
         """:meth:`search` of each text, run on ``threads`` Java threads (a query with no positive impact
         gets no hits)."""
-        texts = query_batch(texts)
-        for i, text in enumerate(texts):
-            check_text(text, f"queries[{i}]")
-        weights = [self._weights(*self.query.encode(t)) for t in texts]
+        weights = [self._weights(*self.query.encode(t)) for t in check_texts(texts)]
         live = [str(i) for i, w in enumerate(weights) if w]
         hits = self.searcher.batch_search([weights[int(i)] for i in live], live, k, threads) if live else {}
-        return [hits.get(str(i), []) for i in range(len(texts))]
+        return [hits.get(str(i), []) for i in range(len(weights))]
 
     def search_sparse(self, indices: list[int], values: list[float], k: int) -> list[tuple[str, float]]:
         weights = self._weights(np.asarray(indices), np.asarray(values))

@@ -35,7 +35,7 @@ import scipy.sparse as sp
 
 from kernels.sparse_scoring import Postings, QueryBatch, TopK, postings_to_device, score_topk
 from kernels.sparse_scoring_numba import WorkspacePool
-from retrieval.index import query_batch
+from retrieval.query_checks import query_batch
 from sparsekit.artifacts import Manifest, open_artifact, write_artifact
 from sparsekit.device import resolve_device
 from sparsekit.errors import ArtifactError, InputError

@@ -22,10 +22,9 @@ from tqdm import tqdm
 from retrieval.data.beir import iter_corpus
 from retrieval.encoders.backbone import load_fast_tokenizer
 from retrieval.encoders.idf_query import CONFIG_FILE, TABLE_FILE, IdfQueryEncoder
-from retrieval.index import query_batch
 from retrieval.index.inverted import InvertedIndex, build_inverted_index, check_quantization
+from retrieval.query_checks import check_text, check_texts
 from sparsekit.artifacts import fingerprint, open_artifact, write_artifact
-from sparsekit.errors import InputError
 
 FORMAT = "learned-sparse"
 VERSION = 1
@@ -103,19 +102,16 @@ class LearnedSparseIndex:
 
     def encode_queries(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Inference-free query vectors: token ids and their table weights (no model runs)."""
-        _check_texts(texts)
-        return self.query.encode_batch(texts, self._table)
+        return self.query.encode_batch(check_texts(texts), self._table)
 
     def encode_packed(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`encode_queries` packed as ``(offsets, terms, values)``, as ``search_topk`` takes them."""
-        _check_texts(texts)
-        return self.query.encode_packed(texts, self._table)
+        return self.query.encode_packed(check_texts(texts), self._table)
 
     def search(self, text: str, k: int) -> list[tuple[str, float]]:
-        return self.batch_search([text], k)[0]
+        return self.postings.search_packed(*self.encode_packed([check_text(text)]), k)[0]
 
     def batch_search(self, texts: list[str], k: int, threads: int = 1) -> list[list[tuple[str, float]]]:
-        texts = query_batch(texts)
         return self.postings.search_packed(*self.encode_packed(texts), k, threads)
 
     def search_sparse(self, indices: list[int], values: list[float], k: int) -> list[tuple[str, float]]:
@@ -123,12 +119,3 @@ class LearnedSparseIndex:
         return self.postings.search_sparse(indices, values, k)
 
 
-def _check_texts(texts: list[str]) -> None:
-    for i, text in enumerate(texts):
-        check_text(text, f"queries[{i}]" if len(texts) > 1 else "query")
-
-
-def check_text(text: str, field: str) -> None:
-    """Reject an empty or whitespace-only query, naming the field."""
-    if not isinstance(text, str) or not text.strip():
-        raise InputError(field, "empty query text")

@@ -109,7 +109,7 @@ def test_text_search_uses_the_encoder_and_validates_input(tmp_path: Path) -> Non
     index = DenseIndex.open(path, encoder=HashEncoder())
     assert index.search("magma volcanoes", k=2)[0][0] == "d2"
     assert len(index.search("magma", k=10)) == 3  # k larger than the corpus: no padding rows
-    with pytest.raises(InputError, match="empty query"):
+    with pytest.raises(InputError, match=r"^text: query is empty"):
         index.search("   ", k=3)
     with pytest.raises(InputError, match="k"):
         index.search("cats", k=0)
