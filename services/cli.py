@@ -49,7 +49,9 @@ def _index_params(kind: str, opts: dict) -> dict:
             {"model": opts["model"]} if first == "sparse" else None)
         return {**common, "first_stage": first, "first_stage_params": params, "fusion": opts["fusion"],
                 "alpha": opts["alpha"], "depth": opts["depth"]}
-    raise ValueError(f"--kind {kind!r}: expected bm25, sparse, dense, bigranular or hybrid")
+    from retrieval.index import KINDS
+
+    raise ValueError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
 
 
 @app.command()

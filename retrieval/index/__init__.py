@@ -5,13 +5,14 @@ Each kind is one module: ``bm25.py`` (Lucene BM25 through pyserini), ``learned_s
 vectors in faiss: flat, HNSW, IVF-PQ), ``bigranular.py`` (PQ codes in RAM, vectors on disk, BiDR) and
 ``hybrid.py`` (sparse first stage + dense re-score + fusion). Every kind satisfies
 :class:`SearchIndex`, is built by a ``build_*`` function that writes an artifact directory
-atomically, and is opened by :func:`open_index`, which dispatches on the manifest's ``format``.
+atomically, and is opened by :func:`open_index`, which dispatches on the manifest's ``format``. Each
+kind is one :class:`IndexKind` row of :data:`REGISTRY`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import dataclass, fields
+from importlib import import_module
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,60 +34,36 @@ class SearchIndex(Protocol):
     def batch_search(self, texts: list[str], k: int, threads: int = 1) -> list[list[tuple[str, float]]]: ...
 
 
-def _open_bm25(path: Path) -> SearchIndex:
-    from retrieval.index.bm25 import Bm25Index
+@dataclass(frozen=True)
+class IndexKind:
+    """One index kind: its manifest ``format``, the class that opens it and, for a kind built from a
+    corpus, its CLI name, builder and config dataclass (all imported on first use)."""
 
-    return Bm25Index.open(path)
+    format: str
+    module: str
+    opener: str                   # class with ``open(path)``
+    name: str | None = None       # ``build_index`` / ``--kind`` name; None: opened only
+    builder: str | None = None    # ``builder(corpus, out, config=..., **params)``
+    config: str | None = None     # config dataclass taking the params it names
 
-
-def _open_learned_sparse(path: Path) -> SearchIndex:
-    from retrieval.index.learned_sparse import LearnedSparseIndex
-
-    return LearnedSparseIndex.open(path)
-
-
-def _open_lucene_impact(path: Path) -> SearchIndex:
-    from retrieval.index.impact_export import LuceneImpactIndex
-
-    return LuceneImpactIndex.open(path)
+    def attr(self, name: str) -> Any:
+        return getattr(import_module(f"retrieval.index.{self.module}"), name)
 
 
-def _open_inverted(path: Path) -> SearchIndex:
-    from retrieval.index.inverted import InvertedIndex
-
-    return InvertedIndex.open(path)  # raw engine: search_sparse only (no query table attached)
-
-
-def _open_dense(path: Path) -> SearchIndex:
-    from retrieval.index.dense import DenseIndex
-
-    return DenseIndex.open(path)
-
-
-def _open_bigranular(path: Path) -> SearchIndex:
-    from retrieval.index.bigranular import BiGranularIndex
-
-    return BiGranularIndex.open(path)
-
-
-def _open_hybrid(path: Path) -> SearchIndex:
-    from retrieval.index.hybrid import HybridIndex
-
-    return HybridIndex.open(path)
-
-
-# manifest format -> opener; new index kinds register here.
-OPENERS: dict[str, Callable[[Path], SearchIndex]] = {
-    "bm25-lucene": _open_bm25,
-    "learned-sparse": _open_learned_sparse,
-    "learned-sparse-lucene": _open_lucene_impact,
-    "sparse-inverted": _open_inverted,
-    "dense-faiss": _open_dense,
-    "bigranular": _open_bigranular,
-    "hybrid": _open_hybrid,
-}
-KINDS: dict[str, str] = {"bm25": "bm25-lucene", "sparse": "learned-sparse", "dense": "dense-faiss",
-                         "bigranular": "bigranular", "hybrid": "hybrid"}
+# every index kind; a new one registers here
+REGISTRY = (
+    IndexKind("bm25-lucene", "bm25", "Bm25Index", "bm25", "build_bm25_index"),
+    IndexKind("learned-sparse", "learned_sparse", "LearnedSparseIndex", "sparse",
+              "build_learned_sparse_index"),
+    IndexKind("learned-sparse-lucene", "impact_export", "LuceneImpactIndex"),
+    IndexKind("sparse-inverted", "inverted", "InvertedIndex"),  # raw engine: search_sparse only
+    IndexKind("dense-faiss", "dense", "DenseIndex", "dense", "build_dense_index", "DenseConfig"),
+    IndexKind("bigranular", "bigranular", "BiGranularIndex", "bigranular", "build_bigranular_index",
+              "BiGranularConfig"),
+    IndexKind("hybrid", "hybrid", "HybridIndex", "hybrid", "build_hybrid_index", "HybridConfig"),
+)
+FORMATS: dict[str, IndexKind] = {k.format: k for k in REGISTRY}
+KINDS: dict[str, IndexKind] = {k.name: k for k in REGISTRY if k.name}
 
 
 def index_format(path: str | Path) -> str:
@@ -97,9 +74,10 @@ def index_format(path: str | Path) -> str:
 def open_index(path: str | Path) -> SearchIndex:
     """Open any index directory, validating its manifest."""
     fmt = index_format(path)
-    if fmt not in OPENERS:
-        raise ArtifactError(path, f"unknown index format {fmt!r}; known: {sorted(OPENERS)}")
-    return OPENERS[fmt](Path(path))
+    if fmt not in FORMATS:
+        raise ArtifactError(path, f"unknown index format {fmt!r}; known: {sorted(FORMATS)}")
+    kind = FORMATS[fmt]
+    return kind.attr(kind.opener).open(Path(path))
 
 
 def build_index(kind: str, corpus: str | Path, out: str | Path, **params: Any) -> Path:
@@ -118,33 +96,18 @@ def build_index(kind: str, corpus: str | Path, out: str | Path, **params: Any) -
     corpus = Path(corpus)
     corpus = corpus / "corpus.jsonl" if corpus.is_dir() else corpus  # a BEIR folder names its corpus
     check_target(Path(out), bool(params.get("overwrite", False)))  # now, not after encoding the corpus
-    if kind == "bm25":
-        from retrieval.index.bm25 import build_bm25_index
-
-        return build_bm25_index(corpus, out, **params)
-    if kind == "sparse":
-        from retrieval.index.learned_sparse import build_learned_sparse_index
-
+    if kind not in KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; known: {sorted(KINDS)}")
+    entry = KINDS[kind]
+    build = entry.attr(entry.builder)
+    if kind == "sparse":  # the trained model comes first
         if not params.get("model"):
             raise ValueError("kind 'sparse' needs a trained model (--model DIR)")
-        model = params.pop("model")
-        return build_learned_sparse_index(model, corpus, out, **params)
-    if kind == "dense":
-        from retrieval.index.dense import DenseConfig, build_dense_index
-
-        config, rest = _split_config(DenseConfig, params)
-        return build_dense_index(corpus, out, config, **rest)
-    if kind == "bigranular":
-        from retrieval.index.bigranular import BiGranularConfig, build_bigranular_index
-
-        config, rest = _split_config(BiGranularConfig, params)
-        return build_bigranular_index(corpus, out, config, **rest)
-    if kind == "hybrid":
-        from retrieval.index.hybrid import HybridConfig, build_hybrid_index
-
-        config, rest = _split_config(HybridConfig, params)
-        return build_hybrid_index(corpus, out, config=config, **rest)
-    raise ValueError(f"unknown index kind {kind!r}; known: {sorted(KINDS)}")
+        return build(params.pop("model"), corpus, out, **params)
+    if entry.config is None:
+        return build(corpus, out, **params)
+    config, rest = _split_config(entry.attr(entry.config), params)
+    return build(corpus, out, config=config, **rest)
 
 
 def _split_config(cls: type, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

@@ -498,5 +498,5 @@ def _check_positive(value: int, name: str) -> None:
 
 
 def open_inverted_index(path: str | Path) -> InvertedIndex:
-    """Registry opener (``retrieval.index.OPENERS["sparse-inverted"]``): memory-mapped, on the CPU."""
+    """A ``sparse-inverted`` directory, memory-mapped, on the CPU (:meth:`InvertedIndex.open`)."""
     return InvertedIndex.open(path)

@@ -162,7 +162,7 @@ def test_missing_or_corrupt_index_file_names_the_file(tmp_path: Path, vectors) -
 
 
 def test_registry_opens_the_dense_kind(flat: Path) -> None:
-    assert KINDS["dense"] == "dense-faiss"
+    assert KINDS["dense"].format == "dense-faiss"
     index = open_index(flat)
     assert isinstance(index, DenseIndex) and index.num_docs == 300
 
