@@ -68,10 +68,10 @@ def memory_accounting(dim: int = 16) -> dict[str, Any]:
     """Build every method at every budget on Frappe's shape; compare reported, real and allowed bytes."""
     schema = frappe_schema()
     cells = []
-    for method, kind in KINDS.items():
+    for method in KINDS:
         for budget in BUDGETS:
             try:
-                table = table_class(kind)(schema.num_features, dim, budget, field_dims=schema.field_dims)
+                table = table_class(method)(schema.num_features, dim, budget, field_dims=schema.field_dims)
             except BudgetError as exc:
                 cells.append({"method": method, "budget": budget, "status": "infeasible", "reason": str(exc)})
                 continue
@@ -127,7 +127,7 @@ def synthetic_one(method: str, budget: float, batch: int, repeats: int, steps: i
         return {"status": "ok", "rss_bytes": _rss() - before, "lookups_per_s": round(speed)}
     before = _rss()
     try:
-        table = table_class(KINDS[method])(n, dim, budget, field_dims=SYNTHETIC_FIELDS)
+        table = table_class(method)(n, dim, budget, field_dims=SYNTHETIC_FIELDS)
     except BudgetError as exc:
         return {"status": "infeasible", "reason": str(exc)}
     rss = _rss() - before

@@ -1,9 +1,9 @@
 """The compression methods of the embedding benchmark (VLDB 2024, "Experimental Analysis of Large-scale
 Learnable Vector Storage Compression") by name, importing their modules so their table kinds register.
 
-``METHODS`` maps the benchmark's method name to the table ``kind`` a user constructs; serving-only kinds a
-method finalizes into (CSR rows, codebooks, quantized rows) register on import as well, so a saved model
-rebuilds through :func:`embeddings.table.build_table`.
+A method's name is the table ``kind`` a user constructs (:func:`embeddings.table.table_class`);
+serving-only kinds a method finalizes into (CSR rows, codebooks, quantized rows) register on import as
+well, so a saved model rebuilds through :func:`embeddings.table.build_table`.
 """
 
 from __future__ import annotations
@@ -13,18 +13,13 @@ import importlib
 MODULES = ("full", "hashing", "qr", "tt_rec", "dhe", "robe", "dpq", "mgqe", "dedup", "mde", "autodim",
            "optembed", "deeplight", "pep", "autosrh", "quantization", "alpt", "adaptembed", "quantized_rows")
 
-# benchmark method name -> table kind (the full table is the baseline, not a method)
-METHODS = {
-    "hashing": "hashing", "qr": "qr", "tt_rec": "tt_rec", "dhe": "dhe", "robe": "robe", "dpq": "dpq",
-    "mgqe": "mgqe", "adaptembed": "adaptembed", "mde": "mde", "autodim": "autodim", "optembed": "optembed",
-    "deeplight": "deeplight", "pep": "pep", "autosrh": "autosrh", "int8": "int8", "int16": "int16",
-    "alpt": "alpt", "dedup": "dedup",
-}
+# the benchmark's methods (the full table is the baseline, not a method)
+METHODS = ("hashing", "qr", "tt_rec", "dhe", "robe", "dpq", "mgqe", "adaptembed", "mde", "autodim",
+           "optembed", "deeplight", "pep", "autosrh", "int8", "int16", "alpt", "dedup")
 
 # compositions of two published families (a shared-row table stored as low-bit codes); swept and reported
 # beside the methods, never counted as one of them
-COMPOSED = {"qr+int8": "qr+int8", "qr+int4": "qr+int4", "hashing+int8": "hashing+int8",
-            "hashing+int4": "hashing+int4"}
+COMPOSED = ("qr+int8", "qr+int4", "hashing+int8", "hashing+int4")
 
 
 def import_all() -> None:

@@ -51,7 +51,7 @@ from sparsekit.errors import InputError
 from sparsekit.provenance import commit
 
 BASELINE = "full"
-KINDS = {**METHODS, **COMPOSED}  # what a sweep may run: the methods, and compositions of two of them
+KINDS = METHODS + COMPOSED  # what a sweep may run: the methods, and compositions of two of them
 IDENTITY = "sweep.json"
 FIRST_ORDER = ("free", "counted")
 SEEDING = 2  # how a run seeds its table (:func:`table_seed`, :func:`seed_options`); part of the identity
@@ -176,14 +176,13 @@ def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
     """Train one cell; a method that cannot meet the budget gives ``status == "infeasible"``."""
     from recsys.training.ctr import train_ctr
 
-    kind = BASELINE if key.method == BASELINE else KINDS[key.method]
     row: dict[str, Any] = {**asdict(key), "dataset": config.dataset}
     budget, allowed = table_budget(key, data.num_features, config)
     if budget <= 0:
         return {**row, "status": "infeasible", "reason": f"the first-order table alone needs more than the "
                                                           f"{allowed} bytes of the budget"}
     try:
-        table = seeded_table(kind, data, config.embed_dim, min(budget, 1.0), key.seed)
+        table = seeded_table(key.method, data, config.embed_dim, min(budget, 1.0), key.seed)
     except BudgetError as exc:
         return {**row, "status": "infeasible", "reason": str(exc)}
     result = train_ctr(train_config(key.model, key.seed, config), data, table)
