@@ -377,14 +377,13 @@ def recall_vs_candidates(data: SciFact, paths: dict[str, Path], sizes: list[int]
 def progressive(data: SciFact, codes_path: Path, model: Any, args: argparse.Namespace, work: Path
                 ) -> dict[str, Any]:
     """Fine-tune the query encoder against code-mined candidates; test with vs without it."""
-    from retrieval.encoders.dense import DenseEncoder
+    from retrieval.encoders.dense import DenseEncoder, save_dense_encoder
     from retrieval.index import open_index
     from retrieval.index.bigranular import BiGranularConfig, BiGranularIndex, build_bigranular_index
     from retrieval.training.progressive import (
         ProgressiveConfig,
         finetune_query_encoder,
         mine_candidates,
-        save_dense_encoder,
     )
 
     base = BiGranularIndex.open(codes_path)

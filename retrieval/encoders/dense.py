@@ -11,18 +11,24 @@ al. 2024 (with BM25 as the sparse teacher), and the dense side of hybrid retriev
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from retrieval.encoders.backbone import load_backbone, load_tokenizer
+from retrieval.encoders.backbone import build_backbone, load_backbone, load_tokenizer
+from sparsekit.artifacts import open_artifact, write_artifact
 from sparsekit.device import default_device
+from sparsekit.errors import ArtifactError
 
 if TYPE_CHECKING:
     from transformers import BertModel, PreTrainedTokenizerBase
+
+FORMAT = "dense-query-encoder"  # a saved (fine-tuned) encoder: backbone.json, model.safetensors, tokenizer/
+VERSION = 1
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -79,3 +85,37 @@ class DenseEncoder(nn.Module):
         finally:
             self.train(was_training)
         return out
+
+
+# ---------------------------------------------------------------- saved as an artifact
+
+
+def save_dense_encoder(encoder: DenseEncoder, path: str | Path, params: dict[str, Any] | None = None,
+                       overwrite: bool = False) -> Path:
+    """Write ``encoder`` as a ``dense-query-encoder`` artifact (atomic)."""
+    from safetensors.torch import save_file
+
+    meta = {"max_length": encoder.max_length, **(params or {})}
+    with write_artifact(path, FORMAT, VERSION, params=meta, overwrite=overwrite) as out:
+        encoder.backbone.config.to_json_file(str(out.path("backbone.json")))
+        state = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.state_dict().items()}
+        save_file(state, str(out.path("model.safetensors")))
+        encoder.tokenizer.save_pretrained(str(out.path("tokenizer")))
+        out.counts["dim"] = encoder.dim
+    return Path(path)
+
+
+def load_dense_encoder(path: str | Path, device: str | None = None, verify: bool = True) -> DenseEncoder:
+    """Open and verify a ``dense-query-encoder`` artifact."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    manifest = open_artifact(path, FORMAT, VERSION, verify=verify)
+    backbone = build_backbone(path / "backbone.json")
+    try:
+        backbone.load_state_dict(load_file(str(path / "model.safetensors")))
+    except RuntimeError as exc:
+        raise ArtifactError(path / "model.safetensors", f"weights do not fit backbone.json: {exc}") from exc
+    max_length = int(manifest.params["max_length"])
+    return DenseEncoder(backbone, load_tokenizer(path / "tokenizer"), max_length, device)
+

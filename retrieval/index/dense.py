@@ -133,7 +133,7 @@ def load_query_encoder(spec: dict[str, Any], index_dir: Path, device: str | None
 
         return DenseEncoder.from_minilm(max_length=int(spec.get("max_length", 256)), device=device)
     if spec.get("kind") == "dir":
-        from retrieval.training.progressive import load_dense_encoder
+        from retrieval.encoders.dense import load_dense_encoder
 
         return load_dense_encoder(index_dir / QUERY_ENCODER_DIR, device=device)
     raise ArtifactError(index_dir, f"unknown query encoder {spec!r}")

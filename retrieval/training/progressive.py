@@ -16,7 +16,7 @@ used as in-batch negatives, are close to each query's own.
 
 The fine-tuned encoder is saved as a ``dense-query-encoder`` artifact (``backbone.json``,
 ``model.safetensors``, ``tokenizer/``); dense and bi-granular indexes copy it in and load it with
-:func:`load_dense_encoder`.
+:func:`retrieval.encoders.dense.load_dense_encoder`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -33,12 +32,9 @@ from tqdm import tqdm
 
 from retrieval.encoders.dense import DenseEncoder
 from retrieval.quantization.contrastive_pq import contrastive_loss, sample_batch_rows
-from sparsekit.artifacts import open_artifact, write_artifact
 from sparsekit.bounds import count, one_of, positive
-from sparsekit.errors import ArtifactError, InputError
+from sparsekit.errors import InputError
 
-FORMAT = "dense-query-encoder"
-VERSION = 1
 Sampling = Literal["random_walk", "snowball", "uniform"]
 
 
@@ -196,39 +192,3 @@ def finetune_query_encoder(encoder: DenseEncoder, queries: Sequence[str], positi
         encoder.load_state_dict(best[2])
         history.append({"best_step": best[1], "dev": best[0]})
     return history
-
-
-# ---------------------------------------------------------------- the saved query encoder
-
-
-def save_dense_encoder(encoder: DenseEncoder, path: str | Path, params: dict[str, Any] | None = None,
-                       overwrite: bool = False) -> Path:
-    """Write ``encoder`` as a ``dense-query-encoder`` artifact (atomic)."""
-    from safetensors.torch import save_file
-
-    meta = {"max_length": encoder.max_length, **(params or {})}
-    with write_artifact(path, FORMAT, VERSION, params=meta, overwrite=overwrite) as out:
-        encoder.backbone.config.to_json_file(str(out.path("backbone.json")))
-        state = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.state_dict().items()}
-        save_file(state, str(out.path("model.safetensors")))
-        encoder.tokenizer.save_pretrained(str(out.path("tokenizer")))
-        out.counts["dim"] = encoder.dim
-    return Path(path)
-
-
-def load_dense_encoder(path: str | Path, device: str | None = None, verify: bool = True) -> DenseEncoder:
-    """Open and verify a ``dense-query-encoder`` artifact."""
-    from safetensors.torch import load_file
-
-    from retrieval.encoders.backbone import build_backbone, load_tokenizer
-
-    path = Path(path)
-    manifest = open_artifact(path, FORMAT, VERSION, verify=verify)
-    backbone = build_backbone(path / "backbone.json")
-    try:
-        backbone.load_state_dict(load_file(str(path / "model.safetensors")))
-    except RuntimeError as exc:
-        raise ArtifactError(path / "model.safetensors", f"weights do not fit backbone.json: {exc}") from exc
-    max_length = int(manifest.params["max_length"])
-    return DenseEncoder(backbone, load_tokenizer(path / "tokenizer"), max_length, device)
-

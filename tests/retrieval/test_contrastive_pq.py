@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from retrieval.encoders.dense import load_dense_encoder, save_dense_encoder
 from retrieval.index.bigranular import BiGranularConfig, BiGranularIndex, build_bigranular_index
 from retrieval.quantization.contrastive_pq import (
     ContrastivePQ,
@@ -19,9 +20,7 @@ from retrieval.training.progressive import (
     ProgressiveConfig,
     QueryCandidateGraph,
     finetune_query_encoder,
-    load_dense_encoder,
     mine_candidates,
-    save_dense_encoder,
 )
 from sparsekit.errors import InputError
 
