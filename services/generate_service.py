@@ -76,7 +76,8 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
                        "max_new_tokens")
         return question, k, new
 
-    def Generate(self, request, context) -> Iterator[generate_pb2.GenerateResponse]:
+    def Generate(self, request: generate_pb2.GenerateRequest,
+                 context: grpc.ServicerContext) -> Iterator[generate_pb2.GenerateResponse]:
         question, k, new = guarded(context, lambda: self._validate(request), "Generate")
         try:
             for event in self.pipeline.stream(question, k, new):

@@ -156,13 +156,16 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         return recommend_pb2.ScoreCTRResponse(model=req.model, probabilities=[float(p) for p in probs],
                                               took_ms=1000 * (time.perf_counter() - start))
 
-    def Recommend(self, request, context):
+    def Recommend(self, request: recommend_pb2.RecommendRequest,
+                  context: grpc.ServicerContext) -> recommend_pb2.RecommendResponse:
         return guarded(context, lambda: self._recommend(request), "recommend")
 
-    def ScoreCTR(self, request, context):
+    def ScoreCTR(self, request: recommend_pb2.ScoreCTRRequest,
+                 context: grpc.ServicerContext) -> recommend_pb2.ScoreCTRResponse:
         return guarded(context, lambda: self._score(request), "score")
 
-    def ListModels(self, request, context):
+    def ListModels(self, request: recommend_pb2.ListModelsRequest,
+                   context: grpc.ServicerContext) -> recommend_pb2.ListModelsResponse:
         infos = [recommend_pb2.ModelInfo(name=n, kind=m.kind)
                  for n, m in sorted({**self.recommenders, **self.ctr_models}.items())]
         return recommend_pb2.ListModelsResponse(models=infos)

@@ -78,14 +78,16 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             hits = index.search(req.text, k)
         return _response(req.index, hits, time.perf_counter() - start)
 
-    def Search(self, request, context):
+    def Search(self, request: search_pb2.SearchRequest,
+               context: grpc.ServicerContext) -> search_pb2.SearchResponse:
         def work():
             k = validate_search(request, self.limits)
             return self._run_one(request, k, "request")
 
         return guarded(context, work, "search")
 
-    def BatchSearch(self, request, context):
+    def BatchSearch(self, request: search_pb2.BatchSearchRequest,
+                    context: grpc.ServicerContext) -> search_pb2.BatchSearchResponse:
         def work():
             ks = validate_batch(request, self.limits)
             out = []
@@ -99,7 +101,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
         return guarded(context, work, "search")
 
-    def ListIndexes(self, request, context):
+    def ListIndexes(self, request: search_pb2.ListIndexesRequest,
+                    context: grpc.ServicerContext) -> search_pb2.ListIndexesResponse:
         infos = [search_pb2.IndexInfo(name=n, kind=ix.kind, num_docs=ix.num_docs)
                  for n, ix in sorted(self.indexes.items())]
         return search_pb2.ListIndexesResponse(indexes=infos)

@@ -19,9 +19,13 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrieval.data.beir import Doc, iter_corpus
 from sparsekit.errors import InputError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase as Tokenizer
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 TokenCounter = Callable[[str], int]
@@ -43,12 +47,12 @@ def chunk_text(title: str, text: str) -> str:
     return f"{title}\n{text}" if title else text
 
 
-def hf_token_counter(tokenizer) -> TokenCounter:
+def hf_token_counter(tokenizer: Tokenizer) -> TokenCounter:
     """Count tokens with a Hugging Face tokenizer, special tokens excluded."""
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _split_long(sentence: str, budget: int, tokenizer) -> list[str]:
+def _split_long(sentence: str, budget: int, tokenizer: Tokenizer) -> list[str]:
     """Cut one over-long sentence into pieces of at most ``budget`` tokens at token boundaries."""
     offsets = tokenizer(sentence, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     pieces = []
@@ -60,7 +64,7 @@ def _split_long(sentence: str, budget: int, tokenizer) -> list[str]:
     return pieces
 
 
-def _sentences(text: str, budget: int, count: TokenCounter, tokenizer) -> Iterator[str]:
+def _sentences(text: str, budget: int, count: TokenCounter, tokenizer: Tokenizer) -> Iterator[str]:
     for sentence in _SENTENCE_END.split(text.strip()):
         if not sentence:
             continue
@@ -70,7 +74,7 @@ def _sentences(text: str, budget: int, count: TokenCounter, tokenizer) -> Iterat
             yield from _split_long(sentence, max(1, budget - 2), tokenizer)
 
 
-def chunk_document(doc: Doc, tokenizer, max_tokens: int = 128) -> list[Chunk]:
+def chunk_document(doc: Doc, tokenizer: Tokenizer, max_tokens: int = 128) -> list[Chunk]:
     """Chunks of one document, each at most ``max_tokens`` tokens of :func:`chunk_text`."""
     count = hf_token_counter(tokenizer)
     title = doc.title.strip()
@@ -100,7 +104,7 @@ def chunk_document(doc: Doc, tokenizer, max_tokens: int = 128) -> list[Chunk]:
     return chunks
 
 
-def iter_chunks(corpus: str | Path, tokenizer, max_tokens: int = 128) -> Iterator[Chunk]:
+def iter_chunks(corpus: str | Path, tokenizer: Tokenizer, max_tokens: int = 128) -> Iterator[Chunk]:
     """Stream the chunks of every document of a BEIR ``corpus.jsonl`` (empty documents yield none)."""
     if max_tokens < 8:
         raise InputError("max_tokens", f"must be >= 8, got {max_tokens}")

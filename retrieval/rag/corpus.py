@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -27,6 +27,9 @@ from retrieval.index import SearchIndex, build_index, open_index
 from retrieval.rag.chunking import Chunk, chunk_text, iter_chunks
 from sparsekit.artifacts import fingerprint, open_artifact, write_artifact
 from sparsekit.errors import InputError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase as Tokenizer
 
 FORMAT = "rag-corpus"
 VERSION = 1
@@ -44,7 +47,8 @@ class RetrievedChunk:
     text: str
 
 
-def _write_chunks(corpus: Path, out: Path, tokenizer, max_tokens: int, progress: bool) -> dict[str, int]:
+def _write_chunks(corpus: Path, out: Path, tokenizer: Tokenizer, max_tokens: int,
+                  progress: bool) -> dict[str, int]:
     counts = {"chunks": 0, "docs": 0, "max_chunk_tokens": 0}
     last_doc = None
     with out.open("w", encoding="utf-8") as f:
@@ -65,7 +69,7 @@ def _record(chunk: Chunk) -> dict[str, Any]:
             "tokens": chunk.tokens}
 
 
-def build_rag_corpus(corpus: str | Path, out: str | Path, tokenizer, max_tokens: int = 128,
+def build_rag_corpus(corpus: str | Path, out: str | Path, tokenizer: Tokenizer, max_tokens: int = 128,
                      kind: str = "bm25", overwrite: bool = False, progress: bool = True,
                      **index_params: Any) -> Path:
     """Chunk ``corpus`` (BEIR ``corpus.jsonl``), index the chunks with ``kind``, write it all at ``out``."""

@@ -25,11 +25,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from sparsekit.device import default_device
 from sparsekit.errors import InputError, NotFoundError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 GGUF_ENV = "SPARSEKIT_LLM_GGUF"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -65,7 +69,7 @@ def gguf_identity(path: Path) -> str:
     return f"{path.name}:{path.stat().st_size}:{digest}"
 
 
-def load_tokenizer(gguf_path: str | Path | None = None):
+def load_tokenizer(gguf_path: str | Path | None = None) -> PreTrainedTokenizerBase:
     """Only the SmolLM2 tokenizer (e.g. to chunk a corpus in generator tokens), from the GGUF file."""
     from transformers import AutoTokenizer
 
@@ -107,7 +111,8 @@ class PromptLayout:
 class Generator:
     """SmolLM2 (fp32, eager attention) plus its tokenizer, on one device."""
 
-    def __init__(self, model, tokenizer, model_id: str, device: str) -> None:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_id: str,
+                 device: str) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_id = model_id

@@ -6,7 +6,7 @@ Python API: :func:`recsys.training.ctr.train_ctr`, :func:`recsys.lowrank.compres
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -14,6 +14,9 @@ from rich.table import Table
 
 from services.commands.output import above, console, fail, refuse_existing
 from sparsekit.errors import SparsekitError
+
+if TYPE_CHECKING:
+    from recsys.data.ctr_table import TableCTRConfig
 
 DATA_HELP = ("frappe, movielens (CTR: rating >= 4 is a click), or a CSV / TSV / Parquet table of your own "
              "(a 0/1 label column plus feature columns; vocabularies from its train split, OOV ids).")
@@ -33,7 +36,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def table_config(label: str, numeric: str = "", min_count: int = 1, fields: str = "",
-                 header: bool = True):  # -> TableCTRConfig
+                 header: bool = True) -> TableCTRConfig:
     """The table-reading options of the CTR commands as one ``recsys.data.ctr_table.TableCTRConfig``."""
     from recsys.data.ctr_table import TableCTRConfig
 
