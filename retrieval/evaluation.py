@@ -10,9 +10,12 @@ difference between two systems with a bootstrap confidence interval over the que
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytrec_eval
+
+from sparsekit.errors import InputError
 
 Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
@@ -80,3 +83,21 @@ def paired_difference(a: Evaluation, b: Evaluation, metric: str = "ndcg@10", con
         low, high = float(ci.low), float(ci.high)
     return {"mean": round(float(diff.mean()), 4), "ci": [round(low, 4), round(high, 4)],
             "confidence": confidence, "queries": len(qids)}
+
+
+def judged_queries(data: str | Path, split: str = "test") -> tuple[Qrels, dict[str, str]]:
+    """The qrels of a BEIR folder's ``split`` and its queries, checked to fit together: a qrels file with
+    no judgements, or judged queries missing from ``queries.jsonl``, is an :class:`InputError` naming the
+    file at fault."""
+    from retrieval.data.beir import load_qrels, load_queries
+
+    qrels_path, queries_path = Path(data) / "qrels" / f"{split}.tsv", Path(data) / "queries.jsonl"
+    qrels = load_qrels(qrels_path)
+    if not qrels:
+        raise InputError(qrels_path, "no judgements below the header: nothing to evaluate")
+    queries = load_queries(queries_path)
+    missing = sorted(set(qrels) - set(queries))
+    if missing:
+        raise InputError(queries_path, f"{len(missing)} queries judged in {qrels_path} are absent, e.g. "
+                                       f"{missing[:3]}")
+    return qrels, queries

@@ -65,3 +65,20 @@ def test_paired_difference_is_the_mean_difference_with_a_bootstrap_interval() ->
     assert paired_difference(noisy, b, seed=1) == out      # seeded
     with pytest.raises(ValueError, match="common queries"):
         paired_difference(a, _scores({"x": 1.0}))
+
+
+def test_judged_queries_names_the_file_at_fault(tmp_path) -> None:
+    from retrieval.evaluation import judged_queries
+    from sparsekit.errors import InputError
+
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "apples"}\n')
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    with pytest.raises(InputError, match=r"test\.tsv: no judgements"):
+        judged_queries(tmp_path)
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td1\t1\n")
+    with pytest.raises(InputError, match=r"queries\.jsonl: 1 queries judged"):
+        judged_queries(tmp_path)
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "a"}\n{"_id": "q2", "text": "b"}\n')
+    qrels, queries = judged_queries(tmp_path, "test")
+    assert set(qrels) == {"q1", "q2"} and queries["q2"] == "b"

@@ -1,0 +1,140 @@
+"""CLI for retrieval: ``sparsekit index`` (build any index kind), ``search`` and ``eval`` (BEIR metrics).
+
+Python API: :func:`retrieval.index.build_index`, :func:`retrieval.index.open_index`,
+:func:`retrieval.evaluation.evaluate`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from services.commands.output import console, fail
+from sparsekit.errors import SparsekitError
+
+
+def _index_params(kind: str, opts: dict) -> dict:
+    """The build options that apply to ``kind`` (the CLI exposes the common ones of each)."""
+    if kind == "bm25":
+        return {k: opts[k] for k in ("k1", "b", "threads")}
+    if kind == "sparse":
+        return {k: opts[k] for k in ("model", "quantization", "top_k", "batch_size")}
+    common = {"batch_size": opts["batch_size"], "cache_dir": opts["cache_dir"]}
+    if kind == "dense":
+        return {**common, "factory": opts["factory"], "nprobe": opts["nprobe"]}
+    if kind == "bigranular":
+        return {**common, "codes": opts["codes"], "candidates": opts["candidates"], "nprobe": opts["nprobe"]}
+    if kind == "hybrid":
+        first = opts["first_stage"]
+        params = {"threads": opts["threads"]} if first == "bm25" else (
+            {"model": opts["model"]} if first == "sparse" else None)
+        return {**common, "first_stage": first, "first_stage_params": params, "fusion": opts["fusion"],
+                "alpha": opts["alpha"], "depth": opts["depth"]}
+    from retrieval.index import KINDS
+
+    raise ValueError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+
+
+def index_command(
+    corpus: Annotated[Path, typer.Option(help="BEIR corpus.jsonl, or a BEIR folder holding one.")],
+    out: Annotated[Path, typer.Option(help="Index directory to create (written atomically).")],
+    kind: Annotated[str, typer.Option(help="bm25 (Lucene), sparse (learned; needs --model), dense (faiss), "
+                                           "bigranular (PQ codes in RAM + vectors on disk) or hybrid "
+                                           "(first stage + dense re-score + fusion).")] = "bm25",
+    model: Annotated[Path | None, typer.Option(help="sparse (and hybrid over sparse): a model dir.")] = None,
+    k1: Annotated[float, typer.Option(
+        min=0, help="bm25: k1 (recorded in the manifest, used at search).")] = 0.9,
+    b: Annotated[float, typer.Option(min=0, max=1, help="bm25: b.")] = 0.4,
+    threads: Annotated[int, typer.Option(min=1, help="bm25: indexing threads.")] = 2,
+    quantization: Annotated[str, typer.Option(help="sparse: uint8, uint16 or none.")] = "uint8",
+    top_k: Annotated[int | None, typer.Option(
+        min=1, help="sparse: keep each document's top-k terms.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="sparse/dense: encoding batch size.")] = 32,
+    factory: Annotated[str, typer.Option(help="dense: faiss factory string (Flat, HNSW32, "
+                                              "IVF1024,PQ48).")] = "Flat",
+    codes: Annotated[str, typer.Option(help="bigranular: the in-RAM codes (faiss factory).")] = "OPQ48,PQ48",
+    candidates: Annotated[int, typer.Option(
+        min=1, help="bigranular: candidates C re-scored from disk.")] = 1000,
+    nprobe: Annotated[int, typer.Option(min=1, help="dense/bigranular IVF: lists probed.")] = 32,
+    first_stage: Annotated[str, typer.Option(help="hybrid: bm25, sparse or an index directory.")] = "bm25",
+    fusion: Annotated[str, typer.Option(help="hybrid: rrf or linear (min-max normalised).")] = "linear",
+    alpha: Annotated[float, typer.Option(
+        min=0, max=1, help="hybrid linear: weight of the dense score.")] = 0.65,
+    depth: Annotated[int, typer.Option(min=1, help="hybrid: first-stage candidates re-scored.")] = 1000,
+    cache_dir: Annotated[Path | None, typer.Option(help="dense kinds: corpus-embedding cache.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing index at OUT.")] = False,
+) -> None:
+    """Build an index over a corpus. The directory appears only when the build has finished."""
+    from retrieval.index import build_index
+
+    start = time.perf_counter()
+    opts = {"model": model, "k1": k1, "b": b, "threads": threads, "quantization": quantization,
+            "top_k": top_k, "batch_size": batch_size, "factory": factory, "codes": codes,
+            "candidates": candidates, "nprobe": nprobe, "first_stage": first_stage, "fusion": fusion,
+            "alpha": alpha, "depth": depth, "cache_dir": cache_dir}
+    try:
+        params = _index_params(kind, opts)
+        path = build_index(kind, corpus, out, overwrite=overwrite, **params)
+    except (SparsekitError, ValueError, FileNotFoundError) as exc:
+        fail(exc)
+    console.print(f"built {kind} index at {path} in {time.perf_counter() - start:.1f}s")
+
+
+def search_command(
+    index: Annotated[Path, typer.Option(help="Index directory.")],
+    query: Annotated[str, typer.Argument(help="Query text.")],
+    k: Annotated[int, typer.Option("-k", min=1, help="Number of hits.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Search an index directory locally (no server) and print the ranked hits."""
+    from retrieval.index import open_index
+
+    try:
+        hits = open_index(index).search(query, k)
+    except (SparsekitError, ValueError) as exc:
+        fail(exc)
+    if as_json:
+        print(json.dumps({"query": query, "hits": [{"doc_id": d, "score": s} for d, s in hits]}))
+        return
+    table = Table("rank", "doc_id", "score", title=f"{query!r}")
+    for rank, (doc, score) in enumerate(hits, 1):
+        table.add_row(str(rank), doc, f"{score:.4f}")
+    console.print(table)
+
+
+def eval_command(
+    index: Annotated[Path, typer.Option(help="Index directory.")],
+    data: Annotated[Path, typer.Option(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")],
+    split: Annotated[str, typer.Option(help="qrels split to evaluate (qrels/<split>.tsv).")] = "test",
+    k: Annotated[int, typer.Option("-k", min=1, help="Hits retrieved per query (R@100 needs >= 100).")] = 100,
+    threads: Annotated[int, typer.Option(min=1, help="Search threads.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object, not a table.")] = False,
+) -> None:
+    """Evaluate an index on a BEIR split: NDCG@10, Recall@100, MRR@10 (pytrec_eval)."""
+    from retrieval.evaluation import evaluate, judged_queries, run_from_hits
+    from retrieval.index import open_index
+
+    try:
+        qrels, queries = judged_queries(data, split)
+        ix = open_index(index)
+        qids = sorted(qrels)
+        start = time.perf_counter()
+        hits = ix.batch_search([queries[q] for q in qids], k, threads)
+        seconds = time.perf_counter() - start
+        result = evaluate(qrels, run_from_hits(qids, hits))
+    except (SparsekitError, ValueError, FileNotFoundError) as exc:
+        fail(exc)
+    summary = {"index": str(index), "kind": ix.kind, "data": str(data), "split": split,
+               "num_queries": result.num_queries, **result.means, "qps": len(qids) / seconds}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    table = Table("metric", "value", title=f"{ix.kind} on {data.name}/{split} ({len(qids)} queries)")
+    for name in ("ndcg@10", "recall@100", "mrr@10", "qps"):
+        table.add_row(name, f"{summary[name]:.4f}")
+    console.print(table)
