@@ -24,7 +24,7 @@ from retrieval.data.docstrings import write_docstring_corpus
 from retrieval.evaluation import evaluate, run_from_hits
 from retrieval.index.bm25 import Bm25Index, build_bm25_index
 from services.search_client import SearchClient
-from services.search_service import ServerConfig, make_server
+from services.server import ServerConfig, make_server
 from sparsekit.dataroot import dataset_path
 
 console = Console()

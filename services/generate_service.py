@@ -18,8 +18,7 @@ import grpc
 from retrieval.rag.engine import GenerationStats
 from retrieval.rag.pipeline import Answer, RagPipeline
 from services.api import generate_pb2, generate_pb2_grpc
-from services.status import guarded, status_of
-from services.validation import RequestError
+from services.status import RequestError, guarded, status_of
 from sparsekit.errors import ArtifactError, InputError, NotFoundError
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,7 @@ from typing import Any
 import grpc
 
 from services.api import recommend_pb2, recommend_pb2_grpc
-from services.status import guarded
-from services.validation import RequestError
+from services.status import RequestError, guarded
 from sparsekit.artifacts import artifact_format
 from sparsekit.errors import ArtifactError, InputError, NotFoundError
 

@@ -1,37 +1,23 @@
-"""gRPC SearchService (``protos/search.proto``) over any opened index, with health and reflection.
+"""gRPC SearchService (``protos/search.proto``) over any opened index (served by :mod:`services.server`).
 
 Serves a name -> :class:`retrieval.index.SearchIndex` map. Bad requests get INVALID_ARGUMENT naming
 the field, an unknown index NOT_FOUND, an over-limit request RESOURCE_EXHAUSTED (the transport also
-enforces the 4 MiB message limit), a query past its deadline DEADLINE_EXCEEDED. The standard
-``grpc.health.v1`` service reports SERVING once the indexes are loaded, and server reflection lists
-the services.
+enforces the 4 MiB message limit), a query past its deadline DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from concurrent import futures
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from retrieval.index import SearchIndex
-from services.api import generate_pb2, generate_pb2_grpc, recommend_pb2_grpc, search_pb2, search_pb2_grpc
-from services.recommend_service import SERVICE_NAME as RECOMMEND_SERVICE
-from services.recommend_service import RecommendServicer
-from services.status import guarded
-from services.validation import Limits, RequestError, validate_batch, validate_search
-from sparsekit.errors import InputError
-
-if TYPE_CHECKING:  # the Generate service pulls in transformers: imported only where it is served
-    from services.generate_service import GenerateServicer
+from services.api import search_pb2, search_pb2_grpc
+from services.search_validation import SearchLimits, validate_batch, validate_search
+from services.status import RequestError, guarded
 
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
-GENERATE_SERVICE = generate_pb2.DESCRIPTOR.services_by_name["GenerateService"].full_name
 MODE_KIND = {
     search_pb2.SEARCH_MODE_BM25: "bm25",
     search_pb2.SEARCH_MODE_SPARSE: "sparse",
@@ -44,10 +30,10 @@ MODE_KIND = {
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     """Implements Search, BatchSearch and ListIndexes."""
 
-    def __init__(self, indexes: Mapping[str, SearchIndex], limits: Limits | None = None,
+    def __init__(self, indexes: Mapping[str, SearchIndex], limits: SearchLimits | None = None,
                  threads: int = 1) -> None:
         self.indexes = dict(indexes)
-        self.limits = limits or Limits()
+        self.limits = limits or SearchLimits()
         self.threads = threads
 
     def _index(self, name: str, field: str) -> SearchIndex:
@@ -114,59 +100,3 @@ def _response(name: str, hits: list[tuple[str, float]], seconds: float) -> searc
         hits=[search_pb2.Hit(doc_id=d, score=float(s), rank=r) for r, (d, s) in enumerate(hits, 1)],
         took_ms=seconds * 1000.0,
     )
-
-
-@dataclass
-class ServerConfig:
-    """How to serve: address, worker threads and request limits."""
-
-    address: str = "127.0.0.1:50051"
-    workers: int = 4
-    engine_threads: int = 1
-    limits: Limits = field(default_factory=Limits)
-
-    def __post_init__(self) -> None:
-        _check_address(self.address)
-
-
-def make_server(indexes: Mapping[str, SearchIndex], config: ServerConfig | None = None,
-                recommend: RecommendServicer | None = None,
-                generate: GenerateServicer | None = None) -> tuple[grpc.Server, int]:
-    """Build (not start) a server with Search (+ Recommend, + Generate when given) + health + reflection;
-    return it and its bound port."""
-    config = config or ServerConfig()
-    size = config.limits.max_message_bytes
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.workers),
-        # no SO_REUSEPORT: a second server on a port in use must fail, not share it silently
-        options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", 4 * size),
-                 ("grpc.so_reuseport", 0)],
-    )
-    search_pb2_grpc.add_SearchServiceServicer_to_server(
-        SearchServicer(indexes, config.limits, config.engine_threads), server)
-    services = [SERVICE_NAME]
-    if recommend is not None:
-        recommend_pb2_grpc.add_RecommendServiceServicer_to_server(recommend, server)
-        services.append(RECOMMEND_SERVICE)
-    if generate is not None:
-        generate_pb2_grpc.add_GenerateServiceServicer_to_server(generate, server)
-        services.append(GENERATE_SERVICE)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in (*services, ""):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    try:
-        port = server.add_insecure_port(config.address)
-    except RuntimeError as exc:  # grpc raises this when the port is taken or the host cannot be bound
-        raise OSError(f"cannot bind {config.address}: {exc}") from exc
-    if port == 0:
-        raise OSError(f"cannot bind {config.address}")
-    return server, port
-
-
-def _check_address(address: str) -> None:
-    """``host:port`` with a port in 0..65535 (0: any free port); grpc would otherwise wrap the port."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise InputError("address", f"expected host:port with a port in 0..65535, got {address!r}")

@@ -1,7 +1,7 @@
 """Mapping of Sparsekit errors onto gRPC status codes, shared by every servicer.
 
 InputError -> INVALID_ARGUMENT, NotFoundError -> NOT_FOUND, ArtifactError -> FAILED_PRECONDITION,
-a :class:`~services.validation.RequestError` carries its own code; anything else is an engine fault,
+a :class:`RequestError` carries its own code; anything else is an engine fault,
 logged and answered INTERNAL with only what failed.
 """
 
@@ -13,11 +13,19 @@ from typing import TypeVar
 
 import grpc
 
-from services.validation import RequestError
 from sparsekit.errors import ArtifactError, InputError, NotFoundError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class RequestError(Exception):
+    """A rejected request: the gRPC status code and a message that names the field."""
+
+    def __init__(self, code: grpc.StatusCode, field: str, message: str) -> None:
+        self.code = code
+        self.field = field
+        super().__init__(f"{field}: {message}")
 
 
 def status_of(exc: Exception) -> grpc.StatusCode:

@@ -1,7 +1,7 @@
 """CLI for serving: ``sparsekit serve`` runs the gRPC Search, Recommend and Generate services (with
 health and reflection) over indexes, recommenders, CTR models and a RAG corpus until SIGINT / SIGTERM.
 
-Python API: :func:`services.search_service.make_server`.
+Python API: :func:`services.server.make_server`.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def serve_command(
     reflection) until SIGINT/SIGTERM."""
     from retrieval.index import open_index
     from services.recommend_service import RecommendServicer, load_ctr, load_recommender
-    from services.search_service import ServerConfig, make_server
+    from services.server import ServerConfig, make_server
 
     try:
         if not (index or recommender or ctr or rag_corpus):

@@ -133,7 +133,7 @@ def _check_grpc(index, hits) -> None:
     import grpc
 
     from services.api import search_pb2, search_pb2_grpc
-    from services.search_service import ServerConfig, make_server
+    from services.server import ServerConfig, make_server
 
     server, port = make_server({"tiny": index}, ServerConfig(address="127.0.0.1:0"))
     server.start()

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from services.cli import app
-from services.search_service import ServerConfig, make_server
+from services.server import ServerConfig, make_server
 from sparsekit.errors import InputError
 
 runner = CliRunner()

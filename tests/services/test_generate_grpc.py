@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.api import generate_pb2, generate_pb2_grpc
-from services.search_service import ServerConfig, make_server
+from services.server import ServerConfig, make_server
 
 CHUNKS = {
     "d1#0": "Aspirin\nAspirin lowers the risk of heart attacks in adults with cardiovascular disease.",

@@ -30,7 +30,7 @@ from services.recommend_service import (
     load_ctr,
     load_recommender,
 )
-from services.search_service import ServerConfig, make_server
+from services.server import ServerConfig, make_server
 
 SEEN = {0: [1, 2], 1: [0], 2: [], 3: [4, 5, 6], 4: [3]}
 IDS = IdVocab(("ann", "bob", "cy", "dee", "eve"), tuple(f"sku-{i}" for i in range(7)))  # from a log

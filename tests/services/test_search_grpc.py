@@ -14,8 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.api import search_pb2, search_pb2_grpc
-from services.search_service import ServerConfig, make_server
-from services.validation import Limits
+from services.search_validation import SearchLimits
+from services.server import ServerConfig, make_server
 
 
 class WordOverlapIndex:
@@ -49,7 +49,7 @@ class SparseIndex(WordOverlapIndex):
 @pytest.fixture(scope="module")
 def channel() -> Iterator[grpc.Channel]:
     docs = {"d1": "sparse retrieval with inverted index", "d2": "dense retrieval", "d3": "cooking pasta"}
-    limits = Limits(max_k=50, max_batch=4)
+    limits = SearchLimits(max_k=50, max_batch=4)
     server, port = make_server({"toy": WordOverlapIndex(docs), "learned": SparseIndex(docs)},
                                ServerConfig(address="127.0.0.1:0", limits=limits))
     server.start()

@@ -1,6 +1,6 @@
-"""Request validation for the gRPC services: every rejection names the offending field.
+"""Request validation of the gRPC SearchService: every rejection names the offending field.
 
-Limits (:class:`Limits`) bound what one request may ask for; the gRPC transport itself bounds the
+:class:`SearchLimits` bound what one request may ask for; the gRPC transport itself bounds the
 message size (4 MiB by default, RESOURCE_EXHAUSTED past it).
 """
 
@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import grpc
 
 from services.api import search_pb2
+from services.status import RequestError
 
 
 @dataclass(frozen=True)
-class Limits:
+class SearchLimits:
     """Per-request bounds enforced by the search service."""
 
     max_k: int = 1000
@@ -26,20 +27,11 @@ class Limits:
     max_message_bytes: int = 4 * 1024 * 1024
 
 
-class RequestError(Exception):
-    """A rejected request: the gRPC status code and a message that names the field."""
-
-    def __init__(self, code: grpc.StatusCode, field: str, message: str) -> None:
-        self.code = code
-        self.field = field
-        super().__init__(f"{field}: {message}")
-
-
 def _invalid(field: str, message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, field, message)
 
 
-def validate_sparse(vec: search_pb2.SparseVector, field: str, limits: Limits) -> None:
+def validate_sparse(vec: search_pb2.SparseVector, field: str, limits: SearchLimits) -> None:
     """Parallel arrays of equal length, indices strictly increasing, values finite."""
     if len(vec.indices) != len(vec.values):
         raise _invalid(field, f"indices ({len(vec.indices)}) and values ({len(vec.values)}) differ in length")
@@ -56,7 +48,7 @@ def validate_sparse(vec: search_pb2.SparseVector, field: str, limits: Limits) ->
             raise _invalid(f"{field}.values[{pos}]", f"value {value} is not finite")
 
 
-def validate_search(req: search_pb2.SearchRequest, limits: Limits, field: str = "request") -> int:
+def validate_search(req: search_pb2.SearchRequest, limits: SearchLimits, field: str = "request") -> int:
     """Check one SearchRequest; return the effective k."""
     if not req.index:
         raise _invalid(f"{field}.index", "missing index name")
@@ -76,7 +68,7 @@ def validate_search(req: search_pb2.SearchRequest, limits: Limits, field: str = 
     return k
 
 
-def validate_batch(req: search_pb2.BatchSearchRequest, limits: Limits) -> list[int]:
+def validate_batch(req: search_pb2.BatchSearchRequest, limits: SearchLimits) -> list[int]:
     """Check a BatchSearchRequest; return the effective k of each request."""
     if not req.requests:
         raise _invalid("requests", "empty batch")
