@@ -20,7 +20,6 @@ loop would have). Model selection uses validation accuracy; test accuracy is rea
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 
 from recsys.gcn.features import NodeFeatureStore
 from recsys.gcn.sampler import ALL_NEIGHBORS, CSRGraph, NeighborSampler
+from sparsekit.best_state import BestState
 from sparsekit.bounds import at_least, count, each_count, positive, within
 from sparsekit.device import resolve_device
 from sparsekit.errors import InputError
@@ -248,18 +248,17 @@ def train_gcn(config: GCNTrainConfig, task: NodeTask, model: nn.Module | None = 
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     history: list[EpochStats] = []
-    best = (-1.0, 0, copy.deepcopy(model.state_dict()))
+    best = BestState(model)
     for epoch in range(1, config.epochs + 1):
         stats = _train_epoch(model, task, opt, config, device, epoch)
         if config.evaluate and task.val_idx.numel():
             stats.val_acc = accuracy(model, task, task.val_idx, config, device, f"epoch {epoch} val accuracy")
-            if stats.val_acc > best[0]:
-                best = (stats.val_acc, epoch, copy.deepcopy(model.state_dict()))
+            best.offer(stats.val_acc, epoch)
         history.append(stats)
     if not config.evaluate or not task.val_idx.numel():
         return GCNResult(model, config.epochs, None, None, history)
-    model.load_state_dict(best[2])
+    best.restore()
     test_acc = None
     if task.test_idx.numel():
         test_acc = accuracy(model, task, task.test_idx, config, device, "test accuracy")
-    return GCNResult(model, best[1], best[0], test_acc, history)
+    return GCNResult(model, best.step, best.score, test_acc, history)

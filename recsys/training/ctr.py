@@ -21,7 +21,6 @@ round-trip too.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -45,6 +44,7 @@ from recsys.models.ctr.deepfm import DeepFM
 from recsys.models.ctr.dlrm import DLRM
 from recsys.models.ctr.wdl import WideDeep
 from sparsekit.artifacts import open_artifact, write_artifact
+from sparsekit.best_state import BestState
 from sparsekit.bounds import at_least, count, each_count, within
 from sparsekit.device import default_device
 from sparsekit.errors import ArtifactError, InputError
@@ -218,7 +218,7 @@ def train_ctr(
     optim = torch.optim.Adam(model.parameters(), lr=config.lr)
     rng = np.random.default_rng(config.seed)
     history: list[dict[str, float]] = []
-    best_auc, best_epoch, best_state, waited = -math.inf, 0, None, 0
+    best, waited = BestState(model), 0
     bar = tqdm(
         total=config.max_epochs * len(data.train),
         desc=f"train {config.model}",
@@ -243,21 +243,20 @@ def train_ctr(
         history[-1]["settled"] = settled = model.embedding.settled
         if not settled:  # still searching / pruning: not the model that will serve
             continue
-        if val["auc"] > best_auc:
-            best_auc, best_epoch, waited = val["auc"], epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+        if best.offer(val["auc"], epoch):
+            waited = 0
         else:
             waited += 1
             if waited >= config.patience and epoch >= config.min_epochs:
                 break
     bar.close()
-    if best_state is None:
+    if not best.found:
         raise RuntimeError(f"the {model.embedding.kind} table never finished its search phase in "
                            f"{config.max_epochs} epochs: raise max_epochs or shorten its search")
-    model.load_state_dict(best_state)
+    best.restore()
     model.embedding = model.embedding.finalize()  # the serving table (e.g. pruned rows packed)
     model.eval()
-    return CTRTrainResult(model, history, _final_metrics(model, data, history, config), best_epoch, config)
+    return CTRTrainResult(model, history, _final_metrics(model, data, history, config), best.step, config)
 
 
 def _final_metrics(

@@ -19,7 +19,6 @@ centroids are trained; the rotation stays that of OPQ, so the result exports bac
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from sparsekit.best_state import BestState
 from sparsekit.bounds import count, positive
 from sparsekit.errors import InputError
 
@@ -253,9 +253,11 @@ def train_contrastive_pq(model: ContrastivePQ, queries: np.ndarray, positives: S
         np.ascontiguousarray(docs, np.float32))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     history: list[dict[str, float]] = []
-    best = (dev(model), copy.deepcopy(model.state_dict())) if dev else None
-    if best:
-        history.append({"epoch": 0, "dev": best[0]})
+    best = BestState(model)
+    if dev:
+        start = dev(model)
+        best.offer(start, 0)
+        history.append({"epoch": 0, "dev": start})
     for epoch in range(1, config.epochs + 1):
         order = rng.permutation(keep)
         losses = []
@@ -268,11 +270,10 @@ def train_contrastive_pq(model: ContrastivePQ, queries: np.ndarray, positives: S
             optimizer.step()
             losses.append(loss.item())
         entry = {"epoch": epoch, "loss": float(np.mean(losses))}
-        if dev and best:
+        if dev:
             entry["dev"] = dev(model)
-            if entry["dev"] > best[0]:
-                best = (entry["dev"], copy.deepcopy(model.state_dict()))
+            best.offer(entry["dev"], epoch)
         history.append(entry)
-    if best:
-        model.load_state_dict(best[1])
+    if best.found:
+        best.restore()
     return history

@@ -21,7 +21,6 @@ The fine-tuned encoder is saved as a ``dense-query-encoder`` artifact (``backbon
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from retrieval.encoders.dense import DenseEncoder
 from retrieval.quantization.contrastive_pq import contrastive_loss, sample_batch_rows
+from sparsekit.best_state import BestState
 from sparsekit.bounds import count, one_of, positive
 from sparsekit.errors import InputError
 
@@ -157,9 +157,11 @@ def finetune_query_encoder(encoder: DenseEncoder, queries: Sequence[str], positi
     torch.manual_seed(config.seed)
     optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=config.lr)
     history: list[dict[str, float]] = []
-    best = (dev(encoder), 0, copy.deepcopy(encoder.state_dict())) if dev else None
-    if best:
-        history.append({"step": 0, "dev": best[0]})
+    best = BestState(encoder)
+    if dev:
+        start = dev(encoder)
+        best.offer(start, 0)
+        history.append({"step": 0, "dev": start})
     step, losses = 0, []
     bar = tqdm(total=config.steps, desc="progressive query fine-tuning", disable=not progress)
     encoder.train()
@@ -178,17 +180,16 @@ def finetune_query_encoder(encoder: DenseEncoder, queries: Sequence[str], positi
             step += 1
             losses.append(loss.item())
             bar.update(1)
-            if dev and best and (step % config.eval_every == 0 or step == config.steps):
+            if dev and (step % config.eval_every == 0 or step == config.steps):
                 encoder.eval()
                 score = dev(encoder)
                 encoder.train()
                 history.append({"step": step, "loss": float(np.mean(losses)), "dev": score})
                 losses = []
-                if score > best[0]:
-                    best = (score, step, copy.deepcopy(encoder.state_dict()))
+                best.offer(score, step)
     bar.close()
     encoder.eval()
-    if best:
-        encoder.load_state_dict(best[2])
-        history.append({"best_step": best[1], "dev": best[0]})
+    if best.found:
+        best.restore()
+        history.append({"best_step": best.step, "dev": best.score})
     return history

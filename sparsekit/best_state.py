@@ -1,0 +1,40 @@
+"""Model selection on a dev metric: keep the best-scoring state of a module seen so far and restore it
+when training ends (the "restore best weights" half of early stopping). Used by every trainer that
+chooses an epoch or step on validation data."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from torch import nn
+
+
+class BestState:
+    """The highest ``score`` offered so far, the step it came at, and a copy of the module's weights."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.score = -math.inf
+        self.step: int | None = None
+        self._state: dict[str, Any] | None = None
+
+    @property
+    def found(self) -> bool:
+        """Whether any state has been kept."""
+        return self._state is not None
+
+    def offer(self, score: float, step: int) -> bool:
+        """Keep the module's current weights when ``score`` beats the best so far; return whether it did."""
+        if not score > self.score:
+            return False
+        self.score, self.step = score, step
+        self._state = copy.deepcopy(self.module.state_dict())
+        return True
+
+    def restore(self) -> None:
+        """Load the kept weights back into the module."""
+        if self._state is None:
+            raise RuntimeError("no state was kept: offer() was never called with a finite score")
+        self.module.load_state_dict(self._state)
