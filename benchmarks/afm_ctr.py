@@ -39,18 +39,17 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from acceptance import entry as judge  # noqa: E402
-from environment import BenchmarkRun  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+from torch import nn
 
-from recsys.data.ctr import CTRDataset, load_ctr  # noqa: E402
-from recsys.lowrank import Calibration, affected_layers, calibrate, compress, parameter_count  # noqa: E402
-from recsys.training.ctr import CTRTrainConfig, batches, evaluate_ctr, train_ctr  # noqa: E402
-from sparsekit.atomic import atomic_path, write_text_atomic  # noqa: E402
+from benchmarks.acceptance import entry as judge
+from benchmarks.environment import BenchmarkRun
+from recsys.data.ctr import CTRDataset, load_ctr
+from recsys.lowrank import Calibration, affected_layers, calibrate, compress, parameter_count
+from recsys.training.ctr import CTRTrainConfig, batches, evaluate_ctr, train_ctr
+from sparsekit.atomic import atomic_path, write_text_atomic
 
 AUC_TOLERANCE = 0.001
 TARGET_PARAM_RATIO, TARGET_SPEEDUP = 3.0, 1.3

@@ -51,20 +51,19 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 # The machine is shared: OpenMP, BLAS and torch run one thread unless the caller sets these (contended
 # OpenMP threads made faiss training ~8x slower here). Set before numpy, faiss or torch load.
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import numpy as np  # noqa: E402
-from acceptance import entry as judge  # noqa: E402
-from environment import BenchmarkRun  # noqa: E402
+import numpy as np
 
-from retrieval.data.beir import load_qrels, load_queries  # noqa: E402
-from retrieval.evaluation import evaluate  # noqa: E402
-from sparsekit.atomic import atomic_path  # noqa: E402
-from sparsekit.dataroot import dataset_path  # noqa: E402
+from benchmarks.acceptance import entry as judge
+from benchmarks.environment import BenchmarkRun
+from retrieval.data.beir import load_qrels, load_queries
+from retrieval.evaluation import evaluate
+from sparsekit.atomic import atomic_path
+from sparsekit.dataroot import dataset_path
 
 Qrels = dict[str, dict[str, int]]
 RESULTS = ROOT / "benchmarks" / "results"

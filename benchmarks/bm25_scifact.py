@@ -28,17 +28,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import bm25s  # noqa: E402
-import pytrec_eval  # noqa: E402
-from acceptance import entry  # noqa: E402
-from environment import BenchmarkRun  # noqa: E402
+import bm25s
+import pytrec_eval
 
-from retrieval.data.beir import load_qrels, load_queries  # noqa: E402
-from retrieval.engines import lucene  # noqa: E402
-from retrieval.index.bm25 import Bm25Index, build_bm25_index  # noqa: E402
-from sparsekit.dataroot import dataset_path  # noqa: E402
+from benchmarks.acceptance import entry
+from benchmarks.environment import BenchmarkRun
+from retrieval.data.beir import load_qrels, load_queries
+from retrieval.engines import lucene
+from retrieval.index.bm25 import Bm25Index, build_bm25_index
+from sparsekit.dataroot import dataset_path
 
 K1, B, K = 0.9, 0.4, 100
 TARGETS = {"ndcg@10": (0.679, 0.003), "recall@100": (0.925, 0.003)}

@@ -60,23 +60,22 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import torch  # noqa: E402
-from acceptance import entry  # noqa: E402
-from environment import BenchmarkRun, write_result  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import torch
+from tqdm import tqdm
 
-from retrieval.data.beir import load_qrels, load_queries  # noqa: E402
-from retrieval.rag.chunk_cache import CacheConfig, ChunkCache  # noqa: E402
-from retrieval.rag.corpus import RagCorpus, build_rag_corpus  # noqa: E402
-from retrieval.rag.engine import Prefilled, RagEngine  # noqa: E402
-from retrieval.rag.generator import Generator  # noqa: E402
-from retrieval.rag.policies import DEFAULT_ALPHA, Policy, make_policy  # noqa: E402
-from retrieval.rag.quality import answer_logprob, rouge_l, token_agreement  # noqa: E402
-from sparsekit.atomic import atomic_path  # noqa: E402
-from sparsekit.dataroot import dataset_path  # noqa: E402
-from sparsekit.provenance import commit  # noqa: E402
+from benchmarks.acceptance import entry
+from benchmarks.environment import BenchmarkRun, write_result
+from retrieval.data.beir import load_qrels, load_queries
+from retrieval.rag.chunk_cache import CacheConfig, ChunkCache
+from retrieval.rag.corpus import RagCorpus, build_rag_corpus
+from retrieval.rag.engine import Prefilled, RagEngine
+from retrieval.rag.generator import Generator
+from retrieval.rag.policies import DEFAULT_ALPHA, Policy, make_policy
+from retrieval.rag.quality import answer_logprob, rouge_l, token_agreement
+from sparsekit.atomic import atomic_path
+from sparsekit.dataroot import dataset_path
+from sparsekit.provenance import commit
 
 NEW_TOKENS = 32
 TOP_K = 5

@@ -44,21 +44,20 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import numpy as np  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
-import torch  # noqa: E402
-from acceptance import entry  # noqa: E402
-from environment import BenchmarkRun  # noqa: E402
+import numpy as np
+import scipy.sparse as sp
+import torch
 
-from recsys.data.implicit import ImplicitDataset, load_implicit  # noqa: E402
-from recsys.models.cf import CFModel, Recommender  # noqa: E402
-from recsys.ranking import evaluate_ranking  # noqa: E402
-from recsys.sparse_export import export_sparse, load_sparse  # noqa: E402
-from recsys.training.cf import CFTrainConfig, train_cf  # noqa: E402
-from sparsekit.atomic import atomic_path  # noqa: E402
-from sparsekit.dataroot import dataset_path  # noqa: E402
+from benchmarks.acceptance import entry
+from benchmarks.environment import BenchmarkRun
+from recsys.data.implicit import ImplicitDataset, load_implicit
+from recsys.models.cf import CFModel, Recommender
+from recsys.ranking import evaluate_ranking
+from recsys.sparse_export import export_sparse, load_sparse
+from recsys.training.cf import CFTrainConfig, train_cf
+from sparsekit.atomic import atomic_path
+from sparsekit.dataroot import dataset_path
 
 RESULTS = ROOT / "benchmarks" / "results"
 DENSITY, FULL_DIM, K = 0.2, 64, 20

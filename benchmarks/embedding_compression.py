@@ -40,20 +40,19 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-import torch  # noqa: E402
-from acceptance import entry  # noqa: E402
-from environment import BenchmarkRun, write_result  # noqa: E402
+import numpy as np
+import polars as pl
+import torch
 
-from embeddings.registry import COMPOSED  # noqa: E402
-from embeddings.sweep import KINDS, SweepConfig, recommend, run_sweep, summarize, write_report  # noqa: E402
-from embeddings.table import BUDGET_SLACK, BudgetError, table_class  # noqa: E402
-from recsys.data.ctr import frappe_schema  # noqa: E402
-from sparsekit.atomic import atomic_path  # noqa: E402
-from sparsekit.provenance import commit  # noqa: E402
+from benchmarks.acceptance import entry
+from benchmarks.environment import BenchmarkRun, write_result
+from embeddings.registry import COMPOSED
+from embeddings.sweep import KINDS, SweepConfig, recommend, run_sweep, summarize, write_report
+from embeddings.table import BUDGET_SLACK, BudgetError, table_class
+from recsys.data.ctr import frappe_schema
+from sparsekit.atomic import atomic_path
+from sparsekit.provenance import commit
 
 BUDGETS = (0.5, 0.1, 0.01, 0.001)
 SYNTHETIC_FIELDS = (12_000_000, 5_000_000, 2_000_000, 900_000, 90_000, 10_000)  # 20M features

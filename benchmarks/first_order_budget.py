@@ -28,14 +28,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import polars as pl  # noqa: E402
-from acceptance import entry  # noqa: E402
-from environment import BenchmarkRun  # noqa: E402
+import polars as pl
 
-from embeddings.sweep import KINDS, SweepConfig, recommend, run_sweep, summarize  # noqa: E402
-from sparsekit.atomic import atomic_path  # noqa: E402
+from benchmarks.acceptance import entry
+from benchmarks.environment import BenchmarkRun
+from embeddings.sweep import KINDS, SweepConfig, recommend, run_sweep, summarize
+from sparsekit.atomic import atomic_path
 
 RESULTS = ROOT / "benchmarks" / "results"
 # The grid's five best published methods for DeepFM at 0.1 by mean *validation* AUC (committed grid:

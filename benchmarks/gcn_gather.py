@@ -35,21 +35,20 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from acceptance import entry  # noqa: E402
-from environment import BenchmarkRun  # noqa: E402
+import numpy as np
+import torch
 
-from recsys.gcn.features import NodeFeatureStore  # noqa: E402
-from recsys.gcn.sampler import NeighborSampler  # noqa: E402
-from recsys.gcn.synthetic import FORMAT, VERSION, GraphSpec, generate_graph, open_graph  # noqa: E402
-from recsys.gcn.tasks import planetoid_task, synthetic_task  # noqa: E402
-from recsys.gcn.training import GCNTrainConfig, train_gcn  # noqa: E402
-from sparsekit.artifacts import open_artifact  # noqa: E402
-from sparsekit.dataroot import dataset_path  # noqa: E402
-from sparsekit.errors import ArtifactError  # noqa: E402
+from benchmarks.acceptance import entry
+from benchmarks.environment import BenchmarkRun
+from recsys.gcn.features import NodeFeatureStore
+from recsys.gcn.sampler import NeighborSampler
+from recsys.gcn.synthetic import FORMAT, VERSION, GraphSpec, generate_graph, open_graph
+from recsys.gcn.tasks import planetoid_task, synthetic_task
+from recsys.gcn.training import GCNTrainConfig, train_gcn
+from sparsekit.artifacts import open_artifact
+from sparsekit.dataroot import dataset_path
+from sparsekit.errors import ArtifactError
 
 FANOUTS = (10, 5)
 TEST_GROUPS = {

@@ -40,21 +40,19 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from acceptance import entry  # noqa: E402
-from environment import BenchmarkRun  # noqa: E402
-
-from kernels.embedding_bag import embedding_bag  # noqa: E402
-from kernels.embedding_bag_reference import (  # noqa: E402
+from benchmarks.acceptance import entry
+from benchmarks.environment import BenchmarkRun
+from kernels.embedding_bag import embedding_bag
+from kernels.embedding_bag_reference import (
     CompositionalLookup,
     HashLookup,
     mixed_radix_rows,
     universal_hash,
 )
-from kernels.sparse_scoring import Postings, QueryBatch, postings_to_device, score_topk  # noqa: E402
-from kernels.sparse_scoring_numba import WorkspacePool  # noqa: E402
-from kernels.sparse_scoring_reference import select_topk  # noqa: E402
+from kernels.sparse_scoring import Postings, QueryBatch, postings_to_device, score_topk
+from kernels.sparse_scoring_numba import WorkspacePool
+from kernels.sparse_scoring_reference import select_topk
 
 DEVICE = "cuda"  # every tensor of the run lives here
 

@@ -28,17 +28,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-import torch  # noqa: E402
-from acceptance import entry  # noqa: E402
-from environment import BenchmarkRun  # noqa: E402
+import numpy as np
+import polars as pl
+import torch
 
-from recsys.data.ctr import SPLIT, CTRDataset, load_movielens_ctr  # noqa: E402
-from recsys.data.libfm import split_rows  # noqa: E402
-from sparsekit.dataroot import dataset_path  # noqa: E402
+from benchmarks.acceptance import entry
+from benchmarks.environment import BenchmarkRun
+from recsys.data.ctr import SPLIT, CTRDataset, load_movielens_ctr
+from recsys.data.libfm import split_rows
+from sparsekit.dataroot import dataset_path
 
 RESULTS = ROOT / "benchmarks" / "results"
 SEEDS = (0, 1, 2)

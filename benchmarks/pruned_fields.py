@@ -32,23 +32,22 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from acceptance import entry  # noqa: E402
-from environment import BenchmarkRun  # noqa: E402
+import numpy as np
+import torch
 
-import embeddings.registry  # noqa: E402,F401  (registers every table kind)
-from embeddings.sweep import (  # noqa: E402
+import embeddings.registry  # noqa: F401  (registers every table kind)
+from benchmarks.acceptance import entry
+from benchmarks.environment import BenchmarkRun
+from embeddings.sweep import (
     SweepConfig,
     first_order_bytes,
     load_dataset,
     seeded_table,
     train_config,
 )
-from recsys.data.ctr import CTRDataset  # noqa: E402
-from recsys.training.ctr import evaluate_ctr, train_ctr  # noqa: E402
+from recsys.data.ctr import CTRDataset
+from recsys.training.ctr import evaluate_ctr, train_ctr
 
 RESULTS = ROOT / "benchmarks" / "results"
 FREQUENCY_BUCKETS = (1, 5, 20, 100, 1000)  # train occurrences: [1, 5), [5, 20), ..., [1000, inf)

@@ -30,12 +30,10 @@ import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from acceptance import entry  # noqa: E402
-from environment import BenchmarkRun  # noqa: E402
-
-from retrieval.index.inverted import InvertedIndex, build_inverted_index  # noqa: E402
+from benchmarks.acceptance import entry
+from benchmarks.environment import BenchmarkRun
+from retrieval.index.inverted import InvertedIndex, build_inverted_index
 
 Query = list[int]
 

@@ -55,22 +55,20 @@ import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from acceptance import entry  # noqa: E402
-from environment import BenchmarkRun, write_result  # noqa: E402
-from sparse_engine import bm25s_over  # noqa: E402
-
-from retrieval.data.beir import load_corpus, load_qrels, load_queries  # noqa: E402
-from retrieval.encoders.sparse_doc import SparseEncoderConfig  # noqa: E402
-from retrieval.evaluation import evaluate, run_from_hits  # noqa: E402
-from retrieval.index.inverted import InvertedIndex, build_inverted_index  # noqa: E402
-from retrieval.index.learned_sparse import LearnedSparseIndex, build_learned_sparse_index  # noqa: E402
-from retrieval.training.dev_eval import corpus_flops  # noqa: E402
-from retrieval.training.sparse import SparseTrainConfig, train_sparse_encoder  # noqa: E402
-from retrieval.training.teachers import doc_contents  # noqa: E402
-from sparsekit.dataroot import dataset_path  # noqa: E402
-from sparsekit.provenance import commit  # noqa: E402
+from benchmarks.acceptance import entry
+from benchmarks.environment import BenchmarkRun, write_result
+from benchmarks.sparse_engine import bm25s_over
+from retrieval.data.beir import load_corpus, load_qrels, load_queries
+from retrieval.encoders.sparse_doc import SparseEncoderConfig
+from retrieval.evaluation import evaluate, run_from_hits
+from retrieval.index.inverted import InvertedIndex, build_inverted_index
+from retrieval.index.learned_sparse import LearnedSparseIndex, build_learned_sparse_index
+from retrieval.training.dev_eval import corpus_flops
+from retrieval.training.sparse import SparseTrainConfig, train_sparse_encoder
+from retrieval.training.teachers import doc_contents
+from sparsekit.dataroot import dataset_path
+from sparsekit.provenance import commit
 
 K = 100
 ABLATIONS = {"plain_flops": {"idf_aware": False}, "dense_teacher_only": {"distill": "dense"},
