@@ -50,13 +50,7 @@ FEASIBLE = {  # on Frappe (5,382 features, 10 fields, dim 16)
 TINY_FIELDS = [40, 90, 20, 30]  # big enough for INT16 (scales + offsets within the 2% slack)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These are many small ops: one intra-op thread (spinning threads on a busy CPU cost 100x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensor ops: one thread
 
 
 def _ids(fields: list[int], batch: int, seed: int = 0) -> torch.Tensor:

@@ -4,7 +4,6 @@ and a whitespace tokenizer for the chunking and corpus tests."""
 import re
 
 import pytest
-import torch
 
 from sparsekit.errors import NotFoundError
 
@@ -39,13 +38,9 @@ def word_tokenizer() -> WordTokenizer:
     return WordTokenizer()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matmuls: one thread is fastest here and does not fight other processes for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    """Small matmuls: one thread is fastest here (``one_torch_thread`` of tests/conftest.py)."""
 
 
 CHUNKS = [

@@ -22,13 +22,7 @@ from sparsekit.errors import ArtifactError, InputError
 NUM_USERS, NUM_ITEMS = 40, 60
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP oversubscription stalls on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensor ops: one thread
 
 
 def planted(num_users: int = 120, num_items: int = 150, groups: int = 5, per_user: int = 12,

@@ -24,13 +24,7 @@ from sparsekit.errors import InputError, NotFoundError
 NUM_USERS, NUM_ITEMS = 30, 50
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP oversubscription stalls on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensor ops: one thread
 
 
 def _interactions(seed: int = 0) -> sp.csr_matrix:
