@@ -176,11 +176,14 @@ def _kept(history: list[dict[str, Any]], kept: dict[str, Any]) -> dict[str, Any]
     return next(h for h in history if (h["lr"], h["epoch"]) == (kept["lr"], kept["epoch"]))
 
 
-def training_record(model: Path, total_s: float | None) -> dict[str, Any]:
-    """Both stages' command, wall time (stage 1 + stage 2, or ``total_s``) and dev metrics."""
+def training_record(model: Path) -> dict[str, Any]:
+    """Both stages' command, wall time (stage 1 + stage 2, as their manifests record it), the device and
+    threads stage 1 trained on, and dev metrics."""
     info, table = _training_info(model), _query_table_info(model)
-    wall = total_s or info["wall_s"] + table["wall_s"]
-    return {"command": MAIN_COMMAND, "device": "cpu (2 cores)", "wall_s": wall,
+    wall = info["wall_s"] + table["wall_s"]
+    device = f"{info['device_used']}, {info['torch_threads']} torch threads" if "device_used" in info else (
+        "not recorded (model trained before the manifest recorded it)")
+    return {"command": MAIN_COMMAND, "device": device, "wall_s": wall,
             "wall_h": round(wall / 3600, 3),
             "stages_wall_s": {"document_encoder": info["wall_s"], "query_table": table["wall_s"]},
             "steps": info["steps"], "dev": info["dev"], "query_table_dev": table["dev"],
@@ -569,9 +572,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-ablations", action="store_true")
     parser.add_argument("--scale-docs", type=int, default=1_000_000)
     parser.add_argument("--no-lucene-scale", action="store_true")
-    parser.add_argument("--train-total-s", type=float, default=None,
-                        help="with --model: the training command's measured end-to-end wall time (teacher "
-                             "mining and caches included), when the model's manifest predates recording it")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sparse_scifact.json")
     parser.add_argument("--rescore", action="store_true",
                         help="recompute only the acceptance block of --out from its stored metrics")
@@ -607,7 +607,7 @@ def redo_ablations(args: argparse.Namespace, data: Path) -> None:
 def full_run(args: argparse.Namespace, data: Path, model: Path) -> dict[str, Any]:
     """Test quality, speed, scale and ablations of ``model``, saved to ``args.out`` after each stage."""
     run = BenchmarkRun("sparse_scifact")
-    metrics: dict[str, Any] = {"training": training_record(model, args.train_total_s)}
+    metrics: dict[str, Any] = {"training": training_record(model)}
 
     def save() -> dict[str, Any]:  # after every stage, so a long run keeps what it measured
         result = run.envelope(metrics, [])

@@ -257,7 +257,8 @@ def train_sparse_encoder(cfg: SparseTrainConfig) -> Path:
     inputs = _DocInputs(build_hidden_cache(contents, model.doc, work, progress=cfg.progress), prior)
     stats = _train_loop(model, cache, inputs, queries, train_q, cfg, _Checkpoint(work, cfg), dev)
     model.extra = {"training": {**_jsonable(cfg), "train_queries": len(train_q), "dev_queries": dev_q,
-                                "wall_s": round(time.perf_counter() - start, 1), **stats,
+                                "wall_s": round(time.perf_counter() - start, 1), "device_used": str(device),
+                                "torch_threads": torch.get_num_threads(), **stats,
                                 "dev": dev.history if dev else []}}
     path = model.save(out, overwrite=cfg.overwrite, source={"data": str(cfg.data)})
     if dev is not None and dev.last is not None and dev.last[0] == stats["steps"]:
