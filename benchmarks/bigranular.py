@@ -216,7 +216,7 @@ def encode_queries(texts: dict[str, str], cache: Path) -> dict[str, np.ndarray]:
 
 
 def load_scifact(cache: Path, seed: int) -> SciFact:
-    from retrieval.index.dense import embed_corpus
+    from retrieval.index.corpus_embeddings import embed_corpus
 
     root = dataset_path("scifact")
     if root is None:
@@ -496,7 +496,7 @@ def recall_at(rows: np.ndarray, truth: np.ndarray) -> float:
 
 def train_code_index(corpus: np.ndarray, args: argparse.Namespace) -> tuple[Any, str, float]:
     """One OPQ+IVF+PQ code index, trained on a sample of the largest corpus and shared by every size."""
-    from retrieval.index.dense import new_faiss_index
+    from retrieval.index.faiss_index import new_faiss_index
 
     nlist = args.nlist_per_sqrt * int(np.sqrt(len(corpus)))
     factory = f"OPQ{args.m},IVF{nlist},PQ{args.m}"

@@ -16,7 +16,7 @@ On disk (format ``bigranular``, version 1)::
     manifest.json   params (codes factory, candidates C, nprobe, dtype, query_encoder), counts
     codes.faiss     the code index (loaded into RAM)
     vectors.bin     raw row-major [N, dim] float16/float32 vectors (memory-mapped, never loaded whole)
-    doc_ids.bin/off document ids (memory-mapped, see :class:`~retrieval.index.dense.DocIdTable`)
+    doc_ids.bin/off document ids (memory-mapped, see :class:`~retrieval.index.doc_ids.DocIdTable`)
     query_encoder/  only when the index carries a fine-tuned query encoder
 """
 
@@ -32,21 +32,22 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from retrieval.index.dense import (
-    MINILM,
-    DocIdTable,
-    LazyQueries,
-    QueryEncoder,
-    check_queries,
-    check_vectors,
-    embed_corpus,
+from retrieval.index.corpus_embeddings import check_vectors, embed_corpus
+from retrieval.index.doc_ids import DocIdTable
+from retrieval.index.faiss_index import (
     maybe_to_gpu,
     new_faiss_index,
     omp_threads,
-    query_encoder_params,
     read_faiss_index,
     set_search_params,
     train_and_add,
+)
+from retrieval.index.query_encoding import (
+    MINILM,
+    LazyQueries,
+    QueryEncoder,
+    check_queries,
+    query_encoder_params,
 )
 from retrieval.query_checks import check_k, check_text, query_batch
 from sparsekit.artifacts import Manifest, fingerprint, open_artifact, write_artifact

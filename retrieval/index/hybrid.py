@@ -34,15 +34,9 @@ from typing import Any
 import numpy as np
 
 from retrieval.index.bigranular import DTYPES, VECTORS_FILE, VectorStore
-from retrieval.index.dense import (
-    MINILM,
-    DocIdTable,
-    LazyQueries,
-    QueryEncoder,
-    check_vectors,
-    embed_corpus,
-    query_encoder_params,
-)
+from retrieval.index.corpus_embeddings import check_vectors, embed_corpus
+from retrieval.index.doc_ids import DocIdTable
+from retrieval.index.query_encoding import MINILM, LazyQueries, QueryEncoder, query_encoder_params
 from retrieval.query_checks import check_k, check_text, query_batch
 from sparsekit.artifacts import Manifest, fingerprint, open_artifact, write_artifact
 from sparsekit.bounds import count, one_of, within

@@ -71,7 +71,7 @@ class ContrastivePQ(nn.Module):
         """Fit faiss ``OPQ{m},PQ{m}x{nbits}`` (or plain PQ when ``opq`` is false) and start from it."""
         import faiss
 
-        from retrieval.index.dense import tune_training
+        from retrieval.index.faiss_index import tune_training
 
         dim = vectors.shape[1]
         if dim % m:

@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 
 from retrieval.index import KINDS, build_index, open_index
-from retrieval.index.dense import (
-    IDS_OFFSETS,
-    INDEX_FILE,
-    DenseConfig,
-    DenseIndex,
-    DocIdTable,
-    build_dense_index,
-    embed_corpus,
-)
+from retrieval.index.corpus_embeddings import embed_corpus
+from retrieval.index.dense import INDEX_FILE, DenseConfig, DenseIndex, build_dense_index
+from retrieval.index.doc_ids import IDS_OFFSETS, DocIdTable
 from sparsekit.errors import ArtifactError, InputError
 
 DIM = 16
