@@ -7,8 +7,10 @@ else of Sparsekit.
 """
 
 import importlib.util
+from functools import lru_cache
 
 
+@lru_cache(maxsize=1)
 def triton_available() -> bool:
     """True when the triton package can be imported (it ships with CUDA builds of torch)."""
     return importlib.util.find_spec("triton") is not None

@@ -16,7 +16,6 @@ are checked here.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -37,7 +36,6 @@ ID_DTYPES = frozenset({torch.int32, torch.int64})
 KERNEL_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
 
 
-@lru_cache(maxsize=1)
 def _reference(weight: torch.Tensor, ids: torch.Tensor, lookup: Lookup, pool: bool) -> torch.Tensor:
     if isinstance(lookup, HashLookup):
         return hashed_bag_reference(weight, ids, lookup, pool)

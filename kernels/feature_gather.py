@@ -10,8 +10,6 @@ on the table's device and copies the rows over.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
 from kernels import triton_available
@@ -25,7 +23,6 @@ KERNEL_DTYPES = frozenset({
 ID_DTYPES = frozenset({torch.int32, torch.int64})
 
 
-@lru_cache(maxsize=1)
 def readable_from(table: torch.Tensor, device: torch.device) -> bool:
     """Whether a kernel on CUDA ``device`` can read ``table``: it lives there, or in pinned host memory."""
     return table.device == device or (table.device.type == "cpu" and table.is_pinned())

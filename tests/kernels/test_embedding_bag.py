@@ -93,6 +93,25 @@ def test_cpu_dispatch_is_the_reference_and_pools_by_summing(name: str) -> None:
     assert weight.grad is not None and weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("name", sorted(LOOKUPS))
+def test_each_call_computes_afresh_after_an_in_place_update(name: str) -> None:
+    """Two training steps on the same tensors: the second call sees the updated weights and builds its
+    own graph (nothing is cached across calls)."""
+    lookup, rows = LOOKUPS[name]
+    weight = torch.randn(rows, 6, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    ids = _ids()
+    first = embedding_bag(weight, ids, lookup, pool=True)
+    first.sum().backward()
+    with torch.no_grad():
+        weight.add_(1.0)
+    second = embedding_bag(weight, ids, lookup, pool=True)
+    assert second is not first
+    fresh = embedding_bag(weight.detach().clone(), ids.clone(), lookup, pool=True)  # new tensors, same values
+    torch.testing.assert_close(second.detach(), fresh)
+    assert not torch.allclose(second.detach(), first.detach())
+    second.sum().backward()  # a fresh graph: no "backward through the graph a second time"
+
+
 def test_hash_rows_follow_the_universal_hash() -> None:
     lookup, rows = LOOKUPS["hash"]
     weight = torch.arange(rows, dtype=torch.float32).unsqueeze(1)  # row r holds the value r

@@ -143,3 +143,19 @@ def test_cuda_kernel_reads_pinned_host_table(dtype: torch.dtype) -> None:
         on_device = gather_rows(table.cuda(), ids)  # device-resident table through the same kernel
         assert torch.equal(on_device.cpu(), want)
         assert gather_rows(table, torch.zeros(0, dtype=torch.int64, device="cuda")).shape == (0, dim)
+
+
+def test_readable_from_keeps_no_reference_to_the_table() -> None:
+    """A feature table can be gigabytes of pinned memory: asking whether a kernel can read it must not
+    keep it alive."""
+    import gc
+    import weakref
+
+    from kernels.feature_gather import readable_from
+
+    table = torch.zeros(8, 4)
+    alive = weakref.ref(table)
+    assert not readable_from(table, torch.device("cuda"))  # an unpinned host table: not readable there
+    del table
+    gc.collect()
+    assert alive() is None
