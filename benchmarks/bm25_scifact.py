@@ -7,7 +7,8 @@ PyStemmer is installed (the output says which). Quality: NDCG@10 and R@100 with 
 (``ndcg_cut_10``, ``recall_100``), means over every query in ``qrels/test.tsv`` (an unanswered query
 scores 0). Speed: two untimed warm-up passes (JIT, caches), then the median of three timed passes
 of the whole query set as one batch (1 thread and ``--threads``) and as one call per query (1
-thread); query analysis/tokenization and conversion to Python results are included for both.
+thread); query analysis/tokenization and conversion to Python results are included for both. bm25s runs
+twice: with its default numpy backend and with its numba backend (its fastest; same scores).
 Acceptance: Lucene NDCG@10 = 0.679 ± 0.003 and R@100 = 0.925 ± 0.003 (the published Pyserini BM25
 flat numbers). Prints one JSON object and writes
 ``benchmarks/results/bm25_scifact.json`` (DESIGN.md §7).
@@ -96,7 +97,8 @@ def run_lucene(corpus: Path, texts: list[str], threads: int, workdir: Path) -> t
     return hits, info
 
 
-def run_bm25s(corpus: Path, texts: list[str], threads: int) -> tuple[Hits, dict[str, Any]]:
+def run_bm25s(corpus: Path, texts: list[str], threads: int,
+              backend: str = "numpy") -> tuple[Hits, dict[str, Any]]:
     try:
         import Stemmer
 
@@ -109,7 +111,7 @@ def run_bm25s(corpus: Path, texts: list[str], threads: int) -> tuple[Hits, dict[
     contents = [d.get("title", "") + " " + d["text"] for d in docs]
 
     def build() -> Any:
-        retriever = bm25s.BM25(k1=K1, b=B, method="lucene")
+        retriever = bm25s.BM25(k1=K1, b=B, method="lucene", backend=backend)
         tokens = bm25s.tokenize(contents, stopwords="en", stemmer=stemmer, show_progress=False)
         retriever.index(tokens, show_progress=False)
         return retriever
@@ -126,7 +128,8 @@ def run_bm25s(corpus: Path, texts: list[str], threads: int) -> tuple[Hits, dict[
     hits, speed = _speed(lambda th: search(texts, th if th > 1 else 0), lambda t: search([t], 0), texts,
                          threads)
     return hits, {"num_docs": len(doc_ids), "build_s": round(build_s, 2), **speed,
-                  "stemmer": stemmer_name, "stopwords": "bm25s english", "bm25s": bm25s.__version__}
+                  "stemmer": stemmer_name, "stopwords": "bm25s english", "bm25s": bm25s.__version__,
+                  "backend": backend}
 
 
 def _ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float:
@@ -150,13 +153,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bm25_scifact-") as tmp:
         lucene_hits, lucene_info = run_lucene(root / "corpus.jsonl", texts, args.threads, Path(tmp))
     bm25s_hits, bm25s_info = run_bm25s(root / "corpus.jsonl", texts, args.threads)
+    numba_hits, numba_info = run_bm25s(root / "corpus.jsonl", texts, args.threads, backend="numba")
 
     lucene_info.update(evaluate(qrels, qids, lucene_hits))
     bm25s_info.update(evaluate(qrels, qids, bm25s_hits))
+    numba_info.update(evaluate(qrels, qids, numba_hits))
     metrics = {
         "dataset": "scifact", "split": "test", "num_queries": len(qids), "judged_queries": len(qrels),
         "k1": K1, "b": B, "k": K, "threads": args.threads,
-        "lucene": lucene_info, "bm25s": bm25s_info,
+        "lucene": lucene_info, "bm25s": bm25s_info, "bm25s_numba": numba_info,
+        "bm25s_numba_vs_numpy_batch_qps_1_thread": _ratio(numba_info, bm25s_info, "batch_qps_1_thread"),
         "bm25s_vs_lucene_batch_qps_1_thread": _ratio(bm25s_info, lucene_info, "batch_qps_1_thread"),
         "bm25s_vs_lucene_loop_qps_1_thread": _ratio(bm25s_info, lucene_info, "loop_qps_1_thread"),
     }

@@ -228,6 +228,8 @@ def _check_identity(out_dir: Path, identity: dict[str, Any]) -> None:
     # embedding_l2 at CTRTrainConfig's defaults
     stored = {"min_epochs": 1, "first_order": "free", "seeding": 1, "lr": 1e-2, "embedding_l2": 1e-2,
               **json.loads(path.read_text())}
+    if stored.get("dataset") in DATASETS:  # the CLI once recorded its unused table options here
+        stored["table"] = None
     changed = sorted(k for k in identity.keys() | stored.keys() if stored.get(k) != identity.get(k))
     if changed:
         raise InputError("out", f"{out_dir} holds runs of a different sweep (differs in {changed}); resuming "

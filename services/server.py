@@ -22,6 +22,7 @@ from services.recommend_service import RecommendServicer
 from services.search_service import SERVICE_NAME as SEARCH_SERVICE
 from services.search_service import SearchServicer
 from services.search_validation import SearchLimits
+from sparsekit.bounds import count
 from sparsekit.errors import InputError
 
 if TYPE_CHECKING:  # the Generate service pulls in transformers: imported only where it is served
@@ -41,6 +42,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         _check_address(self.address)
+        count(self, 1, "workers", "engine_threads")
 
 
 def make_server(indexes: Mapping[str, SearchIndex], config: ServerConfig | None = None,

@@ -11,13 +11,15 @@ from sparsekit.errors import InputError
 
 
 def read_text(path: Path, encoding: str = "utf-8") -> str:
-    """The whole file decoded; a missing file or an undecodable byte is an :class:`InputError` naming it."""
+    """The whole file decoded, line ends as ``\\n``; a missing file or an undecodable byte is an
+    :class:`InputError` naming it."""
     if not path.is_file():
         raise InputError(path, "file not found")
     try:
-        return path.read_bytes().decode(encoding)
+        text = path.read_bytes().decode(encoding)
     except UnicodeDecodeError as e:
         raise InputError(path, f"not valid {encoding.upper()} (byte offset {e.start})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # Windows and old-Mac line ends
 
 
 def first_row(frame: pl.DataFrame, mask: pl.Expr) -> dict | None:

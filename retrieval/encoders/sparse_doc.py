@@ -374,7 +374,10 @@ class SparseModel:
 
         path = Path(path)
         manifest = open_artifact(path, FORMAT, VERSION, verify=verify)
-        config = SparseEncoderConfig(**json.loads((path / _ENCODER_FILE).read_text()))
+        try:
+            config = SparseEncoderConfig(**json.loads((path / _ENCODER_FILE).read_text()))
+        except (OSError, ValueError, TypeError) as exc:  # InputError is a ValueError: a bad stored setting
+            raise ArtifactError(path / _ENCODER_FILE, f"unreadable encoder config: {exc}") from exc
         backbone = build_backbone(path / _BACKBONE_FILE)
         doc = SparseDocEncoder(backbone, load_tokenizer(path / _TOKENIZER_DIR), config, device="cpu")
         try:

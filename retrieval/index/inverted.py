@@ -35,7 +35,7 @@ import scipy.sparse as sp
 
 from kernels.sparse_scoring import Postings, QueryBatch, TopK, postings_to_device, score_topk
 from kernels.sparse_scoring_numba import WorkspacePool
-from retrieval.query_checks import query_batch
+from retrieval.query_checks import check_k, check_text, check_texts
 from sparsekit.artifacts import Manifest, open_artifact, write_artifact
 from sparsekit.device import resolve_device
 from sparsekit.errors import ArtifactError, InputError
@@ -442,8 +442,8 @@ class InvertedIndex:
 
     def _batch(self, offsets: np.ndarray, terms: np.ndarray, values: np.ndarray, k: int, threads: int,
                names: Sequence[str]) -> QueryBatch:
-        _check_positive(k, "k")
-        _check_positive(threads, "threads")
+        check_k(k)
+        check_k(threads, "threads")
         _check_offsets(offsets, terms, values)
         _check_packed(offsets, terms, values, self.vocab_size, names)
         return QueryBatch(offsets, terms.astype(np.int32), values * np.float32(self.scale))
@@ -476,13 +476,12 @@ class InvertedIndex:
 
     def search(self, text: str, k: int) -> list[tuple[str, float]]:
         """Text search through the attached ``query_encoder``."""
-        indices, values = self._encode(text)
+        indices, values = self._encode(check_text(text))
         return self.search_sparse(indices, values, k)
 
     def batch_search(self, texts: list[str], k: int, threads: int = 1) -> list[list[tuple[str, float]]]:
         """Batched text search through the attached ``query_encoder``."""
-        texts = query_batch(texts)
-        return self.search_sparse_batch([self._encode(t) for t in texts], k, threads)
+        return self.search_sparse_batch([self._encode(t) for t in check_texts(texts)], k, threads)
 
 
 class _QueryNames:
@@ -492,11 +491,4 @@ class _QueryNames:
         return f"queries[{b}]"
 
 
-def _check_positive(value: int, name: str) -> None:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-        raise InputError(name, f"must be a positive integer, got {value!r}")
 
-
-def open_inverted_index(path: str | Path) -> InvertedIndex:
-    """A ``sparse-inverted`` directory, memory-mapped, on the CPU (:meth:`InvertedIndex.open`)."""
-    return InvertedIndex.open(path)

@@ -71,7 +71,7 @@ def _run_training(train: Callable[[Any], Path], cfg: Any, what: str) -> None:
     start = time.perf_counter()
     try:
         path = train(cfg)
-    except (SparsekitError, ValueError, FileExistsError, FileNotFoundError) as exc:
+    except (SparsekitError, ValueError, FileNotFoundError) as exc:
         fail(exc)
     console.print(f"trained {what} at {path} in {time.perf_counter() - start:.0f}s")
 
@@ -105,7 +105,11 @@ def train_query_table_command(
     from retrieval.training.query_table import QueryTableConfig
     from retrieval.training.query_table import train_query_table as train
 
-    cfg = QueryTableConfig(model=str(model), out=str(out), work_dir=str(work_dir) if work_dir else None,
-                           epochs=epochs, lrs=tuple(lr) if lr else QueryTableConfig.lrs, ce_weight=ce_weight,
-                           l2=l2, learn_residual_scale=learn_residual_scale, seed=seed, overwrite=overwrite)
+    try:
+        cfg = QueryTableConfig(model=str(model), out=str(out), work_dir=str(work_dir) if work_dir else None,
+                               epochs=epochs, lrs=tuple(lr) if lr else QueryTableConfig.lrs,
+                               ce_weight=ce_weight, l2=l2, learn_residual_scale=learn_residual_scale,
+                               seed=seed, overwrite=overwrite)
+    except SparsekitError as exc:
+        fail(exc)
     _run_training(train, cfg, "query table")

@@ -196,3 +196,19 @@ def test_table_options_are_no_part_of_a_named_dataset_sweep() -> None:
 
     assert SweepConfig(dataset="frappe", table=TableCTRConfig(label="clicked")).table is None
     assert SweepConfig(dataset="log.csv", table=TableCTRConfig(label="clicked")).table.label == "clicked"
+
+
+def test_a_named_dataset_folder_that_recorded_table_options_still_resumes(tmp_path) -> None:
+    """Folders the CLI wrote before table options left a named dataset's identity still resume."""
+    from dataclasses import asdict
+
+    from recsys.data.ctr_table import TableCTRConfig
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "dcnv2__full__1__s0.json").write_text("{}")
+    identity = {"dataset": "frappe", "table": None, "rows": [3, 1, 1]}
+    (tmp_path / sweep.IDENTITY).write_text(json.dumps({**identity, "table": asdict(TableCTRConfig())}))
+    sweep._check_identity(tmp_path, {**identity, "min_epochs": 1, "first_order": "free", "seeding": 1,
+                                     "lr": 1e-2, "embedding_l2": 1e-2})
+    with pytest.raises(InputError, match="rows"):
+        sweep._check_identity(tmp_path, {**identity, "rows": [4, 1, 1]})

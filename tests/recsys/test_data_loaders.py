@@ -293,3 +293,13 @@ def test_cora(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "Cora" / "raw").iterdir()) == sorted(raw_file_names("Cora"))
     again = load_planetoid(root, "Cora", cache_dir=tmp_path)  # served from the processed cache
     assert again.num_nodes == 2708
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+def test_implicit_reads_any_line_end(tmp_path: Path, end: str) -> None:
+    folder = tmp_path / end.encode().hex()
+    folder.mkdir()
+    (folder / "train.txt").write_bytes(end.join(["0 1 2", "1 2", "2 0"]).encode() + end.encode())
+    (folder / "test.txt").write_bytes(end.join(["0 3", "1 3", "2 3"]).encode() + end.encode())
+    data = load_implicit(folder)
+    assert data.train.shape[0] == 3 and data.train.nnz == 4

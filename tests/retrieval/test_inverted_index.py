@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from retrieval.index.inverted import FORMAT, InvertedIndex, build_inverted_index, open_inverted_index
+from retrieval.index.inverted import FORMAT, InvertedIndex, build_inverted_index
 from sparsekit.artifacts import MANIFEST
 from sparsekit.errors import ArtifactError, InputError
 
@@ -212,7 +212,7 @@ def test_manifest_and_reopen_give_identical_results(tmp_path: Path) -> None:
         assert (index.num_docs, index.vocab_size) == (500, 80)
         first = index.search_sparse_batch(queries, 20)
     assert index.num_docs == 0  # closed
-    assert open_inverted_index(path).search_sparse_batch(queries, 20) == first
+    assert InvertedIndex.open(path).search_sparse_batch(queries, 20) == first
     assert InvertedIndex.open(path, mmap=False, verify=False).search_sparse_batch(queries, 20) == first
 
 

@@ -143,3 +143,9 @@ def test_an_unwritable_output_is_refused_before_training(command: list[str], tmp
         result = runner.invoke(app, [*command, "--out", str(out), "--overwrite"])
         assert result.exit_code == 2 and why in " ".join(result.output.split()), result.output
     assert blocker.read_text() == "kept" and (tmp_path / "dataset" / "data.csv").read_text() == "kept"
+
+
+def test_an_infinite_query_table_rate_is_refused_cleanly(tmp_path: Path) -> None:
+    args = ["train", "query-table", "--model", str(tmp_path), "--out", str(tmp_path / "o"), "--lr", "inf"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "lrs" in result.output

@@ -24,6 +24,7 @@ from retrieval.training.progressive import ProgressiveConfig
 from retrieval.training.query_table import QueryTableConfig
 from retrieval.training.sparse import SparseTrainConfig
 from retrieval.training.teachers import TeacherConfig
+from services.server import ServerConfig
 from sparsekit.bounds import at_least, count, each_count, each_positive, one_of, positive, within
 from sparsekit.errors import InputError
 
@@ -108,6 +109,7 @@ BAD_CONFIGS = [
     (lambda: SweepConfig(embed_dim=0), "embed_dim"),
     (lambda: SyntheticCTRConfig(field_dims=(10, 0)), "field_dims"),
     (lambda: SyntheticCTRConfig(zipf_a=0.0), "zipf_a"),
+    (lambda: ServerConfig(workers=0), "workers"),
 ]
 
 
