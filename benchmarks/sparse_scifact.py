@@ -23,12 +23,13 @@ One run, one JSON object (DESIGN.md §7), written to ``benchmarks/results/sparse
    what the transformer adds). ``--train-ablation NAME --ablation-steps N`` trains one stage-1 ablation
    alone (to train them in parallel before the run); the run then waits for, or reuses, them.
    Reference row: the lexical prior alone (no training).
-3. **Speed on SciFact** (one thread, k=100): the native engine on the trained model's index vs bm25s
-   (its own BM25 index over the same corpus, stemmer + stopwords, numba backend: bm25s's fastest; the
-   committed run used its default numpy backend, 2.7x slower here), both timed from query text to
-   ranked ids: mean/median single-query latency and batch queries/s. The batch criterion compares like
-   with like: our array API (doc-id and score arrays, what bm25s returns); the list API's ``(id, score)``
-   tuples are reported beside it. Both tokenizers run on one thread (``RAYON_NUM_THREADS=1``).
+3. **Speed on SciFact** (one thread, k=100): the native engine on the trained model's index vs bm25s (its
+   own BM25 index over the same corpus, stemmer + stopwords, numba backend: bm25s's fastest; the
+   committed run used its default numpy backend, about 2x slower: ``bm25_scifact.py``), both timed from
+   query text to ranked ids: mean/median single-query latency and batch queries/s. The batch criterion
+   compares like with like: our array API (doc-id and score arrays, what bm25s returns); the list API's
+   ``(id, score)`` tuples are reported beside it. Both tokenizers run on one thread
+   (``RAYON_NUM_THREADS=1``).
 4. **Scale** (run before the ablations): a 1M-document synthetic corpus drawn from the trained
    model's term statistics (document lengths, term document-frequencies, weights), the real test
    queries' vectors: build time, index bytes, latency and batch throughput for the native engine,
