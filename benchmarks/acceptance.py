@@ -1,4 +1,5 @@
-"""Acceptance entries of a benchmark result (DESIGN.md §7): one per criterion, holding the measured value.
+"""Acceptance entries of a benchmark result (../shared/docs/DESIGN.md §7): one per criterion, holding the
+measured value.
 
 Every benchmark judges its criteria through :func:`entry`, so ``pass`` means the same thing in every
 results file: ``value op target`` on the unrounded value.

@@ -29,7 +29,7 @@ step; ``test`` is evaluated once per system (NDCG@10, R@100: pytrec_eval, every 
   thread: RAM (as above), index bytes on disk, p50/p99 latency, recall@10. Ours is also timed cold
   (its vector file dropped from the page cache with ``posix_fadvise(DONTNEED)`` first).
 
-Prints one JSON object and writes ``benchmarks/results/bigranular.json`` (DESIGN.md §7) and
+Prints one JSON object and writes ``benchmarks/results/bigranular.json`` (../shared/docs/DESIGN.md §7) and
 ``benchmarks/results/bigranular.png``.
 """
 

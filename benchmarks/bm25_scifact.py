@@ -11,7 +11,7 @@ thread); query analysis/tokenization and conversion to Python results are includ
 twice: with its default numpy backend and with its numba backend (its fastest; same scores).
 Acceptance: Lucene NDCG@10 = 0.679 ± 0.003 and R@100 = 0.925 ± 0.003 (the published Pyserini BM25
 flat numbers). Prints one JSON object and writes
-``benchmarks/results/bm25_scifact.json`` (DESIGN.md §7).
+``benchmarks/results/bm25_scifact.json`` (../shared/docs/DESIGN.md §7).
 """
 
 from __future__ import annotations

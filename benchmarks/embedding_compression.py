@@ -21,7 +21,7 @@
    planted-logistic rows (:mod:`recsys.data.synthetic_ctr`). Tables are timed as built for training;
    the compositions, trained as float rows but served as low-bit codes, are timed served as well.
 
-Writes ``benchmarks/results/embedding_compression.{json,csv,md,png}`` (DESIGN.md §7).
+Writes ``benchmarks/results/embedding_compression.{json,csv,md,png}`` (../shared/docs/DESIGN.md §7).
 """
 
 from __future__ import annotations

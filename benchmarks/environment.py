@@ -1,5 +1,5 @@
 """What every benchmark result records about where and from what it ran: the machine, the git commit
-(:func:`sparsekit.provenance.commit`) and the command, in the DESIGN.md §7 envelope that
+(:func:`sparsekit.provenance.commit`) and the command, in the ../shared/docs/DESIGN.md §7 envelope that
 :class:`BenchmarkRun` writes."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def write_result(path: Path, result: dict[str, Any], indent: int = 2) -> None:
 class BenchmarkRun:
     """One run of ``benchmarks/<script>.py``. Created when the run starts: the clock starts and the git
     commit is read then, so commits made while a long run goes on are not attributed to it.
-    :meth:`report` writes the DESIGN.md §7 envelope of the result."""
+    :meth:`report` writes the ../shared/docs/DESIGN.md §7 envelope of the result."""
 
     name: str
     script: str = ""

@@ -16,7 +16,7 @@ it trains the grid's strongest tables at this cell and PEP (``DEFAULT_METHODS``)
 The ``free`` runs share ``--work`` with the grid (same sweep settings), so runs the grid already trained
 are read back.
 
-Writes ``benchmarks/results/first_order_budget.{json,png}`` (DESIGN.md §7) and prints the JSON.
+Writes ``benchmarks/results/first_order_budget.{json,png}`` (../shared/docs/DESIGN.md §7) and prints the JSON.
 """
 
 from __future__ import annotations

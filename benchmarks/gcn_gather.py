@@ -16,7 +16,7 @@ Sections, all in one run:
 4. **Tests as criteria.** The sampler, kernel (Triton under ``TRITON_INTERPRET=1``) and bad-input tests run
    in a subprocess; their failure counts are acceptance entries.
 
-Prints one JSON object and writes ``benchmarks/results/gcn_gather.json`` (DESIGN.md §7).
+Prints one JSON object and writes ``benchmarks/results/gcn_gather.json`` (../shared/docs/DESIGN.md §7).
 """
 
 from __future__ import annotations

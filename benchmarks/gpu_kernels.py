@@ -19,7 +19,7 @@ Two hot paths, each checked for exactness before it is timed:
 Times are CUDA-event medians after warm-up; the training-step ratios are taken against the Triton path.
 Without CUDA the script says so and exits with status 1: nothing here has
 a CPU meaning (the CPU paths are benchmarked in ``embedding_compression.py`` and ``sparse_engine.py``).
-Prints one JSON object and writes ``benchmarks/results/gpu_kernels.json`` (DESIGN.md §7).
+Prints one JSON object and writes ``benchmarks/results/gpu_kernels.json`` (../shared/docs/DESIGN.md §7).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ and trained exactly as through the built-in loader, in the same run:
    one ``.npz``. GraphSAGE test accuracy through the file / through :func:`recsys.gcn.tasks.planetoid_task`,
    3 seeds.
 
-Writes ``benchmarks/results/own_data.json`` (DESIGN.md §7) and prints it.
+Writes ``benchmarks/results/own_data.json`` (../shared/docs/DESIGN.md §7) and prints it.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ numba backend as its precomputed score matrix. Queries carry weight 1 per token 
 query terms). Measured: single-query latency at k (one thread, one call per query) and batch
 throughput (``--threads``), for our engine with float32 (``none``, exact vs bm25s) and ``uint8``
 postings, plus top-k agreement with bm25s. Prints one JSON object and writes
-``benchmarks/results/sparse_engine.json`` (DESIGN.md §7).
+``benchmarks/results/sparse_engine.json`` (../shared/docs/DESIGN.md §7).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Benchmark: inference-free learned sparse retrieval on SciFact — quality, ablations, engine speed.
 
-One run, one JSON object (DESIGN.md §7), written to ``benchmarks/results/sparse_scifact.json``: one
-``acceptance`` entry per criterion of the issue, and ``findings``, each ablation's effect with its interval.
+One run, one JSON object (../shared/docs/DESIGN.md §7), written to
+``benchmarks/results/sparse_scifact.json``: one ``acceptance`` entry per criterion of the issue, and
+``findings``, each ablation's effect with its interval.
 
 1. **Quality.** The main model is trained on the SciFact train qrels in two stages: the document
    encoder (IDF-aware FLOPS + BM25/MiniLM ensemble distillation, with the encoder's lexical prior:

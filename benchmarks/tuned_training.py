@@ -15,7 +15,7 @@ Runs go through :func:`embeddings.sweep.run_sweep` (same early stopping, seeding
 grid; the default setting shares ``--work`` with it), one sweep folder per setting, and are spread over
 ``--workers`` processes by (setting, seed). Resumable.
 
-Writes ``benchmarks/results/tuned_training.{json,png}`` (DESIGN.md §7) and prints the JSON.
+Writes ``benchmarks/results/tuned_training.{json,png}`` (../shared/docs/DESIGN.md §7) and prints the JSON.
 """
 
 from __future__ import annotations

@@ -1,8 +1,15 @@
-"""Retrieval: text -> vectors -> indexes -> ranked results, plus training and evaluation.
+"""Retrieval: text -> vectors -> indexes -> ranked results, plus training, evaluation and RAG.
 
-Index kinds live in :mod:`retrieval.index` (BM25 over Lucene today; learned sparse, dense,
-bi-granular and hybrid plug in beside it), engines in :mod:`retrieval.engines`, dataset loaders in
-:mod:`retrieval.data` and metrics in :mod:`retrieval.evaluation`.
+- :mod:`retrieval.index`: the index kinds (BM25 over Lucene, inference-free learned sparse on a native
+  inverted index, dense faiss, bi-granular PQ codes + on-disk vectors, hybrid), one registry;
+- :mod:`retrieval.engines`: the Lucene / Anserini adapter (pyserini);
+- :mod:`retrieval.encoders`: MiniLM backbone, sparse document encoder, IDF query table, dense encoder;
+- :mod:`retrieval.losses` and :mod:`retrieval.training`: the sparse encoder's two training stages
+  and the dense query encoder's progressive tuning;
+- :mod:`retrieval.quantization`: contrastive product quantization;
+- :mod:`retrieval.rag`: chunking, generation and the Cache-Craft chunk KV cache;
+- :mod:`retrieval.data` (BEIR files), :mod:`retrieval.evaluation` (trec_eval metrics) and
+  :mod:`retrieval.query_checks` (what every search call accepts).
 """
 
 from typing import Any

@@ -1,14 +1,14 @@
 """Artifact directories: ``manifest.json`` + files, written atomically, verified on open.
 
-Every index, model or table Sparsekit writes is a directory (DESIGN.md §4). The manifest records
-the format name and version, the parameters and source-data fingerprint that produced it, counts,
-and a SHA-256 + size for every file. Writers build the directory under a hidden temporary name
+Every index, model or table Sparsekit writes is a directory (../shared/docs/DESIGN.md §4). The manifest
+records the format name and version, the parameters and source-data fingerprint that produced it,
+counts, and a SHA-256 + size for every file. Writers build the directory under a hidden temporary name
 beside the target and rename it into place only after every file and the manifest are flushed, so a
-killed job leaves no half-written artifact and never touches the published one. Replacing an
-existing artifact swaps directories with two renames; should a crash land between them, the next
+killed job leaves no half-written artifact and never touches the published one. Replacing an existing
+artifact swaps directories with two renames; should a crash land between them, the next
 :func:`open_artifact` restores the previous version from its backup. A writer holds a lock on its
-temporary directory (``.<name>.<pid>.<random>.tmpdir``), so the next write of the same target can
-remove what a ``kill -9``-ed writer left (:func:`sparsekit.atomic.sweep_leftovers`).
+temporary directory (``.<name>.<pid>.<random>.tmpdir``), so the next write of the same target can remove
+what a ``kill -9``-ed writer left (:func:`sparsekit.atomic.sweep_leftovers`).
 """
 
 from __future__ import annotations

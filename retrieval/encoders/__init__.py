@@ -9,7 +9,9 @@
 * :mod:`~retrieval.encoders.idf_query`: :class:`IdfQueryEncoder`, the model-free query side (binary
   bag of WordPiece ids times a relu'd, optionally trainable IDF table).
 * :mod:`~retrieval.encoders.dense`: :class:`DenseEncoder`, mean-pooled, normalised MiniLM sentence
-  embeddings (the dense teacher and dense retriever).
+  embeddings (the dense teacher and dense retriever), saved as a ``dense-query-encoder`` artifact.
+* :mod:`~retrieval.encoders.lexical_prior`: BM25-saturated term frequencies added to the learned
+  document vector (residual learning beside the lexical signal).
 """
 
 from retrieval.encoders.backbone import (

@@ -7,7 +7,7 @@ logits over the 30,522 WordPiece ids, and the document vector is
 
     w_d(t) = max_{i in tokens, mask_i = 1} log(1 + relu(logit_{i,t}))      (special ids set to 0)
 
-Backbone and head (decisions documented here; see METHODS.md):
+Backbone and head (decisions documented here; see ../shared/docs/METHODS.md):
 
 * Backbone: all-MiniLM-L6-v2 (:mod:`retrieval.encoders.backbone`), which ships no MLM head.
 * Head: ``logits = transform(h) @ E^T + bias`` with ``E`` the input word embeddings (tied, not

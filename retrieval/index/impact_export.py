@@ -3,7 +3,7 @@
 The same document vectors as the native engine, served by Lucene: each document's term weights
 become integer impacts ``round(w * scale)`` in an Anserini ``JsonVectorCollection`` indexed with
 ``-impact -pretokenized`` (WordPiece tokens as terms); a query's table weights are scaled and
-rounded the same way (pyserini requires integer impacts, DESIGN.md §5), so Lucene scores are
+rounded the same way (pyserini requires integer impacts, ../shared/docs/DESIGN.md §5), so Lucene scores are
 ``scale^2`` times the native scores up to rounding and both engines return the same top-10 up to
 ties and rounding. Artifact format ``learned-sparse-lucene`` v1: ``lucene/`` + ``query/``.
 """

@@ -5,8 +5,8 @@ Relevance For Inference-Free Learned Sparse Retrievers"): documents carry learne
 ``w_d(t)``, a query is a sparse vector ``q``, and ``score(q, d) = sum_t q_t * w_d(t)``, evaluated
 term-at-a-time over an inverted index (Zobel & Moffat, "Inverted files for text search engines").
 
-On disk (artifact format ``sparse-inverted`` version 1, DESIGN.md §4), term-major postings, i.e. the
-CSC form of the ``num_docs x vocab_size`` document-term matrix:
+On disk (artifact format ``sparse-inverted`` version 1, ../shared/docs/DESIGN.md §4), term-major
+postings, i.e. the CSC form of the ``num_docs x vocab_size`` document-term matrix:
 
 - ``term_offsets.npy`` int64 ``[vocab_size + 1]``: term t's postings are ``offsets[t]:offsets[t+1]``;
 - ``postings_docs.npy`` int32: document indices, ascending within a term;

@@ -1,4 +1,4 @@
-"""The RAG request path: question -> retrieve chunks -> chunk-cached generation (DESIGN.md §3).
+"""The RAG request path: question -> retrieve chunks -> chunk-cached generation (../shared/docs/DESIGN.md §3).
 
 :class:`RagPipeline` joins a :class:`~retrieval.rag.corpus.RagCorpus` (chunks + learned sparse or
 BM25 index) and a :class:`~retrieval.rag.engine.RagEngine` (SmolLM2 with the Cache-Craft chunk cache,

@@ -1,8 +1,8 @@
 """Cached hidden states of the frozen lower layers of the sparse document encoder.
 
-CPU training of a MiniLM-based sparse encoder is dominated by the transformer and the vocabulary
-head (METHODS.md: ~55 s per 64-document step when everything trains). With the embeddings and the
-lower ``freeze_layers`` layers frozen, their output for each corpus document never changes, so it is
+CPU training of a MiniLM-based sparse encoder is dominated by the transformer and the vocabulary head
+(../shared/docs/METHODS.md: ~55 s per 64-document step when everything trains). With the embeddings and
+the lower ``freeze_layers`` layers frozen, their output for each corpus document never changes, so it is
 computed once, stored as float32 ``[N, max_length, H]`` (exactly what inference computes) plus the
 lengths in memory-mappable ``.npy`` files, and training runs only the upper layers and the head.
 """

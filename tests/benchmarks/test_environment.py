@@ -1,4 +1,4 @@
-"""The result envelope every benchmark writes (DESIGN.md §7): ``benchmarks/environment.py``."""
+"""The result envelope every benchmark writes (../shared/docs/DESIGN.md §7): ``benchmarks/environment.py``."""
 
 from __future__ import annotations
 
