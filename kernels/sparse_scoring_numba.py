@@ -268,7 +268,7 @@ def _select(acc, bits, cand, c, k, out_scores, out_docs):  # pragma: no cover - 
 
 
 @numba.njit(nogil=True, cache=True)
-def score_query(offsets, docs, weights, terms, values, k, acc, mark, touched, heap, block_max,
+def _score_query(offsets, docs, weights, terms, values, k, acc, mark, touched, heap, block_max,
                 out_scores, out_docs):  # pragma: no cover - numba
     """Exact top-k of one query into ``out_scores``/``out_docs``; returns the count; resets the workspace.
 
@@ -303,7 +303,7 @@ def score_query(offsets, docs, weights, terms, values, k, acc, mark, touched, he
 
 
 @numba.njit(nogil=True, cache=True)
-def score_range(offsets, docs, weights, q_offsets, q_terms, q_values, start, stop, k,
+def _score_range(offsets, docs, weights, q_offsets, q_terms, q_values, start, stop, k,
                 acc, mark, touched, out_docs, out_scores, out_counts):  # pragma: no cover - numba
     """Score queries ``start..stop-1`` of a packed batch into rows of ``out_docs``/``out_scores``."""
     heap = np.empty(2 * k + 2, dtype=np.int64)
@@ -311,7 +311,7 @@ def score_range(offsets, docs, weights, q_offsets, q_terms, q_values, start, sto
     for b in range(start, stop):
         lo = q_offsets[b]
         hi = q_offsets[b + 1]
-        out_counts[b] = score_query(offsets, docs, weights, q_terms[lo:hi], q_values[lo:hi], k,
+        out_counts[b] = _score_query(offsets, docs, weights, q_terms[lo:hi], q_values[lo:hi], k,
                                     acc, mark, touched, heap, block_max, out_scores[b], out_docs[b])
 
 
@@ -347,7 +347,7 @@ def score_topk_cpu(
     def run(span: tuple[int, int]) -> None:
         ws = pool.acquire()
         try:
-            score_range(offsets, docs, weights, q_offsets, q_terms, q_values, span[0], span[1], k,
+            _score_range(offsets, docs, weights, q_offsets, q_terms, q_values, span[0], span[1], k,
                         ws.acc, ws.mark, ws.touched, out_docs, out_scores, out_counts)
         finally:
             pool.release(ws)

