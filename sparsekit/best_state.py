@@ -26,8 +26,10 @@ class BestState:
         return self._state is not None
 
     def offer(self, score: float, step: int) -> bool:
-        """Keep the module's current weights when ``score`` beats the best so far; return whether it did."""
-        if not score > self.score:
+        """Keep the module's current weights when ``score`` beats the best so far, or is the first offer
+        (the starting point stays the fallback), or is the first number after NaN; return whether it did."""
+        first = self._state is None
+        if not (first or score > self.score or (math.isnan(self.score) and not math.isnan(score))):
             return False
         self.score, self.step = score, step
         self._state = copy.deepcopy(self.module.state_dict())
@@ -36,5 +38,5 @@ class BestState:
     def restore(self) -> None:
         """Load the kept weights back into the module."""
         if self._state is None:
-            raise RuntimeError("no state was kept: offer() was never called with a finite score")
+            raise RuntimeError("no state was kept: offer() was never called")
         self.module.load_state_dict(self._state)

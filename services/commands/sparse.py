@@ -71,7 +71,7 @@ def _run_training(train: Callable[[Any], Path], cfg: Any, what: str) -> None:
     start = time.perf_counter()
     try:
         path = train(cfg)
-    except (SparsekitError, ValueError, FileNotFoundError) as exc:
+    except (SparsekitError, ValueError, OSError) as exc:  # OSError: a path that is a file, or unwritable
         fail(exc)
     console.print(f"trained {what} at {path} in {time.perf_counter() - start:.0f}s")
 

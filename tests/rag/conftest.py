@@ -4,6 +4,7 @@ and a whitespace tokenizer for the chunking and corpus tests."""
 import re
 
 import pytest
+import torch
 
 from sparsekit.errors import NotFoundError
 
@@ -38,9 +39,14 @@ def word_tokenizer() -> WordTokenizer:
     return WordTokenizer()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_torch_thread):
-    """Small matmuls: one thread is fastest here (``one_torch_thread`` of tests/conftest.py)."""
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small matmuls: one thread is fastest here. Module scope, so the module-scoped generation fixtures
+    (``reference``, ``prompt``) run on one thread too, as the tests that compare against them do."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 CHUNKS = [

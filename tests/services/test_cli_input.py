@@ -149,3 +149,17 @@ def test_an_infinite_query_table_rate_is_refused_cleanly(tmp_path: Path) -> None
     args = ["train", "query-table", "--model", str(tmp_path), "--out", str(tmp_path / "o"), "--lr", "inf"]
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "lrs" in result.output
+
+
+def test_train_sparse_with_a_work_dir_that_is_a_file_exits_2(tmp_path: Path) -> None:
+    data = tmp_path / "beir"
+    (data / "qrels").mkdir(parents=True)
+    (data / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "apples"}\n')
+    (data / "queries.jsonl").write_text('{"_id": "q1", "text": "apples"}\n')
+    (data / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    work = tmp_path / "work"
+    work.write_text("kept")
+    result = runner.invoke(app, ["train", "sparse", "--data", str(data), "--out", str(tmp_path / "m"),
+                                 "--work-dir", str(work)])
+    assert result.exit_code == 2 and "error" in result.output
+    assert work.read_text() == "kept"

@@ -29,7 +29,13 @@ def test_keeps_the_best_offer_and_restores_it() -> None:
 
 
 def test_restore_without_an_offer_is_an_error() -> None:
-    best = BestState(nn.Linear(1, 1))
-    best.offer(math.nan, 1)
     with pytest.raises(RuntimeError, match="no state was kept"):
-        best.restore()
+        BestState(nn.Linear(1, 1)).restore()
+
+
+def test_the_first_offer_is_the_fallback_and_a_number_beats_nan() -> None:
+    best = BestState(nn.Linear(1, 1))
+    assert best.offer(math.nan, 0) and best.step == 0  # all-NaN dev scores keep the starting point
+    assert not best.offer(math.nan, 1)
+    assert best.offer(0.1, 2) and best.step == 2      # a real score replaces a NaN one
+    assert not best.offer(-math.inf, 3)
