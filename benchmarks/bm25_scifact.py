@@ -36,7 +36,7 @@ import pytrec_eval
 from benchmarks.acceptance import entry
 from benchmarks.environment import BenchmarkRun
 from retrieval.data.beir import load_qrels, load_queries
-from retrieval.engines import lucene
+from retrieval.engines import jvm
 from retrieval.index.bm25 import Bm25Index, build_bm25_index
 from sparsekit.dataroot import dataset_path
 
@@ -83,16 +83,16 @@ def _speed(batch: Callable[[int], Hits], single: Callable[[str], Any], texts: li
 
 
 def run_lucene(corpus: Path, texts: list[str], threads: int, workdir: Path) -> tuple[Hits, dict[str, Any]]:
-    _, jvm_s = _timed(lucene.import_pyserini_lucene)  # JVM start + pyserini import, reported apart
+    _, jvm_s = _timed(jvm.import_pyserini_lucene)  # JVM start + pyserini import, reported apart
     path, build_s = _timed(lambda: build_bm25_index(corpus, workdir / "bm25", k1=K1, b=B, threads=threads,
                                                     progress=False))
     index, open_s = _timed(lambda: Bm25Index.open(path))
     hits, speed = _speed(lambda th: index.batch_search(texts, k=K, threads=th),
                          lambda t: index.search(t, k=K), texts, threads)
-    runtime = lucene.java_runtime()
+    runtime = jvm.java_runtime()
     info = {"num_docs": index.num_docs, "jvm_start_s": round(jvm_s, 2), "build_s": round(build_s, 2),
             "open_s": round(open_s, 2), **speed, "java": f"{runtime.version} ({runtime.source})",
-            "anserini": lucene.anserini_jar().name}
+            "anserini": jvm.anserini_jar().name}
     index.close()
     return hits, info
 

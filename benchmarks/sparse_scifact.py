@@ -469,7 +469,8 @@ def _bm25s_scale(work: Path, ids: list[str], matrix: sp.csr_matrix, vecs: list) 
 
 def _lucene_scale(work: Path, ids: list[str], matrix: sp.csr_matrix, index: LearnedSparseIndex,
                   vecs: list) -> dict[str, Any]:
-    from retrieval.engines.lucene import ImpactSearcher, build_impact_index
+    from retrieval.engines.anserini import build_impact_index
+    from retrieval.engines.lucene import ImpactSearcher
 
     vocab = _vocabulary_from(index)
 

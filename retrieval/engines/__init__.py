@@ -1,6 +1,10 @@
-"""Search engines that index kinds run on.
+"""Search engines that index kinds run on: the adapter around pyserini / Anserini (Lucene).
 
-:mod:`retrieval.engines.lucene` is the one adapter around pyserini / Anserini (Lucene) and the JVM that
-pyjnius embeds: Java runtime selection, JVM options, index building in a subprocess, BM25 and impact
-search in-process. Nothing else in Sparsekit imports pyserini or jnius directly.
+- :mod:`retrieval.engines.jvm`: which Java runs, JVM options, the in-process JVM pyjnius embeds and
+  the threads that call into it;
+- :mod:`retrieval.engines.anserini`: Lucene index builds (BM25, integer impacts) in a separate JVM
+  process;
+- :mod:`retrieval.engines.lucene`: BM25 and impact search in-process.
+
+Nothing else in Sparsekit imports pyserini or jnius directly.
 """

@@ -14,7 +14,7 @@ On disk (format ``bm25-lucene``, version 1)::
 The corpus is streamed batch by batch (:func:`retrieval.data.beir.iter_corpus`, which validates every
 line) into a staging collection inside the artifact's temporary directory; the whole build happens
 under :func:`sparsekit.artifacts.write_artifact`, so a failed or killed build leaves any index
-already at ``out`` untouched. All Java work goes through :mod:`retrieval.engines.lucene`.
+already at ``out`` untouched. All Java work goes through :mod:`retrieval.engines`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 from tqdm import tqdm
 
 from retrieval.data.beir import iter_corpus
-from retrieval.engines import lucene
+from retrieval.engines import anserini, jvm, lucene
 from retrieval.query_checks import check_text, check_texts
 from sparsekit.artifacts import Manifest, fingerprint, open_artifact, write_artifact
 from sparsekit.errors import ArtifactError, InputError
@@ -54,7 +54,7 @@ def _check_bm25_params(k1: Any, b: Any, threads: Any) -> tuple[float, float, int
 
 def write_json_collection(corpus: Path, out_dir: Path, progress: bool = True) -> int:
     """Stream a BEIR ``corpus.jsonl`` into Anserini ``JsonCollection`` files; return the document count."""
-    with lucene.CollectionWriter(out_dir, _DOCS_PER_FILE) as out, tqdm(
+    with anserini.CollectionWriter(out_dir, _DOCS_PER_FILE) as out, tqdm(
         desc=f"converting {corpus.name}", unit="doc", disable=not progress, leave=False
     ) as bar:
         for batch in iter_corpus(corpus, batch_size=_BATCH):
@@ -80,19 +80,19 @@ def build_bm25_index(
     ``k1`` and ``b`` are stored in the manifest and used at search time. Raises
     :class:`~sparsekit.errors.InputError` (file:line) on a malformed corpus,
     :class:`~sparsekit.errors.ArtifactError` when ``out`` exists and ``overwrite`` is false, and
-    :class:`~retrieval.engines.lucene.LuceneError` when Anserini fails.
+    :class:`~retrieval.engines.jvm.LuceneError` when Anserini fails.
     """
     corpus, out = Path(corpus), Path(out)
     k1, b, threads = _check_bm25_params(k1, b, threads)
     if not corpus.is_file():
         raise InputError(corpus, "corpus file not found")
     params = {"k1": k1, "b": b, "contents": CONTENTS, "analyzer": ANALYZER, "collection": "JsonCollection",
-              "anserini": lucene.anserini_jar().name, "threads": threads}
+              "anserini": jvm.anserini_jar().name, "threads": threads}
     with write_artifact(out, format=FORMAT, version=VERSION, params=params, source=fingerprint([corpus]),
                         overwrite=overwrite) as writer:
         staging = writer.path(_STAGING_DIR)
         num_docs = write_json_collection(corpus, staging, progress=progress)
-        stats = lucene.build_bm25_lucene_index(staging, writer.path(LUCENE_DIR), threads=threads,
+        stats = anserini.build_bm25_lucene_index(staging, writer.path(LUCENE_DIR), threads=threads,
                                                expected_docs=num_docs)
         shutil.rmtree(staging)
         writer.counts["num_docs"] = stats.indexed
@@ -125,7 +125,7 @@ class Bm25Index:
         try:
             searcher = lucene.Bm25Searcher(path / LUCENE_DIR, k1=manifest.params["k1"],
                                            b=manifest.params["b"])
-        except lucene.LuceneError as exc:
+        except jvm.LuceneError as exc:
             raise ArtifactError(path, f"cannot open the Lucene index: {exc}") from exc
         if searcher.num_docs != expected:
             searcher.close()

