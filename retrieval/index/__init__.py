@@ -47,6 +47,8 @@ class IndexKind:
     config: str | None = None     # config dataclass taking the params it names
 
     def attr(self, name: str) -> Any:
+        """``name`` (one of ``opener``, ``builder``, ``config``) from ``retrieval.index.<module>``,
+        importing the module on first use so that opening one kind loads no other kind's libraries."""
         return getattr(import_module(f"retrieval.index.{self.module}"), name)
 
 
