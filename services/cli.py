@@ -8,6 +8,7 @@ Errors in user input exit with status 2 and a one-line message naming the file/l
 from __future__ import annotations
 
 import sys
+from importlib.metadata import version as package_version
 
 import typer
 
@@ -20,6 +21,20 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"sparsekit {package_version('sparsekit')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the installed sparsekit version and exit."),
+) -> None:
+    """Options that apply before any command."""
 
 
 app.command("index")(search.index_command)

@@ -163,3 +163,11 @@ def test_train_sparse_with_a_work_dir_that_is_a_file_exits_2(tmp_path: Path) -> 
                                  "--work-dir", str(work)])
     assert result.exit_code == 2 and "error" in result.output
     assert work.read_text() == "kept"
+
+
+def test_version_prints_the_installed_version_and_runs_no_command() -> None:
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"sparsekit {version('sparsekit')}"
