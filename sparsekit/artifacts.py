@@ -109,15 +109,29 @@ def _file_table(root: Path) -> dict[str, dict[str, Any]]:
     return table
 
 
-def _publish(tmp: Path, target: Path) -> None:
+def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
     """Move ``tmp`` to ``target``; an existing target is swapped out, then deleted.
 
+    The target is checked again here, not only when the write started: another writer may have
+    published it meanwhile, and without ``overwrite`` that artifact is kept and this write fails.
     The old directory stays locked (:func:`sparsekit.atomic.hold`) while it is a backup, so a reader
     arriving between the two renames waits for the target instead of restoring the backup.
     """
-    if not target.exists():
-        os.rename(tmp, target)
-        return
+    if target.exists():
+        if not overwrite:
+            raise ArtifactError(target, "was created by another writer while this one ran; nothing was "
+                                        "replaced (pass overwrite=True / --overwrite to replace it)")
+        check_target(target, overwrite)
+    else:
+        try:
+            os.rename(tmp, target)  # fails on a non-empty directory another writer just published
+            return
+        except OSError as exc:
+            if not target.exists():
+                raise
+            if not overwrite:
+                raise ArtifactError(target, "was created by another writer while this one ran; nothing "
+                                            "was replaced (pass overwrite=True / --overwrite)") from exc
     backup = temp_sibling(target, "old")
     try:
         with hold(target):
@@ -159,7 +173,7 @@ def write_artifact(
             manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             (tmp / MANIFEST).write_text(manifest.to_json())
             _fsync_tree(tmp)
-            _publish(tmp, target)
+            _publish(tmp, target, overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

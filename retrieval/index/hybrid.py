@@ -115,6 +115,14 @@ def fused_top(ids: list[str], sparse: np.ndarray, dense: np.ndarray, k: int, con
 # ---------------------------------------------------------------- build
 
 
+def _check_first_stage_size(first_stage: Path, num_docs: int, corpus: Path) -> None:
+    """An existing first stage must index exactly the corpus's documents (the opener checks the same)."""
+    indexed = open_artifact(first_stage, verify=False).counts.get("num_docs")
+    if indexed != num_docs:
+        raise InputError("first_stage", f"{first_stage} indexes {indexed} documents, {corpus} holds "
+                                        f"{num_docs}: build the first stage from the same corpus")
+
+
 def build_hybrid_index(corpus: str | Path, out: str | Path, first_stage: str | Path = "bm25",
                        config: HybridConfig | None = None, first_stage_params: dict[str, Any] | None = None,
                        vectors: tuple[Sequence[str], np.ndarray] | None = None,
@@ -139,6 +147,8 @@ def build_hybrid_index(corpus: str | Path, out: str | Path, first_stage: str | P
     doc_ids, matrix = vectors or embed_corpus(corpus, cache_dir, max_length, batch_size, progress)
     doc_ids = list(doc_ids)
     check_vectors(doc_ids, matrix)
+    if str(first_stage) not in KINDS:
+        _check_first_stage_size(Path(first_stage), len(doc_ids), corpus)
     params: dict[str, Any] = asdict(config)
     with write_artifact(out, FORMAT, VERSION, params=params, source=fingerprint([corpus]),
                         overwrite=overwrite) as writer:

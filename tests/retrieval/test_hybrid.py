@@ -179,3 +179,16 @@ def test_unknown_first_stage_is_an_input_error(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(hybrid, "embed_corpus", embed)
     with pytest.raises(InputError, match="first_stage"):
         build_hybrid_index(corpus, tmp_path / "ix", "no-such-kind", progress=False)
+
+
+@pytest.mark.java
+def test_a_first_stage_of_another_corpus_is_refused_before_publishing(built: Path, tmp_path: Path) -> None:
+    """An index directory given as the first stage must index the same documents: otherwise the build
+    would publish an index that cannot be opened (and, with overwrite, replace a working one)."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in CORPUS[:3]))
+    ids, vectors = doc_vectors()
+    with pytest.raises(InputError, match=r"indexes 5 documents.*holds 3"):
+        build_hybrid_index(corpus, tmp_path / "ix", built / "first_stage", vectors=(ids[:3], vectors[:3]),
+                           progress=False)
+    assert not (tmp_path / "ix").exists()

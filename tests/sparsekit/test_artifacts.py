@@ -73,6 +73,28 @@ def test_existing_artifact_needs_overwrite(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
 
 
+def test_a_target_published_by_another_writer_meanwhile_is_kept(tmp_path: Path) -> None:
+    """Two builds of one ``--out`` at once: the one that finishes second fails and replaces nothing."""
+    target = tmp_path / "art"
+    with pytest.raises(ArtifactError, match="another writer"), write_artifact(target, "toy", 1) as slow:
+        slow.path("data.bin").write_bytes(b"slow")
+        _write(target, b"fast")  # the other writer starts later and publishes first
+    assert (target / "data.bin").read_bytes() == b"fast"
+    assert open_artifact(target, format="toy").files["data.bin"]["bytes"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_overwrite_at_publish_still_refuses_a_directory_that_is_not_an_artifact(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with pytest.raises(ArtifactError, match=r"no manifest\.json"), \
+            write_artifact(target, "toy", 1, overwrite=True) as w:
+        w.path("data.bin").write_bytes(b"x")
+        target.mkdir()
+        (target / "corpus.jsonl").write_text("{}\n")  # a dataset copied there while the build ran
+    assert sorted(p.name for p in target.iterdir()) == ["corpus.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_overwrite_never_replaces_what_is_not_an_artifact(tmp_path: Path) -> None:
     """``--overwrite`` aimed at a dataset folder (or the input itself) must not delete it."""
     data = tmp_path / "dataset"
