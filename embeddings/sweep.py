@@ -29,9 +29,11 @@ The report: a tidy table (polars -> CSV and Markdown, mean and std over seeds), 
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -196,6 +198,35 @@ def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
             "best_epoch": result.best_epoch, "epochs": len(result.history), **result.metrics}
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; :class:`InputError` naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"unreadable: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputError(path, f"expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _finished_run(path: Path, key: RunKey) -> dict[str, Any] | None:
+    """The stored record of ``key``, or ``None`` (with a warning) when the file is damaged or incomplete:
+    the run is then trained again and its file replaced."""
+    try:
+        row = _read_json(path)
+    except InputError as exc:
+        problem = str(exc)
+    else:
+        mismatched = [f for f, v in asdict(key).items() if row.get(f) != v]
+        done = row.get("status") == "infeasible" or (row.get("status") == "ok" and "test_auc" in row)
+        if not mismatched and done:
+            return row
+        problem = f"{path}: not a finished record of {key.name}" + (f" (differs in {mismatched})" if
+                                                                     mismatched else "")
+    warnings.warn(f"{problem}; running it again", stacklevel=2)
+    return None
+
+
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(payload, indent=1, default=float))
 
@@ -207,11 +238,21 @@ def load_dataset(config: SweepConfig, seed: int = 0) -> Any:
     return load_ctr(config.dataset, config.data_root, seed=seed, table=config.table)
 
 
+def data_digest(data: Any) -> str:
+    """SHA-256 of every split's feature ids and labels: an edited table of the same shape differs."""
+    digest = hashlib.sha256()
+    for split in (data.train, data.val, data.test):
+        for array in (split.features, split.labels):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
 def sweep_identity(config: SweepConfig, data: Any) -> dict[str, Any]:
-    """What every run of a sweep folder shares: the data (source, reading options, shape) and the training
-    settings. Models, methods, budgets and seeds may grow between resumes; these may not."""
+    """What every run of a sweep folder shares: the data (source, reading options, shape, contents) and the
+    training settings. Models, methods, budgets and seeds may grow between resumes; these may not."""
     return {"dataset": config.dataset, "table": None if config.table is None else asdict(config.table),
             "field_dims": list(data.field_dims), "rows": [len(data.train), len(data.val), len(data.test)],
+            "data_sha256": data_digest(data),
             "embed_dim": config.embed_dim, "max_epochs": config.max_epochs, "patience": config.patience,
             "min_epochs": config.min_epochs, "first_order": config.first_order, "seeding": SEEDING,
             "lr": config.lr, "embedding_l2": config.embedding_l2}
@@ -225,9 +266,9 @@ def _check_identity(out_dir: Path, identity: dict[str, Any]) -> None:
         return
     # folders from before a setting existed: min_epochs 1, first_order free, seeding 1 (the table drawn
     # from whatever state the process had reached, hashes seeded 0 whatever the run's seed), lr and
-    # embedding_l2 at CTRTrainConfig's defaults
+    # embedding_l2 at CTRTrainConfig's defaults; the data's checksum was not recorded (taken as unchanged)
     stored = {"min_epochs": 1, "first_order": "free", "seeding": 1, "lr": 1e-2, "embedding_l2": 1e-2,
-              **json.loads(path.read_text())}
+              "data_sha256": identity.get("data_sha256"), **_read_json(path)}
     if stored.get("dataset") in DATASETS:  # the CLI once recorded its unused table options here
         stored["table"] = None
     changed = sorted(k for k in identity.keys() | stored.keys() if stored.get(k) != identity.get(k))
@@ -247,8 +288,9 @@ def run_sweep(config: SweepConfig) -> pl.DataFrame:
     keys = run_keys(config)
     for key in tqdm(keys, desc="embedding sweep", disable=not config.progress):
         path = runs / f"{key.name}.json"
-        if path.is_file():
-            rows.append(json.loads(path.read_text()))
+        finished = _finished_run(path, key) if path.is_file() else None
+        if finished is not None:
+            rows.append(finished)
             continue
         row = run_one(key, data, config)
         _write_json(path, row)

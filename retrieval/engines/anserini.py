@@ -16,6 +16,7 @@ import json
 import math
 import re
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -60,17 +61,29 @@ def _jvm_cli_options(runtime: JavaRuntime) -> list[str]:
     return [*opts, "-Dfile.encoding=UTF-8", "-Duser.language=en", "-Duser.country=US"]
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    """In the child, before ``exec``: ask Linux to SIGKILL it when its parent dies, so a ``kill -9`` of
+    the Python process does not leave the JVM writing into a build directory nobody will publish."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+
+
 def run_anserini(main_class: str, args: Sequence[str], timeout: float | None = None) -> str:
     """Run ``main_class`` from the Anserini jar in a separate JVM; return its combined log.
 
-    Raises :class:`LuceneError` with the last lines of the JVM's output when it exits non-zero.
+    The JVM dies with this process (on Linux), also when it is killed with SIGKILL. Raises
+    :class:`LuceneError` with the last lines of the JVM's output when it exits non-zero.
     """
     runtime = java_runtime()
     cmd = [str(runtime.executable), *_jvm_cli_options(runtime), "-cp", str(anserini_jar()), main_class,
            *map(str, args)]
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              errors="replace", timeout=timeout, check=False)
+                              errors="replace", timeout=timeout, check=False,
+                              preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     except subprocess.TimeoutExpired as exc:
         raise LuceneError(f"{main_class} did not finish within {timeout} s") from exc
     except OSError as exc:

@@ -79,8 +79,10 @@ def document_cache(model_dir: Path, contents: list[str], work: Path) -> Path:
     """Where the corpus vectors of the model artifact at ``model_dir`` are cached in ``work`` (keyed by
     the artifact's file checksums and the corpus)."""
     files = json.loads((Path(model_dir) / "manifest.json").read_text())["files"]
-    key = hashlib.sha256(json.dumps([files, len(contents), contents[:20]]).encode()).hexdigest()[:16]
-    return Path(work) / f"docs-{key}.npz"
+    digest = hashlib.sha256(json.dumps([files, len(contents)]).encode())
+    for text in contents:
+        digest.update(json.dumps(text).encode())
+    return Path(work) / f"docs-{digest.hexdigest()[:16]}.npz"
 
 
 def save_documents(path: Path, docs: sp.csr_matrix) -> None:

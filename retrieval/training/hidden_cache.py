@@ -39,9 +39,12 @@ class HiddenCache:
 
 
 def _key(texts: list[str], encoder: SparseDocEncoder) -> str:
+    """The settings and every text (an edit anywhere in the corpus gets a new cache)."""
     cfg = encoder.config
-    payload = json.dumps([cfg.max_length, cfg.freeze_layers, len(texts), texts[:50], texts[-50:], "f32"])
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps([cfg.max_length, cfg.freeze_layers, len(texts), "f32"]).encode())
+    for text in texts:
+        digest.update(json.dumps(text).encode())
+    return digest.hexdigest()[:16]
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,7 +37,7 @@ from retrieval.losses.flops import FlopsWarmup, flops_loss
 from retrieval.training.active_head import train_weights
 from retrieval.training.hidden_cache import HiddenCache, build_hidden_cache
 from retrieval.training.teachers import TeacherCache, TeacherConfig, doc_contents, mine_teachers
-from sparsekit.artifacts import check_target
+from sparsekit.artifacts import check_target, fingerprint
 from sparsekit.atomic import atomic_path
 from sparsekit.bounds import at_least, count, one_of, positive, within
 from sparsekit.device import default_device
@@ -148,10 +148,12 @@ def _ranking_loss(student: torch.Tensor, teacher: torch.Tensor | None) -> torch.
 
 
 class _Checkpoint:
-    """Atomic save/restore of training state in the work dir, keyed by the config hash."""
+    """Atomic save/restore of training state in the work dir, keyed by the config and the data files'
+    checksums (a rerun on edited data at the same path starts afresh)."""
 
-    def __init__(self, work_dir: Path, cfg: SparseTrainConfig) -> None:
+    def __init__(self, work_dir: Path, cfg: SparseTrainConfig, data: dict[str, Any]) -> None:
         key = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "overwrite", "max_steps")}
+        key["data_files"] = data
         self.digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
         self.path = work_dir / f"checkpoint-{self.digest}.pt"
 
@@ -235,8 +237,8 @@ def train_sparse_encoder(cfg: SparseTrainConfig) -> Path:
     """Train per ``cfg`` and write the model artifact to ``cfg.out``; return its path."""
     out = Path(cfg.out)
     check_target(out, cfg.overwrite)  # before any work, not after training
-    missing = [n for n in ("corpus.jsonl", "queries.jsonl", f"qrels/{cfg.split}.tsv")
-               if not (Path(cfg.data) / n).is_file()]
+    files = [Path(cfg.data) / n for n in ("corpus.jsonl", "queries.jsonl", f"qrels/{cfg.split}.tsv")]
+    missing = [str(f.relative_to(cfg.data)) for f in files if not f.is_file()]
     if missing:  # checked before the work folder is made: a typo leaves nothing behind
         raise InputError(cfg.data, f"not a BEIR folder with a {cfg.split!r} split (missing {missing})")
     work = Path(cfg.work_dir) if cfg.work_dir else out.parent / f"{out.name}.work"
@@ -256,12 +258,13 @@ def train_sparse_encoder(cfg: SparseTrainConfig) -> Path:
         model.doc.fit_lexical_prior(contents)
         prior = model.doc.lexical_prior_matrix(contents)
     inputs = _DocInputs(build_hidden_cache(contents, model.doc, work, progress=cfg.progress), prior)
-    stats = _train_loop(model, cache, inputs, queries, train_q, cfg, _Checkpoint(work, cfg), dev)
+    data_files = fingerprint(files)
+    stats = _train_loop(model, cache, inputs, queries, train_q, cfg, _Checkpoint(work, cfg, data_files), dev)
     model.extra = {"training": {**_jsonable(cfg), "train_queries": len(train_q), "dev_queries": dev_q,
                                 "wall_s": round(time.perf_counter() - start, 1), "device_used": str(device),
                                 "torch_threads": torch.get_num_threads(), **stats,
                                 "dev": dev.history if dev else []}}
-    path = model.save(out, overwrite=cfg.overwrite, source={"data": str(cfg.data)})
+    path = model.save(out, overwrite=cfg.overwrite, source={"data": str(cfg.data), "files": data_files})
     if dev is not None and dev.last is not None and dev.last[0] == stats["steps"]:
         from retrieval.training.dev_eval import document_cache, save_documents
 

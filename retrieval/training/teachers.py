@@ -88,8 +88,14 @@ def _candidates(bm25: np.ndarray, dense: np.ndarray, positives: list[int], depth
     return pool[np.argsort(-(bm25[pool] / max(bm25.max(), 1e-9) + dense[pool]), kind="stable")]
 
 
-def _cache_key(doc_ids: list[str], queries: dict[str, str], config: TeacherConfig) -> str:
-    digest = hashlib.sha256(json.dumps([doc_ids, sorted(queries.items()), asdict(config)]).encode())
+def _cache_key(corpus: dict[str, Doc], queries: dict[str, str], qrels: dict[str, dict[str, int]],
+               config: TeacherConfig) -> str:
+    """Everything the mined result depends on: the documents' ids and text, the queries, the judgements
+    (they pick the positives) and the settings; an edited label or document gets a new cache."""
+    judged = sorted((q, sorted(docs.items())) for q, docs in qrels.items())
+    digest = hashlib.sha256(json.dumps([sorted(queries.items()), judged, asdict(config)]).encode())
+    for doc_id, doc in corpus.items():
+        digest.update(json.dumps([doc_id, doc_contents(doc)]).encode())
     return digest.hexdigest()[:16]
 
 
@@ -97,8 +103,7 @@ def mine_teachers(corpus: dict[str, Doc], queries: dict[str, str], qrels: dict[s
                   config: TeacherConfig, cache_dir: Path | None = None, progress: bool = True
                   ) -> TeacherCache:
     """Mine candidates and score them with both teachers (or load the cached result)."""
-    doc_ids = list(corpus)
-    key = _cache_key(doc_ids, queries, config)
+    key = _cache_key(corpus, queries, qrels, config)
     path = cache_dir / f"teachers-{key}" if cache_dir else None
     if path is not None and path.exists():
         try:

@@ -212,3 +212,33 @@ def test_a_named_dataset_folder_that_recorded_table_options_still_resumes(tmp_pa
                                      "lr": 1e-2, "embedding_l2": 1e-2})
     with pytest.raises(InputError, match="rows"):
         sweep._check_identity(tmp_path, {**identity, "rows": [4, 1, 1]})
+
+
+def test_damaged_run_files_are_run_again_and_a_damaged_identity_is_named(tiny, tmp_path) -> None:
+    config = SweepConfig(models=("wdl",), methods=("hashing", "qr"), budgets=(0.5,), seeds=(0,),
+                         out_dir=str(tmp_path), max_epochs=1, progress=False)
+    first = run_sweep(config)
+    runs = tmp_path / "runs"
+    (runs / "wdl__hashing__0.5__s0.json").write_text("{}")  # empty record: not a finished run
+    (runs / "wdl__qr__0.5__s0.json").write_text('{"model": "wdl", "meth')  # truncated
+    with pytest.warns(UserWarning, match="running it again") as caught:
+        again = run_sweep(config)
+    assert {str(w.message).split(":")[0] for w in caught} >= {str(runs / "wdl__qr__0.5__s0.json")}
+    assert again.height == first.height and again["status"].to_list() == first["status"].to_list()
+    assert json.loads((runs / "wdl__hashing__0.5__s0.json").read_text())["method"] == "hashing"
+    (tmp_path / "sweep.json").write_text('{"dataset": ')
+    with pytest.raises(InputError, match=r"sweep\.json: unreadable"):
+        run_sweep(config)
+
+
+def test_edited_data_of_the_same_shape_is_not_resumed(tiny, tmp_path, monkeypatch) -> None:
+    config = SweepConfig(models=("wdl",), methods=("hashing",), budgets=(0.5,), seeds=(0,),
+                         out_dir=str(tmp_path), max_epochs=1, progress=False)
+    run_sweep(config)
+    tiny.train.labels[:10] = 1 - tiny.train.labels[:10]  # ten labels fixed in place: same shape
+    with pytest.raises(InputError, match="data_sha256"):
+        run_sweep(config)
+    stored = json.loads((tmp_path / "sweep.json").read_text())
+    del stored["data_sha256"]  # a folder from before the checksum was recorded still resumes
+    (tmp_path / "sweep.json").write_text(json.dumps(stored))
+    run_sweep(config)

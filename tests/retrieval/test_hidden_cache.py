@@ -52,3 +52,14 @@ def test_a_damaged_cache_file_is_recomputed(encoder: _Encoder, tmp_path: Path) -
     assert encoder.calls == 2
     np.testing.assert_array_equal(again.hidden, first.hidden)
     np.testing.assert_array_equal(np.load(cache), first.hidden)  # and the file is whole again
+
+
+def test_an_edit_anywhere_in_the_corpus_gets_a_new_cache(encoder: _Encoder, tmp_path: Path) -> None:
+    texts = [f"doc {i} " + "w" * (i % 7 + 1) for i in range(200)]
+    build_hidden_cache(texts, encoder, tmp_path, progress=False)
+    calls = encoder.calls
+    edited = [*texts[:100], "an edited middle document", *texts[101:]]
+    again = build_hidden_cache(edited, encoder, tmp_path, progress=False)
+    assert encoder.calls > calls  # computed, not read from the first corpus's cache
+    assert len(list(tmp_path.glob("hidden-*.len.npy"))) == 2
+    np.testing.assert_array_equal(again.lengths[100], 4)  # the edited text's own tokens, not the old ones

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -304,3 +305,36 @@ def test_anserini_counters_parse_thousands_separators() -> None:
     log = "indexed:            5,183\nunindexable:   0\nempty:    12\nTotal 5,183 documents indexed\n"
     counts = [anserini._counter(log, n) for n in ("indexed", "unindexable", "empty", "errors")]
     assert counts == [5183, 0, 12, 0]
+
+
+def _gone(pid: int) -> bool:
+    """The process ended (reaped, or a zombie nobody has reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux-only")
+def test_the_indexing_jvm_dies_when_its_parent_is_killed() -> None:
+    """``run_anserini`` starts its JVM with ``_die_with_parent``: a ``kill -9`` of the Python process
+    must not leave the indexer writing on (here a ``sleep`` stands in for the JVM)."""
+    script = textwrap.dedent("""\
+        import subprocess, time
+        from retrieval.engines.anserini import _die_with_parent
+        child = subprocess.Popen(["sleep", "120"], preexec_fn=_die_with_parent)
+        print(child.pid, flush=True)
+        time.sleep(120)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              text=True)
+    pid = int(parent.stdout.readline())
+    assert not _gone(pid)
+    parent.kill()
+    parent.wait()
+    for _ in range(100):
+        if _gone(pid):
+            break
+        time.sleep(0.05)
+    assert _gone(pid)

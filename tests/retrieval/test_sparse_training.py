@@ -278,3 +278,17 @@ def test_query_table_stage_keeps_the_encoder_and_its_best_dev_table(tmp_path: Pa
     assert parts.residual is not None and parts.residual.nnz > 0
     assert abs(parts.combine(0.3) - reweighted.doc.encode(contents, progress=False)).max() < 1e-5
     assert abs(parts.combine(1.0) - before.doc.encode(contents, progress=False)).max() < 1e-5
+
+
+def test_teacher_cache_key_covers_the_judgements_and_the_document_text() -> None:
+    """An edited label or document must not reuse the teachers mined from the old data."""
+    from retrieval.data.beir import Doc
+    from retrieval.training.teachers import _cache_key
+
+    corpus = {"d1": Doc("d1", "Cats", "Cats purr."), "d2": Doc("d2", "Dogs", "Dogs bark.")}
+    queries, qrels, config = {"q1": "what purrs"}, {"q1": {"d1": 1}}, TeacherConfig()
+    key = _cache_key(corpus, queries, qrels, config)
+    assert _cache_key(dict(corpus), dict(queries), {"q1": {"d1": 1}}, TeacherConfig()) == key
+    assert _cache_key(corpus, queries, {"q1": {"d2": 1}}, config) != key
+    assert _cache_key({**corpus, "d2": Doc("d2", "Dogs", "Dogs howl.")}, queries, qrels, config) != key
+    assert _cache_key(corpus, {"q1": "what barks"}, qrels, config) != key
