@@ -30,7 +30,7 @@ from recsys.data.ctr import (
     split_dataset,
 )
 from recsys.data.libfm import split_rows
-from recsys.data.table_file import read_table
+from recsys.data.table_file import naming_the_file, read_table
 from sparsekit.bounds import count
 from sparsekit.errors import InputError
 
@@ -68,6 +68,12 @@ def load_table_ctr(
     frame = read_table(path, config.header)
     if frame.height == 0:
         raise InputError(path, "the table has no rows")
+    with naming_the_file(path, frame.columns):
+        return _ctr_dataset(path, frame, config, seed, schema, fractions)
+
+
+def _ctr_dataset(path: Path, frame: pl.DataFrame, config: TableCTRConfig, seed: int, schema: CTRSchema | None,
+                 fractions: Sequence[float]) -> CTRDataset:
     labels = _labels(frame, config.label, path)
     names = list(schema.names) if schema is not None else _field_names(frame, config, path)
     missing = [n for n in names if n not in frame.columns]

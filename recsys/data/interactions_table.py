@@ -20,7 +20,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from recsys.data.implicit import ImplicitDataset
-from recsys.data.table_file import read_table
+from recsys.data.table_file import naming_the_file, read_table
 from sparsekit.errors import InputError
 
 
@@ -52,9 +52,10 @@ def load_interactions_table(
         raise InputError(path, f"column(s) {missing} not in the table (columns: {frame.columns})")
     if frame.height == 0:
         raise InputError(path, "the table has no rows")
-    users, user_ids = _ids(frame[config.user])
-    items, item_ids = _ids(frame[config.item])
-    order = _times(frame[config.time]) if config.time else _random_order(users, items, seed)
+    with naming_the_file(path, frame.columns):
+        users, user_ids = _ids(frame[config.user])
+        items, item_ids = _ids(frame[config.item])
+        order = _times(frame[config.time]) if config.time else _random_order(users, items, seed)
     train, test = _split(users, items, order, config.test_fraction)
     shape = (len(user_ids), len(item_ids))
     return ImplicitDataset(_csr(users[train], items[train], shape), _csr(users[test], items[test], shape),

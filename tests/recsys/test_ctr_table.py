@@ -15,6 +15,7 @@ from embeddings.sweep import SweepConfig, run_sweep
 from recsys.data.ctr import CTRField, CTRSchema, encode_column, load_ctr
 from recsys.data.ctr_table import TableCTRConfig, load_table_ctr
 from recsys.data.libfm import split_rows
+from recsys.data.table_file import read_table
 from recsys.training.ctr import CTRTrainConfig, load_ctr_model, train_ctr
 from services.cli import app
 from sparsekit.errors import InputError
@@ -102,14 +103,15 @@ def test_oov_fields_map_unknown_and_missing_values_to_their_last_id() -> None:
     ("frame", "config", "match"),
     [
         (pl.DataFrame({"y": [0, 1], "a": ["x", "y"]}), TableCTRConfig(), "label column 'label'"),
-        (pl.DataFrame({"label": [0, 2], "a": ["x", "y"]}), TableCTRConfig(), "row 2: label '2'"),
+        (pl.DataFrame({"label": [0, 2], "a": ["x", "y"]}), TableCTRConfig(),
+         r"t\.csv: column 'label': row 2: label '2'"),
         (pl.DataFrame({"label": [0, 1], "a": ["x", "y"]}), TableCTRConfig(numeric=("b",)),
          r"numeric.*\['b'\]"),
         (pl.DataFrame({"label": [0, 1]}), TableCTRConfig(), "no feature columns"),
         (pl.DataFrame({"label": [], "a": []}, schema={"label": pl.Int64, "a": pl.String}), TableCTRConfig(),
          "no rows"),
         (pl.DataFrame({"label": [0, 1, 1], "a": ["x", "y", "z"], "n": ["1", "2", "lots"]}),
-         TableCTRConfig(numeric=("n",)), "'lots' is not a number"),
+         TableCTRConfig(numeric=("n",)), r"t\.csv: column 'n': 'lots' is not a number"),
     ],
 )
 def test_bad_tables_get_errors_that_name_the_problem(
@@ -119,6 +121,25 @@ def test_bad_tables_get_errors_that_name_the_problem(
     frame.write_csv(path)
     with pytest.raises(InputError, match=match):
         load_table_ctr(path, config)
+
+
+@pytest.mark.parametrize(("name", "content", "match"), [
+    ("short.csv", b"label,a,b\n1,x,2\n0,y\n1,z,3\n", r"short\.csv:3: 2 fields where the first line has 3"),
+    ("long.csv", b"label,a,b\n1,x,2\n0,y,1\n1,z,3,4\n", r"long\.csv:4: 4 fields where the first line has 3"),
+    ("long.tsv", b"label\ta\tb\n1\tx\t2\n0\ty\t1\t9\n", r"long\.tsv:3: 4 fields"),
+    ("latin1.csv", b"label,a,b\n1,x,2\n0,caf\xe9,1\n", r"latin1\.csv:3: not valid UTF-8"),
+])
+def test_ragged_and_undecodable_lines_are_named(tmp_path: Path, name: str, content: bytes,
+                                                match: str) -> None:
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(InputError, match=match):
+        load_table_ctr(tmp_path / name)
+
+
+def test_quoted_separators_and_multiline_cells_are_not_ragged(tmp_path: Path) -> None:
+    path = tmp_path / "quoted.csv"
+    path.write_text('label,a,b\n1,"x, with a comma",2\n0,"two\nlines",1\n')
+    assert read_table(path)["a"].to_list() == ["x, with a comma", "two\nlines"]
 
 
 def test_unknown_sources_and_formats_are_named(tmp_path: Path) -> None:

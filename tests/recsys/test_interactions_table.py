@@ -79,7 +79,7 @@ def test_date_time_columns_order_the_split(tmp_path: Path, times: list) -> None:
     (LOG.with_columns(pl.Series("ts", ["1", "2", "soon", "4", "5", "6", "7", "8", "9"])), TEMPORAL,
      "'soon' is neither a number nor a date-time"),
     (LOG.with_columns(pl.Series("who", ["ann", None, "ann", "ann", "ann", "bob", "bob", "cy", "ann"])),
-     TEMPORAL, "who:.*row 2: missing id"),
+     TEMPORAL, r"log\.csv: column 'who': row 2: missing id"),
     (LOG.head(0), TEMPORAL, "no rows"),
 ])
 def test_bad_logs_get_errors_that_name_the_problem(
