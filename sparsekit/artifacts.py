@@ -51,11 +51,24 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: Path) -> Manifest:
+        if not isinstance(data, dict):
+            raise ArtifactError(path, f"corrupt manifest: a JSON object expected, not {type(data).__name__}")
         missing = [k for k in ("format", "version", "files") if k not in data]
         if missing:
             raise ArtifactError(path, f"manifest lacks required field(s) {missing}")
+        files = data["files"]
+        if not isinstance(files, dict) or not all(_file_entry(k, m) for k, m in files.items()):
+            raise ArtifactError(path, "corrupt manifest: 'files' must map each file to its bytes and sha256")
+        if not isinstance(data["format"], str) or not isinstance(data["version"], int):
+            raise ArtifactError(path, "corrupt manifest: 'format' must be a string and 'version' an integer")
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
+
+
+def _file_entry(name: Any, meta: Any) -> bool:
+    """Whether ``name: meta`` is a manifest file entry: a path and ``{"bytes": int, "sha256": str}``."""
+    return (isinstance(name, str) and isinstance(meta, dict) and isinstance(meta.get("bytes"), int)
+            and isinstance(meta.get("sha256"), str))
 
 
 def sha256_file(path: Path) -> str:
@@ -270,6 +283,9 @@ def open_artifact(
         raise ArtifactError(path, f"format is {manifest.format!r}, expected {format!r}")
     if version is not None and manifest.version != version:
         raise ArtifactError(path, f"format version {manifest.version}, this build reads {version}")
+    if not manifest.files and any(p.is_file() and p.name != MANIFEST for p in path.rglob("*")):
+        raise ArtifactError(mpath, "lists no files, but the directory holds some: their checksums cannot be "
+                                   "verified (corrupt manifest)")
     for rel, meta in manifest.files.items():
         fpath = path / rel
         if not fpath.is_file():

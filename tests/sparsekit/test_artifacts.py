@@ -64,6 +64,32 @@ def test_corrupt_missing_and_truncated_files_are_detected(tmp_path: Path) -> Non
         open_artifact(tmp_path / "nope")
 
 
+@pytest.mark.parametrize("edit", [
+    lambda m: {**m, "files": "x"},
+    lambda m: {**m, "files": {"data.bin": "abc"}},
+    lambda m: {**m, "version": "1"},
+    lambda m: [m],
+])
+def test_a_manifest_of_the_wrong_shape_is_named_not_a_crash(tmp_path: Path, edit) -> None:
+    target = tmp_path / "art"
+    _write(target, b"abc")
+    manifest = json.loads((target / MANIFEST).read_text())
+    (target / MANIFEST).write_text(json.dumps(edit(manifest)))
+    with pytest.raises(ArtifactError, match=r"manifest\.json: corrupt manifest"):
+        open_artifact(target)
+
+
+def test_a_manifest_listing_no_files_is_not_taken_as_verified(tmp_path: Path) -> None:
+    """Emptying the file table must not switch off the checksum check of the files beside it."""
+    target = tmp_path / "art"
+    _write(target, b"abc")
+    manifest = json.loads((target / MANIFEST).read_text())
+    (target / MANIFEST).write_text(json.dumps({**manifest, "files": {}}))
+    (target / "data.bin").write_bytes(b"xyz")
+    with pytest.raises(ArtifactError, match="lists no files"):
+        open_artifact(target)
+
+
 def test_existing_artifact_needs_overwrite(tmp_path: Path) -> None:
     _write(tmp_path / "art", b"one")
     with pytest.raises(ArtifactError, match="already exists"):
