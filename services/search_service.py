@@ -16,6 +16,7 @@ from retrieval.index import SearchIndex
 from services.api import search_pb2, search_pb2_grpc
 from services.search_validation import SearchLimits, validate_batch, validate_search
 from services.status import RequestError, guarded
+from sparsekit.errors import InputError
 
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
 MODE_KIND = {
@@ -59,7 +60,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self._check_mode(req, index, field)
         start = time.perf_counter()
         if req.WhichOneof("query") == "sparse":
-            hits = index.search_sparse(list(req.sparse.indices), list(req.sparse.values), k)
+            try:
+                hits = index.search_sparse(list(req.sparse.indices), list(req.sparse.values), k)
+            except InputError as exc:  # the index names "query.indices[j]": name the request field
+                if not exc.source.startswith("query"):
+                    raise
+                raise InputError(f"{field}.sparse{exc.source.removeprefix('query')}", exc.reason) from exc
         else:
             hits = index.search(req.text, k)
         return _response(req.index, hits, time.perf_counter() - start)

@@ -146,3 +146,29 @@ def test_health_and_reflection(channel) -> None:
                                           timeout=10)
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"sparsekit.v1.SearchService", "grpc.health.v1.Health"} <= names
+
+
+def test_an_out_of_vocabulary_term_names_the_request_field(tmp_path) -> None:
+    """The engine's own check (term id < vocabulary size) is reported as ``request.sparse.indices[j]``."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from retrieval.index.inverted import InvertedIndex, build_inverted_index
+
+    vectors = sp.csr_matrix(np.array([[1.0, 0, 2.0], [0, 3.0, 0]], dtype=np.float32))
+    build_inverted_index(["a", "b"], vectors, tmp_path / "ix")
+    index = InvertedIndex.open(tmp_path / "ix")
+    server, port = make_server({"real": index}, ServerConfig(address="127.0.0.1:0"))
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = search_pb2_grpc.SearchServiceStub(ch)
+            vec = search_pb2.SparseVector(indices=[1, 7], values=[1.0, 1.0])
+            code, details = _code(stub.Search, search_pb2.SearchRequest(index="real", sparse=vec, k=2))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+            assert details.startswith("request.sparse.indices[1]: term id 7 out of range"), details
+            one = search_pb2.SparseVector(indices=[1], values=[1.0])
+            ok = stub.Search(search_pb2.SearchRequest(index="real", sparse=one, k=2), timeout=10)
+            assert [h.doc_id for h in ok.hits] == ["b"]
+    finally:
+        server.stop(grace=None)
