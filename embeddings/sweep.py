@@ -48,7 +48,7 @@ from embeddings.table import FLOAT_BYTES, BudgetError, table_class
 from recsys.data.ctr import DATASETS
 from recsys.data.ctr_table import TableCTRConfig
 from sparsekit.atomic import atomic_path, write_text_atomic
-from sparsekit.bounds import at_least, count, positive
+from sparsekit.bounds import at_least, count, each_count, positive
 from sparsekit.errors import InputError
 from sparsekit.provenance import commit
 
@@ -95,6 +95,7 @@ class SweepConfig:
             raise InputError("first_order", f"one of {FIRST_ORDER}, got {self.first_order!r}")
         positive(self, "lr")
         at_least(self, 0, "embedding_l2")
+        each_count(self, 0, "seeds")
         if self.dataset in DATASETS:  # a named dataset has its own reader: table options are no part of it
             self.table = None
         count(self, 1, "embed_dim", "max_epochs", "patience", "min_epochs", "threads")

@@ -108,8 +108,11 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         k = req.k or self.limits.default_k
         if k > min(self.limits.max_k, served.num_items):
             raise InputError("k", f"{k} exceeds the limit of {min(self.limits.max_k, served.num_items)}")
-        items, scores = served.recommender.recommend([self._user(served, req)], k=k,
-                                                     exclude_seen=req.exclude_seen)
+        user = self._user(served, req)
+        try:
+            items, scores = served.recommender.recommend([user], k=k, exclude_seen=req.exclude_seen)
+        except NotFoundError as exc:  # the model names the id; the reply names the field too
+            raise NotFoundError(f"{'user' if req.user else 'user_id'}: {exc}") from exc
         names = served.ids.items if served.ids is not None else None
         hits = [recommend_pb2.ScoredItem(item_id=int(i), score=float(s), rank=r,
                                          item=names[int(i)] if names else "")

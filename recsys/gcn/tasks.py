@@ -104,7 +104,9 @@ def npz_task(path: str | Path, mode: str = "zero-copy", device: str | None = Non
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    if path.is_file() and not zipfile.is_zipfile(path):  # numpy would talk about pickles here
+    if not path.is_file():
+        raise InputError(path, "no such file" if not path.exists() else "not a file")
+    if not zipfile.is_zipfile(path):  # numpy would talk about pickles here
         raise InputError(path, "not a complete .npz archive (write one with numpy.savez)")
     try:
         with np.load(path, allow_pickle=False) as npz:

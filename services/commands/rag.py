@@ -82,7 +82,7 @@ def _stats_table(answer) -> Table:
 def ask_command(
     question: Annotated[str, typer.Argument(help="The question.")],
     rag: Annotated[Path, typer.Option(help="A RAG corpus built by `sparsekit rag build`.")],
-    k: Annotated[int, typer.Option(min=1, help="Chunks in the prompt.")] = 5,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Chunks in the prompt.")] = 5,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer, in tokens.")] = 64,
     policy: Annotated[str, typer.Option(help=POLICY_HELP)] = "cache-craft",
     cache_dir: Annotated[Path | None, typer.Option(help="Disk tier of the chunk cache (kept across "

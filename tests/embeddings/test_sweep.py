@@ -70,6 +70,8 @@ def test_config_names_unknown_methods_and_budgets() -> None:
         SweepConfig(methods=("nope",))
     with pytest.raises(InputError, match="budgets"):
         SweepConfig(budgets=(0.0,))
+    with pytest.raises(InputError, match=r"seeds: every value must be an integer >= 0, got \[-1\]"):
+        SweepConfig(seeds=(-1,))  # refused up front, not by numpy's seeding after the data loads
 
 
 def test_resume_refuses_other_min_epochs_and_reads_old_folders_as_1(tiny, tmp_path) -> None:

@@ -94,6 +94,8 @@ def test_a_truncated_npz_and_an_unknown_device_are_input_errors(tmp_path: Path) 
     (tmp_path / "table.npz").write_text("a,b\n1,2\n")  # a CSV under an .npz name
     with pytest.raises(InputError, match=r"not a complete \.npz archive"):
         npz_task(tmp_path / "table.npz", mode="cpu-copy", device="cpu")
+    with pytest.raises(InputError, match=r"nope\.npz: no such file"):
+        npz_task(tmp_path / "nope.npz", mode="cpu-copy", device="cpu")
     with pytest.raises(InputError, match="unknown device 'tpu'"):
         npz_task(tmp_path / "g.npz", mode="cpu-copy", device="tpu")
 

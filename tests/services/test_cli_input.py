@@ -31,7 +31,8 @@ runner = CliRunner()
     (["compress", "ctr", "--model", "m", "--calib", "frappe", "--out", "o", "--rank", "0"], "--rank"),
     (["compress", "ctr", "--model", "m", "--calib", "frappe", "--out", "o", "--calib-rows", "-5"],
      "--calib-rows"),
-    (["rag", "ask", "--rag", "r", "--k", "0", "q"], "--k"),
+    (["rag", "ask", "--rag", "r", "--k", "0", "q"], "-k' / '--k"),
+    (["rag", "ask", "--rag", "r", "-k", "0", "q"], "-k' / '--k"),  # -k as in search and eval
 ])
 def test_out_of_range_numbers_are_refused_naming_the_option(args: list[str], option: str, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
