@@ -195,6 +195,13 @@ def _evaluate(run: _Run, data: ImplicitDataset, config: CFTrainConfig) -> dict[s
     return {f"recall@{config.eval_k}": metrics.recall, f"ndcg@{config.eval_k}": metrics.ndcg}
 
 
+def _check_checkpoint_dir(folder: Path) -> None:
+    """The checkpoint folder can be created (or exists as a directory): no file in the way."""
+    existing = next((p for p in (folder, *folder.absolute().parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise InputError("checkpoint_dir", f"{folder} cannot be a checkpoint folder: {existing} is a file")
+
+
 def train_cf(config: CFTrainConfig, data: ImplicitDataset) -> tuple[CFModel, list[dict[str, Any]]]:
     """Train ``config.model`` on ``data.train``; returns the model and one history record per epoch.
 
@@ -204,6 +211,8 @@ def train_cf(config: CFTrainConfig, data: ImplicitDataset) -> tuple[CFModel, lis
     epoch, once ``time_budget_s`` wall seconds of training are spent.
     """
     device = torch.device(resolve_device(config.device))
+    if config.checkpoint_dir is not None:  # before an epoch of training, not at the first checkpoint
+        _check_checkpoint_dir(Path(config.checkpoint_dir))
     run = _new_run(config, data, device)
     identity = _data_identity(data) if config.checkpoint_dir else None  # once, not at every checkpoint
     if config.resume:

@@ -185,3 +185,16 @@ def test_bad_config_names_the_field() -> None:
         CFTrainConfig(static_sparsity=True)
     with pytest.raises(InputError, match="num_users"):
         MF(0, 5)
+
+
+def test_a_checkpoint_folder_that_is_a_file_fails_before_training(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from recsys.training import cf as cf_training
+
+    (tmp_path / "notes.txt").write_text("keep")
+    monkeypatch.setattr(cf_training, "_train_epoch", lambda *a, **k: pytest.fail("an epoch ran first"))
+    for folder in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "ckpt"):
+        with pytest.raises(InputError, match=r"checkpoint_dir: .*notes\.txt is a file"):
+            train_cf(CFTrainConfig(model="mf", dim=4, epochs=1, checkpoint_dir=str(folder), progress=False),
+                     planted())
+    assert (tmp_path / "notes.txt").read_text() == "keep"
