@@ -36,10 +36,8 @@ class ImplicitDataset:
 @dataclass
 class _Interactions:
     users: np.ndarray  # every user with a line, empty or not
-    user_lines: np.ndarray
     pair_users: np.ndarray
     pair_items: np.ndarray
-    pair_lines: np.ndarray
 
 
 def _lines(path: Path) -> pl.DataFrame:
@@ -81,35 +79,17 @@ def _read_interactions(path: str | Path) -> _Interactions:
     tokens = _tokens(path)
     _check_tokens(tokens, path)
     tokens = tokens.with_columns(user=pl.col("id").first().over("line_no"))
-    pairs, users = tokens.filter(pl.col("pos") > 0), tokens.filter(pl.col("pos") == 0)
+    pairs = tokens.filter(pl.col("pos") > 0)
     return _Interactions(
-        users=users["id"].to_numpy(),
-        user_lines=users["line_no"].to_numpy(),
+        users=tokens.filter(pl.col("pos") == 0)["id"].to_numpy(),
         pair_users=pairs["user"].to_numpy(),
         pair_items=pairs["id"].to_numpy(),
-        pair_lines=pairs["line_no"].to_numpy(),
     )
 
 
 def _max_id(*arrays: np.ndarray) -> int:
     return max((int(a.max()) for a in arrays if a.size), default=-1)
 
-
-MAX_ID_SPAN = 2  # ids may leave gaps, but not span more than twice (+ SPAN_SLACK) the ids in use
-SPAN_SLACK = 1000
-
-
-def _check_dense_ids(what: str, parts: list[tuple[Path, np.ndarray, np.ndarray]]) -> None:
-    """Ids index embedding rows: an id far above the number of distinct ids (a raw id in a file meant to
-    hold remapped ones) would allocate a table for ids that do not exist. Names the file and line."""
-    distinct = np.unique(np.concatenate([ids for _, ids, _ in parts])).size
-    limit = MAX_ID_SPAN * distinct + SPAN_SLACK
-    for path, ids, lines in parts:
-        if ids.size and int(ids.max()) >= limit:
-            at = int(np.argmax(ids))
-            raise InputError(path, f"{what} id {int(ids[at])} is far above the {distinct} distinct {what} "
-                                   "ids (this format needs ids remapped to 0..n-1; use a CSV / TSV "
-                                   "interaction log for raw ids)", int(lines[at]))
 
 
 def _binary_csr(data: _Interactions, shape: tuple[int, int]) -> sp.csr_matrix:
@@ -133,10 +113,6 @@ def load_implicit(folder: str | Path, train: str = "train.txt", test: str = "tes
     tr, te = _read_interactions(folder / train), _read_interactions(folder / test)
     if tr.pair_items.size == 0:
         raise InputError(folder / train, "no interactions (no line lists an item)")
-    _check_dense_ids("user", [(folder / train, tr.users, tr.user_lines),
-                              (folder / test, te.users, te.user_lines)])
-    _check_dense_ids("item", [(folder / train, tr.pair_items, tr.pair_lines),
-                              (folder / test, te.pair_items, te.pair_lines)])
     num_users = _max_id(tr.users, te.users) + 1
     num_items = _max_id(tr.pair_items, te.pair_items) + 1
     shape = (num_users, num_items)

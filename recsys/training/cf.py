@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
@@ -151,7 +152,21 @@ def _steps_per_epoch(data: ImplicitDataset, config: CFTrainConfig) -> int:
     return max(1, -(-int(data.train.nnz) // config.batch_size))
 
 
+def _check_tables_fit(config: CFTrainConfig, data: ImplicitDataset, device: torch.device) -> None:
+    """Refuse, by name, embedding tables that cannot fit: ``(users + items) x dim`` float32 rows with
+    Adam's two moments, against the device's free memory. Ids index rows, so one raw id (999999999)
+    where remapped ``0..n-1`` ids belong would otherwise size a table for a billion rows."""
+    need = 3 * 4 * (data.num_users + data.num_items) * config.dim
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else psutil.virtual_memory().available
+    if need > free:
+        raise InputError("data", f"{data.num_users} users and {data.num_items} items (one more than the "
+                                 f"largest ids) at dim {config.dim} need {need / 2**30:.1f} GiB for the "
+                                 f"embeddings and Adam's state, more than the {free / 2**30:.1f} GiB free; "
+                                 "ids index embedding rows: remap them to 0..n-1")
+
+
 def _new_run(config: CFTrainConfig, data: ImplicitDataset, device: torch.device) -> _Run:
+    _check_tables_fit(config, data, device)
     torch.manual_seed(config.seed)
     model = build_model(config.model, data.num_users, data.num_items, data.train,
                         **config.model_hparams()).to(device)

@@ -198,3 +198,18 @@ def test_a_checkpoint_folder_that_is_a_file_fails_before_training(tmp_path: Path
             train_cf(CFTrainConfig(model="mf", dim=4, epochs=1, checkpoint_dir=str(folder), progress=False),
                      planted())
     assert (tmp_path / "notes.txt").read_text() == "keep"
+
+
+def test_tables_too_large_for_memory_are_refused_by_name(tmp_path: Path) -> None:
+    """One raw id (999999999) where remapped ids belong sizes a table for a billion rows: refused with
+    the sizes, before anything is allocated; a remapped subsample with gaps in its ids still trains."""
+    from recsys.data.implicit import load_implicit
+
+    (tmp_path / "train.txt").write_text("0 1 2\n1 2 999999999\n")
+    (tmp_path / "test.txt").write_text("0 3\n")
+    data = load_implicit(tmp_path)
+    with pytest.raises(InputError, match=r"data: 2 users and 1000000000 items .* remap them to 0\.\.n-1"):
+        train_cf(CFTrainConfig(model="mf", dim=64, epochs=1, progress=False), data)
+    (tmp_path / "train.txt").write_text("0 1 2\n1 2 91591\n")  # a head sample of a large catalogue
+    _, history = train_cf(CFTrainConfig(model="mf", dim=8, epochs=1, progress=False), load_implicit(tmp_path))
+    assert len(history) == 1
