@@ -1,6 +1,7 @@
 """What every search call accepts, checked one way for all index kinds and engines: a non-blank query
-text, a list (not a bare string) of them, and a positive integer ``k``. Each failure is an
-:class:`~sparsekit.errors.InputError` naming the argument (``text``, ``texts[2]``, ``k``)."""
+text, a list (not a bare string) of them, a positive integer ``k`` and a sparse query vector. Each
+failure is an :class:`~sparsekit.errors.InputError` naming the argument (``text``, ``texts[2]``, ``k``,
+``query.indices[3]``)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,26 @@ def check_k(k: Any, field: str = "k") -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise InputError(field, f"must be a positive integer, got {k!r}")
     return int(k)
+
+
+def check_sparse_query(indices: Any, values: Any, vocab_size: int,
+                       field: str = "query") -> tuple[np.ndarray, np.ndarray]:
+    """A sparse query as (int64 term ids in ``[0, vocab_size)``, float64 finite non-negative weights), one
+    weight per id; the native engine checks the same in compiled code (``retrieval.index.inverted``)."""
+    terms, weights = np.asarray(indices), np.asarray(values)
+    if terms.ndim != 1 or (terms.size and terms.dtype.kind not in "iu"):
+        raise InputError(f"{field}.indices", f"expected a 1-D list of integer term ids, got {terms.dtype}"
+                                             f"{list(terms.shape)}")
+    if weights.ndim != 1 or len(weights) != len(terms) or (weights.size and weights.dtype.kind not in "iuf"):
+        raise InputError(f"{field}.values", f"expected {len(terms)} numbers (one per index), got "
+                                            f"{weights.dtype}{list(weights.shape)}")
+    bad = np.flatnonzero((terms < 0) | (terms >= vocab_size))
+    if bad.size:
+        j = int(bad[0])
+        raise InputError(f"{field}.indices[{j}]", f"term id {int(terms[j])} out of range [0, {vocab_size})")
+    weights = weights.astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
+    if bad.size:
+        j = int(bad[0])
+        raise InputError(f"{field}.values[{j}]", f"weight {float(weights[j])!r} is not finite and >= 0")
+    return terms.astype(np.int64), weights

@@ -8,11 +8,11 @@ Errors in user input exit with status 2 and a one-line message naming the file/l
 from __future__ import annotations
 
 import sys
-from importlib.metadata import version as package_version
 
 import typer
 
 from services.commands import bench, cf, ctr, gcn, rag, search, serve, sparse
+from sparsekit import __version__
 from sparsekit.atomic import exit_on_sigterm
 
 app = typer.Typer(
@@ -25,14 +25,14 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        typer.echo(f"sparsekit {package_version('sparsekit')}")
+        typer.echo(f"sparsekit {__version__}")
         raise typer.Exit()
 
 
 @app.callback()
 def _options(
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                 help="Print the installed sparsekit version and exit."),
+                                 help="Print the sparsekit version and exit."),
 ) -> None:
     """Options that apply before any command."""
 

@@ -61,6 +61,8 @@ class Manifest:
             raise ArtifactError(path, "corrupt manifest: 'files' must map each file to its bytes and sha256")
         if not isinstance(data["format"], str) or not isinstance(data["version"], int):
             raise ArtifactError(path, "corrupt manifest: 'format' must be a string and 'version' an integer")
+        if not all(isinstance(data.get(k, {}), dict) for k in ("params", "source", "counts")):
+            raise ArtifactError(path, "corrupt manifest: 'params', 'source' and 'counts' must be objects")
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
 
@@ -276,7 +278,7 @@ def open_artifact(
         raise ArtifactError(path, f"missing {MANIFEST}: not a Sparsekit artifact, or an unfinished write")
     try:
         data = json.loads(mpath.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(mpath, f"corrupt manifest: {exc}") from exc
     manifest = Manifest.from_dict(data, mpath)
     if format is not None and manifest.format != format:

@@ -56,26 +56,38 @@ def _raw_lines(path: Path, encoding: str) -> pl.Series:
 
 def _check_lines(path: Path, sep: str, quoted: bool) -> None:
     """Name the line of a text table that is not UTF-8, or that has another number of fields than the
-    first line (polars would fill a short row with nulls and train on it). Blank lines are left to the
-    loaders; a CSV whose quoted cells span lines is not checked line by line."""
+    first non-blank line (polars would fill a short row with nulls and train on it). Blank lines are left
+    to the loaders; a CSV whose quoted cells span lines is not checked line by line."""
     try:
         lines = _raw_lines(path, "utf8")
     except pl.exceptions.ComputeError:
-        lines = _raw_lines(path, "utf8-lossy")
-        if (bad := lines.str.contains("\ufffd", literal=True).fill_null(False)).any():
-            raise InputError(path, "not valid UTF-8", int(bad.arg_true()[0]) + 1) from None
+        line = _first_undecodable_line(path)
+        if line is not None:
+            raise InputError(path, "not valid UTF-8", line) from None
         raise
-    if lines.is_empty() or (quoted and (lines.str.count_matches('"', literal=True) % 2 == 1).any()):
+    if quoted and (lines.str.count_matches('"', literal=True) % 2 == 1).any():
         return
     text = lines.str.replace_all(r'"[^"]*"', "") if quoted else lines
-    fields = text.str.count_matches(sep, literal=True) + 1
-    first = fields.drop_nulls()
-    if first.is_empty():
+    fields = (text.str.count_matches(sep, literal=True) + 1).set(lines.str.strip_chars().fill_null("") == "",
+                                                                   None)
+    counted = fields.drop_nulls()
+    if counted.is_empty():
         return
-    bad = (fields != first[0]).fill_null(False)
+    bad = (fields != counted[0]).fill_null(False)
     if bad.any():
         row = int(bad.arg_true()[0])
-        raise InputError(path, f"{fields[row]} fields where the first line has {first[0]}", row + 1)
+        raise InputError(path, f"{fields[row]} fields where the first line has {counted[0]} (give every row "
+                               "every field, empty where a value is missing)", row + 1)
+
+
+def _first_undecodable_line(path: Path) -> int | None:
+    """1-based line of the first byte sequence that is not UTF-8 (``None`` if the file decodes)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return data.count(b"\n", 0, exc.start) + 1
+    return None
 
 
 def _checked_names(frame: pl.DataFrame, path: Path, header: bool) -> pl.DataFrame:

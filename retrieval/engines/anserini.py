@@ -12,14 +12,17 @@ them as a ``JsonVectorCollection`` and indexes it with ``-impact -pretokenized``
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
+import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from retrieval.engines.jvm import INCUBATOR_VECTOR, JavaRuntime, LuceneError, an
 from sparsekit.errors import InputError
 
 INDEX_COLLECTION = "io.anserini.index.IndexCollection"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _LOG_TAIL_LINES = 40
 
 
@@ -61,14 +65,23 @@ def _jvm_cli_options(runtime: JavaRuntime) -> list[str]:
     return [*opts, "-Dfile.encoding=UTF-8", "-Duser.language=en", "-Duser.country=US"]
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    """In the child, before ``exec``: ask Linux to SIGKILL it when its parent dies, so a ``kill -9`` of
-    the Python process does not leave the JVM writing into a build directory nobody will publish."""
-    import ctypes
-    import signal
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that asks Linux to SIGKILL the child when this process dies (``None`` elsewhere),
+    so a ``kill -9`` of Python does not leave the JVM writing into a build nobody will publish.
 
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    ``prctl`` is looked up here, in the parent: the child, forked from a process that may run JVM and
+    torch threads, only makes the call, then exits at once if the parent is already gone."""
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def in_child() -> None:  # pragma: no cover - runs in the forked child
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return in_child
 
 
 def run_anserini(main_class: str, args: Sequence[str], timeout: float | None = None) -> str:
@@ -83,7 +96,7 @@ def run_anserini(main_class: str, args: Sequence[str], timeout: float | None = N
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               errors="replace", timeout=timeout, check=False,
-                              preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                              preexec_fn=_die_with_parent())
     except subprocess.TimeoutExpired as exc:
         raise LuceneError(f"{main_class} did not finish within {timeout} s") from exc
     except OSError as exc:

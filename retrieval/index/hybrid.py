@@ -115,12 +115,23 @@ def fused_top(ids: list[str], sparse: np.ndarray, dense: np.ndarray, k: int, con
 # ---------------------------------------------------------------- build
 
 
-def _check_first_stage_size(first_stage: Path, num_docs: int, corpus: Path) -> None:
-    """An existing first stage must index exactly the corpus's documents (the opener checks the same)."""
+def _check_first_stage_source(first_stage: Path, source: dict[str, Any]) -> None:
+    """An existing first stage must be built from this corpus: when its manifest records the corpus's
+    checksum (bm25 and learned-sparse indexes do), it must be this file's. Checked before embedding."""
+    recorded = {m.get("sha256") for m in open_artifact(first_stage, verify=False).source.values()
+                if isinstance(m, dict)} - {None}
+    ours = {m["sha256"] for m in source.values()}
+    if recorded and not recorded & ours:
+        raise InputError("first_stage", f"{first_stage} was built from another corpus (its recorded "
+                                        "checksum differs): build the first stage from the same corpus")
+
+
+def _check_first_stage_size(first_stage: Path, num_docs: int) -> None:
+    """An existing first stage must index as many documents as the vectors hold (the opener checks it)."""
     indexed = open_artifact(first_stage, verify=False).counts.get("num_docs")
     if indexed != num_docs:
-        raise InputError("first_stage", f"{first_stage} indexes {indexed} documents, {corpus} holds "
-                                        f"{num_docs}: build the first stage from the same corpus")
+        raise InputError("first_stage", f"{first_stage} indexes {indexed} documents, the corpus vectors "
+                                        f"number {num_docs}: build the first stage from the same corpus")
 
 
 def build_hybrid_index(corpus: str | Path, out: str | Path, first_stage: str | Path = "bm25",
@@ -144,14 +155,16 @@ def build_hybrid_index(corpus: str | Path, out: str | Path, first_stage: str | P
             raise InputError("first_stage", f"{first_stage!r} is neither an index kind {sorted(KINDS)} "
                                             "nor an index directory")
         index_format(first_stage)
+    source = fingerprint([corpus])
+    if str(first_stage) not in KINDS:
+        _check_first_stage_source(Path(first_stage), source)
     doc_ids, matrix = vectors or embed_corpus(corpus, cache_dir, max_length, batch_size, progress)
     doc_ids = list(doc_ids)
     check_vectors(doc_ids, matrix)
     if str(first_stage) not in KINDS:
-        _check_first_stage_size(Path(first_stage), len(doc_ids), corpus)
+        _check_first_stage_size(Path(first_stage), len(doc_ids))
     params: dict[str, Any] = asdict(config)
-    with write_artifact(out, FORMAT, VERSION, params=params, source=fingerprint([corpus]),
-                        overwrite=overwrite) as writer:
+    with write_artifact(out, FORMAT, VERSION, params=params, source=source, overwrite=overwrite) as writer:
         target = writer.path(FIRST_STAGE_DIR)
         if str(first_stage) in KINDS:
             build_index(str(first_stage), corpus, target, progress=progress, **(first_stage_params or {}))

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from retrieval.encoders.backbone import load_fast_tokenizer
 from retrieval.encoders.idf_query import IdfQueryEncoder
 from retrieval.index.learned_sparse import LearnedSparseIndex
-from retrieval.query_checks import check_text, check_texts
+from retrieval.query_checks import check_sparse_query, check_text, check_texts
 from sparsekit.artifacts import open_artifact, write_artifact
 
 if TYPE_CHECKING:  # pyserini / the JVM load only when an index is opened
@@ -115,7 +115,9 @@ class LuceneImpactIndex:
         return [hits.get(str(i), []) for i in range(len(weights))]
 
     def search_sparse(self, indices: list[int], values: list[float], k: int) -> list[tuple[str, float]]:
-        weights = self._weights(np.asarray(indices), np.asarray(values))
+        """Top-``k`` of a sparse query over the query tokenizer's vocabulary (ids + non-negative weights);
+        :class:`InputError` naming ``query.indices[j]`` / ``query.values[j]`` of a bad entry."""
+        weights = self._weights(*check_sparse_query(indices, values, len(self.vocab)))
         return self.searcher.search(weights, k) if weights else []
 
     def close(self) -> None:

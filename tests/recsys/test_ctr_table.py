@@ -128,6 +128,8 @@ def test_bad_tables_get_errors_that_name_the_problem(
     ("long.csv", b"label,a,b\n1,x,2\n0,y,1\n1,z,3,4\n", r"long\.csv:4: 4 fields where the first line has 3"),
     ("long.tsv", b"label\ta\tb\n1\tx\t2\n0\ty\t1\t9\n", r"long\.tsv:3: 4 fields"),
     ("latin1.csv", b"label,a,b\n1,x,2\n0,caf\xe9,1\n", r"latin1\.csv:3: not valid UTF-8"),
+    ("replacement.csv", "label,a,b\n1,x\ufffd,2\n".encode() + b"0,caf\xe9,1\n",  # a real U+FFFD first
+     r"replacement\.csv:3: not valid UTF-8"),
 ])
 def test_ragged_and_undecodable_lines_are_named(tmp_path: Path, name: str, content: bytes,
                                                 match: str) -> None:
@@ -137,6 +139,9 @@ def test_ragged_and_undecodable_lines_are_named(tmp_path: Path, name: str, conte
 
 
 def test_quoted_separators_and_multiline_cells_are_not_ragged(tmp_path: Path) -> None:
+    path = tmp_path / "commas.csv"  # no multi-line cell: checked line by line, quotes respected
+    path.write_text('label,a,b\n1,"x, y",2\n0,"p ""q"", r",1\n   \n')
+    assert read_table(path)["a"].to_list()[:2] == ["x, y", 'p "q", r']
     path = tmp_path / "quoted.csv"
     path.write_text('label,a,b\n1,"x, with a comma",2\n0,"two\nlines",1\n')
     assert read_table(path)["a"].to_list() == ["x, with a comma", "two\nlines"]

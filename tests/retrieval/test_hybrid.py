@@ -182,13 +182,25 @@ def test_unknown_first_stage_is_an_input_error(tmp_path: Path, monkeypatch: pyte
 
 
 @pytest.mark.java
-def test_a_first_stage_of_another_corpus_is_refused_before_publishing(built: Path, tmp_path: Path) -> None:
+def test_a_first_stage_of_another_corpus_is_refused_before_embedding(built: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """An index directory given as the first stage must index the same documents: otherwise the build
     would publish an index that cannot be opened (and, with overwrite, replace a working one)."""
+    from retrieval.index import hybrid
+
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in CORPUS[:3]))
+
+    def embed(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the corpus was embedded before the first stage was checked")
+
+    monkeypatch.setattr(hybrid, "embed_corpus", embed)
+    with pytest.raises(InputError, match=r"first_stage: .* was built from another corpus"):
+        build_hybrid_index(corpus, tmp_path / "ix", built / "first_stage", progress=False)
+    assert not (tmp_path / "ix").exists()
+    same = built.parent / "corpus.jsonl"  # the first stage's own corpus, but vectors of 3 documents
     ids, vectors = doc_vectors()
-    with pytest.raises(InputError, match=r"indexes 5 documents.*holds 3"):
-        build_hybrid_index(corpus, tmp_path / "ix", built / "first_stage", vectors=(ids[:3], vectors[:3]),
+    with pytest.raises(InputError, match=r"indexes 5 documents, the corpus vectors number 3"):
+        build_hybrid_index(same, tmp_path / "ix", built / "first_stage", vectors=(ids[:3], vectors[:3]),
                            progress=False)
     assert not (tmp_path / "ix").exists()

@@ -316,13 +316,28 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux-only")
-def test_the_indexing_jvm_dies_when_its_parent_is_killed() -> None:
-    """``run_anserini`` starts its JVM with ``_die_with_parent``: a ``kill -9`` of the Python process
-    must not leave the indexer writing on (here a ``sleep`` stands in for the JVM)."""
+def test_the_indexing_jvm_dies_when_its_parent_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_anserini`` starts its JVM with the ``_die_with_parent`` hook, and a child started with that
+    hook dies when its parent gets ``kill -9`` (here a ``sleep`` stands in for the JVM)."""
+    seen = {}
+
+    def fake_run(cmd, **kwargs):
+        seen.update(kwargs)
+        return subprocess.CompletedProcess(cmd, 0, stdout="done")
+
+    fake = JavaRuntime(home=Path("/nonexistent"), executable=Path("/nonexistent/bin/java"), version=21,
+                       source="test")
+    monkeypatch.setattr(anserini, "java_runtime", lambda: fake)
+    monkeypatch.setattr(anserini, "anserini_jar", lambda: Path("anserini.jar"))
+    monkeypatch.setattr(anserini, "_jvm_cli_options", lambda runtime: [])
+    monkeypatch.setattr(anserini.subprocess, "run", fake_run)
+    assert anserini.run_anserini("x.Main", []) == "done"
+    monkeypatch.undo()
+    assert callable(seen["preexec_fn"])
     script = textwrap.dedent("""\
         import subprocess, time
         from retrieval.engines.anserini import _die_with_parent
-        child = subprocess.Popen(["sleep", "120"], preexec_fn=_die_with_parent)
+        child = subprocess.Popen(["sleep", "120"], preexec_fn=_die_with_parent())
         print(child.pid, flush=True)
         time.sleep(120)
     """)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.query_checks import check_k, check_text, check_texts, query_batch
+from retrieval.query_checks import check_k, check_sparse_query, check_text, check_texts, query_batch
 from sparsekit.errors import InputError
 
 
@@ -18,6 +18,14 @@ from sparsekit.errors import InputError
     (lambda: check_k(0), "k", "must be a positive integer, got 0"),
     (lambda: check_k(True), "k", "must be a positive integer, got True"),
     (lambda: check_k(2.0, "depth"), "depth", "must be a positive integer, got 2.0"),
+    (lambda: check_sparse_query([1, 7], [1.0, 1.0], 5), "query.indices[1]", "term id 7 out of range [0, 5)"),
+    (lambda: check_sparse_query([-1], [1.0], 5), "query.indices[0]", "term id -1 out of range [0, 5)"),
+    (lambda: check_sparse_query([1, 2], [1.0, float("nan")], 5), "query.values[1]",
+     "weight nan is not finite and >= 0"),
+    (lambda: check_sparse_query([1, 2], [1.0], 5), "query.values", "expected 2 numbers (one per index), got "
+                                                                   "float64[1]"),
+    (lambda: check_sparse_query([1.5], [1.0], 5), "query.indices", "expected a 1-D list of integer term ids, "
+                                                                   "got float64[1]"),
 ])
 def test_each_check_names_the_argument(call, source: str, message: str) -> None:
     with pytest.raises(InputError) as error:
@@ -29,3 +37,5 @@ def test_good_queries_pass_through() -> None:
     assert check_texts(("a", "b c")) == ["a", "b c"]
     assert check_k(np.int64(5)) == 5
     assert query_batch([]) == []
+    terms, weights = check_sparse_query([4, 0], [0.5, 2], 5)
+    assert terms.tolist() == [4, 0] and weights.tolist() == [0.5, 2.0]

@@ -14,7 +14,7 @@ from retrieval.encoders.sparse_doc import SparseDocEncoder, SparseEncoderConfig
 from retrieval.training.active_head import train_weights
 from retrieval.training.sparse import SparseTrainConfig, split_train_dev, train_sparse_encoder
 from retrieval.training.teachers import TeacherConfig
-from sparsekit.errors import ArtifactError
+from sparsekit.errors import ArtifactError, InputError
 
 TEXTS = ["Aspirin lowers the risk of heart attack in older adults.",
          "Vitamin D deficiency is linked to weak bones and fractures.",
@@ -124,6 +124,10 @@ def _check_lucene_export(tmp_path: Path, native) -> None:
             assert len(set(ours) & set(theirs)) >= 0.8 * len(ours), query
         queries = ["aspirin heart attack", "vitamin D fractures", "insulin diabetes obesity"]
         assert lucene.batch_search(queries, 10, threads=2) == [lucene.search(q, 10) for q in queries]
+        terms, values = lucene.query.encode("aspirin heart attack")
+        assert lucene.search_sparse(terms, values, 10) == lucene.search("aspirin heart attack", 10)
+        with pytest.raises(InputError, match=r"query\.indices\[1\]: term id .* out of range"):
+            lucene.search_sparse([int(terms[0]), len(lucene.vocab)], [1.0, 1.0], 10)
     finally:
         lucene.close()
 

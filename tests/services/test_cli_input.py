@@ -166,9 +166,10 @@ def test_train_sparse_with_a_work_dir_that_is_a_file_exits_2(tmp_path: Path) -> 
     assert work.read_text() == "kept"
 
 
-def test_version_prints_the_installed_version_and_runs_no_command() -> None:
-    from importlib.metadata import version
+def test_version_prints_the_version_manifests_record_and_runs_no_command() -> None:
+    from sparsekit import __version__
+    from sparsekit.artifacts import Manifest
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0
-    assert result.output.strip() == f"sparsekit {version('sparsekit')}"
+    assert result.output.strip() == f"sparsekit {__version__}" == Manifest("f", 1).producer
