@@ -268,14 +268,17 @@ def _check_identity(out_dir: Path, identity: dict[str, Any]) -> None:
     # folders from before a setting existed: min_epochs 1, first_order free, seeding 1 (the table drawn
     # from whatever state the process had reached, hashes seeded 0 whatever the run's seed), lr and
     # embedding_l2 at CTRTrainConfig's defaults; the data's checksum was not recorded (taken as unchanged)
+    recorded = _read_json(path)
     stored = {"min_epochs": 1, "first_order": "free", "seeding": 1, "lr": 1e-2, "embedding_l2": 1e-2,
-              "data_sha256": identity.get("data_sha256"), **_read_json(path)}
+              "data_sha256": identity.get("data_sha256"), **recorded}
     if stored.get("dataset") in DATASETS:  # the CLI once recorded its unused table options here
         stored["table"] = None
     changed = sorted(k for k in identity.keys() | stored.keys() if stored.get(k) != identity.get(k))
     if changed:
         raise InputError("out", f"{out_dir} holds runs of a different sweep (differs in {changed}); resuming "
                                 "would mix them. Use another --out")
+    if "data_sha256" not in recorded and identity.get("data_sha256"):  # checked on every later resume
+        _write_json(path, {**recorded, "data_sha256": identity["data_sha256"]})
 
 
 def run_sweep(config: SweepConfig) -> pl.DataFrame:

@@ -14,7 +14,7 @@ import polars as pl
 from sparsekit.errors import InputError
 
 SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".parquet": None}
-LINE_SEPARATOR = "\x1f"  # ASCII unit separator: absent from tables, so a line reads as one cell
+WHOLE_LINE_SEPARATOR = "\x1f"  # ASCII unit separator, absent from tables: each line reads as one cell
 
 
 def is_table_file(path: str | Path) -> bool:
@@ -50,8 +50,8 @@ def read_table(path: str | Path, header: bool = True) -> pl.DataFrame:
 
 def _raw_lines(path: Path, encoding: str) -> pl.Series:
     """Every line of ``path`` as a string (a blank line is null), read by polars in one pass."""
-    return pl.read_csv(path, has_header=False, separator=LINE_SEPARATOR, quote_char=None, infer_schema=False,
-                       new_columns=["line"], encoding=encoding)["line"]
+    return pl.read_csv(path, has_header=False, separator=WHOLE_LINE_SEPARATOR, quote_char=None,
+                       infer_schema=False, new_columns=["line"], encoding=encoding)["line"]
 
 
 def _check_lines(path: Path, sep: str, quoted: bool) -> None:

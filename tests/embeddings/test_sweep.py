@@ -244,3 +244,7 @@ def test_edited_data_of_the_same_shape_is_not_resumed(tiny, tmp_path, monkeypatc
     del stored["data_sha256"]  # a folder from before the checksum was recorded still resumes
     (tmp_path / "sweep.json").write_text(json.dumps(stored))
     run_sweep(config)
+    assert "data_sha256" in json.loads((tmp_path / "sweep.json").read_text())  # and is checked from now on
+    tiny.train.labels[:10] = 1 - tiny.train.labels[:10]
+    with pytest.raises(InputError, match="data_sha256"):
+        run_sweep(config)
