@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import psutil
 import scipy.sparse as sp
 
 from recsys.data.text_file import first_row, read_text
@@ -91,6 +92,17 @@ def _max_id(*arrays: np.ndarray) -> int:
     return max((int(a.max()) for a in arrays if a.size), default=-1)
 
 
+def _check_rows_fit(folder: Path, files: tuple[str, str], users: tuple[np.ndarray, np.ndarray]) -> None:
+    """Each CSR matrix holds a row pointer per user id up to the largest: one raw id (say 10**12) where
+    remapped ``0..n-1`` ids belong would allocate terabytes. Refused, naming the file, if it cannot fit."""
+    num_users = _max_id(*users) + 1
+    need, free = 2 * 8 * (num_users + 1), psutil.virtual_memory().available
+    if need > free:
+        name = files[0] if _max_id(users[0]) + 1 == num_users else files[1]
+        raise InputError(folder / name, f"user id {num_users - 1} needs {need / 2**30:.1f} GiB of row "
+                                        f"pointers, more than the {free / 2**30:.1f} GiB free; ids index "
+                                        "rows: remap them to 0..n-1")
+
 
 def _binary_csr(data: _Interactions, shape: tuple[int, int]) -> sp.csr_matrix:
     ones = np.ones(data.pair_users.size, dtype=np.float32)
@@ -113,6 +125,7 @@ def load_implicit(folder: str | Path, train: str = "train.txt", test: str = "tes
     tr, te = _read_interactions(folder / train), _read_interactions(folder / test)
     if tr.pair_items.size == 0:
         raise InputError(folder / train, "no interactions (no line lists an item)")
+    _check_rows_fit(folder, (train, test), (tr.users, te.users))
     num_users = _max_id(tr.users, te.users) + 1
     num_items = _max_id(tr.pair_items, te.pair_items) + 1
     shape = (num_users, num_items)

@@ -64,12 +64,12 @@ def _check_lines(path: Path, sep: str, quoted: bool) -> None:
         line = _first_undecodable_line(path)
         if line is not None:
             raise InputError(path, "not valid UTF-8", line) from None
-        raise
+        return  # a cell holds the one-cell separator itself: left to the table read
     if quoted and (lines.str.count_matches('"', literal=True) % 2 == 1).any():
         return
     text = lines.str.replace_all(r'"[^"]*"', "") if quoted else lines
-    fields = (text.str.count_matches(sep, literal=True) + 1).set(lines.str.strip_chars().fill_null("") == "",
-                                                                   None)
+    blank = lines.is_null() | lines.str.contains(r"^\s*$")
+    fields = (text.str.count_matches(sep, literal=True) + 1).set(blank, None)
     counted = fields.drop_nulls()
     if counted.is_empty():
         return

@@ -152,17 +152,27 @@ def _steps_per_epoch(data: ImplicitDataset, config: CFTrainConfig) -> int:
     return max(1, -(-int(data.train.nnz) // config.batch_size))
 
 
+TABLES_PER_ID = {"mf": 1, "lightgcn": 1, "neumf": 2}  # NeuMF: GMF and MLP tables for users and items
+
+
 def _check_tables_fit(config: CFTrainConfig, data: ImplicitDataset, device: torch.device) -> None:
-    """Refuse, by name, embedding tables that cannot fit: ``(users + items) x dim`` float32 rows with
-    Adam's two moments, against the device's free memory. Ids index rows, so one raw id (999999999)
-    where remapped ``0..n-1`` ids belong would otherwise size a table for a billion rows."""
-    need = 3 * 4 * (data.num_users + data.num_items) * config.dim
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else psutil.virtual_memory().available
+    """Refuse, by name, embedding tables that cannot fit: the ``(users + items) x dim`` float32 rows of
+    each table with their gradient and Adam's two moments, against the device's free memory (on CUDA,
+    with what torch's allocator holds but does not use). Ids index rows, so one raw id (999999999) where
+    remapped ``0..n-1`` ids belong would otherwise size a table for a billion rows."""
+    rows = TABLES_PER_ID.get(config.model, 1) * (data.num_users + data.num_items)
+    need = 4 * 4 * rows * config.dim
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) \
+            - torch.cuda.memory_allocated(device)
+    else:
+        free = psutil.virtual_memory().available
     if need > free:
         raise InputError("data", f"{data.num_users} users and {data.num_items} items (one more than the "
                                  f"largest ids) at dim {config.dim} need {need / 2**30:.1f} GiB for the "
-                                 f"embeddings and Adam's state, more than the {free / 2**30:.1f} GiB free; "
-                                 "ids index embedding rows: remap them to 0..n-1")
+                                 f"{config.model} tables, their gradients and Adam's state, more than the "
+                                 f"{free / 2**30:.1f} GiB free; ids index embedding rows: remap them to "
+                                 "0..n-1")
 
 
 def _new_run(config: CFTrainConfig, data: ImplicitDataset, device: torch.device) -> _Run:

@@ -155,6 +155,8 @@ def build_hybrid_index(corpus: str | Path, out: str | Path, first_stage: str | P
             raise InputError("first_stage", f"{first_stage!r} is neither an index kind {sorted(KINDS)} "
                                             "nor an index directory")
         index_format(first_stage)
+    if not corpus.is_file():
+        raise InputError(corpus, "corpus file not found")
     source = fingerprint([corpus])
     if str(first_stage) not in KINDS:
         _check_first_stage_source(Path(first_stage), source)

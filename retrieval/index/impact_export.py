@@ -23,12 +23,14 @@ from retrieval.encoders.idf_query import IdfQueryEncoder
 from retrieval.index.learned_sparse import LearnedSparseIndex
 from retrieval.query_checks import check_sparse_query, check_text, check_texts
 from sparsekit.artifacts import open_artifact, write_artifact
+from sparsekit.errors import InputError
 
 if TYPE_CHECKING:  # pyserini / the JVM load only when an index is opened
     from retrieval.engines.lucene import ImpactSearcher
 
 FORMAT = "learned-sparse-lucene"
 VERSION = 1
+MAX_IMPACT = 2**31 - 1  # Lucene term frequencies are Java ints
 
 
 def document_vectors(index: LearnedSparseIndex) -> sp.csr_matrix:
@@ -99,8 +101,17 @@ class LuceneImpactIndex:
         return self._num_docs
 
     def _weights(self, indices: np.ndarray, values: np.ndarray) -> dict[str, int]:
-        ints = np.rint(np.asarray(values, dtype=np.float64) * self.scale).astype(np.int64)
-        return {self.vocab[t]: int(w) for t, w in zip(indices, ints, strict=True) if w > 0}
+        """Integer impacts ``rint(w * scale)`` by token; a repeated id adds up, as in the native engine.
+        Lucene stores impacts as 32-bit term frequencies: a larger one is an error naming the weight."""
+        terms, inverse = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
+        sums = np.bincount(inverse, weights=np.asarray(values, dtype=np.float64), minlength=len(terms))
+        ints = np.rint(sums * self.scale)
+        if ints.size and ints.max() > MAX_IMPACT:
+            j = int(np.argmax(ints))
+            raise InputError("query.values", f"weight {float(sums[j])!r} of term {int(terms[j])} is beyond "
+                                             f"Lucene's integer impacts (at most {MAX_IMPACT} / scale "
+                                             f"{self.scale:g})")
+        return {self.vocab[t]: int(w) for t, w in zip(terms, ints, strict=True) if w > 0}
 
     def search(self, text: str, k: int) -> list[tuple[str, float]]:
         weights = self._weights(*self.query.encode(check_text(text)))

@@ -210,6 +210,10 @@ def test_tables_too_large_for_memory_are_refused_by_name(tmp_path: Path) -> None
     data = load_implicit(tmp_path)
     with pytest.raises(InputError, match=r"data: 2 users and 1000000000 items .* remap them to 0\.\.n-1"):
         train_cf(CFTrainConfig(model="mf", dim=64, epochs=1, progress=False), data)
+    from recsys.training import cf as cf_training
+
+    assert cf_training.TABLES_PER_ID["neumf"] == 2  # GMF and MLP tables: counted twice
+    assert set(cf_training.TABLES_PER_ID) == {"mf", "lightgcn", "neumf"}
     (tmp_path / "train.txt").write_text("0 1 2\n1 2 91591\n")  # a head sample of a large catalogue
     _, history = train_cf(CFTrainConfig(model="mf", dim=8, epochs=1, progress=False), load_implicit(tmp_path))
     assert len(history) == 1

@@ -142,6 +142,9 @@ def test_quoted_separators_and_multiline_cells_are_not_ragged(tmp_path: Path) ->
     path = tmp_path / "commas.csv"  # no multi-line cell: checked line by line, quotes respected
     path.write_text('label,a,b\n1,"x, y",2\n0,"p ""q"", r",1\n   \n')
     assert read_table(path)["a"].to_list()[:2] == ["x, y", 'p "q", r']
+    path = tmp_path / "unit.csv"  # a cell holding the check's own one-cell separator is still read
+    path.write_text("a,b\n1,x\x1fy\n2,z\n")
+    assert read_table(path)["b"].to_list() == ["x\x1fy", "z"]
     path = tmp_path / "quoted.csv"
     path.write_text('label,a,b\n1,"x, with a comma",2\n0,"two\nlines",1\n')
     assert read_table(path)["a"].to_list() == ["x, with a comma", "two\nlines"]

@@ -86,6 +86,15 @@ def test_implicit_empty_train_file_is_named(tmp_path: Path) -> None:
     _raises(r"train\.txt: no interactions", load_implicit, _implicit(tmp_path, "0\n1\n"))
 
 
+def test_implicit_raw_user_id_is_named_not_allocated(tmp_path: Path) -> None:
+    """A user id of 10**12 would make terabytes of CSR row pointers."""
+    err = _raises(r"test\.txt: user id 1000000000000 needs .* GiB of row pointers", load_implicit,
+                  _implicit(tmp_path, "0 1 2\n1 2\n", test="0 3\n1000000000000 2\n"))
+    assert err.line is None
+    data = load_implicit(_implicit(tmp_path, "0 1 2\n100000 91591\n", test="0 3\n"))  # gaps that fit
+    assert (data.num_users, data.num_items) == (100001, 91592)
+
+
 def test_implicit_error_in_test_file(tmp_path: Path) -> None:
     folder = _implicit(tmp_path, "0 1\n", test="0 2\n1 b\n")
     _raises(r"test\.txt:2: token 'b' is not an integer id", load_implicit, folder)

@@ -179,6 +179,8 @@ def test_unknown_first_stage_is_an_input_error(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(hybrid, "embed_corpus", embed)
     with pytest.raises(InputError, match="first_stage"):
         build_hybrid_index(corpus, tmp_path / "ix", "no-such-kind", progress=False)
+    with pytest.raises(InputError, match=r"nope\.jsonl: corpus file not found"):
+        build_hybrid_index(tmp_path / "nope.jsonl", tmp_path / "ix", "bm25", progress=False)
 
 
 @pytest.mark.java

@@ -128,6 +128,10 @@ def _check_lucene_export(tmp_path: Path, native) -> None:
         assert lucene.search_sparse(terms, values, 10) == lucene.search("aspirin heart attack", 10)
         with pytest.raises(InputError, match=r"query\.indices\[1\]: term id .* out of range"):
             lucene.search_sparse([int(terms[0]), len(lucene.vocab)], [1.0, 1.0], 10)
+        t = int(terms[0])  # a repeated id adds up, as in the native engine
+        assert lucene.search_sparse([t, t], [0.5, 0.5], 10) == lucene.search_sparse([t], [1.0], 10)
+        with pytest.raises(InputError, match=r"query\.values: .*beyond Lucene's integer impacts"):
+            lucene.search_sparse([t], [1e30], 10)
     finally:
         lucene.close()
 
