@@ -118,8 +118,8 @@ def _fsync_tree(root: Path) -> None:
 def _file_table(root: Path) -> dict[str, dict[str, Any]]:
     table = {}
     for path in sorted(root.rglob("*")):
-        if path.is_file() and path.name != MANIFEST:
-            rel = path.relative_to(root).as_posix()
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and rel != MANIFEST:  # a nested artifact's manifest is a file like any other
             table[rel] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
     return table
 
@@ -285,7 +285,7 @@ def open_artifact(
         raise ArtifactError(path, f"format is {manifest.format!r}, expected {format!r}")
     if version is not None and manifest.version != version:
         raise ArtifactError(path, f"format version {manifest.version}, this build reads {version}")
-    if not manifest.files and any(p.is_file() and p.name != MANIFEST for p in path.rglob("*")):
+    if not manifest.files and any(p.is_file() and p != mpath for p in path.rglob("*")):
         raise ArtifactError(mpath, "lists no files, but the directory holds some: their checksums cannot be "
                                    "verified (corrupt manifest)")
     for rel, meta in manifest.files.items():

@@ -233,3 +233,16 @@ def test_check_target_refuses_a_path_under_a_file(tmp_path: Path) -> None:
         check_target(blocker / "deeper" / "model", overwrite=False)
     check_target(tmp_path / "new" / "model", overwrite=False)  # a missing parent is fine: it gets made
     assert blocker.read_text() == "kept"
+
+
+def test_a_nested_artifacts_manifest_is_checksummed_by_the_outer_one(tmp_path: Path) -> None:
+    """A hybrid index holds its first stage, itself an artifact, as a subfolder: its manifest is covered."""
+    target = tmp_path / "outer"
+    with write_artifact(target, "toy", 1) as w:
+        inner = w.path("inner")
+        inner.mkdir()
+        (inner / MANIFEST).write_text('{"format": "x"}')
+    assert "inner/manifest.json" in open_artifact(target).files
+    (target / "inner" / MANIFEST).write_text('{"format": "y"}')
+    with pytest.raises(ArtifactError, match=r"inner/manifest\.json: checksum mismatch"):
+        open_artifact(target)
