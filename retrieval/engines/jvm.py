@@ -42,6 +42,7 @@ from sparsekit.errors import SparsekitError
 MIN_JAVA_VERSION = 21
 INCUBATOR_VECTOR = "jdk.incubator.vector"
 OPENAI_PLACEHOLDER = "sparsekit-placeholder-not-a-key"
+UNSAFE_OPTION, UNSAFE_OPTION_SINCE = "--sun-misc-unsafe-memory-access", 23  # JEP 471
 _VERSION_RE = re.compile(r'version\s+"(\d+)(?:\.(\d+))?')
 _Fn = TypeVar("_Fn", bound=Callable[..., Any])
 
@@ -148,10 +149,13 @@ def java_runtime() -> JavaRuntime:
 
 
 def filter_jvm_options(options: Sequence[str], runtime: JavaRuntime) -> list[str]:
-    """Drop ``--add-modules`` options naming modules ``runtime`` lacks; add ``-Xrs`` once.
+    """Drop ``--add-modules`` options naming modules ``runtime`` lacks; add ``-Xrs`` once and, on Java
+    23+, ``--sun-misc-unsafe-memory-access=allow``.
 
     A JVM asked to add a module it does not have aborts the process at start (no exception to
-    catch), so this must run before pyjnius creates the JVM.
+    catch), so this must run before pyjnius creates the JVM. Lucene 9's ``MMapDirectory`` calls
+    ``sun.misc.Unsafe::invokeCleaner``; from Java 24 every process that searches prints four warning
+    lines about it. The option that allows it exists from Java 23 on (older JVMs would abort on it).
     """
     kept: list[str] = []
     pending_add_modules = False
@@ -173,6 +177,8 @@ def filter_jvm_options(options: Sequence[str], runtime: JavaRuntime) -> list[str
         kept.append(opt)
     if "-Xrs" not in kept:
         kept.append("-Xrs")
+    if runtime.version >= UNSAFE_OPTION_SINCE and not any(o.startswith(UNSAFE_OPTION) for o in kept):
+        kept.append(f"{UNSAFE_OPTION}=allow")
     return kept
 
 
