@@ -37,12 +37,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
-from sparsekit.errors import SparsekitError
+from sparsekit.errors import InputError, SparsekitError
 
 MIN_JAVA_VERSION = 21
 INCUBATOR_VECTOR = "jdk.incubator.vector"
 OPENAI_PLACEHOLDER = "sparsekit-placeholder-not-a-key"
 UNSAFE_OPTION, UNSAFE_OPTION_SINCE = "--sun-misc-unsafe-memory-access", 23  # JEP 471
+TOO_MANY_CLAUSES = 1024  # Lucene IndexSearcher.maxClauseCount (its default)
 _VERSION_RE = re.compile(r'version\s+"(\d+)(?:\.(\d+))?')
 _Fn = TypeVar("_Fn", bound=Callable[..., Any])
 
@@ -300,9 +301,11 @@ def _attach_current_thread() -> None:
         _THREAD.guard = _Detacher()
 
 
-def java_call(what: str) -> Callable[[_Fn], _Fn]:
+def java_call(what: str, query: str | None = None) -> Callable[[_Fn], _Fn]:
     """Decorator for a method that calls into Java: attach the thread (see the module docstring) and
-    turn Java exceptions into :class:`LuceneError` naming ``what`` failed."""
+    turn Java exceptions into :class:`LuceneError` naming ``what`` failed (the exception's first line,
+    not the Java stack). For a search, ``query`` names the argument an over-long query is blamed on:
+    Lucene refuses a query of more distinct terms than its clause limit, which is bad input."""
 
     def wrap(fn: _Fn) -> _Fn:
         @functools.wraps(fn)
@@ -313,9 +316,13 @@ def java_call(what: str) -> Callable[[_Fn], _Fn]:
             except SparsekitError:
                 raise
             except Exception as exc:
-                if type(exc).__name__ == "JavaException" or type(exc).__module__.startswith("jnius"):
-                    raise LuceneError(f"{what} failed in Lucene/Anserini: {exc}") from exc
-                raise
+                if not (type(exc).__name__ == "JavaException" or type(exc).__module__.startswith("jnius")):
+                    raise
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                if query is not None and "TooManyClauses" in str(exc):
+                    raise InputError(query, "more distinct terms than Lucene's limit of "
+                                            f"{TOO_MANY_CLAUSES} per query: shorten it") from exc
+                raise LuceneError(f"{what} failed in Lucene/Anserini: {first}") from exc
 
         return inner  # type: ignore[return-value]
 

@@ -59,7 +59,7 @@ class Bm25Searcher:
         self._searcher.set_bm25(self.k1, self.b)
         self.num_docs = int(self._searcher.num_docs)
 
-    @java_call("BM25 search")
+    @java_call("BM25 search", query="text")
     def search(self, text: str, k: int = 10) -> list[tuple[str, float]]:
         """Top-``k`` ``(doc id, score)`` for one query, best first."""
         text = check_text(text)
@@ -74,9 +74,22 @@ class Bm25Searcher:
         qids = _check_qids(qids, len(texts))
         if not texts:
             return {}
-        k = _check_k(k, self.num_docs)
-        results = _open(self._searcher).batch_search(texts, qids, k=k, threads=check_k(threads, "threads"))
+        k, threads = _check_k(k, self.num_docs), check_k(threads, "threads")
+        try:
+            results = _open(self._searcher).batch_search(texts, qids, k=k, threads=threads)
+        except Exception as exc:  # a query Lucene refused only shows as a missing task: find which one
+            if "completedTaskCount" in str(exc):
+                self._name_refused_query(texts, k)
+            raise
         return {qid: _hits(results.get(qid, [])) for qid in qids}
+
+    def _name_refused_query(self, texts: Sequence[str], k: int) -> None:
+        """Search ``texts`` one by one; re-raise the first refusal naming ``texts[i]``."""
+        for i, text in enumerate(texts):
+            try:
+                self.search(text, k)
+            except InputError as exc:
+                raise InputError(f"texts[{i}]", exc.reason) from exc
 
     @java_call("closing the Lucene index")
     def close(self) -> None:

@@ -44,7 +44,7 @@ class GenerationStats:
     reused_tokens: int          # tokens whose KV came from the cache
     chunk_hits: dict[str, int]  # tier name ("device", "host", "disk") -> chunks served from it
     chunk_misses: int
-    ttft_s: float               # request start -> first token chosen
+    ttft_s: float               # request start (``started``, else the prefill call) -> first token chosen
     total_s: float
     new_tokens: int
 
@@ -114,9 +114,14 @@ class RagEngine:
             kv.write(piece.start, keys, piece.values)
         return kv
 
-    def prefill(self, question: str, chunks: Sequence[str], max_new_tokens: int = 64) -> Prefilled:
-        """Validate, plan, assemble and selectively prefill one request (stores into the cache)."""
-        started = time.perf_counter()
+    def prefill(self, question: str, chunks: Sequence[str], max_new_tokens: int = 64,
+                started: float | None = None) -> Prefilled:
+        """Validate, plan, assemble and selectively prefill one request (stores into the cache).
+
+        ``started`` (a ``time.perf_counter()`` value) is when the request began, for TTFT and total time:
+        the pipeline passes the moment it received the question, so retrieval and the wait for the model
+        count; by default the timers start here."""
+        started = time.perf_counter() if started is None else started
         _check_request(question, chunks, max_new_tokens)
         layout = self.generator.layout(question, chunks, max_new_tokens)
         segments = segments_of(layout)
@@ -148,9 +153,10 @@ class RagEngine:
                             use_cache=True)
                 token = int(out.logits[0, -1].argmax())
 
-    def stream(self, question: str, chunks: Sequence[str], max_new_tokens: int = 64) -> Iterator[str]:
+    def stream(self, question: str, chunks: Sequence[str], max_new_tokens: int = 64,
+               started: float | None = None) -> Iterator[str]:
         """Yields decoded text pieces as tokens are generated; afterwards self.last_result holds it."""
-        prefilled = self.prefill(question, chunks, max_new_tokens)
+        prefilled = self.prefill(question, chunks, max_new_tokens, started)
         ids: list[int] = []
         text = ""
         for token in self.decode(prefilled, max_new_tokens):

@@ -11,12 +11,13 @@ one model, one KV cache, requests take turns.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from retrieval.rag.corpus import RagCorpus, RetrievedChunk
 from retrieval.rag.engine import GenerationResult, RagEngine
-from sparsekit.errors import NotFoundError
+from sparsekit.errors import InputError, NotFoundError
 
 
 @dataclass
@@ -39,7 +40,12 @@ class RagPipeline:
 
     def retrieve(self, question: str, k: int | None = None) -> list[RetrievedChunk]:
         """The prompt's chunks; :class:`~sparsekit.errors.NotFoundError` when none matches."""
-        chunks = self.corpus.retrieve(question, k or self.k)
+        try:
+            chunks = self.corpus.retrieve(question, k or self.k)
+        except InputError as exc:  # the index names its argument "text": here it is the question
+            if exc.source != "text":
+                raise
+            raise InputError("question", exc.reason) from exc
         if not chunks:
             raise NotFoundError(f"no chunk of the corpus matches the question {question[:80]!r}: "
                                 "nothing to answer from")
@@ -47,10 +53,12 @@ class RagPipeline:
 
     def stream(self, question: str, k: int | None = None,
                max_new_tokens: int = 64) -> Iterator[str | Answer]:
-        """Yield the answer's text pieces as they are generated, then the :class:`Answer`."""
+        """Yield the answer's text pieces as they are generated, then the :class:`Answer`. Its TTFT and
+        total time count from this call: retrieval and the wait for the model are part of them."""
+        started = time.perf_counter()
         chunks = self.retrieve(question, k)
         with self._lock:
-            yield from self.engine.stream(question, [c.text for c in chunks], max_new_tokens)
+            yield from self.engine.stream(question, [c.text for c in chunks], max_new_tokens, started)
             result = self.engine.last_result
         yield Answer(question, chunks, result)
 

@@ -231,6 +231,12 @@ def test_bad_queries_name_the_field(searcher: lucene.Bm25Searcher) -> None:
         searcher.search("cats", k=0)
     with pytest.raises(InputError, match=r"^qids:"):
         searcher.batch_search(["cats", "dogs"], ["x", "x"])
+    words = " ".join(f"w{i:05d}x" for i in range(1100))  # more distinct terms than Lucene's 1024 clauses
+    with pytest.raises(InputError, match=r"^text: more distinct terms than Lucene's limit of 1024"):
+        searcher.search(words)
+    with pytest.raises(InputError, match=r"^texts\[1\]: more distinct terms"):
+        searcher.batch_search(["cats", words])
+    assert searcher.search("cats", 1)  # the searcher still works afterwards
 
 
 @pytest.mark.java
