@@ -28,6 +28,8 @@ from retrieval.rag.chunking import Chunk, chunk_text, iter_chunks
 from sparsekit.artifacts import fingerprint, open_artifact, write_artifact
 from sparsekit.errors import InputError
 
+MAX_K = 100  # chunks one prompt may hold (the gRPC service has its own, lower limit)
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase as Tokenizer
 
@@ -109,8 +111,8 @@ class RagCorpus:
         """The top-``k`` chunks for ``question``, best first (an empty list when nothing matches)."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("question", "must be a non-empty string")
-        if not 1 <= k <= 100:
-            raise InputError("k", f"must be in 1..100, got {k}")
+        if not 1 <= k <= MAX_K:
+            raise InputError("k", f"must be in 1..{MAX_K}, got {k}")
         hits = self.index.search(question, k)
         return [RetrievedChunk(cid, float(score), rank, self.chunks[cid])
                 for rank, (cid, score) in enumerate(hits, 1)]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from retrieval.rag.corpus import MAX_K
 from services.commands.output import console, fail
 from sparsekit.errors import SparsekitError
 
@@ -79,10 +80,20 @@ def _stats_table(answer) -> Table:
     return table
 
 
+def _check_cache_dir(cache_dir: Path | None, disk_mb: int) -> None:
+    """Before the model loads: a --cache-dir that is a file, or one the disk tier would never use."""
+    if cache_dir is None:
+        return
+    if cache_dir.exists() and not cache_dir.is_dir():
+        fail(ValueError(f"--cache-dir: {cache_dir} is a file, not a directory"))
+    if disk_mb == 0:
+        fail(ValueError("--cache-dir is given but --disk-mb 0 turns the disk tier off: drop one of them"))
+
+
 def ask_command(
     question: Annotated[str, typer.Argument(help="The question.")],
     rag: Annotated[Path, typer.Option(help="A RAG corpus built by `sparsekit rag build`.")],
-    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Chunks in the prompt.")] = 5,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, max=MAX_K, help="Chunks in the prompt.")] = 5,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer, in tokens.")] = 64,
     policy: Annotated[str, typer.Option(help=POLICY_HELP)] = "cache-craft",
     cache_dir: Annotated[Path | None, typer.Option(help="Disk tier of the chunk cache (kept across "
@@ -96,6 +107,7 @@ def ask_command(
 
     if not question.strip():
         fail(ValueError("question: empty (checked before the model loads)"))
+    _check_cache_dir(cache_dir, disk_mb)
     try:
         pipeline = open_pipeline(rag, policy, cache_dir, host_mb, disk_mb, gguf, k)
         answer = None

@@ -33,6 +33,7 @@ runner = CliRunner()
      "--calib-rows"),
     (["rag", "ask", "--rag", "r", "--k", "0", "q"], "-k' / '--k"),
     (["rag", "ask", "--rag", "r", "-k", "0", "q"], "-k' / '--k"),  # -k as in search and eval
+    (["rag", "ask", "--rag", "r", "-k", "101", "q"], "-k' / '--k"),  # before the model loads
 ])
 def test_out_of_range_numbers_are_refused_naming_the_option(args: list[str], option: str, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,3 +174,14 @@ def test_version_prints_the_version_manifests_record_and_runs_no_command() -> No
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0
     assert result.output.strip() == f"sparsekit {__version__}" == Manifest("f", 1).producer
+
+
+def test_rag_ask_refuses_a_cache_dir_it_could_not_use_before_the_model_loads(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    result = runner.invoke(app, ["rag", "ask", "q", "--rag", str(tmp_path / "nope"), "--cache-dir",
+                                 str(tmp_path / "afile")])
+    assert result.exit_code == 2 and "--cache-dir:" in result.output and "is a file" in result.output
+    result = runner.invoke(app, ["rag", "ask", "q", "--rag", str(tmp_path / "nope"), "--cache-dir",
+                                 str(tmp_path / "kv"), "--disk-mb", "0"])
+    assert result.exit_code == 2 and "--disk-mb 0 turns the disk tier off" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
