@@ -260,14 +260,24 @@ def _recover(target: Path) -> None:
             os.rename(backups[-1], target)
 
 
+def _check_all_listed(path: Path, manifest: Manifest) -> None:
+    """Refuse files the manifest does not list: a file whose entry was deleted would go unverified."""
+    for fpath in sorted(path.rglob("*")):
+        rel = fpath.relative_to(path).as_posix()
+        if fpath.is_file() and rel != MANIFEST and rel not in manifest.files:
+            raise ArtifactError(fpath, "not listed in the manifest, so its checksum cannot be verified "
+                                       "(a corrupt manifest, or a file added after the write: remove it, "
+                                       "or rebuild)")
+
+
 def open_artifact(
     path: str | Path, format: str | None = None, version: int | None = None, verify: bool = True
 ) -> Manifest:
     """Read and check an artifact's manifest.
 
     Checks the format name and version when given, that every listed file exists with its recorded
-    size, and (``verify=True``) its SHA-256. Raises :class:`ArtifactError` naming the path and the
-    problem otherwise.
+    size, and (``verify=True``) its SHA-256, and that every file in the directory is listed. Raises
+    :class:`ArtifactError` naming the path and the problem otherwise.
     """
     path = Path(path)
     _recover(path)
@@ -285,9 +295,7 @@ def open_artifact(
         raise ArtifactError(path, f"format is {manifest.format!r}, expected {format!r}")
     if version is not None and manifest.version != version:
         raise ArtifactError(path, f"format version {manifest.version}, this build reads {version}")
-    if not manifest.files and any(p.is_file() and p != mpath for p in path.rglob("*")):
-        raise ArtifactError(mpath, "lists no files, but the directory holds some: their checksums cannot be "
-                                   "verified (corrupt manifest)")
+    _check_all_listed(path, manifest)
     for rel, meta in manifest.files.items():
         fpath = path / rel
         if not fpath.is_file():

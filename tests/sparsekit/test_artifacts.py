@@ -79,14 +79,24 @@ def test_a_manifest_of_the_wrong_shape_is_named_not_a_crash(tmp_path: Path, edit
         open_artifact(target)
 
 
-def test_a_manifest_listing_no_files_is_not_taken_as_verified(tmp_path: Path) -> None:
-    """Emptying the file table must not switch off the checksum check of the files beside it."""
+@pytest.mark.parametrize("dropped", [None, "data.bin", "sub/more.txt"])
+def test_a_file_missing_from_the_manifest_is_not_verified(tmp_path: Path, dropped: str | None) -> None:
+    """Deleting an entry (or the whole file table) must not switch off the checksum check of that file."""
     target = tmp_path / "art"
     _write(target, b"abc")
     manifest = json.loads((target / MANIFEST).read_text())
-    (target / MANIFEST).write_text(json.dumps({**manifest, "files": {}}))
+    files = {} if dropped is None else {k: v for k, v in manifest["files"].items() if k != dropped}
+    (target / MANIFEST).write_text(json.dumps({**manifest, "files": files}))
     (target / "data.bin").write_bytes(b"xyz")
-    with pytest.raises(ArtifactError, match="lists no files"):
+    with pytest.raises(ArtifactError, match="not listed in the manifest"):
+        open_artifact(target)
+
+
+def test_a_file_added_after_the_write_is_named(tmp_path: Path) -> None:
+    target = tmp_path / "art"
+    _write(target, b"abc")
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(ArtifactError, match=r"notes\.txt: not listed in the manifest"):
         open_artifact(target)
 
 
