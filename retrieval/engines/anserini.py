@@ -4,17 +4,15 @@
 chose; a failure raises :class:`~retrieval.engines.jvm.LuceneError` with the tail of the JVM log.
 :func:`build_bm25_lucene_index` uses the flags of pyserini's BEIR "flat" indexes.
 
-**Impact weights** must be integers (Lucene stores them as term frequencies):
-:func:`quantize_impacts` scales and rounds float weights (scale 100 by default, as pyserini's
-learned-sparse indexes do) for both documents and queries, and :func:`build_impact_index` writes
-them as a ``JsonVectorCollection`` and indexes it with ``-impact -pretokenized``.
+**Impact weights** must be integers (Lucene stores them as term frequencies; see
+:mod:`retrieval.engines.impacts`): :func:`build_impact_index` writes them as a ``JsonVectorCollection``
+and indexes it with ``-impact -pretokenized``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
-import math
 import os
 import re
 import signal
@@ -27,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retrieval.engines.impacts import check_impacts
 from retrieval.engines.jvm import INCUBATOR_VECTOR, JavaRuntime, LuceneError, anserini_jar, java_runtime
 from sparsekit.errors import InputError
 
@@ -176,42 +175,6 @@ def build_bm25_lucene_index(
 
 # --------------------------------------------------------------------------------------------------
 # Impact indexes (learned sparse weights as integer term frequencies)
-
-
-def quantize_impacts(weights: Mapping[str, float], scale: float = 100) -> dict[str, int]:
-    """Integer impacts ``round(w * scale)``; weights that round to 0 are dropped.
-
-    Weights must be finite and non-negative and tokens non-empty without whitespace (Anserini's
-    pretokenized analyzer splits on whitespace).
-    """
-    if not (math.isfinite(scale) and scale > 0):
-        raise InputError("scale", f"must be a positive finite number, got {scale!r}")
-    out: dict[str, int] = {}
-    for token, weight in weights.items():
-        if not isinstance(token, str) or not token or any(c.isspace() for c in token):
-            raise InputError("weights", f"token {token!r} must be a non-empty string without whitespace")
-        w = float(weight)
-        if not math.isfinite(w) or w < 0:
-            raise InputError("weights", f"weight of {token!r} must be finite and >= 0, got {weight!r}")
-        q = math.floor(w * scale + 0.5)
-        if q > 0:
-            out[token] = q
-    return out
-
-
-def check_impacts(vector: Mapping[str, int], field: str) -> dict[str, int]:
-    """``vector`` without its zero impacts; :class:`InputError` naming ``field`` for a bad token or a
-    weight that is not a non-negative int."""
-    out = {}
-    for token, weight in vector.items():
-        if not isinstance(token, str) or not token or any(c.isspace() for c in token):
-            raise InputError(field, f"token {token!r} must be a non-empty string without whitespace")
-        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
-            raise InputError(field, f"impact of {token!r} must be a non-negative int (see quantize_impacts), "
-                                    f"got {weight!r}")
-        if weight:
-            out[token] = weight
-    return out
 
 
 class CollectionWriter:

@@ -2,7 +2,7 @@
 
 pyserini 1.x (Lin et al., SIGIR 2021) ``LuceneSearcher`` scores BM25 with ``set_bm25(k1, b)``;
 ``LuceneImpactSearcher`` scores ``sum(q_w * d_impact)`` over integer impacts
-(:func:`~retrieval.engines.anserini.quantize_impacts`). Both run in the JVM that
+(:func:`~retrieval.engines.impacts.quantize_impacts`). Both run in the JVM that
 :mod:`~retrieval.engines.jvm` starts, are callable from any thread (:func:`~retrieval.engines.jvm.java_call`)
 and return plain Python ``(doc id, score)`` pairs. Indexes are built by :mod:`~retrieval.engines.anserini`.
 """
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from retrieval.engines.anserini import check_impacts
+from retrieval.engines.impacts import check_impacts
 from retrieval.engines.jvm import LuceneError, import_pyserini_lucene, java_call
 from retrieval.query_checks import check_k, check_text, check_texts
 from sparsekit.errors import InputError

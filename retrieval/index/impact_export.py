@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from retrieval.encoders.backbone import load_fast_tokenizer
 from retrieval.encoders.idf_query import IdfQueryEncoder
+from retrieval.engines.impacts import MAX_IMPACT
 from retrieval.index.learned_sparse import LearnedSparseIndex
 from retrieval.query_checks import check_sparse_query, check_text, check_texts
 from sparsekit.artifacts import open_artifact, write_artifact
@@ -30,7 +31,6 @@ if TYPE_CHECKING:  # pyserini / the JVM load only when an index is opened
 
 FORMAT = "learned-sparse-lucene"
 VERSION = 1
-MAX_IMPACT = 2**31 - 1  # Lucene term frequencies are Java ints
 
 
 def document_vectors(index: LearnedSparseIndex) -> sp.csr_matrix:

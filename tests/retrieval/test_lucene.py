@@ -14,10 +14,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from retrieval.engines import anserini, jvm, lucene
-from retrieval.engines.anserini import build_bm25_lucene_index, build_impact_index, quantize_impacts
+from retrieval.engines.anserini import build_bm25_lucene_index, build_impact_index
+from retrieval.engines.impacts import check_impacts, quantize_impacts
 from retrieval.engines.jvm import (
     INCUBATOR_VECTOR,
     JavaRuntime,
@@ -280,6 +282,16 @@ def test_quantize_impacts() -> None:
     for bad in ({"a": -0.1}, {"a": float("nan")}, {"a b": 1.0}, {"": 1.0}):
         with pytest.raises(InputError, match=r"^weights:"):
             quantize_impacts(bad)
+    with pytest.raises(InputError, match=r"^weights: weight 1e\+30 of 'a' times scale 100 is beyond"):
+        quantize_impacts({"a": 1e30})
+
+
+def test_check_impacts_takes_numpy_ints_and_refuses_what_lucene_cannot_store() -> None:
+    vector = check_impacts({"a": np.int64(3), "b": 0, "c": np.uint8(7)}, "docs['d1']")
+    assert vector == {"a": 3, "c": 7} and all(type(v) is int for v in vector.values())
+    for bad in ({"a": 2**31}, {"a": 1.0}, {"a": True}, {"a": -1}, {"a b": 1}):
+        with pytest.raises(InputError, match=r"^docs\['d1'\]:"):
+            check_impacts(bad, "docs['d1']")
 
 
 @pytest.mark.java
