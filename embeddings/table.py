@@ -183,7 +183,9 @@ TableFactory = Callable[..., EmbeddingTable]
 class FieldwiseTable(EmbeddingTable):
     """One sub-table per field (built by ``table`` with the same ``dim`` and ``budget``).
 
-    Ids stay global; each field's sub-table sees local ids ``0 .. field_dims[f] - 1``.
+    Ids stay global; each field's sub-table sees local ids ``0 .. field_dims[f] - 1``. The training hooks
+    (``settled``, ``penalty``, ``after_step``, ``finalize``) reach every sub-table, so sub-tables that search,
+    prune or quantize train and serve as they would alone; ``config`` records each sub-table's own config.
     """
 
     kind = "fieldwise"
@@ -197,16 +199,52 @@ class FieldwiseTable(EmbeddingTable):
         field_dims: Sequence[int] | None = None,
         table: str | TableFactory = "full",
         table_options: dict[str, Any] | None = None,
+        tables: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(num_features, dim, budget, field_dims=field_dims)
         if self.field_dims is None:
             raise InputError("field_dims", "a field-wise table needs the field cardinalities")
-        factory = table_class(table) if isinstance(table, str) else table
+        self.table_kind = table if isinstance(table, str) else getattr(table, "kind", "")
         self.table_options = dict(table_options or {})
+        if tables is not None:  # rebuilt from config(): each sub-table as it was (e.g. finalized)
+            self.tables = nn.ModuleList(self._rebuild(tables))
+            return
+        factory = table_class(table) if isinstance(table, str) else table
         self.tables = nn.ModuleList(factory(n, dim, budget, **self.table_options) for n in self.field_dims)
 
+    def _rebuild(self, configs: Sequence[dict[str, Any]]) -> list[EmbeddingTable]:
+        if len(configs) != len(self.field_dims) or any(
+            c.get("num_features") != n for c, n in zip(configs, self.field_dims, strict=False)
+        ):
+            raise InputError("tables", f"need one sub-table config per field of {list(self.field_dims)}")
+        return [build_table(config) for config in configs]
+
     def options(self) -> dict[str, Any]:
-        return {"table": self.tables[0].kind, "table_options": self.table_options}
+        return {"table": self.table_kind or self.tables[0].kind, "table_options": self.table_options,
+                "tables": [t.config() for t in self.tables]}
+
+    @property
+    def settled(self) -> bool:
+        return all(t.settled for t in self.tables)
+
+    def penalty(self) -> torch.Tensor | None:
+        terms = [p for p in (t.penalty() for t in self.tables) if p is not None]
+        return sum(terms[1:], terms[0]) if terms else None
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        for t in self.tables:
+            t.after_step(step, total_steps)
+
+    def finalize(self) -> EmbeddingTable:
+        """Every sub-table's serving table (self when none changes)."""
+        served = [t.finalize() for t in self.tables]
+        if all(s is t for s, t in zip(served, self.tables, strict=True)):
+            return self
+        table = FieldwiseTable(self.num_features, self.dim, self.budget, field_dims=self.field_dims,
+                               table=self.table_kind, table_options=self.table_options,
+                               tables=[s.config() for s in served])
+        table.tables = nn.ModuleList(served)
+        return table.to(self.field_offsets.device)
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.dim() == 2 and ids.shape[1] == len(self.tables):

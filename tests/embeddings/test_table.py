@@ -137,3 +137,25 @@ def test_build_table_round_trips(make) -> None:
 def test_unknown_kind() -> None:
     with pytest.raises(InputError, match="unknown embedding table kind"):
         build_table({"kind": "nope", "num_features": 3, "dim": 2})
+
+
+def test_fieldwise_table_forwards_training_hooks_and_finalizes_its_subtables() -> None:
+    """A field-wise table of pruning / QAT sub-tables trains them through their hooks and serves their
+    finalized forms within the budget; the served table rebuilds from its config."""
+    fields = [50, 60, 40]
+    table = FieldwiseTable(150, 8, 0.5, field_dims=fields, table="pep")
+    assert not table.settled  # PEP sub-tables search first
+    for step in range(1, 11):
+        table.after_step(step, 10)
+    assert table.settled
+    served = table.finalize()
+    assert [t.kind for t in served.tables] == ["csr-rows"] * 3
+    served.check_budget()
+    ids = torch.tensor([[0, 50, 110], [49, 109, 149]])
+    assert torch.equal(served(ids), table(ids))
+    again = build_table(served.config())
+    again.load_state_dict(served.state_dict())
+    assert torch.equal(again(ids), served(ids))
+    quantized = FieldwiseTable(150, 8, 0.5, field_dims=fields, table="int8").finalize()
+    assert [t.kind for t in quantized.tables] == ["quantized"] * 3
+    quantized.check_budget()
