@@ -251,14 +251,11 @@ class FieldwiseTable(EmbeddingTable):
             local = ids - self.field_offsets
             return torch.stack([t.lookup(local[:, f]) for f, t in enumerate(self.tables)], dim=1)
         fields = self.field_of(ids)
-        out = torch.empty(*ids.shape, self.dim, dtype=self._dtype(), device=ids.device)
-        for f, table in enumerate(self.tables):
-            mask = fields == f
-            out[mask] = table.lookup(ids[mask] - self.field_offsets[f]).to(out.dtype)
+        parts = [t.lookup(ids[fields == f] - self.field_offsets[f]) for f, t in enumerate(self.tables)]
+        out = parts[0].new_empty(*ids.shape, self.dim)  # the sub-tables' dtype (some store only buffers)
+        for f, part in enumerate(parts):
+            out[fields == f] = part.to(out.dtype)
         return out
-
-    def _dtype(self) -> torch.dtype:
-        return next(iter(self.parameters())).dtype
 
 
 def table_class(kind: str) -> type[EmbeddingTable]:

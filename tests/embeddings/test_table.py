@@ -159,3 +159,10 @@ def test_fieldwise_table_forwards_training_hooks_and_finalizes_its_subtables() -
     quantized = FieldwiseTable(150, 8, 0.5, field_dims=fields, table="int8").finalize()
     assert [t.kind for t in quantized.tables] == ["quantized"] * 3
     quantized.check_budget()
+
+
+def test_fieldwise_lookup_of_any_shape_with_parameterless_subtables() -> None:
+    """Served INT8 sub-tables store only buffers; a flat lookup must not need a parameter's dtype."""
+    table = FieldwiseTable(150, 8, 0.5, field_dims=[50, 60, 40], table="int8").finalize()
+    ids = torch.tensor([[0, 50, 110], [49, 109, 149]])
+    assert torch.equal(table.lookup(ids.flatten()), table(ids).reshape(-1, 8))
