@@ -124,7 +124,7 @@ class TTRecTable(EmbeddingTable):
         out = self.factors[0][0, digits[0]]  # [B, d_1, r_1]
         for core, digit in zip(self.factors[1:], digits[1:], strict=True):
             piece = core.permute(1, 0, 2, 3)[digit]  # [B, r_{j-1}, d_j, r_j]
-            out = torch.einsum("bxr,brys->bxys", out, piece).reshape(flat.shape[0], -1, piece.shape[-1])
+            out = torch.einsum("bxr,brys->bxys", out, piece).flatten(1, 2)  # [B, d_1 ... d_j, r_j]
         return out.reshape(flat.shape[0], self.dim)
 
     def extra_repr(self) -> str:

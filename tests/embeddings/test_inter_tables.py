@@ -88,6 +88,14 @@ def test_forward_and_backward(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_batch_of_one_and_empty_batch(kind: str) -> None:
+    table = _tiny(kind)
+    for batch in (1, 0):
+        assert table(_tiny_ids(batch)).shape == (batch, 4, 8)
+        assert table.finalize().eval()(_tiny_ids(batch)).shape == (batch, 4, 8)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_distinct_features_get_distinct_vectors(kind: str) -> None:
     table = _tiny(kind).eval()
     with torch.no_grad():
