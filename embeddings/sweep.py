@@ -88,6 +88,7 @@ class SweepConfig:
         unknown = sorted(set(self.methods) - set(KINDS))
         if unknown:
             raise InputError("methods", f"unknown method(s) {unknown}; known: {sorted(KINDS)}")
+        self._check_models()
         bad = [b for b in self.budgets if not 0.0 < b <= 1.0]
         if bad:
             raise InputError("budgets", f"budgets must lie in (0, 1], got {bad}")
@@ -99,6 +100,14 @@ class SweepConfig:
         if self.dataset in DATASETS:  # a named dataset has its own reader: table options are no part of it
             self.table = None
         count(self, 1, "embed_dim", "max_epochs", "patience", "min_epochs", "threads")
+
+    def _check_models(self) -> None:
+        """Refuse an unknown CTR model up front, before the data loads and the folder is claimed."""
+        from recsys.training.ctr import CTR_MODELS
+
+        unknown = sorted(set(self.models) - set(CTR_MODELS))
+        if unknown:
+            raise InputError("models", f"unknown CTR model(s) {unknown}; known: {sorted(CTR_MODELS)}")
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,9 @@ def test_config_names_unknown_methods_and_budgets() -> None:
         SweepConfig(budgets=(0.0,))
     with pytest.raises(InputError, match=r"seeds: every value must be an integer >= 0, got \[-1\]"):
         SweepConfig(seeds=(-1,))  # refused up front, not by numpy's seeding after the data loads
+    with pytest.raises(InputError, match="unknown CTR model") as info:
+        SweepConfig(models=("dcnv2", "nope"))  # not after loading the data and writing sweep.json
+    assert info.value.source == "models"
 
 
 def test_resume_refuses_other_min_epochs_and_reads_old_folders_as_1(tiny, tmp_path) -> None:
