@@ -85,6 +85,7 @@ class SweepConfig:
         for name in ("models", "methods", "budgets", "seeds"):
             if not getattr(self, name):
                 raise InputError(name, "needs at least one value")
+            setattr(self, name, tuple(dict.fromkeys(getattr(self, name))))  # a repeat is one run, not two
         unknown = sorted(set(self.methods) - set(KINDS))
         if unknown:
             raise InputError("methods", f"unknown method(s) {unknown}; known: {sorted(KINDS)}")
@@ -92,6 +93,10 @@ class SweepConfig:
         bad = [b for b in self.budgets if not 0.0 < b <= 1.0]
         if bad:
             raise InputError("budgets", f"budgets must lie in (0, 1], got {bad}")
+        names = {f"{b:g}": b for b in self.budgets}
+        if len(names) < len(self.budgets):
+            raise InputError("budgets", f"{list(self.budgets)} holds different budgets with the same run "
+                                        f"file name (budgets are named to 6 significant digits)")
         if self.first_order not in FIRST_ORDER:
             raise InputError("first_order", f"one of {FIRST_ORDER}, got {self.first_order!r}")
         positive(self, "lr")

@@ -65,6 +65,19 @@ def test_summary_keeps_infeasible_cells() -> None:
     assert row["val_auc"] == pytest.approx(0.85) and row["n_ok"] == 2
 
 
+def test_repeated_values_are_one_run_each(tiny, tmp_path) -> None:
+    """A repeat in --methods / --budgets / --seeds is not trained or counted twice (n_runs, std)."""
+    config = SweepConfig(models=("wdl", "wdl"), methods=("hashing", "hashing"), budgets=(0.5, 0.50),
+                         seeds=(0, 0), out_dir=str(tmp_path), max_epochs=1,
+                         progress=False)
+    assert (config.models, config.methods, config.budgets, config.seeds) == (("wdl",), ("hashing",), (0.5,),
+                                                                             (0,))
+    assert set(summarize(run_sweep(config))["n_runs"]) == {1}
+    with pytest.raises(InputError, match="same run file name") as info:
+        SweepConfig(budgets=(0.1, 0.1000001))  # both would be written to ...__0.1__s0.json
+    assert info.value.source == "budgets"
+
+
 def test_config_names_unknown_methods_and_budgets() -> None:
     with pytest.raises(InputError, match="methods"):
         SweepConfig(methods=("nope",))
