@@ -183,7 +183,8 @@ TableFactory = Callable[..., EmbeddingTable]
 class FieldwiseTable(EmbeddingTable):
     """One sub-table per field (built by ``table`` with the same ``dim`` and ``budget``).
 
-    Ids stay global; each field's sub-table sees local ids ``0 .. field_dims[f] - 1``. The training hooks
+    Ids stay global; each field's sub-table sees local ids ``0 .. field_dims[f] - 1`` (``forward`` also checks
+    that column ``f`` holds only field ``f``'s ids). The training hooks
     (``settled``, ``penalty``, ``after_step``, ``finalize``) reach every sub-table, so sub-tables that search,
     prune or quantize train and serve as they would alone; ``config`` records each sub-table's own config.
     """
@@ -222,6 +223,22 @@ class FieldwiseTable(EmbeddingTable):
     def options(self) -> dict[str, Any]:
         return {"table": self.table_kind or self.tables[0].kind, "table_options": self.table_options,
                 "tables": [t.config() for t in self.tables]}
+
+    def check_ids(self, ids: torch.Tensor) -> None:
+        """As the base class, and column ``f`` must hold field ``f``'s ids: each field has its own
+        sub-table, so an id in another field's column would read (or wrap into) the wrong rows."""
+        super().check_ids(ids)
+        if ids.numel() == 0:
+            return
+        local = ids - self.field_offsets
+        low, high = local.amin(dim=0), local.amax(dim=0)
+        sizes = torch.tensor(self.field_dims, device=ids.device)
+        bad = ((low < 0) | (high >= sizes)).nonzero(as_tuple=True)[0]
+        if bad.numel():
+            f = int(bad[0])
+            start = int(self.field_offsets[f])
+            raise InputError("feature ids", f"column {f} holds ids outside field {f}'s range "
+                                            f"[{start}, {start + self.field_dims[f]})")
 
     @property
     def settled(self) -> bool:

@@ -166,3 +166,12 @@ def test_fieldwise_lookup_of_any_shape_with_parameterless_subtables() -> None:
     table = FieldwiseTable(150, 8, 0.5, field_dims=[50, 60, 40], table="int8").finalize()
     ids = torch.tensor([[0, 50, 110], [49, 109, 149]])
     assert torch.equal(table.lookup(ids.flatten()), table(ids).reshape(-1, 8))
+
+
+@pytest.mark.parametrize("ids", [[[0, 0, 8]], [[5, 3, 8]], [[0, 3, 7]]])
+def test_fieldwise_table_refuses_an_id_in_another_fields_column(ids) -> None:
+    """In range globally, but not in its column's field: would read a wrapped or missing sub-table row."""
+    table = FieldwiseTable(10, 2, field_dims=FIELDS)
+    with pytest.raises(InputError, match="outside field") as info:
+        table(torch.tensor(ids))
+    assert info.value.source == "feature ids"
