@@ -276,9 +276,13 @@ def sweep_identity(config: SweepConfig, data: Any) -> dict[str, Any]:
 def _check_identity(out_dir: Path, identity: dict[str, Any]) -> None:
     """Write ``sweep.json`` on first use; refuse to resume a folder whose runs came from another setup."""
     path = out_dir / IDENTITY
-    if not path.is_file() or not any((out_dir / "runs").glob("*.json")):  # no finished run to mix with
+    if not any((out_dir / "runs").glob("*.json")):  # no finished run to mix with
         _write_json(path, identity)
         return
+    if not path.exists():
+        raise InputError(path, f"missing, but {out_dir / 'runs'} holds run files: how they were trained "
+                               "is unknown, and resuming could mix them with runs trained otherwise. Use "
+                               "another --out")
     # folders from before a setting existed: min_epochs 1, first_order free, seeding 1 (the table drawn
     # from whatever state the process had reached, hashes seeded 0 whatever the run's seed), lr and
     # embedding_l2 at CTRTrainConfig's defaults; the data's checksum was not recorded (taken as unchanged)

@@ -207,6 +207,17 @@ def test_a_folder_with_no_finished_run_takes_new_settings(tiny, tmp_path) -> Non
         SweepConfig(seeds=())
 
 
+def test_run_files_without_their_sweep_json_are_not_resumed(tiny, tmp_path) -> None:
+    """Without sweep.json the runs' settings are unknown: adopting them would mix sweeps silently."""
+    config = SweepConfig(models=("wdl",), methods=("hashing",), budgets=(0.5,), seeds=(0,),
+                         out_dir=str(tmp_path), max_epochs=1, progress=False)
+    run_sweep(config)
+    (tmp_path / "sweep.json").unlink()
+    with pytest.raises(InputError, match="missing") as info:
+        run_sweep(SweepConfig(**{**config.__dict__, "lr": 1e-4}))
+    assert info.value.source == str(tmp_path / "sweep.json")
+
+
 def test_table_options_are_no_part_of_a_named_dataset_sweep() -> None:
     """The CLI always passes its table options; for ``frappe`` they are unused, so a CLI sweep and the
     benchmark's (no table options) share one folder identity and resume each other's runs."""
