@@ -115,7 +115,7 @@ class AdaptEmbedTable(EmbeddingTable):
             raise InputError("realloc_every", "need realloc_every >= 1 and decay in [0, 1]")
         self.shared_fraction, self.realloc_every = float(shared_fraction), int(realloc_every)
         self.decay, self.init_std = float(decay), float(init_std)
-        available = self.budget_bytes() - self.memory_bytes()  # minus the field offsets
+        available = self.room_bytes()  # minus the field offsets
         self.pool_rows, self.shared_rows = plan_rows(num_features, dim, available, self.shared_fraction)
         if self.pool_rows < 1:
             raise BudgetError(

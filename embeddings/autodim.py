@@ -72,7 +72,7 @@ class AutoDimTable(EmbeddingTable):
         self.search_fraction, self.min_temperature = float(search_fraction), float(min_temperature)
         self.init_std = float(init_std)
         self.sizes = self.field_dims or (num_features,)
-        self.available = self.budget_bytes() - self.memory_bytes()  # minus the field offsets
+        self.available = self.room_bytes()  # minus the field offsets
         self.allowed = self._allowed_candidates()
         self.starts = [0, *torch.tensor(self.sizes).cumsum(0).tolist()[:-1]]
         self.rows = nn.ParameterList()

@@ -83,6 +83,9 @@ def sparse_budget(table: EmbeddingTable) -> tuple[str, int]:
     """``(layout, nnz)`` for a pruned version of ``table``: its budget minus the field offsets every
     table with ``field_dims`` stores. Raises :class:`BudgetError` when not one weight fits."""
     fixed = 0 if table.field_dims is None else table.field_offsets.numel() * FIELD_OFFSET_BYTES
+    if fixed > table.budget_bytes():
+        raise BudgetError(table.kind, f"the {fixed} bytes of field offsets alone exceed the budget of "
+                                      f"{table.budget_bytes()} bytes")
     layout, nnz = max_nonzeros(table.num_features, table.dim, table.budget_bytes() - fixed)
     if nnz < 1:
         raise BudgetError(

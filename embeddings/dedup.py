@@ -120,7 +120,7 @@ class DedupTable(EmbeddingTable):
         if eps < 0 or iterations < 0:
             raise InputError("eps", f"eps and iterations must be >= 0, got {eps}, {iterations}")
         self.eps, self.iterations, self.seed, self.init_std = float(eps), int(iterations), int(seed), init_std
-        self.unique_rows = plan_unique_rows(num_features, dim, self.budget_bytes() - self.memory_bytes())
+        self.unique_rows = plan_unique_rows(num_features, dim, self.room_bytes())
         if self.unique_rows < 2:
             raise BudgetError(self.kind, f"an index map of {num_features} features and two rows do not fit "
                                          f"in {self.budget_bytes()} bytes")

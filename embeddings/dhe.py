@@ -66,7 +66,7 @@ class DHETable(EmbeddingTable):
         if hidden_layers < 1:
             raise InputError("hidden_layers", f"needs at least one hidden layer, got {hidden_layers}")
         self.hidden_layers, self.seed = int(hidden_layers), int(seed)
-        floats = (self.budget_bytes() - self.memory_bytes()) // FLOAT_BYTES
+        floats = self.room_bytes() // FLOAT_BYTES
         self.num_hashes, self.hidden = self._size(floats, num_hashes, hidden)
         used = mlp_floats(self.num_hashes, self.hidden, self.hidden_layers, dim)
         if used > floats:

@@ -184,7 +184,7 @@ class DPQTable(EmbeddingTable):
 
     def plan(self, groups: int | None, codewords: int | None) -> tuple[int, int]:
         """The serving layout within the budget (subclasses with other storage override it)."""
-        available = self.budget_bytes() - self.memory_bytes()
+        available = self.room_bytes()
         return plan_codes(self.num_features, self.dim, available, groups, codewords, self.kind)
 
     def options(self) -> dict[str, Any]:

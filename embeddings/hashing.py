@@ -62,7 +62,7 @@ class HashingTable(EmbeddingTable):
     ) -> None:
         super().__init__(num_features, dim, budget, field_dims=field_dims)
         self.seed, self.init_std = int(seed), float(init_std)
-        rows = (self.budget_bytes() - self.memory_bytes()) // (dim * FLOAT_BYTES)
+        rows = self.room_bytes() // (dim * FLOAT_BYTES)
         if rows < 1:
             raise BudgetError(self.kind, f"{self.budget_bytes()} bytes cannot hold one row of {dim} floats")
         self.num_rows = int(min(rows, num_features))

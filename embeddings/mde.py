@@ -108,7 +108,7 @@ class MixedDimTable(EmbeddingTable):
             if len(widths) != len(self.blocks) or not all(1 <= d <= self.dim for d in widths):
                 raise InputError("dims", f"need {len(self.blocks)} dims in [1, {self.dim}], got {widths}")
             return widths
-        available = self.budget_bytes() - self.memory_bytes()  # the field offsets are already stored
+        available = self.room_bytes()  # the field offsets are already stored
         widths = power_law_dims(self.blocks, self.dim, self.alpha, available)
         if widths is None:
             raise BudgetError(self.kind, f"{self.budget_bytes()} bytes cannot hold one dimension per block")

@@ -170,7 +170,7 @@ class MGQETable(DPQTable):
         self.refresh_head()
 
     def plan(self, groups: int | None, codewords: int | None) -> tuple[int, int]:
-        available = self.budget_bytes() - self.memory_bytes()
+        available = self.room_bytes()
         group_options = [groups] if groups else [g for g in range(1, self.dim + 1) if self.dim % g == 0]
         word_options = [codewords] if codewords else [1 << b for b in SEARCH_BITS]
         fits = []

@@ -94,7 +94,7 @@ class QRTable(EmbeddingTable):
         if partitions is not None and partitions < 2:
             raise InputError("partitions", f"needs at least 2 partitions, got {partitions}")
         self.combine, self.partitions, self.init_std = combine, partitions, float(init_std)
-        max_rows = (self.budget_bytes() - self.memory_bytes()) // (dim * FLOAT_BYTES)
+        max_rows = self.room_bytes() // (dim * FLOAT_BYTES)
         self.radices = plan_radices(num_features, max_rows, partitions)
         self.spec = CompositionalLookup(self.radices, combine)
         self.weight = nn.Parameter(torch.empty(self.spec.rows, dim))

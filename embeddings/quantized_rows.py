@@ -87,8 +87,7 @@ class QuantizedRowsTable(EmbeddingTable):
 
     def _inner_budget(self, row_bytes: int) -> float:
         """The float budget that gives the inner table as many rows as the budget holds at ``row_bytes``."""
-        fixed = sum(b.numel() * b.element_size() for b in self.buffers())  # field offsets
-        rows = max(1, (self.budget_bytes() - fixed) // row_bytes)
+        rows = max(1, self.room_bytes() // row_bytes)  # the room left by the field offsets
         return min(1.0, (rows * self.dim * FLOAT_BYTES + 0.5) / self.full_bytes())
 
     def options(self) -> dict[str, Any]:

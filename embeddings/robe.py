@@ -57,7 +57,7 @@ class ROBETable(EmbeddingTable):
         if not 1 <= self.chunk <= dim:
             raise InputError("chunk", f"must be in [1, dim={dim}], got {chunk}")
         self.signed, self.seed, self.init_std = bool(signed), int(seed), float(init_std)
-        self.size = (self.budget_bytes() - self.memory_bytes()) // FLOAT_BYTES
+        self.size = self.room_bytes() // FLOAT_BYTES
         if self.size < self.chunk:
             raise BudgetError(self.kind, f"{self.budget_bytes()} bytes hold no {self.chunk}-float chunk")
         self.num_chunks = math.ceil(dim / self.chunk)

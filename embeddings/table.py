@@ -154,6 +154,16 @@ class EmbeddingTable(nn.Module, ABC):
         """The most bytes this table may store: ``budget * full_bytes()``."""
         return int(self.budget * self.full_bytes())
 
+    def room_bytes(self) -> int:
+        """Bytes of the budget left for a method's own storage once what the table already stores (the
+        field offsets) is paid; :class:`BudgetError` when that alone exceeds the budget."""
+        room = self.budget_bytes() - self.memory_bytes()
+        if room < 0:
+            raise BudgetError(self.kind or type(self).__name__,
+                              f"the {self.memory_bytes()} bytes of field offsets alone exceed the budget of "
+                              f"{self.budget_bytes()} bytes")
+        return room
+
     def check_budget(self) -> None:
         """Raise :class:`BudgetError` when :meth:`memory_bytes` exceeds the budget (with the 2% slack)."""
         used, allowed = self.memory_bytes(), self.budget_bytes()

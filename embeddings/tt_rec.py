@@ -86,7 +86,7 @@ class TTRecTable(EmbeddingTable):
             raise InputError("cores", f"a tensor train needs at least 2 cores, got {cores}")
         self.cores, self.init_std = int(cores), float(init_std)
         self.rows, self.cols = row_modes(num_features, cores), column_modes(dim, cores)
-        floats = (self.budget_bytes() - self.memory_bytes()) // FLOAT_BYTES
+        floats = self.room_bytes() // FLOAT_BYTES
         self.rank = self._fit_rank(floats) if rank is None else int(rank)
         if self.rank < 1 or core_floats(self.rows, self.cols, self.rank) > floats:
             raise BudgetError(self.kind, f"rank-{max(self.rank, 1)} cores need "

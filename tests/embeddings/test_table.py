@@ -7,12 +7,15 @@ its config.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
 
 from embeddings.full import FullTable
-from embeddings.table import TABLES, EmbeddingTable, FieldwiseTable, build_table
+from embeddings.registry import COMPOSED, METHODS
+from embeddings.table import TABLES, BudgetError, EmbeddingTable, FieldwiseTable, build_table, table_class
 from sparsekit.errors import InputError
 
 FIELDS = [3, 5, 2]
@@ -175,3 +178,12 @@ def test_fieldwise_table_refuses_an_id_in_another_fields_column(ids) -> None:
     with pytest.raises(InputError, match="outside field") as info:
         table(torch.tensor(ids))
     assert info.value.source == "feature ids"
+
+
+@pytest.mark.parametrize("kind", [*METHODS, *COMPOSED])
+def test_a_budget_below_the_field_offsets_says_so(kind: str) -> None:
+    """47 features of dim 1 at budget 0.1 hold 18 bytes, less than the 4 int64 field offsets: the
+    BudgetError says that, instead of 'fits in -4 rows' or 'the budget holds -14 bytes'."""
+    with pytest.raises(BudgetError) as info:
+        table_class(kind)(47, 1, 0.1, field_dims=[1, 1, 5, 40])
+    assert not re.search(r"(^|\s)-\d", info.value.reason), info.value.reason  # no negative room
