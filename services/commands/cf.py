@@ -12,7 +12,22 @@ from typing import Annotated
 import typer
 
 from services.commands.output import above, console, fail, refuse_existing
-from sparsekit.errors import SparsekitError
+from sparsekit.errors import InputError, SparsekitError
+
+
+def refuse_checkpoint_in_out(checkpoint_dir: Path | None, out: Path) -> None:
+    """Fail before training when the checkpoint folder and ``out`` nest: a checkpoint written inside
+    ``out`` makes it a folder that ``save_model`` refuses to replace after the last epoch (and one that
+    ``--overwrite`` would delete with the checkpoint), and ``out`` inside the checkpoint artifact clashes
+    with it the same way."""
+    if checkpoint_dir is None:
+        return
+    ckpt, target = checkpoint_dir.resolve(), out.resolve()
+    artifact = ckpt / "checkpoint"
+    if ckpt == target or target in ckpt.parents or artifact == target or artifact in target.parents:
+        fail(InputError("--checkpoint-dir", f"{checkpoint_dir} and --out {out} overlap: the model could not "
+                                            "be saved at the end of training; keep checkpoints in a folder "
+                                            "beside --out"))
 
 
 def train_cf_command(
@@ -57,6 +72,7 @@ def train_cf_command(
     from recsys.training.cf import CFTrainConfig, save_model, train_cf
 
     refuse_existing(out, overwrite)
+    refuse_checkpoint_in_out(checkpoint_dir, out)
     start = time.perf_counter()
     try:
         if is_table_file(data):

@@ -185,3 +185,15 @@ def test_rag_ask_refuses_a_cache_dir_it_could_not_use_before_the_model_loads(tmp
                                  str(tmp_path / "kv"), "--disk-mb", "0"])
     assert result.exit_code == 2 and "--disk-mb 0 turns the disk tier off" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.parametrize("out, checkpoints", [("m", "m"), ("m", "m/ckpt"), ("c/checkpoint", "c"),
+                                              ("c/checkpoint/m", "c")])
+def test_train_cf_refuses_checkpoints_nested_with_out_before_training(out: str, checkpoints: str,
+                                                                      tmp_path: Path) -> None:
+    # the model could never be saved into an OUT holding the checkpoint: refused before any epoch
+    result = runner.invoke(app, ["train", "cf", "--data", str(tmp_path / "missing"), "--out",
+                                 str(tmp_path / out), "--checkpoint-dir", str(tmp_path / checkpoints)])
+    assert result.exit_code == 2
+    assert "--checkpoint-dir" in result.output and "overlap" in " ".join(result.output.split())
+    assert list(tmp_path.iterdir()) == []
