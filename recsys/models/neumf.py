@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.models.cf import CFModel, PairScores
+from sparsekit.errors import InputError
 
 _PAIRS_PER_CHUNK = 1 << 18
 
@@ -34,6 +35,8 @@ class NeuMF(CFModel):
     def __init__(self, num_users: int, num_items: int, dim: int = 64, layers: int = 3, init_std: float = 0.1,
                  interactions: sp.csr_matrix | None = None) -> None:
         super().__init__(num_users, num_items, interactions)
+        if layers < 1:
+            raise InputError("layers", f"NeuMF needs at least one MLP layer, got {layers}")
         self.dim = dim
         self.layers = layers
         self.init_std = init_std

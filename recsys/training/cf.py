@@ -86,6 +86,8 @@ class CFTrainConfig:
             raise InputError("model", f"unknown CF model {self.model!r}; choose one of {sorted(MODELS)}")
         count(self, 1, "dim", "batch_size", "epochs", "checkpoint_every", "dsl_delta_t", "eval_k")
         count(self, 0, "layers", "eval_every")
+        if self.model == "neumf" and self.layers < 1:  # LightGCN with 0 layers is MF; NeuMF has no tower
+            raise InputError("layers", f"NeuMF needs at least one MLP layer, got {self.layers}")
         at_least(self, 0, "weight_decay")
         positive(self, "lr", "time_budget_s")
         if self.density is not None and not 0.0 < self.density <= 1.0:

@@ -102,6 +102,15 @@ def test_neumf_tower_widths() -> None:
     assert model.predict.in_features == 16 + 4
 
 
+def test_neumf_without_mlp_layers_is_refused_by_name() -> None:
+    # layers=0 used to build an empty tower and crash at the first batch with an IndexError
+    with pytest.raises(InputError, match="layers"):
+        NeuMF(NUM_USERS, NUM_ITEMS, dim=8, layers=0)
+    with pytest.raises(InputError, match="layers"):
+        CFTrainConfig(model="neumf", layers=0)
+    CFTrainConfig(model="lightgcn", layers=0)  # still fine: LightGCN without propagation
+
+
 def test_bpr_sampler_visits_every_pair_with_unseen_negatives() -> None:
     data = planted()
     sampler = BPRSampler(data.train, seed=0)
