@@ -110,6 +110,7 @@ def compress_ctr_command(
 
     if (rank is None) == (energy is None):
         fail(ValueError("pass exactly one of --rank and --energy"))
+    refuse_existing(out, overwrite)
     try:
         art = load_ctr_model(model)
         dataset = load_ctr(calib, data_root, seed, table=table_config(label, header=header),

@@ -135,7 +135,8 @@ def test_eval_names_the_qrels_or_queries_file_at_fault(tmp_path: Path,
 
 
 @pytest.mark.parametrize("command", [["train", "ctr", "--data", "frappe"], ["train", "cf", "--data", "d"],
-                                     ["train", "sparse", "--data", "d"]])
+                                     ["train", "sparse", "--data", "d"],
+                                     ["compress", "ctr", "--model", "m", "--calib", "frappe", "--rank", "2"]])
 def test_an_unwritable_output_is_refused_before_training(command: list[str], tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("kept")
