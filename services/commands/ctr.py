@@ -6,14 +6,14 @@ Python API: :func:`recsys.training.ctr.train_ctr`, :func:`recsys.lowrank.compres
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
 from rich.table import Table
 
 from services.commands.output import above, console, fail, refuse_existing
-from sparsekit.errors import SparsekitError
+from sparsekit.errors import InputError, SparsekitError
 
 if TYPE_CHECKING:
     from recsys.data.ctr_table import TableCTRConfig
@@ -42,6 +42,20 @@ def table_config(label: str, numeric: str = "", min_count: int = 1, fields: str 
 
     return TableCTRConfig(label=label, fields=_names(fields), numeric=_names(numeric), min_count=min_count,
                           header=header)
+
+
+def split_seed(params: dict[str, Any], seed: int | None) -> int:
+    """The split seed of the model's training run (recorded in its manifest), which ``seed`` must equal
+    when given: another seed calibrates on the model's validation / test rows and reports AUCs on a split
+    that holds its training rows."""
+    trained = (params.get("config") or {}).get("seed")
+    if seed is None:
+        return 0 if trained is None else int(trained)
+    if trained is not None and seed != trained:
+        raise InputError("--seed", f"{seed} is not the seed the model was trained with ({trained}): its "
+                                   "split would mix the model's training rows into val / test; leave --seed "
+                                   "out")
+    return seed
 
 
 def train_ctr_command(
@@ -98,7 +112,8 @@ def compress_ctr_command(
     embedding: Annotated[bool, typer.Option(help="Also compress the embedding table.")] = False,
     calib_rows: Annotated[int, typer.Option(min=1, help="Training rows in the calibration pass.")] = 20000,
     data_root: Annotated[Path | None, typer.Option(help="Dataset folder (default: the data root).")] = None,
-    seed: Annotated[int, typer.Option(help="Split seed (must match training).")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Split seed (default: the one the model was trained "
+                                                  "with; another is refused).")] = None,
     label: LabelOption = "label",
     header: HeaderOption = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
@@ -113,6 +128,7 @@ def compress_ctr_command(
     refuse_existing(out, overwrite)
     try:
         art = load_ctr_model(model)
+        seed = split_seed(art.params, seed)
         dataset = load_ctr(calib, data_root, seed, table=table_config(label, header=header),
                            schema=art.schema)
         targets = default_targets(art.model) + (["embedding"] if embedding else [])

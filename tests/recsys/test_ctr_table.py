@@ -16,7 +16,7 @@ from recsys.data.ctr import CTRField, CTRSchema, encode_column, load_ctr
 from recsys.data.ctr_table import TableCTRConfig, load_table_ctr
 from recsys.data.libfm import split_rows
 from recsys.data.table_file import read_table
-from recsys.training.ctr import CTRTrainConfig, load_ctr_model, train_ctr
+from recsys.training.ctr import CTRTrainConfig, build_ctr_model, load_ctr_model, save_ctr_model, train_ctr
 from services.cli import app
 from sparsekit.errors import InputError
 
@@ -183,6 +183,31 @@ def test_cli_trains_and_compresses_a_table_model(table: Path, tmp_path: Path) ->
     out = runner.invoke(app, ["train", "ctr", "--data", str(table), "--out", str(tmp_path / "bad")])
     assert out.exit_code != 0 and "label column 'label'" in " ".join(out.output.split())  # rich wraps
     assert not (tmp_path / "bad").exists()
+
+
+def test_compress_splits_with_the_training_seed(table: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # compress ctr used seed 0 whatever the model was trained with: calibration on val/test rows and
+    # "val/test AUC" over a split holding training rows
+    data = load_table_ctr(table, CONFIG, seed=3)
+    config = CTRTrainConfig(model="deepfm", embed_dim=4, hidden=(8,), seed=3)
+    model = build_ctr_model(config, data.field_dims)
+    save_ctr_model(model, tmp_path / "m", schema=data.schema, config=config)
+    seeds: list[int] = []
+
+    def recording(*args: object, **kwargs: object) -> object:
+        seeds.append(args[2])
+        return load_ctr(*args, **kwargs)
+
+    monkeypatch.setattr("recsys.data.ctr.load_ctr", recording)
+    base = ["compress", "ctr", "--model", str(tmp_path / "m"), "--calib", str(table), "--label", "click",
+            "--rank", "2"]
+    out = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "small")])
+    assert out.exit_code == 0, out.output
+    assert seeds == [3]
+    out = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "other"), "--seed", "0"])
+    assert out.exit_code == 2 and "--seed: 0 is not the seed" in " ".join(out.output.split())
+    assert not (tmp_path / "other").exists()
 
 
 def test_the_compression_sweep_runs_on_a_table(table: Path, tmp_path: Path) -> None:
