@@ -105,7 +105,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
     def _recommend(self, req: recommend_pb2.RecommendRequest) -> recommend_pb2.RecommendResponse:
         start = time.perf_counter()
         served = self._lookup(self.recommenders, req.model, "recommender")
-        k = req.k or self.limits.default_k
+        k = req.k or min(self.limits.default_k, served.num_items)  # unset: 20, or all of a smaller catalog
         if k > min(self.limits.max_k, served.num_items):
             raise InputError("k", f"{k} exceeds the limit of {min(self.limits.max_k, served.num_items)}")
         user = self._user(served, req)

@@ -134,6 +134,13 @@ def test_recommend_status_codes(stub) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("k:")
 
 
+def test_recommend_without_k_serves_a_catalog_smaller_than_the_default(stub) -> None:
+    # k unset means 20 (the proto's default); with 7 items that used to be INVALID_ARGUMENT "k: 20 exceeds"
+    client, _ = stub
+    resp = client.Recommend(recommend_pb2.RecommendRequest(model="mf", user_id=2))
+    assert len(resp.items) == 7
+
+
 def _rows(*rows: dict[str, str]) -> recommend_pb2.ScoreCTRRequest:
     return recommend_pb2.ScoreCTRRequest(model="deepfm", rows=[recommend_pb2.CTRRow(fields=r) for r in rows])
 
