@@ -121,11 +121,10 @@ def check_user_ids(user_ids: Any, num_users: int) -> np.ndarray:
         raise InputError("user_ids", f"expected a 1-D array of user ids, got shape {ids.shape}")
     if ids.size and not np.issubdtype(ids.dtype, np.integer):
         raise InputError("user_ids", f"user ids must be integers, got dtype {ids.dtype}")
-    ids = ids.astype(np.int64)
-    bad = ids[(ids < 0) | (ids >= num_users)]
+    bad = ids[(ids < 0) | (ids >= num_users)]  # before the cast: a uint64 id past 2**63 would wrap negative
     if bad.size:
         raise NotFoundError(f"user id {int(bad[0])} not found (known ids are 0..{num_users - 1})")
-    return ids
+    return ids.astype(np.int64)
 
 
 def interaction_positions(interactions: sp.csr_matrix, users: np.ndarray,

@@ -128,6 +128,8 @@ def test_recommend_status_codes(stub) -> None:
     client, _ = stub
     code, msg = _code(client.Recommend, recommend_pb2.RecommendRequest(model="mf", user_id=99, k=3))
     assert code == grpc.StatusCode.NOT_FOUND and msg.startswith("user_id: user id 99 not found"), msg
+    code, msg = _code(client.Recommend, recommend_pb2.RecommendRequest(model="mf", user_id=2**64 - 1, k=3))
+    assert code == grpc.StatusCode.NOT_FOUND and f"user id {2**64 - 1} not found" in msg, msg  # not "-1"
     code, msg = _code(client.Recommend, recommend_pb2.RecommendRequest(model="nope", user_id=0, k=3))
     assert code == grpc.StatusCode.NOT_FOUND and "nope" in msg
     code, msg = _code(client.Recommend, recommend_pb2.RecommendRequest(model="mf", user_id=0, k=8))
