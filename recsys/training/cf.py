@@ -157,23 +157,33 @@ def _steps_per_epoch(data: ImplicitDataset, config: CFTrainConfig) -> int:
 TABLES_PER_ID = {"mf": 1, "lightgcn": 1, "neumf": 2}  # NeuMF: GMF and MLP tables for users and items
 
 
+def bytes_per_entry(config: CFTrainConfig) -> int:
+    """Bytes one table entry costs in training: float32 weight, gradient and Adam's two moments, plus under
+    DSL its bool mask and float keep factor and, when regrowth accumulates gradients, their float32 sum."""
+    if config.density is None:
+        return 16
+    accumulate = config.dsl_accumulate_grad and not config.static_sparsity
+    return 16 + 1 + 4 + (4 if accumulate else 0)
+
+
 def _check_tables_fit(config: CFTrainConfig, data: ImplicitDataset, device: torch.device) -> None:
-    """Refuse, by name, embedding tables that cannot fit: the ``(users + items) x dim`` float32 rows of
-    each table with their gradient and Adam's two moments, against the device's free memory (on CUDA,
-    with what torch's allocator holds but does not use). Ids index rows, so one raw id (999999999) where
-    remapped ``0..n-1`` ids belong would otherwise size a table for a billion rows."""
+    """Refuse, by name, embedding tables that cannot fit: the ``(users + items) x dim`` rows of each table
+    at :func:`bytes_per_entry`, against the device's free memory (on CUDA, with what torch's allocator
+    holds but does not use). Ids index rows, so one raw id (999999999) where remapped ``0..n-1`` ids
+    belong would otherwise size a table for a billion rows."""
     rows = TABLES_PER_ID.get(config.model, 1) * (data.num_users + data.num_items)
-    need = 4 * 4 * rows * config.dim
+    need = bytes_per_entry(config) * rows * config.dim
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) \
             - torch.cuda.memory_allocated(device)
     else:
         free = psutil.virtual_memory().available
     if need > free:
+        masks = " and the DSL masks" if config.density is not None else ""
         raise InputError("data", f"{data.num_users} users and {data.num_items} items (one more than the "
                                  f"largest ids) at dim {config.dim} need {need / 2**30:.1f} GiB for the "
-                                 f"{config.model} tables, their gradients and Adam's state, more than the "
-                                 f"{free / 2**30:.1f} GiB free; ids index embedding rows: remap them to "
+                                 f"{config.model} tables, their gradients and Adam's state{masks}, more than "
+                                 f"the {free / 2**30:.1f} GiB free; ids index embedding rows: remap them to "
                                  "0..n-1")
 
 

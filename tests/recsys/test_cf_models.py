@@ -226,3 +226,22 @@ def test_tables_too_large_for_memory_are_refused_by_name(tmp_path: Path) -> None
     (tmp_path / "train.txt").write_text("0 1 2\n1 2 91591\n")  # a head sample of a large catalogue
     _, history = train_cf(CFTrainConfig(model="mf", dim=8, epochs=1, progress=False), load_implicit(tmp_path))
     assert len(history) == 1
+
+
+def test_the_memory_check_counts_the_dsl_masks_and_gradient_sums(monkeypatch: pytest.MonkeyPatch) -> None:
+    # DSL keeps a bool mask, a float keep factor and a float gradient sum per entry beside the weight,
+    # gradient and Adam moments: 25 bytes, not the 16 the check used to count
+    from types import SimpleNamespace
+
+    from recsys.training import cf as cf_training
+
+    data = planted()
+    entries = (data.num_users + data.num_items) * 8
+    monkeypatch.setattr(cf_training.psutil, "virtual_memory", lambda: SimpleNamespace(available=20 * entries))
+    config = CFTrainConfig(model="mf", dim=8, epochs=1, progress=False)
+    cf_training._check_tables_fit(config, data, torch.device("cpu"))  # dense: 16 bytes an entry fit
+    for static, need in ((False, 25), (True, 21)):
+        sparse = CFTrainConfig(model="mf", dim=8, epochs=1, density=0.5, static_sparsity=static)
+        assert cf_training.bytes_per_entry(sparse) == need
+        with pytest.raises(InputError, match="DSL masks"):
+            cf_training._check_tables_fit(sparse, data, torch.device("cpu"))
