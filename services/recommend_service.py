@@ -168,6 +168,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
 
     def ListModels(self, request: recommend_pb2.ListModelsRequest,
                    context: grpc.ServicerContext) -> recommend_pb2.ListModelsResponse:
-        infos = [recommend_pb2.ModelInfo(name=n, kind=m.kind)
-                 for n, m in sorted({**self.recommenders, **self.ctr_models}.items())]
+        # two namespaces (Recommend, ScoreCTR): one name may be served by both
+        served = sorted([*self.recommenders.items(), *self.ctr_models.items()], key=lambda item: item[0])
+        infos = [recommend_pb2.ModelInfo(name=n, kind=m.kind) for n, m in served]
         return recommend_pb2.ListModelsResponse(models=infos)

@@ -194,3 +194,11 @@ def test_list_models_and_health(stub) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     status = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME)).status
     assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_list_models_lists_a_recommender_and_a_ctr_model_of_the_same_name(artifacts) -> None:
+    # Recommend and ScoreCTR look names up separately; ListModels merged them and hid one
+    recs, ctrs = {"m": load_recommender(artifacts["mf"])}, {"m": load_ctr(artifacts["deepfm"])}
+    servicer = RecommendServicer(recs, ctrs)
+    infos = servicer.ListModels(recommend_pb2.ListModelsRequest(), None).models
+    assert sorted((i.name, i.kind) for i in infos) == [("m", "deepfm"), ("m", "mf")]
