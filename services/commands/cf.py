@@ -95,6 +95,9 @@ def train_cf_command(
             stored = f", stored {counts['stored_bytes']:,} B vs dense {counts['dense_bytes']:,} B"
     except (SparsekitError, ValueError) as exc:
         fail(exc)
+    quality = (f"Recall@{k} {metrics.recall:.4f}, NDCG@{k} {metrics.ndcg:.4f}" if metrics.users else
+               "not evaluated: no user has a test item (--test-fraction rounds to 0 for users with few "
+               "items)")
     console.print(f"{model} ({'dense' if density is None else f'density {density}'}): "
-                  f"{len(history)} epochs in {time.perf_counter() - start:.0f}s, "
-                  f"Recall@{k} {metrics.recall:.4f}, NDCG@{k} {metrics.ndcg:.4f}{stored}; saved to {out}")
+                  f"{len(history)} epochs in {time.perf_counter() - start:.0f}s, {quality}{stored}; "
+                  f"saved to {out}")

@@ -186,3 +186,14 @@ def test_cli_evaluates_a_small_catalogue_at_its_size_and_refuses_to_clobber(tmp_
     assert out.exit_code == 0 and "Recall@8" in out.output, out.output
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 2 and "already exists" in " ".join(out.output.split())  # rich wraps lines
+
+
+def test_cli_says_when_no_user_has_a_test_item(tmp_path: Path) -> None:
+    # two items per user at --test-fraction 0.2: every item stays in train; "Recall 0.0000" hid that
+    path = tmp_path / "two.csv"
+    pl.DataFrame({"user": [f"u{i // 2}" for i in range(40)], "item": [f"i{i % 7}" for i in range(40)]}
+                 ).write_csv(path)
+    out = CliRunner().invoke(app, ["train", "cf", "--data", str(path), "--model", "mf", "--epochs", "1",
+                                   "--dim", "4", "--out", str(tmp_path / "m")])
+    text = " ".join(out.output.split())
+    assert out.exit_code == 0 and "no user has a test item" in text and "Recall" not in text, out.output
