@@ -6,6 +6,9 @@ Python API: :func:`recsys.training.cf.train_cf`; sparse export: :func:`recsys.sp
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +16,20 @@ import typer
 
 from services.commands.output import above, console, fail, refuse_existing
 from sparsekit.errors import InputError, SparsekitError
+
+# CFTrainConfig fields set from differently named options
+OPTIONS = {"static_sparsity": "--static", "dsl_delta_t": "--delta-t", "checkpoint_dir": "--checkpoint-dir",
+           "time_budget_s": "--time-budget-s", "batch_size": "--batch-size"}
+
+
+@contextmanager
+def naming_options() -> Iterator[None]:
+    """Re-raise a :class:`CFTrainConfig` error under the command-line option it came from."""
+    try:
+        yield
+    except InputError as exc:
+        option = OPTIONS.get(exc.source, f"--{exc.source.replace('_', '-')}")
+        raise InputError(option, exc.reason, exc.line) from exc
 
 
 def refuse_checkpoint_in_out(checkpoint_dir: Path | None, out: Path) -> None:
@@ -75,16 +92,18 @@ def train_cf_command(
     refuse_checkpoint_in_out(checkpoint_dir, out)
     start = time.perf_counter()
     try:
+        with naming_options():  # before the data loads: a bad --model or --static fails at once
+            config = CFTrainConfig(model=model, dim=dim, layers=layers, lr=lr, batch_size=batch_size,
+                                   epochs=epochs, seed=seed, density=density, static_sparsity=static,
+                                   dsl_delta_t=delta_t, time_budget_s=time_budget_s, resume=resume,
+                                   checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None)
         if is_table_file(data):
             log = InteractionsConfig(user=user_col, item=item_col, time=time_col, test_fraction=test_fraction)
             dataset = load_interactions_table(data, log, seed=seed)
         else:
             dataset = load_implicit(data)
         k = min(20, dataset.num_items)  # a small log may have fewer items than the usual cut-off
-        config = CFTrainConfig(model=model, dim=dim, layers=layers, lr=lr, batch_size=batch_size,
-                               epochs=epochs, seed=seed, density=density, static_sparsity=static,
-                               dsl_delta_t=delta_t, time_budget_s=time_budget_s, resume=resume, eval_k=k,
-                               checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None)
+        config = replace(config, eval_k=k)
         trained, history = train_cf(config, dataset)
         metrics = evaluate_ranking(trained.scorer(), dataset.train, dataset.test, k=k, device=trained.device)
         if density is None:

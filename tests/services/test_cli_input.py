@@ -198,3 +198,15 @@ def test_train_cf_refuses_checkpoints_nested_with_out_before_training(out: str, 
     assert result.exit_code == 2
     assert "--checkpoint-dir" in result.output and "overlap" in " ".join(result.output.split())
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [(["--model", "foo"], "--model: unknown CF model 'foo'"),
+                                           (["--static"], "--static: needs a density"),
+                                           (["--model", "neumf", "--layers", "0"], "--layers: NeuMF needs")])
+def test_train_cf_refuses_a_bad_config_by_option_before_loading_data(args: list[str], message: str,
+                                                                     tmp_path: Path) -> None:
+    # the data folder is missing: the config error must come first (it used to follow the data load and
+    # name the Python field, e.g. "static_sparsity")
+    result = runner.invoke(app, ["train", "cf", "--data", str(tmp_path / "missing"), "--out",
+                                 str(tmp_path / "m"), *args])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
