@@ -75,6 +75,8 @@ class CTRTrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.model not in CTR_MODELS:
+            raise InputError("model", f"unknown CTR model {self.model!r} (known: {sorted(CTR_MODELS)})")
         count(self, 1, "embed_dim", "batch_size", "max_epochs", "patience", "min_epochs",
                  "eval_batch_size", "threads")
         count(self, 0, "cross_layers")

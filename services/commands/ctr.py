@@ -85,10 +85,13 @@ def train_ctr_command(
 
     refuse_existing(out, overwrite)
     try:
+        try:  # before the data loads; errors name the option
+            config = CTRTrainConfig(model=model, embed_dim=embed_dim, lr=lr, max_epochs=max_epochs,
+                                    patience=patience, min_epochs=min_epochs, seed=seed, threads=threads)
+        except InputError as exc:
+            raise InputError(f"--{exc.source.replace('_', '-')}", exc.reason) from exc
         table = table_config(label, numeric, min_count, fields, header)
         dataset = load_ctr(data, data_root, seed, table=table)
-        config = CTRTrainConfig(model=model, embed_dim=embed_dim, lr=lr, max_epochs=max_epochs,
-                                patience=patience, min_epochs=min_epochs, seed=seed, threads=threads)
         result = train_ctr(config, dataset)
         save_ctr_model(result.model, out, schema=dataset.schema, config=config, metrics=result.metrics,
                        overwrite=overwrite)

@@ -210,3 +210,12 @@ def test_train_cf_refuses_a_bad_config_by_option_before_loading_data(args: list[
     result = runner.invoke(app, ["train", "cf", "--data", str(tmp_path / "missing"), "--out",
                                  str(tmp_path / "m"), *args])
     assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
+@pytest.mark.parametrize("args, message", [(["--model", "foo"], "--model: unknown CTR model 'foo'"),
+                                           (["--min-epochs", "5", "--max-epochs", "2"], "--min-epochs: 5")])
+def test_train_ctr_refuses_a_bad_config_by_option_before_loading_data(args: list[str], message: str,
+                                                                      tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "ctr", "--data", str(tmp_path / "missing.csv"), "--out",
+                                 str(tmp_path / "m"), *args])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
