@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,9 @@ def train_cf(config: CFTrainConfig, data: ImplicitDataset) -> tuple[CFModel, lis
     identity = _data_identity(data) if config.checkpoint_dir else None  # once, not at every checkpoint
     if config.resume:
         _load_checkpoint(run, config, identity)
+    elif config.checkpoint_dir is not None and checkpoint_path(config).exists():
+        warnings.warn(f"{checkpoint_path(config)}: starting over without resume; this run's first checkpoint "
+                      "replaces the one there (resume=True, --resume, continues it instead)", stacklevel=2)
     spent = sum(record["train_s"] for record in run.history)
     budget = float("inf") if config.time_budget_s is None else config.time_budget_s
     while run.epoch < config.epochs and spent < budget:

@@ -167,6 +167,14 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
         train_cf(CFTrainConfig(**base, checkpoint_dir=ckpt, resume=True), planted(num_users=90))
 
 
+def test_starting_over_beside_a_checkpoint_warns_that_it_will_be_replaced(tmp_path: Path) -> None:
+    config = CFTrainConfig(model="mf", dim=8, batch_size=256, epochs=1, device="cpu", progress=False,
+                           checkpoint_dir=str(tmp_path / "ckpt"))
+    train_cf(config, planted())
+    with pytest.warns(UserWarning, match="starting over without resume"):
+        train_cf(config, planted())
+
+
 @pytest.mark.parametrize("kind", ["mf", "lightgcn", "neumf"])
 def test_save_and_load_serve_the_same_recommendations(tmp_path: Path, kind: str) -> None:
     data = planted()
