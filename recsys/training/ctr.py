@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ from sparsekit.best_state import BestState
 from sparsekit.bounds import at_least, count, each_count, within
 from sparsekit.device import default_device
 from sparsekit.errors import ArtifactError, InputError
+
+if TYPE_CHECKING:
+    from recsys.data.ctr_table import TableCTRConfig
 
 FORMAT, VERSION = "ctr-model", 1
 CTR_MODELS: dict[str, type[nn.Module]] = {m.name: m for m in (DLRM, WideDeep, DeepFM, DCNv2)}
@@ -291,9 +294,13 @@ def save_ctr_model(
     schema: CTRSchema | None = None,
     config: CTRTrainConfig | None = None,
     metrics: dict[str, Any] | None = None,
+    table: TableCTRConfig | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write ``model`` (compressed or not) as a ``ctr-model`` artifact directory; returns its path."""
+    """Write ``model`` (compressed or not) as a ``ctr-model`` artifact directory; returns its path.
+
+    ``table`` records how a table file of your own was read (label column, header), so that
+    ``compress ctr`` reads its calibration table the same way without being told again."""
     name = getattr(model, "name", None)
     if name not in CTR_MODELS:
         raise InputError("model", f"not a CTR model of this package: {type(model).__name__}")
@@ -304,6 +311,7 @@ def save_ctr_model(
         "lowrank": getattr(model, "lowrank_spec", None),
         "config": asdict(config) if config else None,
         "metrics": metrics or {},
+        "data_table": asdict(table) if table else None,
     }
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with write_artifact(path, FORMAT, VERSION, params=params, overwrite=overwrite) as out:

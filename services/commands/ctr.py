@@ -5,6 +5,7 @@ Python API: :func:`recsys.training.ctr.train_ctr`, :func:`recsys.lowrank.compres
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -17,6 +18,7 @@ from sparsekit.errors import InputError, SparsekitError
 
 if TYPE_CHECKING:
     from recsys.data.ctr_table import TableCTRConfig
+    from recsys.training.ctr import CTRTrainConfig
 
 DATA_HELP = ("frappe, movielens (CTR: rating >= 4 is a click), or a CSV / TSV / Parquet table of your own "
              "(a 0/1 label column plus feature columns; vocabularies from its train split, OOV ids).")
@@ -58,6 +60,22 @@ def split_seed(params: dict[str, Any], seed: int | None) -> int:
     return seed
 
 
+def trained_config(params: dict[str, Any]) -> CTRTrainConfig | None:
+    """The training config a model's manifest records (kept by its compressed version, so a compressed
+    model still knows its split seed); fields this version does not know are dropped."""
+    from recsys.training.ctr import CTRTrainConfig
+
+    recorded = params.get("config")
+    if not isinstance(recorded, dict):
+        return None
+    known = {f.name for f in fields(CTRTrainConfig)}
+    try:
+        return CTRTrainConfig(**{k: tuple(v) if isinstance(v, list) else v  # JSON made tuples lists
+                                 for k, v in recorded.items() if k in known})
+    except InputError:  # recorded by a version with other rules: the manifest keeps no config
+        return None
+
+
 def train_ctr_command(
     data: Annotated[str, typer.Option(help=DATA_HELP)],
     out: Annotated[Path, typer.Option(help="Model directory to write (ctr-model artifact).")],
@@ -81,6 +99,7 @@ def train_ctr_command(
 ) -> None:
     """Train a CTR model with early stopping on validation AUC; save it with its field schema."""
     from recsys.data.ctr import load_ctr
+    from recsys.data.table_file import is_table_file
     from recsys.training.ctr import CTRTrainConfig, save_ctr_model, train_ctr
 
     refuse_existing(out, overwrite)
@@ -94,7 +113,7 @@ def train_ctr_command(
         dataset = load_ctr(data, data_root, seed, table=table)
         result = train_ctr(config, dataset)
         save_ctr_model(result.model, out, schema=dataset.schema, config=config, metrics=result.metrics,
-                       overwrite=overwrite)
+                       table=table if is_table_file(data) else None, overwrite=overwrite)
     except (SparsekitError, ValueError) as exc:
         fail(exc)
     m = result.metrics
@@ -117,12 +136,15 @@ def compress_ctr_command(
     data_root: Annotated[Path | None, typer.Option(help="Dataset folder (default: the data root).")] = None,
     seed: Annotated[int | None, typer.Option(help="Split seed (default: the one the model was trained "
                                                   "with; another is refused).")] = None,
-    label: LabelOption = "label",
-    header: HeaderOption = True,
+    label: Annotated[str | None, typer.Option(help="Table files: the 0/1 label column (default: the one "
+                                                   "the model was trained with).")] = None,
+    header: Annotated[bool | None, typer.Option(help="Table files: the first line names the columns "
+                                                     "(default: as when the model was trained).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
 ) -> None:
     """Atomic Feature Mimicking: one calibration pass, top-k eigenvectors per layer, no retraining."""
     from recsys.data.ctr import load_ctr
+    from recsys.data.table_file import is_table_file
     from recsys.lowrank import affected_layers, compress, default_targets, parameter_count
     from recsys.training.ctr import batches, evaluate_ctr, load_ctr_model, save_ctr_model
 
@@ -132,13 +154,16 @@ def compress_ctr_command(
     try:
         art = load_ctr_model(model)
         seed = split_seed(art.params, seed)
-        dataset = load_ctr(calib, data_root, seed, table=table_config(label, header=header),
-                           schema=art.schema)
+        read = art.params.get("data_table") or {}  # how a table of the user's own was read in training
+        table = table_config(label or read.get("label", "label"),
+                             header=read.get("header", True) if header is None else header)
+        dataset = load_ctr(calib, data_root, seed, table=table, schema=art.schema)
         targets = default_targets(art.model) + (["embedding"] if embedding else [])
         rows = np.random.default_rng(seed).permutation(len(dataset.train))[:calib_rows]
         small = compress(art.model, batches(dataset.train.features[rows], 4096), rank=rank, energy=energy,
                          targets=targets)
-        save_ctr_model(small, out, schema=art.schema, metrics={}, overwrite=overwrite)
+        save_ctr_model(small, out, schema=art.schema, config=trained_config(art.params), metrics={},
+                       table=table if is_table_file(calib) else None, overwrite=overwrite)
     except (SparsekitError, ValueError) as exc:
         fail(exc)
     layers = affected_layers(small.lowrank_spec)

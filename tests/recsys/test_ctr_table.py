@@ -177,9 +177,11 @@ def test_cli_trains_and_compresses_a_table_model(table: Path, tmp_path: Path) ->
     art = load_ctr_model(tmp_path / "m")
     assert art.schema == load_table_ctr(table, CONFIG).schema
     out = runner.invoke(app, ["compress", "ctr", "--model", str(tmp_path / "m"), "--calib", str(table),
-                              "--label", "click", "--rank", "4", "--out", str(tmp_path / "small")])
+                              "--rank", "4", "--out", str(tmp_path / "small")])  # --label from the model
     assert out.exit_code == 0, out.output
-    assert load_ctr_model(tmp_path / "small").schema == art.schema
+    small = load_ctr_model(tmp_path / "small")
+    assert small.schema == art.schema
+    assert small.params["config"] == art.params["config"] and small.params["data_table"]["label"] == "click"
     out = runner.invoke(app, ["train", "ctr", "--data", str(table), "--out", str(tmp_path / "bad")])
     assert out.exit_code != 0 and "label column 'label'" in " ".join(out.output.split())  # rich wraps
     assert not (tmp_path / "bad").exists()
