@@ -2,9 +2,10 @@
 
 Means are taken over every query that has relevance judgements; a judged query the run does not
 answer scores 0 on every metric (pytrec_eval alone would silently drop it). MRR@10 is trec_eval's
-``recip_rank`` on the run cut to its top 10. :func:`paired_difference` gives the mean per-query
-difference between two systems with a bootstrap confidence interval over the queries (Sakai 2006,
-"Evaluating evaluation metrics based on the bootstrap"; scipy's BCa bootstrap).
+``recip_rank`` on the run cut to its top 10, in trec_eval's order (score descending, ties by document
+id descending), so the cut keeps the documents ``ndcg_cut_10`` counts. :func:`paired_difference`
+gives the mean per-query difference between two systems with a bootstrap confidence interval over
+the queries (Sakai 2006, "Evaluating evaluation metrics based on the bootstrap"; scipy's BCa bootstrap).
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ class Evaluation:
 
 
 def _top(run: Run, k: int) -> Run:
+    """Each query's top ``k`` in trec_eval's ranking: score descending, ties by doc id descending."""
     out = {}
     for qid, scores in run.items():
-        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        by_id = sorted(scores.items(), reverse=True)  # doc id descending ...
+        ranked = sorted(by_id, key=lambda kv: -kv[1])[:k]  # ... kept within equal scores (stable sort)
         out[qid] = dict(ranked)
     return out
 

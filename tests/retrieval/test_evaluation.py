@@ -37,6 +37,16 @@ def test_mrr_is_cut_at_10() -> None:
     assert evaluate({"q": {"d9": 1}}, run).per_query["q"]["mrr@10"] == pytest.approx(0.1)
 
 
+def test_mrr_cut_breaks_ties_as_trec_eval_does() -> None:
+    """Tied scores across rank 10: the cut keeps trec_eval's top 10 (doc id descending among ties), the
+    ones ndcg_cut_10 counts, so MRR@10 and NDCG@10 agree on whether the relevant doc made the top 10."""
+    run = {"q": {f"d{i:02d}": 1.0 for i in range(11)}}
+    result = evaluate({"q": {"d00": 1}}, run).per_query["q"]  # trec_eval ranks d00 11th
+    assert result["ndcg@10"] == 0.0
+    assert result["mrr@10"] == 0.0
+    assert evaluate({"q": {"d01": 1}}, run).per_query["q"]["mrr@10"] == pytest.approx(0.1)
+
+
 def test_run_from_hits_and_empty_qrels() -> None:
     assert run_from_hits(["q"], [[("a", 1.5)]]) == {"q": {"a": 1.5}}
     with pytest.raises(ValueError, match="qrels is empty"):
