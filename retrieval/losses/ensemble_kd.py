@@ -9,7 +9,9 @@ are min-max normalised *per query* to [0, 1], the teachers are averaged, and the
     L = KL( softmax(teacher) || softmax(student) ),   averaged over queries ("batchmean").
 
 A query whose candidates a teacher scores all alike (max == min) carries no ranking signal from
-that teacher: its normalised row is all zeros (softmax-neutral), never NaN.
+that teacher: its normalised row is all zeros (softmax-neutral), never NaN. Rows padded to a common
+width pass ``valid``: the padding takes no part in a row's min and max (it is not a candidate) and
+comes out 0.
 """
 
 from __future__ import annotations
@@ -22,23 +24,34 @@ import torch.nn.functional as F
 DEFAULT_SCALE = 30.0
 
 
-def minmax_normalize(scores: torch.Tensor) -> torch.Tensor:
-    """Per-row min-max normalisation of [B, C] scores to [0, 1]; constant rows become 0."""
+def minmax_normalize(scores: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row min-max normalisation of [B, C] scores to [0, 1]; constant rows become 0.
+
+    ``valid`` (bool [B, C]): only these entries set a row's min and max; the others come out 0.
+    """
     if scores.dim() != 2:
         raise ValueError(f"scores must be [B, C], got shape {tuple(scores.shape)}")
-    low = scores.min(dim=1, keepdim=True).values
-    span = scores.max(dim=1, keepdim=True).values - low
-    return (scores - low) / torch.where(span > 0, span, torch.ones_like(span))
+    if valid is None:
+        valid = torch.ones_like(scores, dtype=torch.bool)
+    elif valid.shape != scores.shape:
+        raise ValueError(f"valid has shape {tuple(valid.shape)}, scores {tuple(scores.shape)}")
+    low = scores.masked_fill(~valid, float("inf")).min(dim=1, keepdim=True).values
+    high = scores.masked_fill(~valid, float("-inf")).max(dim=1, keepdim=True).values
+    span = high - low
+    out = (scores - low) / torch.where(span > 0, span, torch.ones_like(span))
+    return out.masked_fill(~valid, 0.0)
 
 
-def ensemble_teacher_scores(teachers: Sequence[torch.Tensor], scale: float = DEFAULT_SCALE) -> torch.Tensor:
-    """``scale * mean_k minmax(teacher_k)``: the ensemble target logits [B, C] (no gradient)."""
+def ensemble_teacher_scores(teachers: Sequence[torch.Tensor], scale: float = DEFAULT_SCALE,
+                            valid: torch.Tensor | None = None) -> torch.Tensor:
+    """``scale * mean_k minmax(teacher_k)``: the ensemble target logits [B, C] (no gradient); ``valid``
+    marks the real candidates of padded rows (see :func:`minmax_normalize`)."""
     if not teachers:
         raise ValueError("need at least one teacher score tensor")
     shapes = {tuple(t.shape) for t in teachers}
     if len(shapes) != 1:
         raise ValueError(f"teacher score tensors differ in shape: {sorted(shapes)}")
-    normalised = torch.stack([minmax_normalize(t.detach().float()) for t in teachers])
+    normalised = torch.stack([minmax_normalize(t.detach().float(), valid) for t in teachers])
     return scale * normalised.mean(dim=0)
 
 

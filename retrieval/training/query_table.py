@@ -231,10 +231,10 @@ def _tensors(model: SparseModel, docs: DocumentParts, cache: TeacherCache, queri
     residual = None if docs.residual is None else _candidate_weights(docs.residual, cache.candidates[rows],
                                                                      bags, width)
     mask = torch.arange(width)[None, :] < torch.tensor([len(b) for b in bags])[:, None]
+    valid = torch.from_numpy(cache.candidates[rows] >= 0)
     teacher = ensemble_teacher_scores([torch.from_numpy(cache.bm25[rows]),
-                                       torch.from_numpy(cache.dense[rows])])
-    return _Tensors(weights, residual, torch.from_numpy(tokens), mask.float(),
-                    torch.from_numpy(cache.candidates[rows] >= 0), teacher,
+                                       torch.from_numpy(cache.dense[rows])], valid=valid)
+    return _Tensors(weights, residual, torch.from_numpy(tokens), mask.float(), valid, teacher,
                     torch.from_numpy(cache.positives[rows]).float())
 
 

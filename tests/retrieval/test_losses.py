@@ -118,6 +118,18 @@ def test_minmax_normalize_per_row_and_constant_rows() -> None:
     assert torch.allclose(got, torch.tensor([[0.0, 0.5, 1.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.5]]))
 
 
+def test_minmax_normalize_ignores_padding() -> None:
+    """Padded columns (not candidates) set neither the min nor the max of their row and come out 0."""
+    scores = torch.tensor([[0.4, 0.6, 0.8, 0.0], [2.0, 0.0, 0.0, 0.0]])
+    valid = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    got = minmax_normalize(scores, valid)
+    assert torch.allclose(got, torch.tensor([[0.0, 0.5, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    target = ensemble_teacher_scores([scores, scores], scale=30.0, valid=valid)
+    assert torch.allclose(target, 30.0 * got)
+    with pytest.raises(ValueError, match="valid has shape"):
+        minmax_normalize(scores, valid[:, :2])
+
+
 def test_ensemble_teacher_scores_hand_computed() -> None:
     dense = torch.tensor([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]])
     bm25 = torch.tensor([[10.0, 30.0, 20.0], [0.0, 1.0, 2.0]])

@@ -288,6 +288,26 @@ def test_query_table_stage_keeps_the_encoder_and_its_best_dev_table(tmp_path: Pa
     assert abs(parts.combine(1.0) - before.doc.encode(contents, progress=False)).max() < 1e-5
 
 
+def test_query_table_teacher_target_ignores_candidate_padding() -> None:
+    """Teacher-cache rows are padded to a common width with score 0; the stage-2 target min-max
+    normalises each teacher over the query's real candidates only, as stage 1 does."""
+    import scipy.sparse as sp
+
+    from retrieval.encoders import IdfQueryEncoder
+    from retrieval.training.query_table import DocumentParts, _tensors
+    from retrieval.training.teachers import TeacherCache
+
+    cache = TeacherCache(query_ids=["q1"], candidates=np.array([[0, 1, 2, -1]], np.int32),
+                         bm25=np.array([[3.0, 1.0, 2.0, 0.0]], np.float32),
+                         dense=np.array([[0.8, 0.4, 0.6, 0.0]], np.float32),
+                         positives=np.array([[True, False, False, False]]))
+    model = dataclasses.make_dataclass("M", ["query"])(IdfQueryEncoder.from_minilm())
+    docs = DocumentParts(sp.csr_matrix((3, model.query.vocab_size), dtype=np.float32))
+    teacher = _tensors(model, docs, cache, {"q1": "aspirin"}, ["q1"]).teacher
+    # bm25 -> [1, 0, .5], dense -> [1, 0, .5]: mean x 30 (dense min over the real candidates is 0.4)
+    assert torch.allclose(teacher[0, :3], torch.tensor([30.0, 0.0, 15.0]))
+
+
 def test_teacher_cache_key_covers_the_judgements_and_the_document_text() -> None:
     """An edited label or document must not reuse the teachers mined from the old data."""
     from retrieval.data.beir import Doc
