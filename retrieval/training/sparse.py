@@ -179,13 +179,18 @@ def _optimizer(model: SparseModel, cfg: SparseTrainConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, weight_decay=0.01)
 
 
-def prepare_data(cfg: SparseTrainConfig, work: Path) -> tuple[
+def prepare_data(cfg: SparseTrainConfig, work: Path, need_queries: int = 0) -> tuple[
         dict[str, Doc], dict[str, str], dict[str, dict[str, int]], list[str], list[str], TeacherCache]:
-    """Corpus, queries (+ pseudo-queries), qrels, train/dev query ids and the teacher cache of ``cfg``."""
+    """Corpus, queries (+ pseudo-queries), qrels, train/dev query ids and the teacher cache of ``cfg``.
+
+    Fewer than ``need_queries`` training queries with a relevant judgement is an :class:`InputError`
+    naming the qrels file, raised before the teachers run.
+    """
     data = Path(cfg.data)
     corpus = load_corpus(data / "corpus.jsonl")
     queries = load_queries(data / "queries.jsonl")
-    qrels = load_qrels(data / "qrels" / f"{cfg.split}.tsv", query_ids=set(queries), doc_ids=set(corpus))
+    qrels_path = data / "qrels" / f"{cfg.split}.tsv"
+    qrels = load_qrels(qrels_path, query_ids=set(queries), doc_ids=set(corpus))
     train_q, dev_q = split_train_dev(list(qrels), cfg.dev_fraction, cfg.seed)
     mined, mined_qrels = {q: queries[q] for q in qrels}, dict(qrels)
     if cfg.pseudo_queries == "titles":
@@ -193,6 +198,11 @@ def prepare_data(cfg: SparseTrainConfig, work: Path) -> tuple[
         mined.update(pseudo)
         mined_qrels.update({q: {q.removeprefix(PSEUDO): 1} for q in pseudo})
         train_q = train_q + sorted(pseudo)
+    usable = sum(any(g > 0 for g in mined_qrels[q].values()) for q in train_q)
+    if usable < need_queries:
+        raise InputError(qrels_path, f"{usable} training queries with a relevant judgement ({len(dev_q)} "
+                                     f"held out for dev, dev_fraction={cfg.dev_fraction}); one step needs "
+                                     f"queries_per_step={need_queries}")
     cache = mine_teachers(corpus, mined, mined_qrels, cfg.teachers, work, cfg.progress)
     return corpus, {**queries, **mined}, qrels, train_q, dev_q, cache
 
@@ -246,7 +256,7 @@ def train_sparse_encoder(cfg: SparseTrainConfig) -> Path:
     start = time.perf_counter()  # wall time covers everything: mining, caches, training, dev evals
     _seed_all(cfg.seed)
     device = cfg.device or default_device()
-    corpus, queries, qrels, train_q, dev_q, cache = prepare_data(cfg, work)
+    corpus, queries, qrels, train_q, dev_q, cache = prepare_data(cfg, work, cfg.queries_per_step)
     dev = _DevSet(list(corpus), queries, qrels, dev_q) if cfg.dev_eval and dev_q else None
     contents = [doc_contents(corpus[d]) for d in corpus]
     model = SparseModel.from_minilm(cfg.encoder, device=device)

@@ -110,6 +110,17 @@ def test_tiny_train_index_search_end_to_end(tmp_path: Path) -> None:
         train_sparse_encoder(cfg)
 
 
+def test_too_few_training_queries_for_one_step_is_refused(tmp_path: Path) -> None:
+    """9 training queries and queries_per_step=10: no step could run, so nothing is trained or saved."""
+    data = tmp_path / "beir"
+    _tiny_beir(data)
+    cfg = SparseTrainConfig(data=str(data), out=str(tmp_path / "model"), work_dir=str(tmp_path / "work"),
+                            dev_fraction=0.25, queries_per_step=10, progress=False, device="cpu")
+    with pytest.raises(InputError, match=r"train\.tsv: 9 training queries .* queries_per_step=10"):
+        train_sparse_encoder(cfg)
+    assert not (tmp_path / "model").exists()
+
+
 def _check_lucene_export(tmp_path: Path, native) -> None:
     """The same vectors on Lucene (impact index) give the same top-10 as the native engine."""
     from retrieval.index import open_index
