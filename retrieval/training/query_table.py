@@ -49,6 +49,7 @@ from retrieval.training.teachers import TeacherCache, TeacherConfig, doc_content
 from sparsekit.artifacts import check_target
 from sparsekit.bounds import at_least, count, each_positive
 from sparsekit.device import default_device
+from sparsekit.errors import InputError
 
 
 @dataclass
@@ -164,6 +165,7 @@ def train_query_table(cfg: QueryTableConfig) -> Path:
     check_target(out, cfg.overwrite)  # before any work, not after training
     start = time.perf_counter()
     model = SparseModel.load(cfg.model, device=default_device())
+    _require_dev(model, cfg.model)
     work = Path(cfg.work_dir) if cfg.work_dir else Path(cfg.model).parent / f"{Path(cfg.model).name}.work"
     data = stage_data(model, work, cfg.progress)
     docs = document_parts(model, Path(cfg.model), data, work, cfg.progress)
@@ -175,6 +177,15 @@ def train_query_table(cfg: QueryTableConfig) -> Path:
         **asdict(cfg), "train_queries": len(_training_rows(data.cache, data.train_q)),
         "dev": history, "kept": kept, "wall_s": round(time.perf_counter() - start, 1)}}
     return model.save(out, overwrite=cfg.overwrite, source={"model": str(cfg.model)})
+
+
+def _require_dev(model: SparseModel, model_dir: str) -> None:
+    """The stage picks its (lr, epoch) on stage 1's dev queries: a run that held out none is refused."""
+    rec = model.extra.get("training")  # none at all: stage_one_config says so
+    if rec and not rec.get("dev_queries"):
+        raise InputError(model_dir, f"stage 1 held out no dev queries (dev_fraction={rec['dev_fraction']}, "
+                                    f"{rec.get('train_queries')} training queries): the query-table stage "
+                                    f"selects on dev; retrain stage 1 with a dev split")
 
 
 def _document_vectors(model: SparseModel, model_dir: Path, contents: list[str], work: Path, progress: bool,

@@ -319,6 +319,23 @@ def test_query_table_teacher_target_ignores_candidate_padding() -> None:
     assert torch.allclose(teacher[0, :3], torch.tensor([30.0, 0.0, 15.0]))
 
 
+def test_query_table_refuses_a_stage_one_model_without_dev_queries(tmp_path: Path) -> None:
+    """dev_fraction=0 in stage 1: stage 2 has nothing to select on, and says so (not 'qrels is empty')."""
+    from retrieval.training.query_table import QueryTableConfig, train_query_table
+
+    data = tmp_path / "beir"
+    _tiny_beir(data)
+    stage1 = train_sparse_encoder(SparseTrainConfig(
+        data=str(data), out=str(tmp_path / "model"), work_dir=str(tmp_path / "work"), dev_fraction=0.0,
+        encoder=SparseEncoderConfig(max_length=32, freeze_layers=4), teachers=TeacherConfig(depth=4),
+        epochs=1, queries_per_step=3, candidates_per_query=4, max_steps=1, progress=False, device="cpu"))
+    cfg = QueryTableConfig(model=str(stage1), out=str(tmp_path / "model2"), work_dir=str(tmp_path / "work"),
+                           epochs=1, lrs=(0.1,), progress=False)
+    with pytest.raises(InputError, match=r"model: stage 1 held out no dev queries \(dev_fraction=0.0"):
+        train_query_table(cfg)
+    assert not (tmp_path / "model2").exists()
+
+
 def test_teacher_cache_key_covers_the_judgements_and_the_document_text() -> None:
     """An edited label or document must not reuse the teachers mined from the old data."""
     from retrieval.data.beir import Doc
