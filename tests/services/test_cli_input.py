@@ -134,6 +134,34 @@ def test_eval_names_the_qrels_or_queries_file_at_fault(tmp_path: Path,
     assert "queries.jsonl: 1 queries judged in" in result.output
 
 
+def test_eval_qps_leaves_out_the_first_call_warm_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first search of a freshly opened index pays one-off costs (numba cache load, JVM start);
+    queries/s measures the batch after a warm-up query."""
+    import json
+    import time
+
+    import retrieval.index
+
+    class SlowFirstCall:
+        kind, calls = "fake", 0
+
+        def batch_search(self, texts: list[str], k: int, threads: int = 1) -> list[list[tuple[str, float]]]:
+            SlowFirstCall.calls += 1
+            if SlowFirstCall.calls == 1:
+                time.sleep(1.0)
+            return [[("d1", 1.0)] for _ in texts]
+
+    monkeypatch.setattr(retrieval.index, "open_index", lambda path: SlowFirstCall())
+    data = tmp_path / "beir"
+    (data / "qrels").mkdir(parents=True)
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td1\t1\n")
+    (data / "queries.jsonl").write_text('{"_id": "q1", "text": "x"}\n{"_id": "q2", "text": "y"}\n')
+    result = runner.invoke(app, ["eval", "--index", "ix", "--data", str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["ndcg@10"] == 1.0 and summary["qps"] > 50
+
+
 @pytest.mark.parametrize("command", [["train", "ctr", "--data", "frappe"], ["train", "cf", "--data", "d"],
                                      ["train", "sparse", "--data", "d"],
                                      ["compress", "ctr", "--model", "m", "--calib", "frappe", "--rank", "2"]])
