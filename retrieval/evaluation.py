@@ -92,9 +92,12 @@ def judged_queries(data: str | Path, split: str = "test") -> tuple[Qrels, dict[s
     """The qrels of a BEIR folder's ``split`` and its queries, checked to fit together: a qrels file with
     no judgements, or judged queries missing from ``queries.jsonl``, is an :class:`InputError` naming the
     file at fault."""
-    from retrieval.data.beir import load_qrels, load_queries
+    from retrieval.data.beir import available_splits, load_qrels, load_queries
 
     qrels_path, queries_path = Path(data) / "qrels" / f"{split}.tsv", Path(data) / "queries.jsonl"
+    if Path(data).is_dir() and not qrels_path.is_file():
+        splits = ", ".join(available_splits(data)) or "none"
+        raise InputError(qrels_path, f"no qrels for split {split!r}; available splits: {splits}")
     qrels = load_qrels(qrels_path)
     if not qrels:
         raise InputError(qrels_path, "no judgements below the header: nothing to evaluate")

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from retrieval.data.beir import Doc, load_corpus, load_qrels, load_queries
+from retrieval.data.beir import Doc, available_splits, load_corpus, load_qrels, load_queries
 from retrieval.encoders.sparse_doc import SparseEncoderConfig, SparseModel
 from retrieval.losses.ensemble_kd import ensemble_kd_loss, ensemble_teacher_scores
 from retrieval.losses.flops import FlopsWarmup, flops_loss
@@ -250,7 +250,9 @@ def train_sparse_encoder(cfg: SparseTrainConfig) -> Path:
     files = [Path(cfg.data) / n for n in ("corpus.jsonl", "queries.jsonl", f"qrels/{cfg.split}.tsv")]
     missing = [str(f.relative_to(cfg.data)) for f in files if not f.is_file()]
     if missing:  # checked before the work folder is made: a typo leaves nothing behind
-        raise InputError(cfg.data, f"not a BEIR folder with a {cfg.split!r} split (missing {missing})")
+        splits = ", ".join(available_splits(cfg.data)) or "none"
+        raise InputError(cfg.data, f"not a BEIR folder with a {cfg.split!r} split (missing {missing}; "
+                                   f"available splits: {splits})")
     work = Path(cfg.work_dir) if cfg.work_dir else out.parent / f"{out.name}.work"
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()  # wall time covers everything: mining, caches, training, dev evals

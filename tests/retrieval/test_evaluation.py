@@ -92,3 +92,13 @@ def test_judged_queries_names_the_file_at_fault(tmp_path) -> None:
     (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "a"}\n{"_id": "q2", "text": "b"}\n')
     qrels, queries = judged_queries(tmp_path, "test")
     assert set(qrels) == {"q1", "q2"} and queries["q2"] == "b"
+
+
+def test_judged_queries_lists_the_available_splits(tmp_path) -> None:
+    from retrieval.evaluation import judged_queries
+    from sparsekit.errors import InputError
+
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    with pytest.raises(InputError, match=r"dev\.tsv: no qrels for split 'dev'; available splits: test"):
+        judged_queries(tmp_path, "dev")
