@@ -28,6 +28,10 @@ def train_sparse_command(
     pseudo_queries: Annotated[str, typer.Option(help="none | titles (each document's title as an extra "
                                                      "training query, teacher-scored).")] = "none",
     epochs: Annotated[int, typer.Option(min=1, help="Passes over the training queries.")] = 2,
+    queries_per_step: Annotated[int, typer.Option(min=1, help="Training queries per optimizer step.")] = 8,
+    dev_fraction: Annotated[float, typer.Option(
+        min=0, max=0.99, help="Share of the judged queries held out as dev (per-epoch metrics; the "
+                              "query-table stage selects on it).")] = 0.1,
     max_length: Annotated[int, typer.Option(min=1, help="Document tokens kept.")] = 256,
     freeze_layers: Annotated[int, typer.Option(min=0, help="Frozen lower transformer layers (cached).")] = 4,
     tie_head: Annotated[bool, typer.Option(help="Vocabulary head tied to the frozen word embeddings "
@@ -59,7 +63,8 @@ def train_sparse_command(
             encoder=SparseEncoderConfig(max_length=max_length, freeze_layers=freeze_layers, tie_head=tie_head,
                                          lexical_prior=lexical_prior),
             distill=distill, idf_aware=idf_aware, pseudo_queries=pseudo_queries,  # type: ignore[arg-type]
-            epochs=epochs, lr=lr, flops_lambda=flops_lambda, flops_warmup=flops_warmup, seed=seed,
+            epochs=epochs, queries_per_step=queries_per_step, dev_fraction=dev_fraction, lr=lr,
+            flops_lambda=flops_lambda, flops_warmup=flops_warmup, seed=seed,
             max_steps=max_steps, dev_eval_start=dev_eval_start, overwrite=overwrite)
     except SparsekitError as exc:
         fail(exc)

@@ -26,6 +26,8 @@ runner = CliRunner()
     (["train", "cf", "--data", "d", "--out", "o", "--time-budget-s", "-1"], "--time-budget-s"),
     (["train", "cf", "--data", "d", "--out", "o", "--epochs", "0"], "--epochs"),
     (["train", "sparse", "--data", "d", "--out", "o", "--max-length", "0"], "--max-length"),
+    (["train", "sparse", "--data", "d", "--out", "o", "--queries-per-step", "0"], "--queries-per-step"),
+    (["train", "sparse", "--data", "d", "--out", "o", "--dev-fraction", "1"], "--dev-fraction"),
     (["train", "query-table", "--model", "m", "--out", "o", "--lr", "0.1", "--lr", "-3"], "--lr"),
     (["train", "gcn", "--data", "d", "--hidden", "0"], "--hidden"),
     (["compress", "ctr", "--model", "m", "--calib", "frappe", "--out", "o", "--rank", "0"], "--rank"),
