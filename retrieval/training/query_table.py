@@ -58,7 +58,8 @@ class QueryTableConfig:
 
     model: str                    # trained sparse-doc-encoder artifact (stage 1)
     out: str                      # model artifact to write: same document encoder, trained table
-    work_dir: str | None = None   # stage-1 caches (teachers, hidden states); default <model>.work
+    work_dir: str | None = None   # stage-1 caches (teachers, hidden states); default: stage 1's, else
+    #                               <model>.work
     epochs: int = 4
     lrs: tuple[float, ...] = (0.01, 0.03, 0.1)  # each trains from the IDF table; best (lr, epoch) on dev
     batch_queries: int = 64
@@ -105,6 +106,9 @@ def stage_one_config(model: SparseModel, work_dir: Path) -> SparseTrainConfig:
     rec = model.extra.get("training")
     if not rec:
         raise ValueError("the model records no training run: train it with `sparsekit train sparse` first")
+    if not Path(rec["data"]).is_dir():
+        raise InputError(rec["data"], "the stage-1 data folder recorded in the model is not found (a "
+                                      "relative path is read from the current directory)")
     return SparseTrainConfig(data=rec["data"], out="", work_dir=str(work_dir), split=rec["split"],
                              dev_fraction=rec["dev_fraction"], seed=rec["seed"],
                              pseudo_queries=rec["pseudo_queries"], teachers=TeacherConfig(**rec["teachers"]))
@@ -166,7 +170,7 @@ def train_query_table(cfg: QueryTableConfig) -> Path:
     start = time.perf_counter()
     model = SparseModel.load(cfg.model, device=default_device())
     _require_dev(model, cfg.model)
-    work = Path(cfg.work_dir) if cfg.work_dir else Path(cfg.model).parent / f"{Path(cfg.model).name}.work"
+    work = Path(cfg.work_dir) if cfg.work_dir else _stage_one_work(model, Path(cfg.model))
     data = stage_data(model, work, cfg.progress)
     docs = document_parts(model, Path(cfg.model), data, work, cfg.progress)
     history, kept, table = select_table(model, docs, data, cfg)
@@ -177,6 +181,14 @@ def train_query_table(cfg: QueryTableConfig) -> Path:
         **asdict(cfg), "train_queries": len(_training_rows(data.cache, data.train_q)),
         "dev": history, "kept": kept, "wall_s": round(time.perf_counter() - start, 1)}}
     return model.save(out, overwrite=cfg.overwrite, source={"model": str(cfg.model)})
+
+
+def _stage_one_work(model: SparseModel, model_dir: Path) -> Path:
+    """Stage 1's work directory as the model records it (where its caches are), else ``<model>.work``."""
+    recorded = (model.extra.get("training") or {}).get("work_dir")
+    if recorded and Path(recorded).is_absolute() and Path(recorded).is_dir():
+        return Path(recorded)
+    return model_dir.parent / f"{model_dir.name}.work"
 
 
 def _require_dev(model: SparseModel, model_dir: str) -> None:

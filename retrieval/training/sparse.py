@@ -272,7 +272,9 @@ def train_sparse_encoder(cfg: SparseTrainConfig) -> Path:
     inputs = _DocInputs(build_hidden_cache(contents, model.doc, work, progress=cfg.progress), prior)
     data_files = fingerprint(files)
     stats = _train_loop(model, cache, inputs, queries, train_q, cfg, _Checkpoint(work, cfg, data_files), dev)
-    model.extra = {"training": {**_jsonable(cfg), "train_queries": len(train_q), "dev_queries": dev_q,
+    model.extra = {"training": {**_jsonable(cfg), "data": str(Path(cfg.data).resolve()),  # stage 2 may run
+                                "work_dir": str(work.resolve()),  # from another directory
+                                "train_queries": len(train_q), "dev_queries": dev_q,
                                 "wall_s": round(time.perf_counter() - start, 1), "device_used": str(device),
                                 "torch_threads": torch.get_num_threads(), **stats,
                                 "dev": dev.history if dev else []}}

@@ -85,7 +85,8 @@ def train_query_table_command(
     model: Annotated[Path, typer.Option(help="A model trained by `sparsekit train sparse` (stage 1).")],
     out: Annotated[Path, typer.Option(help="Model directory to write: same document encoder, trained "
                                            "query table.")],
-    work_dir: Annotated[Path | None, typer.Option(help="Stage-1 caches (default MODEL.work).")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Stage-1 caches (default: the work dir stage 1 "
+                                                             "recorded, else MODEL.work).")] = None,
     epochs: Annotated[int, typer.Option(
         min=1, help="Passes over the training queries per learning rate.")] = 4,
     lr: Annotated[list[float] | None, typer.Option(

@@ -336,6 +336,30 @@ def test_query_table_refuses_a_stage_one_model_without_dev_queries(tmp_path: Pat
     assert not (tmp_path / "model2").exists()
 
 
+def test_query_table_runs_from_another_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage 1 run with relative paths (as in the README) and its own --work-dir: stage 2, run from another
+    directory without --work-dir, finds the data and reuses stage 1's caches instead of rebuilding them."""
+    from retrieval.training import query_table
+    from retrieval.training.query_table import QueryTableConfig, train_query_table
+
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    _tiny_beir(Path("beir"))
+    stage1 = train_sparse_encoder(SparseTrainConfig(
+        data="beir", out="model", work_dir="caches", dev_fraction=0.25,
+        encoder=SparseEncoderConfig(max_length=32, freeze_layers=4), teachers=TeacherConfig(depth=4),
+        epochs=1, queries_per_step=3, candidates_per_query=4, max_steps=1, progress=False, device="cpu"))
+    monkeypatch.chdir(tmp_path)
+    used = []
+    real = query_table.stage_data
+    monkeypatch.setattr(query_table, "stage_data", lambda m, work, progress: used.append(work) or real(
+        m, work, progress))
+    train_query_table(QueryTableConfig(model=str(Path("a") / stage1), out="model2", epochs=1, lrs=(0.1,),
+                                       progress=False))
+    assert used == [tmp_path / "a" / "caches"]
+    assert not (tmp_path / "a" / "model.work").exists()
+
+
 def test_teacher_cache_key_covers_the_judgements_and_the_document_text() -> None:
     """An edited label or document must not reuse the teachers mined from the old data."""
     from retrieval.data.beir import Doc
