@@ -343,6 +343,8 @@ def _train_loop(model: SparseModel, cache: TeacherCache, inputs: _DocInputs, que
         model.doc.load_state_dict(state["doc"])
         optim.load_state_dict(state["optim"])
         step = state["step"]
+        if cfg.progress:
+            tqdm.write(f"resuming from {ckpt.path} at step {step} of {total}")
     model.doc.eval()  # no dropout anywhere: the cached lower layers were computed without it
     if dev is not None and step == 0 and cfg.dev_eval_start:
         dev.run(model, inputs.hidden, inputs.prior, 0, 0, cfg.progress)
