@@ -46,6 +46,11 @@ class Manifest:
     created: str = ""
     producer: str = f"sparsekit {__version__}"
 
+    def source_checksums(self) -> set[str]:
+        """The SHA-256 of every source file the artifact records (see :func:`fingerprint`)."""
+        return {m["sha256"] for m in self.source.values()
+                if isinstance(m, dict) and isinstance(m.get("sha256"), str)}
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 

@@ -118,8 +118,7 @@ def fused_top(ids: list[str], sparse: np.ndarray, dense: np.ndarray, k: int, con
 def _check_first_stage_source(first_stage: Path, source: dict[str, Any]) -> None:
     """An existing first stage must be built from this corpus: when its manifest records the corpus's
     checksum (bm25 and learned-sparse indexes do), it must be this file's. Checked before embedding."""
-    recorded = {m.get("sha256") for m in open_artifact(first_stage, verify=False).source.values()
-                if isinstance(m, dict)} - {None}
+    recorded = open_artifact(first_stage, verify=False).source_checksums()
     ours = {m["sha256"] for m in source.values()}
     if recorded and not recorded & ours:
         raise InputError("first_stage", f"{first_stage} was built from another corpus (its recorded "

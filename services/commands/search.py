@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from services.commands.output import console, fail
+from services.commands.output import console, err, fail
 from sparsekit.errors import SparsekitError
 
 
@@ -107,6 +108,23 @@ def search_command(
     console.print(table)
 
 
+def warn_other_corpus(index: Path, data: Path) -> None:
+    """Warn when ``index`` records the checksum of the corpus it was built from and ``data``'s differs:
+    its judged documents then need not be in the index, and count as misses."""
+    from sparsekit.artifacts import open_artifact, sha256_file
+    from sparsekit.errors import ArtifactError
+
+    try:
+        recorded = open_artifact(index, verify=False).source_checksums()
+    except ArtifactError:  # an index folder without a manifest of ours records nothing to compare
+        return
+    corpus = data / "corpus.jsonl"
+    if recorded and corpus.is_file() and sha256_file(corpus) not in recorded:
+        err.print(f"[yellow]warning:[/] {escape(str(index))} was built from another corpus than "
+                  f"{escape(str(corpus))} (its recorded checksum differs): judged documents it lacks count "
+                  "as misses")
+
+
 def eval_command(
     index: Annotated[Path, typer.Option(help="Index directory.")],
     data: Annotated[Path, typer.Option(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")],
@@ -123,6 +141,7 @@ def eval_command(
     try:
         qrels, queries = judged_queries(data, split)
         ix = open_index(index)
+        warn_other_corpus(index, data)
         qids = sorted(qrels)
         ix.batch_search([queries[qids[0]]], k, threads)  # warm-up: JIT, thread pool, JVM; not timed
         start = time.perf_counter()

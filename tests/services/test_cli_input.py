@@ -164,6 +164,33 @@ def test_eval_qps_leaves_out_the_first_call_warm_up(tmp_path: Path, monkeypatch:
     assert summary["ndcg@10"] == 1.0 and summary["qps"] > 50
 
 
+def test_eval_warns_when_the_index_was_built_from_another_corpus(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import retrieval.index
+    from sparsekit.artifacts import fingerprint, write_artifact
+
+    class Index:
+        kind = "fake"
+
+        def batch_search(self, texts: list[str], k: int, threads: int = 1) -> list[list[tuple[str, float]]]:
+            return [[("d1", 1.0)] for _ in texts]
+
+    monkeypatch.setattr(retrieval.index, "open_index", lambda path: Index())
+    monkeypatch.chdir(tmp_path)  # short paths: the console does not wrap the warning
+    for name, text in (("a", "one"), ("b", "other")):
+        (Path(name) / "qrels").mkdir(parents=True)
+        (Path(name) / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+        (Path(name) / "queries.jsonl").write_text('{"_id": "q1", "text": "x"}\n')
+        (Path(name) / "corpus.jsonl").write_text(f'{{"_id": "d1", "text": "{text}"}}\n')
+    with write_artifact(Path("ix"), "fake", 1, source=fingerprint([Path("a/corpus.jsonl")])) as w:
+        w.path("data.bin").write_bytes(b"x")
+    result = runner.invoke(app, ["eval", "--index", "ix", "--data", "a", "--json"])
+    assert result.exit_code == 0 and "another corpus" not in result.output
+    result = runner.invoke(app, ["eval", "--index", "ix", "--data", "b", "--json"])
+    assert result.exit_code == 0
+    assert "warning: ix was built from another corpus than b/corpus.jsonl" in result.output
+
+
 @pytest.mark.parametrize("command", [["train", "ctr", "--data", "frappe"], ["train", "cf", "--data", "d"],
                                      ["train", "sparse", "--data", "d"],
                                      ["compress", "ctr", "--model", "m", "--calib", "frappe", "--rank", "2"]])
