@@ -6,10 +6,10 @@ product-quantized codes (Jégou et al., PQ, TPAMI 2011; OPQ rotation, Ge et al.,
 ``"OPQ48,PQ48"``: 48 bytes per 384-d document, optionally behind an IVF coarse quantizer; on small
 corpora, where the 384 x 384 rotation and the codebooks outweigh the codes, a reduced-dimension rotation
 and 4-bit codes such as ``"OPQ48_96,PQ48x4"``, 24 bytes) stays in RAM and returns each query's
-top-``C`` candidates by asymmetric distance. The float16 (or float32) document vectors live on disk in
-an ``np.memmap``; only the ``C`` candidate rows are read, a fixed block of rows at a time, and the
-candidates are re-scored exactly (inner product). faiss's own ``IndexRefineFlat`` keeps the refine
-vectors in RAM (faiss issue #2172); this is the on-disk equivalent.
+top-``C`` candidates (at least ``k``) by asymmetric distance. The float16 (or float32) document
+vectors live on disk in an ``np.memmap``; only the candidate rows are read, a fixed block of rows at a
+time, and the candidates are re-scored exactly (inner product). faiss's own ``IndexRefineFlat`` keeps
+the refine vectors in RAM (faiss issue #2172); this is the on-disk equivalent.
 
 On disk (format ``bigranular``, version 1)::
 
@@ -259,15 +259,19 @@ class BiGranularIndex:
     def coarse(self, queries: np.ndarray, candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Code-only search: approximate (scores, rows) of the top ``candidates`` per query."""
         queries = check_queries(queries, self.dim)
-        count = check_k(candidates or self.candidates, "candidates")
+        count = check_k(self.candidates if candidates is None else candidates, "candidates")
         return self.codes.search(queries, min(count, self.num_docs))
 
     def search_vectors(self, queries: np.ndarray, k: int,
                        candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` exact (scores, rows) per query among its code candidates; rows ``-1`` pad short lists."""
+        """Top-``k`` exact (scores, rows) per query among its code candidates; rows ``-1`` pad short lists.
+
+        The codes return ``max(candidates, k)`` candidates, so a ``k`` above ``C`` still gets ``k`` hits.
+        """
         queries = check_queries(queries, self.dim)
         k = check_k(k)
-        _, cand = self.coarse(queries, candidates)
+        wanted = self.candidates if candidates is None else check_k(candidates, "candidates")
+        _, cand = self.coarse(queries, max(wanted, k))
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         rows = np.full((len(queries), k), -1, dtype=np.int64)
         for i, query in enumerate(queries):

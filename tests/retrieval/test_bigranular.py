@@ -247,3 +247,12 @@ def test_opq_on_fewer_vectors_than_dimensions_is_an_input_error_not_a_crash(tmp_
         build_bigranular_index(None, tmp_path / "ix", BiGranularConfig(codes="OPQ4,PQ4x4"),
                                vectors=(ids, vectors), progress=False)
     assert not (tmp_path / "ix").exists()
+
+
+def test_k_above_the_candidate_count_still_returns_k_hits(built: Path, data) -> None:
+    """C bounds the re-scoring work, not the answer: k > C must not silently return only C hits."""
+    index = BiGranularIndex.open(built, candidates=5, encoder=ENCODER)
+    scores, rows = index.search_vectors(random_vectors(2, seed=9), 20)
+    assert (rows >= 0).all() and np.all(np.diff(scores, axis=1) <= 0)
+    assert len(index.search("first query", k=20)) == 20
+    assert len(index.search("first query", k=1000)) == len(data[0])  # k past the corpus: every document
