@@ -1,10 +1,10 @@
 """The hybrid index kind: a sparse first stage, dense re-scoring from disk, and score fusion.
 
 Sparse retrieval (BM25 through Lucene, :mod:`retrieval.index.bm25`, or the inference-free learned
-sparse index, :mod:`retrieval.index.learned_sparse`) returns each query's top-``depth`` documents; their
-MiniLM vectors are read from an on-disk ``np.memmap`` (the bi-granular store,
-:class:`~retrieval.index.bigranular.VectorStore`) and scored exactly against the dense query embedding;
-the two rankings are fused by
+sparse index, :mod:`retrieval.index.learned_sparse`) returns each query's top-``depth`` documents
+(``max(depth, k)`` for a top-``k`` search); their MiniLM vectors are read from an on-disk ``np.memmap``
+(the bi-granular store, :class:`~retrieval.index.bigranular.VectorStore`) and scored exactly against the
+dense query embedding; the two rankings are fused by
 
 * reciprocal rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009): ``sum 1 / (rrf_k + rank)``, ranks
   from 1, ``rrf_k = 60``; or
@@ -223,6 +223,10 @@ class HybridIndex:
     def num_docs(self) -> int:
         return len(self.ids)
 
+    def depth(self, k: int) -> int:
+        """First-stage candidates fetched for a top-``k`` search: ``depth``, or ``k`` when larger."""
+        return max(self.config.depth, k)
+
     def row_of(self, doc_id: str) -> int:
         """Vector row of a document id returned by the first stage."""
         if self._rows is None:
@@ -241,22 +245,25 @@ class HybridIndex:
 
     def rerank(self, first: Hits, query: np.ndarray, k: int, config: HybridConfig | None = None) -> Hits:
         """Fuse one query's first-stage hits with their dense scores; the top ``k`` fused hits."""
+        k = check_k(k)
         if not first:
             return []
         return fused_top(*self.candidate_scores(first, query), k, config or self.config)
 
     def search(self, text: str, k: int = 10) -> Hits:
         """Top-``k`` ``(doc id, fused score)`` for one query, best first."""
+        k = check_k(k)
         query = self.queries([check_text(text)])[0]
-        return self.rerank(self.first_stage.search(text, self.config.depth), query, k)
+        return self.rerank(self.first_stage.search(text, self.depth(k)), query, k)
 
     def batch_search(self, texts: list[str], k: int = 10, threads: int = 1) -> list[Hits]:
         """Top-``k`` fused hits for each query, in input order (the first stage uses ``threads``)."""
+        k = check_k(k)
         texts = query_batch(texts)
         if not texts:
             return []
         queries = self.queries(texts)
-        first = self.first_stage.batch_search(texts, self.config.depth, threads)
+        first = self.first_stage.batch_search(texts, self.depth(k), threads)
         return [self.rerank(hits, q, k) for hits, q in zip(first, queries, strict=True)]
 
     def close(self) -> None:

@@ -206,3 +206,18 @@ def test_a_first_stage_of_another_corpus_is_refused_before_embedding(built: Path
         build_hybrid_index(same, tmp_path / "ix", built / "first_stage", vectors=(ids[:3], vectors[:3]),
                            progress=False)
     assert not (tmp_path / "ix").exists()
+
+
+@pytest.mark.java
+def test_k_above_depth_still_returns_k_hits_and_k_is_checked_without_hits(built: Path) -> None:
+    """depth bounds the re-scoring work, not the answer; a bad k is an error whether or not the first
+    stage finds anything."""
+    index = HybridIndex.open(built, encoder=HashEncoder(), depth=1)
+    assert len(index.first_stage.search("cats protein", 5)) > 1
+    assert len(index.search("cats protein", k=5)) == len(index.first_stage.search("cats protein", 5))
+    assert index.batch_search(["cats protein"], k=5) == [index.search("cats protein", 5)]
+    with pytest.raises(InputError, match="k"):
+        index.search("the of and", k=0)  # stopwords only: no first-stage hits
+    with pytest.raises(InputError, match="k"):
+        index.batch_search(["the of and"], k=0)
+    index.close()
