@@ -53,13 +53,15 @@ class ContrastivePQConfig:
 
 
 class ContrastivePQ(nn.Module):
-    """A fixed rotation and ``M`` trainable codebooks (``[M, K, dim / M]``), faiss-compatible."""
+    """A fixed rotation ``[d_out, dim]`` (``d_out <= dim``: faiss ``OPQ{M}_{d_out}`` reduces the dimension)
+    and ``M`` trainable codebooks (``[M, K, d_out / M]``), faiss-compatible."""
 
     def __init__(self, rotation: torch.Tensor, codebooks: torch.Tensor) -> None:
         super().__init__()
         m, _, dsub = codebooks.shape
-        if rotation.shape != (m * dsub, m * dsub):
-            raise InputError("rotation", f"expected [{m * dsub}, {m * dsub}], got {list(rotation.shape)}")
+        if rotation.ndim != 2 or rotation.shape[0] != m * dsub or rotation.shape[1] < m * dsub:
+            raise InputError("rotation", f"expected [{m * dsub}, dim >= {m * dsub}], "
+                                         f"got {list(rotation.shape)}")
         self.register_buffer("rotation", rotation.float().contiguous())
         self.codebooks = nn.Parameter(codebooks.float().clone())
 
@@ -67,16 +69,21 @@ class ContrastivePQ(nn.Module):
 
     @classmethod
     def train_opq(cls, vectors: np.ndarray, m: int, nbits: int = 8, opq: bool = True,
-                  opq_iterations: int = 50) -> ContrastivePQ:
-        """Fit faiss ``OPQ{m},PQ{m}x{nbits}`` (or plain PQ when ``opq`` is false) and start from it."""
+                  opq_iterations: int = 50, rotated_dim: int | None = None) -> ContrastivePQ:
+        """Fit faiss ``OPQ{m},PQ{m}x{nbits}`` (``OPQ{m}_{rotated_dim},...`` when ``rotated_dim`` is given;
+        plain PQ when ``opq`` is false) and start from it."""
         import faiss
 
         from retrieval.index.faiss_index import tune_training
 
         dim = vectors.shape[1]
-        if dim % m:
-            raise InputError("m", f"{m} sub-quantizers do not divide dim {dim}")
-        factory = f"OPQ{m},PQ{m}x{nbits}" if opq else f"PQ{m}x{nbits}"
+        out = rotated_dim or dim
+        if out % m:
+            raise InputError("m", f"{m} sub-quantizers do not divide dim {out}")
+        if out > dim or (out != dim and not opq):
+            raise InputError("rotated_dim", f"must be at most {dim} and needs opq=True, got {rotated_dim}")
+        rotate = f"OPQ{m}_{out}" if out != dim else f"OPQ{m}"
+        factory = f"{rotate},PQ{m}x{nbits}" if opq else f"PQ{m}x{nbits}"
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         tune_training(index, opq_iterations)
         index.train(np.ascontiguousarray(vectors, dtype=np.float32))
@@ -99,7 +106,7 @@ class ContrastivePQ(nn.Module):
             transform = faiss.downcast_VectorTransform(index.chain.at(0))
             if not isinstance(transform, faiss.LinearTransform) or transform.d_out != dim:
                 raise InputError("index", f"unsupported pre-transform {type(transform).__name__}")
-            rotation = faiss.vector_to_array(transform.A).reshape(dim, dim)
+            rotation = faiss.vector_to_array(transform.A).reshape(dim, transform.d_in)
         centroids = faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
         return cls(torch.from_numpy(rotation.copy()), torch.from_numpy(centroids.copy()))
 
@@ -109,11 +116,10 @@ class ContrastivePQ(nn.Module):
         import faiss
 
         m, k, _ = self.codebooks.shape
-        dim = self.dim
-        transform = faiss.OPQMatrix(dim, m)
+        transform = faiss.OPQMatrix(self.dim, m, self.rotated_dim)
         faiss.copy_array_to_vector(self.rotation.cpu().numpy().ravel(), transform.A)
         transform.is_trained = True
-        pq_index = faiss.IndexPQ(dim, m, int(np.log2(k)), faiss.METRIC_INNER_PRODUCT)
+        pq_index = faiss.IndexPQ(self.rotated_dim, m, int(np.log2(k)), faiss.METRIC_INNER_PRODUCT)
         faiss.copy_array_to_vector(self.codebooks.detach().cpu().numpy().ravel(), pq_index.pq.centroids)
         pq_index.is_trained = True
         return faiss.IndexPreTransform(transform, pq_index)
@@ -126,6 +132,12 @@ class ContrastivePQ(nn.Module):
 
     @property
     def dim(self) -> int:
+        """Dimension of the vectors it encodes."""
+        return int(self.rotation.shape[1])
+
+    @property
+    def rotated_dim(self) -> int:
+        """Dimension after the rotation (the codebooks' space)."""
         return int(self.codebooks.shape[0] * self.codebooks.shape[2])
 
     @property
@@ -151,7 +163,7 @@ class ContrastivePQ(nn.Module):
         return torch.softmax(-dist / temperature, dim=-1), dist.argmin(-1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Rotated reconstructions ``[n, dim]`` of hard codes ``[n, M]``."""
+        """Rotated reconstructions ``[n, rotated_dim]`` of hard codes ``[n, M]``."""
         picked = self.codebooks[torch.arange(self.m, device=codes.device), codes.long()]  # [n, M, dsub]
         return picked.reshape(len(codes), -1)
 

@@ -192,3 +192,22 @@ def test_finetuning_updates_the_query_encoder_and_round_trips(minilm, tmp_path) 
     assert not np.allclose(after, before, atol=1e-5)
     loaded = load_dense_encoder(save_dense_encoder(minilm, tmp_path / "enc"), device="cpu")
     assert np.allclose(loaded.encode(texts, progress=False), after, atol=1e-5) and loaded.max_length == 32
+
+
+def test_a_dimension_reducing_opq_rotation_round_trips_through_faiss(docs: np.ndarray) -> None:
+    """``OPQ4_8,PQ4x4`` (the README's small-corpus codes, in miniature): a [8, 16] rotation."""
+    from retrieval.index.faiss_index import new_faiss_index, train_and_add
+
+    index = train_and_add(new_faiss_index("OPQ4_8,PQ4x4", DIM, 5), docs, 1000, 0, progress=False)
+    model = ContrastivePQ.from_faiss(index)
+    assert tuple(model.rotation.shape) == (8, DIM) and model.dim == DIM and model.rotated_dim == 8
+    exported = model.to_faiss()
+    exported.add(docs)
+    queries = docs[:5]
+    assert np.array_equal(exported.search(queries, 10)[1], index.search(queries, 10)[1])
+    best = model.adc_scores(queries, model.encode(docs)).max(1)
+    assert np.allclose(best, index.search(queries, 1)[0][:, 0], atol=1e-4)
+    trained = ContrastivePQ.train_opq(docs, m=4, nbits=4, rotated_dim=8, opq_iterations=5)
+    assert trained.dim == DIM and trained.rotated_dim == 8 and trained.code_bytes == 2
+    with pytest.raises(InputError, match="rotated_dim"):
+        ContrastivePQ.train_opq(docs, m=4, nbits=4, rotated_dim=32)
