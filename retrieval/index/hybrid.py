@@ -159,18 +159,17 @@ def build_hybrid_index(corpus: str | Path, out: str | Path, first_stage: str | P
     source = fingerprint([corpus])
     if str(first_stage) not in KINDS:
         _check_first_stage_source(Path(first_stage), source)
-    doc_ids, matrix = vectors or embed_corpus(corpus, cache_dir, max_length, batch_size, progress)
-    doc_ids = list(doc_ids)
-    check_vectors(doc_ids, matrix)
-    if str(first_stage) not in KINDS:
-        _check_first_stage_size(Path(first_stage), len(doc_ids))
     params: dict[str, Any] = asdict(config)
     with write_artifact(out, FORMAT, VERSION, params=params, source=source, overwrite=overwrite) as writer:
         target = writer.path(FIRST_STAGE_DIR)
-        if str(first_stage) in KINDS:
+        if str(first_stage) in KINDS:  # before the dense encoder, so a bad first-stage option fails at once
             build_index(str(first_stage), corpus, target, progress=progress, **(first_stage_params or {}))
         else:
             shutil.copytree(first_stage, target)
+        doc_ids, matrix = vectors or embed_corpus(corpus, cache_dir, max_length, batch_size, progress)
+        doc_ids = list(doc_ids)
+        check_vectors(doc_ids, matrix)
+        _check_first_stage_size(target, len(doc_ids))
         writer.manifest.params.update(first_stage=index_format(target), query_encoder=query_encoder_params(
             query_encoder, writer.dir, max_length))
         VectorStore.write(matrix, writer.path(VECTORS_FILE), config.dtype, progress=progress)

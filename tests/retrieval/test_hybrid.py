@@ -221,3 +221,27 @@ def test_k_above_depth_still_returns_k_hits_and_k_is_checked_without_hits(built:
     with pytest.raises(InputError, match="k"):
         index.batch_search(["the of and"], k=0)
     index.close()
+
+
+def test_a_bad_first_stage_option_fails_before_the_corpus_is_embedded(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sparsekit index --kind hybrid --first-stage sparse` without --model, or a bad BM25 option, must
+    fail at once, not after the dense encoder has read the whole corpus (minutes on a CPU)."""
+    from retrieval.index import hybrid
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in CORPUS))
+
+    def embed(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the corpus was embedded before the first stage was built")
+
+    monkeypatch.setattr(hybrid, "embed_corpus", embed)
+    out = tmp_path / "ix"
+    with pytest.raises(ValueError, match="needs a trained model"):
+        build_hybrid_index(corpus, out, "sparse", first_stage_params={"model": None}, progress=False)
+    with pytest.raises(ArtifactError, match="no-model"):
+        build_hybrid_index(corpus, out, "sparse", first_stage_params={"model": tmp_path / "no-model"},
+                           progress=False)
+    with pytest.raises(InputError, match="k1"):
+        build_hybrid_index(corpus, out, "bm25", first_stage_params={"k1": -1.0}, progress=False)
+    assert not (tmp_path / "ix").exists()
