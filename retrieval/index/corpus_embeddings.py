@@ -79,8 +79,13 @@ def check_vectors(doc_ids: Sequence[str], vectors: np.ndarray) -> None:
     """Vectors must be a finite 2-D float array with one row per (unique, non-empty) document id."""
     if vectors.ndim != 2 or vectors.shape[0] != len(doc_ids) or vectors.shape[0] == 0:
         raise InputError("vectors", f"expected shape [{len(doc_ids)}, dim], got {list(vectors.shape)}")
-    if len(set(doc_ids)) != len(doc_ids) or not all(doc_ids):
-        raise InputError("doc_ids", "document ids must be non-empty and unique")
+    seen: dict[str, int] = {}
+    for row, doc_id in enumerate(doc_ids):
+        if not isinstance(doc_id, str) or not doc_id:
+            raise InputError(f"doc_ids[{row}]", f"document ids must be non-empty strings, got {doc_id!r}")
+        first = seen.setdefault(doc_id, row)
+        if first != row:
+            raise InputError(f"doc_ids[{row}]", f"duplicate document id {doc_id!r} (first at row {first})")
     for start in range(0, len(vectors), 65536):
         if not np.isfinite(vectors[start:start + 65536]).all():
             raise InputError("vectors", f"non-finite values in rows {start}..{start + 65535}")

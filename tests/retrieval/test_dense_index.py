@@ -117,8 +117,10 @@ def test_bad_inputs_raise_input_errors(tmp_path: Path, vectors) -> None:
     ids, matrix = vectors
     with pytest.raises(InputError, match="factory"):
         build_dense_index(None, tmp_path / "a", DenseConfig("NoSuchIndex"), vectors=vectors, progress=False)
-    with pytest.raises(InputError, match="doc_ids"):
+    with pytest.raises(InputError, match=r"doc_ids\[1\]: duplicate document id 'x' \(first at row 0\)"):
         build_dense_index(None, tmp_path / "b", vectors=(["x"] * 300, matrix), progress=False)
+    with pytest.raises(InputError, match=r"doc_ids\[2\]: .*non-empty strings, got 7"):
+        build_dense_index(None, tmp_path / "b", vectors=([*ids[:2], 7, *ids[3:]], matrix), progress=False)
     bad = matrix.copy()
     bad[7, 0] = np.nan
     with pytest.raises(InputError, match="non-finite"):
