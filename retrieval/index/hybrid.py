@@ -133,6 +133,19 @@ def _check_first_stage_size(first_stage: Path, num_docs: int) -> None:
                                         f"number {num_docs}: build the first stage from the same corpus")
 
 
+def _check_vector_ids(corpus: Path, doc_ids: list[str]) -> None:
+    """Given vectors must have a row for every corpus document: the first stage returns corpus ids, and
+    one without a row would fail every search that retrieves it (the counts are checked beforehand)."""
+    from retrieval.data.beir import iter_corpus
+
+    given = set(doc_ids)
+    for batch in iter_corpus(corpus, batch_size=4096):
+        for doc in batch:
+            if doc.id not in given:
+                raise InputError("vectors", f"no vector for document {doc.id!r} of {corpus.name}: give "
+                                            "the vectors of this corpus")
+
+
 def build_hybrid_index(corpus: str | Path, out: str | Path, first_stage: str | Path = "bm25",
                        config: HybridConfig | None = None, first_stage_params: dict[str, Any] | None = None,
                        vectors: tuple[Sequence[str], np.ndarray] | None = None,
@@ -170,6 +183,8 @@ def build_hybrid_index(corpus: str | Path, out: str | Path, first_stage: str | P
         doc_ids = list(doc_ids)
         check_vectors(doc_ids, matrix)
         _check_first_stage_size(target, len(doc_ids))
+        if vectors is not None:  # embedded here, the ids are the corpus's own
+            _check_vector_ids(corpus, doc_ids)
         writer.manifest.params.update(first_stage=index_format(target), query_encoder=query_encoder_params(
             query_encoder, writer.dir, max_length))
         VectorStore.write(matrix, writer.path(VECTORS_FILE), config.dtype, progress=progress)

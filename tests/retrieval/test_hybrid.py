@@ -245,3 +245,15 @@ def test_a_bad_first_stage_option_fails_before_the_corpus_is_embedded(tmp_path: 
     with pytest.raises(InputError, match="k1"):
         build_hybrid_index(corpus, out, "bm25", first_stage_params={"k1": -1.0}, progress=False)
     assert not (tmp_path / "ix").exists()
+
+
+@pytest.mark.java
+def test_vectors_of_other_documents_are_refused_at_build(tmp_path: Path) -> None:
+    """Vectors whose ids are not the corpus's used to build an index whose every search failed."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in CORPUS))
+    ids, matrix = doc_vectors()
+    with pytest.raises(InputError, match=r"vectors: no vector for document 'd5'"):
+        build_hybrid_index(corpus, tmp_path / "ix", "bm25", first_stage_params={"threads": 1},
+                           vectors=([*ids[:4], "other"], matrix), progress=False)
+    assert not (tmp_path / "ix").exists()
