@@ -78,9 +78,16 @@ class GCNTrainConfig:
         self.device = resolve_device(self.device)
 
 
+SPLITS = ("train_idx", "val_idx", "test_idx")
+
+
 @dataclass
 class NodeTask:
-    """A node-classification problem: graph, features, labels and the train/val/test node ids."""
+    """A node-classification problem: graph, features, labels and the train/val/test node ids.
+
+    Each split is a 1-D integer tensor of distinct node ids, or a boolean mask over the nodes (PyG's
+    ``data.train_mask``), which is turned into the ids it selects.
+    """
 
     graph: CSRGraph
     features: NodeFeatureStore
@@ -96,11 +103,28 @@ class NodeTask:
             raise InputError("features", f"{self.features.num_nodes} rows but the graph has {n} nodes")
         if self.labels.shape[0] != n:
             raise InputError("labels", f"{self.labels.shape[0]} labels but the graph has {n} nodes")
-        for name in ("train_idx", "val_idx", "test_idx"):
-            ids = getattr(self, name)
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
-                raise InputError(name, f"node ids must lie in [0, {n}); got min {int(ids.min())}, "
-                                       f"max {int(ids.max())}")
+        for name in SPLITS:
+            setattr(self, name, _split_ids(name, getattr(self, name), n))
+
+
+def _split_ids(name: str, ids: Tensor, num_nodes: int) -> Tensor:
+    """The split as distinct int64 node ids; a boolean mask over the nodes gives the ids it selects."""
+    if not isinstance(ids, Tensor) or ids.dim() != 1:
+        raise InputError(name, "must be a 1-D tensor of node ids or a boolean node mask")
+    if ids.dtype == torch.bool:
+        if ids.numel() != num_nodes:
+            raise InputError(name, f"boolean mask has {ids.numel()} entries but the graph has "
+                                   f"{num_nodes} nodes")
+        return ids.nonzero().view(-1)
+    if ids.is_floating_point() or ids.is_complex():
+        raise InputError(name, f"node ids must be integers, got {ids.dtype}")
+    ids = ids.long()
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_nodes):
+        raise InputError(name, f"node ids must lie in [0, {num_nodes}); got min {int(ids.min())}, "
+                               f"max {int(ids.max())}")
+    if torch.unique(ids).numel() != ids.numel():
+        raise InputError(name, "node ids must be distinct (a repeated id fails the sampler mid-epoch)")
+    return ids
 
 
 @dataclass

@@ -65,6 +65,32 @@ def test_out_of_range_split_ids_are_rejected() -> None:
                  num_classes=3)
 
 
+def test_boolean_split_masks_select_their_nodes() -> None:
+    """PyG's masks as splits: accuracy is over the selected nodes, not over every entry of the mask."""
+    task = planted_task()
+    masks = [torch.zeros(300, dtype=torch.bool) for _ in range(3)]
+    for mask, ids in zip(masks, (task.train_idx, task.val_idx, task.test_idx), strict=True):
+        mask[ids] = True
+    masked = NodeTask(task.graph, task.features, task.labels, *masks, num_classes=3)
+    for got, ids in zip((masked.train_idx, masked.val_idx, masked.test_idx),
+                        (task.train_idx, task.val_idx, task.test_idx), strict=True):
+        assert torch.equal(got, ids.sort().values)
+    config = GCNTrainConfig(hidden=32, epochs=10, batch_size=32, device="cpu", progress=False)
+    assert train_gcn(config, masked).test_acc > 0.75
+
+
+@pytest.mark.parametrize(("ids", "match"), [
+    (torch.tensor([3, 5, 3]), "train_idx: node ids must be distinct"),
+    (torch.tensor([1.0, 2.0]), "train_idx: node ids must be integers"),
+    (torch.zeros(5, dtype=torch.bool), "train_idx: boolean mask has 5 entries but the graph has 300 nodes"),
+    (torch.zeros(2, 2, dtype=torch.long), "train_idx: must be a 1-D tensor"),
+])
+def test_bad_split_ids_are_rejected_up_front(ids: torch.Tensor, match: str) -> None:
+    task = planted_task()
+    with pytest.raises(InputError, match=match):
+        NodeTask(task.graph, task.features, task.labels, ids, task.val_idx, task.test_idx, num_classes=3)
+
+
 def test_config_rejects_unknown_names() -> None:
     with pytest.raises(InputError, match="model"):
         GCNTrainConfig(model="gat")
