@@ -178,6 +178,8 @@ def sample_in_edges(
         first = torch.cumsum(degree, dim=0) - degree
         offsets = torch.arange(dst.numel()) - first[dst]
         return start[dst] + offsets, dst
+    # a fanout above every degree takes all edges: cap it, or the [nodes, fanout] tables below grow with it
+    fanout = min(fanout, int(degree.max())) if nodes.numel() else 0
     offsets = torch.arange(fanout).expand(nodes.numel(), fanout).clone()
     over = degree > fanout
     if bool(over.any()):

@@ -112,6 +112,15 @@ def test_degree_zero_and_small_degree_nodes_take_all_neighbours() -> None:
     assert sorted(out.node[out.row[out.col == 1]].tolist()) == [3, 4]
 
 
+def test_fanout_far_above_every_degree_costs_what_taking_all_costs() -> None:
+    """Memory scaled with nodes x fanout: a fanout of 2**40 on a tiny graph asked for terabytes."""
+    data = _random_data()
+    huge = NeighborSampler(data, [2**40, 2**40], seed=0).sample(torch.tensor([5, 7]))
+    every = NeighborSampler(data, [-1, -1], seed=0).sample(torch.tensor([5, 7]))
+    for field in ("node", "row", "col", "edge"):
+        assert torch.equal(getattr(huge, field), getattr(every, field))
+
+
 def test_fanout_minus_one_takes_every_in_edge() -> None:
     data = _random_data()
     out = NeighborSampler(data, [-1], seed=0).sample(torch.tensor([5, 7]))
