@@ -20,6 +20,7 @@ loop would have). Model selection uses validation accuracy; test accuracy is rea
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 from recsys.gcn.features import NodeFeatureStore
 from recsys.gcn.sampler import ALL_NEIGHBORS, CSRGraph, NeighborSampler
 from sparsekit.best_state import BestState
-from sparsekit.bounds import at_least, count, each_count, positive, within
+from sparsekit.bounds import at_least, count, positive, within
 from sparsekit.device import resolve_device
 from sparsekit.errors import InputError
 
@@ -67,7 +68,7 @@ class GCNTrainConfig:
         if self.feature_store not in FEATURE_STORES:
             raise InputError("feature_store", f"unknown mode {self.feature_store!r}; choose one of "
                                               f"{', '.join(FEATURE_STORES)}")
-        each_count(self, 1, "fanouts")
+        _check_fanouts(self.fanouts)
         count(self, 1, "hidden", "epochs", "batch_size", "max_batches")
         at_least(self, 0, "weight_decay")
         within(self, 0.0, 1.0, "dropout", open_high=True)
@@ -79,6 +80,14 @@ class GCNTrainConfig:
 
 
 SPLITS = ("train_idx", "val_idx", "test_idx")
+
+
+def _check_fanouts(fanouts: Sequence[int]) -> None:
+    """Each hop's fanout is a positive int or ``ALL_NEIGHBORS`` (-1), as the sampler takes them."""
+    values = list(fanouts)
+    if not values or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
+                         or (v < 1 and v != ALL_NEIGHBORS) for v in values):
+        raise InputError("fanouts", f"need one positive integer or -1 (all neighbours) per hop, got {values}")
 
 
 @dataclass

@@ -91,6 +91,16 @@ def test_bad_split_ids_are_rejected_up_front(ids: torch.Tensor, match: str) -> N
         NodeTask(task.graph, task.features, task.labels, ids, task.val_idx, task.test_idx, num_classes=3)
 
 
+def test_fanout_minus_one_takes_every_neighbour_as_documented() -> None:
+    assert GCNTrainConfig(fanouts=(10, -1), device="cpu").fanouts == (10, -1)
+    for bad in ((10, 0), (-2,), (), (1.5,)):
+        with pytest.raises(InputError, match="fanouts: need one positive integer or -1"):
+            GCNTrainConfig(fanouts=bad, device="cpu")
+    config = GCNTrainConfig(fanouts=(-1, -1), hidden=8, epochs=1, batch_size=100, device="cpu",
+                            progress=False, evaluate=False)
+    assert train_gcn(config, planted_task()).history[0].loss > 0
+
+
 def test_config_rejects_unknown_names() -> None:
     with pytest.raises(InputError, match="model"):
         GCNTrainConfig(model="gat")
