@@ -272,6 +272,9 @@ def accuracy(model: nn.Module, task: NodeTask, nodes: Tensor, config: GCNTrainCo
 
 def train_gcn(config: GCNTrainConfig, task: NodeTask, model: nn.Module | None = None) -> GCNResult:
     """Train on ``task.train_idx``; keep the epoch with the best validation accuracy; test it once."""
+    if not task.train_idx.numel():
+        raise InputError("train_idx", "no training nodes: the train split is empty (too few labelled nodes "
+                                      "for the split fractions?)")
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
     if model is None:

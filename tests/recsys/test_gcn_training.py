@@ -101,6 +101,14 @@ def test_fanout_minus_one_takes_every_neighbour_as_documented() -> None:
     assert train_gcn(config, planted_task()).history[0].loss > 0
 
 
+def test_empty_train_split_is_named() -> None:
+    task = planted_task()
+    empty = NodeTask(task.graph, task.features, task.labels, torch.zeros(0, dtype=torch.long), task.val_idx,
+                     task.test_idx, num_classes=3)
+    with pytest.raises(InputError, match="train_idx: no training nodes"):
+        train_gcn(GCNTrainConfig(epochs=1, device="cpu", progress=False), empty)
+
+
 def test_config_rejects_unknown_names() -> None:
     with pytest.raises(InputError, match="model"):
         GCNTrainConfig(model="gat")
