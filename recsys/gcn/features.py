@@ -70,6 +70,7 @@ class _Table:
     data: torch.Tensor
     mode: str
     memmap: bool
+    readonly: bool  # wraps a memmap or a non-writeable numpy array: ``put_tensor`` must not write rows
     vector: bool  # a 1-D table (e.g. labels), stored as one column; gathers return 1-D rows
     staging: torch.Tensor | None = None  # cpu-copy on CUDA: pinned rows buffer, reused across gathers
     staged: torch.cuda.Event | None = None  # recorded after the last copy out of ``staging``
@@ -84,7 +85,8 @@ class _Table:
 
 
 def _from_numpy(array: np.ndarray, source: str) -> torch.Tensor:
-    """Wrap without copying; read-only arrays (memmaps) are never written through (see ``_put_tensor``)."""
+    """Wrap without copying; read-only arrays (memmaps, non-writeable arrays) are never written through
+    (see ``_put_tensor``)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -93,9 +95,11 @@ def _from_numpy(array: np.ndarray, source: str) -> torch.Tensor:
         raise InputError(source, f"unsupported dtype {array.dtype}") from err
 
 
-def _as_tensor(table: torch.Tensor | np.ndarray, source: str) -> tuple[torch.Tensor, bool]:
-    """The table as a 1-D or 2-D contiguous tensor (numpy arrays and memmaps wrapped without copying)."""
+def _as_tensor(table: torch.Tensor | np.ndarray, source: str) -> tuple[torch.Tensor, bool, bool]:
+    """The table as a 1-D or 2-D contiguous tensor (numpy arrays and memmaps wrapped without copying),
+    whether it is a memmap, and whether it is read-only (a memmap or a non-writeable array)."""
     memmap = isinstance(table, np.memmap)
+    readonly = memmap or (isinstance(table, np.ndarray) and not table.flags.writeable)
     if isinstance(table, np.ndarray):
         if not table.flags.c_contiguous:
             raise InputError(source, "must be a C-contiguous array")
@@ -106,7 +110,7 @@ def _as_tensor(table: torch.Tensor | np.ndarray, source: str) -> tuple[torch.Ten
         raise InputError(source, f"must be (num_nodes, dim) or (num_nodes,), got shape {tuple(table.shape)}")
     if table.dtype == torch.bool or table.is_complex():
         raise InputError(source, f"must hold real numbers, got {table.dtype}")
-    return table.contiguous(), memmap
+    return table.contiguous(), memmap, readonly
 
 
 def _load_npy(path: str | Path) -> np.ndarray:
@@ -189,7 +193,7 @@ class NodeFeatureStore(FeatureStore):
     # Placement ###########################################################################################
 
     def _place(self, table: torch.Tensor | np.ndarray, source: str) -> _Table:
-        host, memmap = _as_tensor(table, source)
+        host, memmap, readonly = _as_tensor(table, source)
         vector = host.dim() == 1
         host = host.view(-1, 1) if vector else host
         mode = self.requested_mode
@@ -200,7 +204,7 @@ class NodeFeatureStore(FeatureStore):
             host = host.to(self.device)
         elif self.device.type == "cuda" and mode == "zero-copy" and not host.is_pinned():
             host = host.pin_memory()
-        return _Table(host, mode, memmap, vector)
+        return _Table(host, mode, memmap, readonly, vector)
 
     def _table(self, key: Key) -> _Table:
         if key not in self._tables:
@@ -297,8 +301,9 @@ class NodeFeatureStore(FeatureStore):
             self._tables[key] = self._place(tensor, str(attr.attr_name))
             return True
         table = self._table(key)
-        if table.memmap:
-            raise InputError(str(attr.attr_name), "is a read-only memmap table; its rows cannot be written")
+        if table.readonly:
+            kind = "memmap" if table.memmap else "array"
+            raise InputError(str(attr.attr_name), f"is a read-only {kind} table; its rows cannot be written")
         ids = self._index_ids(attr.index, table)
         rows = torch.as_tensor(tensor).to(table.data.device, table.data.dtype)
         want = (ids.shape[0], *table.shape[1:])

@@ -61,6 +61,15 @@ def test_memmap_store_reads_the_file(tmp_path: Path) -> None:
     assert info.value.source == "x"
 
 
+def test_non_writeable_array_rows_are_never_written() -> None:
+    """A read-only array that is not a memmap (np.frombuffer over bytes) was written through."""
+    raw = bytes(48)
+    store = NodeFeatureStore(np.frombuffer(raw, dtype=np.float32).reshape(4, 3), device="cpu")
+    with pytest.raises(InputError, match="x: is a read-only array table"):
+        store.put_tensor(torch.ones(1, 3), group_name=None, attr_name="x", index=torch.tensor([0]))
+    assert raw == bytes(48) and torch.equal(store.gather([0]), torch.zeros(1, 3))
+
+
 def test_memmap_file_errors_name_the_file(tmp_path: Path) -> None:
     raw = tmp_path / "features.f32"
     np.zeros((10, 4), np.float32).tofile(raw)
