@@ -44,6 +44,7 @@ from sparsekit.errors import InputError, NotFoundError
 MODES = ("zero-copy", "cpu-copy", "device")
 NODE_IDS = "node ids"
 INTEGER_DTYPES = frozenset({torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8})
+WIDE_UNSIGNED = frozenset({torch.uint16, torch.uint32, torch.uint64})
 Key = tuple[str | None, str | None]
 
 
@@ -122,11 +123,24 @@ def _load_npy(path: str | Path) -> np.ndarray:
         raise InputError(path, f"not a .npy array: {err}") from err
 
 
+def _signed(array: np.ndarray, num_nodes: int) -> np.ndarray:
+    """Empty or wide unsigned (uint16/32/64) ids as int64, checked first so a huge uint64 can't wrap."""
+    if array.size == 0:
+        return array.astype(np.int64)
+    if array.dtype.kind == "u" and array.dtype.itemsize > 1:
+        if int(array.max()) >= num_nodes:
+            bad = int(array.max())
+            raise InputError(NODE_IDS, f"node id {bad} out of range for a table of {num_nodes} rows")
+        return array.astype(np.int64)
+    return array
+
+
 def _node_ids(ids: torch.Tensor | np.ndarray | list[int], num_nodes: int) -> torch.Tensor:
     """1-D integer ids, checked against ``[0, num_nodes)`` with one min/max reduction."""
+    if isinstance(ids, torch.Tensor) and ids.dtype in WIDE_UNSIGNED:  # torch has no min/max for these
+        ids = ids.cpu().numpy()
     if not isinstance(ids, torch.Tensor):
-        array = np.asarray(ids)
-        ids = _from_numpy(array.astype(np.int64) if array.size == 0 else array, NODE_IDS)
+        ids = _from_numpy(_signed(np.asarray(ids), num_nodes), NODE_IDS)
     if ids.dtype not in INTEGER_DTYPES:
         raise InputError(NODE_IDS, f"must be integers, got dtype {ids.dtype}")
     if ids.dim() != 1:

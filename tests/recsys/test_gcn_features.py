@@ -91,6 +91,17 @@ def test_out_of_range_ids_name_the_input(ids: list[int], bad: int) -> None:
     assert f"node id {bad} " in str(info.value) and "50 rows" in str(info.value)
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.uint64])
+def test_unsigned_ids_gather_and_range_check(dtype: type) -> None:
+    """Unsigned ids (a common on-disk id type) were refused as 'must be integers'."""
+    store = NodeFeatureStore(_table(), device="cpu")
+    ids = np.array([49, 0, 7], dtype=dtype)
+    assert torch.equal(store.gather(ids), _table()[[49, 0, 7]])
+    assert torch.equal(store.gather(torch.from_numpy(ids)), _table()[[49, 0, 7]])
+    with pytest.raises(InputError, match="node id 50 out of range"):
+        store.gather(np.array([1, 50], dtype=dtype))
+
+
 @pytest.mark.parametrize("ids", [torch.tensor([0.0, 1.0]), torch.tensor([True]), np.array([0.5]),
                                  torch.tensor([[0, 1]]), ["a", "b"], [object()]])
 def test_non_integer_or_non_vector_ids_are_rejected(ids) -> None:
