@@ -113,7 +113,17 @@ class NodeTask:
         if self.labels.shape[0] != n:
             raise InputError("labels", f"{self.labels.shape[0]} labels but the graph has {n} nodes")
         for name in SPLITS:
-            setattr(self, name, _split_ids(name, getattr(self, name), n))
+            ids = _split_ids(name, getattr(self, name), n)
+            _check_split_labels(name, self.labels[ids], self.num_classes)
+            setattr(self, name, ids)
+
+
+def _check_split_labels(name: str, labels: Tensor, num_classes: int) -> None:
+    """Every node of a split carries a class id in ``[0, num_classes)`` (-1, unlabelled, is not one)."""
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+        raise InputError(name, f"selects a node labelled {bad}; labels must lie in [0, num_classes = "
+                               f"{num_classes}) (-1 marks an unlabelled node)")
 
 
 def _split_ids(name: str, ids: Tensor, num_nodes: int) -> Tensor:

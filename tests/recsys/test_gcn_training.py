@@ -109,6 +109,18 @@ def test_empty_train_split_is_named() -> None:
         train_gcn(GCNTrainConfig(epochs=1, device="cpu", progress=False), empty)
 
 
+@pytest.mark.parametrize(("split", "label"), [("train_idx", 3), ("train_idx", -1), ("val_idx", -1)])
+def test_split_nodes_need_a_class_label(split: str, label: int) -> None:
+    """A label outside [0, num_classes) crashed cross_entropy ('Target 3 is out of bounds') in training,
+    and in val / test silently counted as a wrong prediction."""
+    task = planted_task()
+    labels = task.labels.clone()
+    labels[getattr(task, split)[0]] = label
+    with pytest.raises(InputError, match=f"{split}: selects a node labelled {label}"):
+        NodeTask(task.graph, task.features, labels, task.train_idx, task.val_idx, task.test_idx,
+                 num_classes=3)
+
+
 def test_config_rejects_unknown_names() -> None:
     with pytest.raises(InputError, match="model"):
         GCNTrainConfig(model="gat")
