@@ -13,6 +13,8 @@ is otherwise that of the reference. Under ``TRITON_INTERPRET=1`` the kernel runs
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import triton
@@ -81,7 +83,9 @@ def score_dense_triton(
     if len(items[0]) == 0:
         return scores
     query, start, stop, value = (torch.from_numpy(a).to(device) for a in items)
-    _scatter_scores_kernel[(len(items[0]),)](
-        docs, weights, query, start, stop, value, scores, num_docs, BLOCK=BLOCK,
-    )
+    # triton launches on the current CUDA device: make it the postings' (cuda:1 while cuda:0 is current)
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        _scatter_scores_kernel[(len(items[0]),)](
+            docs, weights, query, start, stop, value, scores, num_docs, BLOCK=BLOCK,
+        )
     return scores
