@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +17,7 @@ from rich.table import Table
 
 from services.commands.output import above, console, fail
 from sparsekit.atomic import write_text_atomic
-from sparsekit.errors import SparsekitError
+from sparsekit.errors import InputError, SparsekitError
 
 
 def _fanouts(text: str) -> tuple[int, ...]:
@@ -23,6 +25,15 @@ def _fanouts(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         fail(ValueError(f"--fanouts {text!r}: expected comma-separated integers such as 10,5"))
+
+
+@contextmanager
+def naming_options() -> Iterator[None]:
+    """Re-raise a :class:`GCNTrainConfig` error under the command-line option of the field it names."""
+    try:
+        yield
+    except InputError as exc:
+        raise InputError(f"--{exc.source.replace('_', '-')}", exc.reason, exc.line) from exc
 
 
 def train_gcn_command(
@@ -54,9 +65,10 @@ def train_gcn_command(
     if report is not None and (report.is_dir() or report.parent.is_file()):
         fail(ValueError(f"--report {report}: must be a file path (checked now, not after training)"))
     try:
-        config = GCNTrainConfig(model=model, fanouts=_fanouts(fanouts), feature_store=feature_store,
-                                epochs=epochs, batch_size=batch_size, hidden=hidden, lr=lr,
-                                max_batches=max_batches, device=device, seed=seed, evaluate=evaluate)
+        with naming_options():  # "--feature-store: unknown mode", not the Python field "feature_store"
+            config = GCNTrainConfig(model=model, fanouts=_fanouts(fanouts), feature_store=feature_store,
+                                    epochs=epochs, batch_size=batch_size, hidden=hidden, lr=lr,
+                                    max_batches=max_batches, device=device, seed=seed, evaluate=evaluate)
         task = load_task(data, mode=feature_store, device=device, name=name)
         result = train_gcn(config, task)
     except (SparsekitError, ValueError) as exc:

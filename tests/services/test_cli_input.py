@@ -276,3 +276,14 @@ def test_train_ctr_refuses_a_bad_config_by_option_before_loading_data(args: list
     result = runner.invoke(app, ["train", "ctr", "--data", str(tmp_path / "missing.csv"), "--out",
                                  str(tmp_path / "m"), *args])
     assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--feature-store", "gpu"], "--feature-store: unknown mode 'gpu'"),
+    (["--model", "gat"], "--model: unknown GCN model 'gat'"),
+    (["--fanouts", "10,0"], "--fanouts: need one positive integer"),
+])
+def test_train_gcn_refuses_a_bad_config_by_option_before_loading_data(args: list[str], message: str,
+                                                                      tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "gcn", "--data", str(tmp_path / "missing"), *args])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
