@@ -61,11 +61,16 @@ def index_command(
     codes: Annotated[str, typer.Option(help="bigranular: the in-RAM codes (faiss factory).")] = "OPQ48,PQ48",
     candidates: Annotated[int, typer.Option(
         min=1, help="bigranular: candidates C re-scored from disk.")] = 1000,
-    nprobe: Annotated[int, typer.Option(min=1, help="dense/bigranular IVF: lists probed.")] = 32,
+    nprobe: Annotated[int, typer.Option(min=1, help="dense/bigranular IVF: lists probed (DenseConfig's "
+                                                   "Python default is 16).")] = 32,
     first_stage: Annotated[str, typer.Option(help="hybrid: bm25, sparse or an index directory.")] = "bm25",
-    fusion: Annotated[str, typer.Option(help="hybrid: rrf or linear (min-max normalised).")] = "linear",
+    fusion: Annotated[str, typer.Option(help="hybrid: rrf or linear (min-max normalised). The CLI defaults "
+                                             "to linear, alpha 0.65: the weight benchmarks/bigranular.py "
+                                             "chose for BM25 + MiniLM on SciFact train queries "
+                                             "(HybridConfig's Python default is rrf).")] = "linear",
     alpha: Annotated[float, typer.Option(
-        min=0, max=1, help="hybrid linear: weight of the dense score.")] = 0.65,
+        min=0, max=1, help="hybrid linear: weight of the dense score (tune it on your own train "
+                           "queries for another corpus or first stage).")] = 0.65,
     depth: Annotated[int, typer.Option(min=1, help="hybrid: first-stage candidates re-scored.")] = 1000,
     cache_dir: Annotated[Path | None, typer.Option(help="dense kinds: corpus-embedding cache.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing index at OUT.")] = False,
