@@ -73,13 +73,13 @@ def index_format(path: str | Path) -> str:
     return artifact_format(path)
 
 
-def open_index(path: str | Path) -> SearchIndex:
-    """Open any index directory, validating its manifest."""
+def open_index(path: str | Path, verify: bool = True) -> SearchIndex:
+    """Open any index directory, validating its manifest (and every file's SHA-256 when ``verify``)."""
     fmt = index_format(path)
     if fmt not in FORMATS:
         raise ArtifactError(path, f"unknown index format {fmt!r}; known: {sorted(FORMATS)}")
     kind = FORMATS[fmt]
-    return kind.attr(kind.opener).open(Path(path))
+    return kind.attr(kind.opener).open(Path(path), verify=verify)
 
 
 def build_index(kind: str, corpus: str | Path, out: str | Path, **params: Any) -> Path:

@@ -102,7 +102,8 @@ class RagCorpus:
         path = Path(path)
         manifest = open_artifact(path, format=FORMAT, version=VERSION)
         chunks = {doc.id: chunk_text(doc.title, doc.text) for doc in load_corpus(path / CHUNKS_FILE).values()}
-        return cls(path, chunks, open_index(path / INDEX_DIR), manifest.params)
+        index = open_index(path / INDEX_DIR, verify=False)  # its files are in our manifest: checked above
+        return cls(path, chunks, index, manifest.params)
 
     def __len__(self) -> int:
         return len(self.chunks)
