@@ -80,18 +80,63 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     def BatchSearch(self, request: search_pb2.BatchSearchRequest,
                     context: grpc.ServicerContext) -> search_pb2.BatchSearchResponse:
+        """Text queries to one index at one k run as one ``batch_search`` (the dense encoders embed them
+        together, on ``threads`` engine threads); each response's ``took_ms`` is its share of that call.
+        Sparse queries run one by one. Every request is checked before any search runs."""
         def work():
             ks = validate_batch(request, self.limits)
-            out = []
-            for i, (req, k) in enumerate(zip(request.requests, ks, strict=True)):
-                remaining = context.time_remaining()
-                if remaining is not None and remaining <= 0:
-                    raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "requests",
-                                       f"deadline passed after {i} of {len(ks)} queries")
-                out.append(self._run_one(req, k, f"requests[{i}]"))
-            return search_pb2.BatchSearchResponse(responses=out)
+            for i, req in enumerate(request.requests):
+                self._check_mode(req, self._index(req.index, f"requests[{i}].index"), f"requests[{i}]")
+            out: dict[int, search_pb2.SearchResponse] = {}
+            for group in self._groups(request, ks):
+                self._check_deadline(context, len(out), len(ks))
+                out.update(self._run_group(request, ks, group))
+            return search_pb2.BatchSearchResponse(responses=[out[i] for i in range(len(ks))])
 
         return guarded(context, work, "search")
+
+    @staticmethod
+    def _groups(request: search_pb2.BatchSearchRequest, ks: list[int]) -> list[list[int]]:
+        """Request positions grouped by (index, k) for text queries; each sparse query alone."""
+        groups: dict[tuple[str, int], list[int]] = {}
+        single = []
+        for i, (req, k) in enumerate(zip(request.requests, ks, strict=True)):
+            if req.WhichOneof("query") == "sparse":
+                single.append([i])
+            else:
+                groups.setdefault((req.index, k), []).append(i)
+        return [*groups.values(), *single]
+
+    @staticmethod
+    def _check_deadline(context: grpc.ServicerContext, done: int, total: int) -> None:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "requests",
+                               f"deadline passed after {done} of {total} queries")
+
+    def _run_group(self, request: search_pb2.BatchSearchRequest, ks: list[int],
+                   group: list[int]) -> dict[int, search_pb2.SearchResponse]:
+        first = request.requests[group[0]]
+        if len(group) == 1:
+            return {group[0]: self._run_one(first, ks[group[0]], f"requests[{group[0]}]")}
+        index = self.indexes[first.index]
+        start = time.perf_counter()
+        try:
+            hits = index.batch_search([request.requests[i].text for i in group], ks[group[0]], self.threads)
+        except InputError:  # find the query at fault, to name its request
+            for i in group:
+                self._run_text(request.requests[i], ks[i], f"requests[{i}]")
+            raise
+        share = (time.perf_counter() - start) / len(group)
+        return {i: _response(first.index, h, share) for i, h in zip(group, hits, strict=True)}
+
+    def _run_text(self, req: search_pb2.SearchRequest, k: int, field: str) -> search_pb2.SearchResponse:
+        try:
+            return self._run_one(req, k, field)
+        except InputError as exc:
+            if exc.source not in ("text", "query"):
+                raise
+            raise InputError(f"{field}.text", exc.reason) from exc
 
     def ListIndexes(self, request: search_pb2.ListIndexesRequest,
                     context: grpc.ServicerContext) -> search_pb2.ListIndexesResponse:

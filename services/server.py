@@ -37,7 +37,7 @@ class ServerConfig:
 
     address: str = "127.0.0.1:50051"
     workers: int = 4
-    engine_threads: int = 1
+    engine_threads: int = 1  # threads of each BatchSearch engine batch (index.batch_search)
     limits: SearchLimits = field(default_factory=SearchLimits)
 
     def __post_init__(self) -> None:

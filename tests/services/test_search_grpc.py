@@ -7,6 +7,7 @@ service layer alone; tests/retrieval/test_bm25_index.py and test_cli_e2e.py cove
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 import grpc
 import pytest
@@ -16,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from services.api import search_pb2, search_pb2_grpc
 from services.search_validation import SearchLimits
 from services.server import ServerConfig, make_server
+from sparsekit.errors import InputError
 
 
 class WordOverlapIndex:
@@ -129,6 +131,44 @@ def test_batch_search_and_field_paths(stub) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("requests[1].text:")
     code, _ = _code(stub.BatchSearch, search_pb2.BatchSearchRequest())
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+class CountingIndex(WordOverlapIndex):
+    """Counts batch calls, and refuses a query holding "forbidden" as the engine would (field ``text``)."""
+
+    batches: ClassVar[list[list[str]]] = []
+
+    def search(self, text: str, k: int) -> list[tuple[str, float]]:
+        if "forbidden" in text:
+            raise InputError("text", "too many clauses")
+        return super().search(text, k)
+
+    def batch_search(self, texts: list[str], k: int, threads: int = 1) -> list[list[tuple[str, float]]]:
+        CountingIndex.batches.append(list(texts))
+        return [self.search(t, k) for t in texts]
+
+
+def test_batch_search_runs_each_index_and_k_as_one_engine_batch() -> None:
+    docs = {"d1": "sparse retrieval with inverted index", "d2": "dense retrieval", "d3": "cooking pasta"}
+    server, port = make_server({"a": CountingIndex(docs), "b": WordOverlapIndex(docs)},
+                               ServerConfig(address="127.0.0.1:0"))
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = search_pb2_grpc.SearchServiceStub(ch)
+            texts = ["dense", "pasta", "retrieval", "index"]
+            reqs = [search_pb2.SearchRequest(index="a", text=t, k=2) for t in texts]
+            reqs.insert(2, search_pb2.SearchRequest(index="b", text="pasta", k=2))
+            resp = stub.BatchSearch(search_pb2.BatchSearchRequest(requests=reqs), timeout=10)
+            want = [WordOverlapIndex(docs).search(r.text, 2) for r in reqs]
+            assert [[(h.doc_id, h.score) for h in r.hits] for r in resp.responses] == want
+            assert [r.index for r in resp.responses] == ["a", "a", "b", "a", "a"]
+            assert CountingIndex.batches == [texts]  # one engine call for index a at k 2
+            reqs[3] = search_pb2.SearchRequest(index="a", text="forbidden", k=2)
+            code, details = _code(stub.BatchSearch, search_pb2.BatchSearchRequest(requests=reqs))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("requests[3].text:")
+    finally:
+        server.stop(grace=None)
 
 
 def test_list_indexes(stub) -> None:
