@@ -270,6 +270,8 @@ class NodeFeatureStore(FeatureStore):
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         self._stream.wait_stream(torch.cuda.current_stream(self.device))  # ids may come from that stream
+        if isinstance(ids, torch.Tensor) and ids.is_cuda:
+            ids.record_stream(self._stream)  # read there: not reused if the caller frees it before wait()
         with torch.cuda.stream(self._stream):
             rows = table.shaped(self._gather(table, ids))
             event = torch.cuda.Event()
