@@ -110,6 +110,9 @@ def embedding_bag(
         use_triton = weight.is_cuda and weight.dtype in KERNEL_DTYPES and triton_available() and not training
     ids = ids.to(weight.device)
     if use_triton:
+        if weight.dtype not in KERNEL_DTYPES:  # the kernel adds up in float32: float64 would lose precision
+            raise InputError("weight", f"the fused kernel takes float32 / float16 / bfloat16 weights, not "
+                                       f"{weight.dtype}: use use_triton=False (or None)")
         return _FusedBag.apply(weight, ids, lookup, pool)
     return _reference(weight, ids, lookup, pool)
 

@@ -162,6 +162,12 @@ def test_bad_arguments_raise_input_error(weight, ids, lookup, source: str) -> No
     assert info.value.source == source
 
 
+def test_forcing_the_kernel_on_float64_weights_is_refused() -> None:
+    """The fused kernel adds up in float32: forced on float64 it would quietly lose precision."""
+    with pytest.raises(InputError, match=r"^weight: the fused kernel takes float32"):
+        embedding_bag(torch.zeros(5, 4, dtype=torch.float64), IDS, HashLookup(3, 1), use_triton=True)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", sorted(LOOKUPS))
 @pytest.mark.parametrize("pool", [False, True])
