@@ -82,6 +82,13 @@ def train_gcn_command(
     if result.test_acc is not None:
         console.print(f"best epoch {result.best_epoch}: val acc {result.val_acc:.4f}, "
                       f"test acc {result.test_acc:.4f} (feature store: {task.features.mode})")
+    elif evaluate:
+        splits = (("val", task.val_idx), ("test", task.test_idx))
+        empty = " and ".join(name for name, ids in splits if not ids.numel())
+        kept = (f"best epoch {result.best_epoch}: val acc {result.val_acc:.4f}" if result.val_acc is not None
+                else "the last epoch's model is kept")
+        console.print(f"[yellow]not evaluated on an empty {empty} split[/] (too few labelled nodes for the "
+                      f"split fractions?); {kept}")
     if report is not None:
         write_text_atomic(report, json.dumps(result.summary(), indent=2) + "\n")
 

@@ -287,3 +287,13 @@ def test_train_gcn_refuses_a_bad_config_by_option_before_loading_data(args: list
                                                                       tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "gcn", "--data", str(tmp_path / "missing"), *args])
     assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
+def test_train_gcn_says_when_a_split_is_too_small_to_evaluate(tmp_path: Path) -> None:
+    graph = tmp_path / "g"
+    result = runner.invoke(app, ["generate", "graph", "--out", str(graph), "--nodes", "80", "--edges", "400",
+                                 "--dim", "4", "--classes", "2"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "gcn", "--data", str(graph), "--epochs", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "not evaluated on an empty val and test split" in " ".join(result.output.split())
