@@ -30,7 +30,7 @@ from recsys.data.ctr import (
     split_dataset,
 )
 from recsys.data.libfm import split_rows
-from recsys.data.table_file import naming_the_file, read_table
+from recsys.data.table_file import missing_columns, naming_the_file, read_table, shown_columns
 from sparsekit.bounds import count
 from sparsekit.errors import InputError
 
@@ -78,7 +78,7 @@ def _ctr_dataset(path: Path, frame: pl.DataFrame, config: TableCTRConfig, seed: 
     names = list(schema.names) if schema is not None else _field_names(frame, config, path)
     missing = [n for n in names if n not in frame.columns]
     if missing:
-        raise InputError(path, f"column(s) {missing} not in the table (columns: {frame.columns})")
+        raise missing_columns(path, missing, frame.columns)
     if schema is None:
         train = split_rows(frame.height, fractions, seed)[0]
         schema = build_schema(frame[train], names, config)
@@ -125,7 +125,8 @@ def _numeric_field(column: pl.Series, bins: int) -> CTRField:
 
 def _labels(frame: pl.DataFrame, label: str, path: Path) -> np.ndarray:
     if label not in frame.columns:
-        raise InputError(path, f"label column {label!r} not in the table (columns: {frame.columns})")
+        raise InputError(path, f"label column {label!r} not in the table "
+                               f"(columns: {shown_columns(frame.columns)})")
     values = frame[label].cast(pl.String).str.strip_chars().str.to_lowercase()
     clicks = values.replace_strict({"1": 1.0, "0": 0.0, "true": 1.0, "false": 0.0, "1.0": 1.0, "0.0": 0.0},
                                    default=None, return_dtype=pl.Float32)

@@ -20,7 +20,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from recsys.data.implicit import ImplicitDataset
-from recsys.data.table_file import naming_the_file, read_table
+from recsys.data.table_file import missing_columns, naming_the_file, read_table
 from sparsekit.errors import InputError
 
 
@@ -49,7 +49,7 @@ def load_interactions_table(
     columns = [config.user, config.item] + ([config.time] if config.time else [])
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise InputError(path, f"column(s) {missing} not in the table (columns: {frame.columns})")
+        raise missing_columns(path, missing, frame.columns)
     if frame.height == 0:
         raise InputError(path, "the table has no rows")
     with naming_the_file(path, frame.columns):

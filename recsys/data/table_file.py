@@ -101,6 +101,23 @@ def _checked_names(frame: pl.DataFrame, path: Path, header: bool) -> pl.DataFram
     return frame.rename(dict(zip(frame.columns, names, strict=True)))
 
 
+def shown_columns(columns: Sequence[str]) -> str:
+    """A table's column names for an error message: the first 20, each cut to 40 characters."""
+    shown = [c if len(c) <= 40 else f"{c[:37]}..." for c in list(columns)[:20]]
+    return f"{shown} and {len(columns) - 20} more" if len(columns) > 20 else str(shown)
+
+
+def missing_columns(path: Path, wanted: Sequence[str], columns: Sequence[str]) -> InputError:
+    """The error for ``wanted`` columns absent from a table, with a hint when the file reads as one
+    column of space-separated values (a LightGCN ``train.txt`` is passed as its folder, not as a table)."""
+    hint = ""
+    if len(columns) == 1 and " " in columns[0].strip():
+        hint = ("; the file reads as one column of space-separated values: a LightGCN-format interaction "
+                "list (lines 'user item item ...') is passed as the folder holding train.txt and test.txt")
+    return InputError(path, f"column(s) {list(wanted)} not in the table "
+                            f"(columns: {shown_columns(columns)}){hint}")
+
+
 @contextmanager
 def naming_the_file(path: Path, columns: Sequence[str]) -> Iterator[None]:
     """Re-raise an :class:`InputError` that names one of ``columns`` as one that names ``path`` first, so

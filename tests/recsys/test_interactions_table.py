@@ -197,3 +197,11 @@ def test_cli_says_when_no_user_has_a_test_item(tmp_path: Path) -> None:
                                    "--dim", "4", "--out", str(tmp_path / "m")])
     text = " ".join(out.output.split())
     assert out.exit_code == 0 and "no user has a test item" in text and "Recall" not in text, out.output
+
+
+def test_a_lightgcn_list_passed_as_a_table_gets_a_hint(tmp_path: Path) -> None:
+    path = tmp_path / "train.txt"
+    path.write_text("0 " + " ".join(str(i) for i in range(60)) + "\n1 2 3\n")
+    cut = r"\['0 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 \.\.\.'\]\)"  # the 40-character cut of the one "column"
+    with pytest.raises(InputError, match=cut + "; the file reads as one column of space-separated values"):
+        load_interactions_table(path, InteractionsConfig())
