@@ -48,7 +48,7 @@ import torch
 from benchmarks.acceptance import entry
 from benchmarks.environment import BenchmarkRun, write_result
 from embeddings.registry import COMPOSED
-from embeddings.sweep import KINDS, SweepConfig, recommend, run_sweep, summarize, write_report
+from embeddings.sweep import KINDS, SEEDING, SweepConfig, recommend, run_sweep, summarize, write_report
 from embeddings.table import BUDGET_SLACK, BudgetError, table_class
 from recsys.data.ctr import frappe_schema
 from sparsekit.atomic import atomic_path
@@ -194,14 +194,51 @@ def best_entries(best: pl.DataFrame, prefix: str = BEST_PREFIX) -> list[dict]:
     return entries
 
 
+FULL_LABEL = ("DCNv2 full-table test AUC (Frappe, mean of seeds; the issue asks for it to be reported: > 0.5 "
+              "only checks that a model was trained)")
+SYNTHETIC_LABEL = "synthetic 20M features at budget 0.01: methods measured (RSS, lookups/s, train/s)"
+MEMORY_PREFIXES = ("memory_bytes()", "built tables", "trained serving tables")
+
+
+def synthetic_entry(syn: dict[str, Any]) -> dict:
+    """Every method that fits budget 0.01 at 20M features must have been measured (infeasible ones,
+    which raise BudgetError when built, are listed in metrics)."""
+    methods = {m: r for m, r in syn.items() if m != "embeddingbag" and isinstance(r, dict)}
+    feasible = [m for m, r in methods.items() if r.get("status") != "infeasible"]
+    measured = [m for m in feasible if methods[m].get("status") == "ok"]
+    return _entry(f"{SYNTHETIC_LABEL}, of the {len(feasible)} methods feasible there "
+                  f"({len(methods) - len(feasible)} infeasible)", len(measured), ">=", len(feasible))
+
+
+def findings(composed: pl.DataFrame | None) -> list[dict]:
+    """The compositions (:data:`embeddings.registry.COMPOSED`) are this project's, not published methods,
+    and were added after the published methods missed targets: their choice is reported as findings,
+    never as meeting the issue's criteria."""
+    return [] if composed is None else best_entries(composed, COMPOSED_PREFIX)
+
+
+def caveats(protocol: dict[str, Any]) -> list[str]:
+    """What a reader must know about runs trained by other code than this script runs now."""
+    recorded = protocol.get("seeding", 1)  # folders from before it was recorded used seeding 1
+    if recorded == SEEDING:
+        return []
+    commits = sorted(protocol["runs_trained_at"])
+    return [f"the runs were trained under sweep seeding {recorded} (commits {commits}); this code's sweep "
+            f"uses seeding {SEEDING} (embeddings/sweep.py), refuses to resume them and retrains every run, "
+            "so the committed numbers cannot be reproduced by the current code until the grid is run again"]
+
+
 def rescore(path: Path) -> None:
-    """Recompute the best-method entries of a results file from its stored recommendation tables."""
+    """Rebuild a results file's acceptance entries, findings and caveats from its stored metrics."""
     result = json.loads(path.read_text())
-    kept = [e for e in result["acceptance"] if not e["criterion"].startswith((BEST_PREFIX, COMPOSED_PREFIX))]
-    result["acceptance"] = kept + best_entries(pl.DataFrame(result["metrics"]["recommendation"]))
-    if "recommendation_composed" in result["metrics"]:
-        result["acceptance"] += best_entries(pl.DataFrame(result["metrics"]["recommendation_composed"]),
-                                             COMPOSED_PREFIX)
+    m = result["metrics"]
+    kept = [e for e in result["acceptance"] if e["criterion"].startswith(MEMORY_PREFIXES)]
+    full = next(e["value"] for e in result["acceptance"] if e["criterion"].startswith("DCNv2 full-table"))
+    result["acceptance"] = [*kept, _entry(FULL_LABEL, full, ">", 0.5),
+                            *best_entries(pl.DataFrame(m["recommendation"])), synthetic_entry(m["synthetic"])]
+    composed = m.get("recommendation_composed")
+    result["findings"] = findings(None if composed is None else pl.DataFrame(composed))
+    result["caveats"] = caveats(m["protocol"])
     result["rescored_commit"] = commit()
     write_result(path, result, indent=1)
     print(json.dumps(result["acceptance"]))
@@ -211,7 +248,7 @@ def _has_compositions(runs: pl.DataFrame) -> bool:
     return bool(runs["method"].is_in(list(COMPOSED)).any())
 
 
-def acceptance(mem: dict[str, Any], best: pl.DataFrame, composed: pl.DataFrame, runs: pl.DataFrame,
+def acceptance(mem: dict[str, Any], best: pl.DataFrame, runs: pl.DataFrame,
                syn: dict[str, Any]) -> list[dict]:
     ok = runs.filter(pl.col("status") == "ok")
     acc = [_entry("memory_bytes() == real parameter + buffer bytes: mismatching (method, budget) cells",
@@ -221,14 +258,10 @@ def acceptance(mem: dict[str, Any], best: pl.DataFrame, composed: pl.DataFrame, 
                   float((ok.filter(pl.col("method") != "full")["stored_bytes"]
                          / ok.filter(pl.col("method") != "full")["budget_bytes"]).max()), "<=", BUDGET_SLACK)]
     full = ok.filter((pl.col("method") == "full") & (pl.col("model") == "dcnv2"))["test_auc"].mean()
-    acc.append(_entry("DCNv2 full-table test AUC (Frappe, mean of seeds)", full, ">", 0.5))
+    acc.append(_entry(FULL_LABEL, full, ">", 0.5))
     acc += best_entries(best)
-    if _has_compositions(runs):
-        acc += best_entries(composed, COMPOSED_PREFIX)
-    measured = [m for m, r in syn.items()
-                if m != "embeddingbag" and isinstance(r, dict) and r.get("status") == "ok"]
-    acc.append(_entry("synthetic 20M features at budget 0.01: methods measured (RSS, lookups/s, train/s)",
-                      len(measured), ">", 0))
+    if syn:
+        acc.append(synthetic_entry(syn))
     return acc
 
 
@@ -253,7 +286,8 @@ def main() -> None:
     p.add_argument("--skip-synthetic", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--rescore", action="store_true",
-                   help="only recompute the best-method entries of --out/embedding_compression.json")
+                   help="only rebuild the acceptance entries, findings and caveats of "
+                        "--out/embedding_compression.json from its stored metrics")
     args = p.parse_args()
     if args.rescore:
         rescore(args.out / "embedding_compression.json")
@@ -277,12 +311,14 @@ def main() -> None:
     syn = {} if args.skip_synthetic else synthetic(list(methods), 0.01, args.synthetic_batch, 5,
                                                    args.synthetic_steps)
     metrics = {"protocol": {"max_epochs": args.max_epochs, "patience": grid.patience,
-                            "min_epochs": args.min_epochs, "runs_trained_at": _run_commits(runs)},
+                            "min_epochs": args.min_epochs, "seeding": SEEDING,
+                            "runs_trained_at": _run_commits(runs)},
                "memory_accounting": mem, "recommendation": best.to_dicts(),
                **({"recommendation_composed": composed.to_dicts()} if _has_compositions(runs) else {}),
                "summary": summarize(runs).to_dicts(), "synthetic": syn}
-    run.report(metrics, acceptance(mem, best, composed, runs, syn), args.out / "embedding_compression.json",
-               indent=1)
+    run.report(metrics, acceptance(mem, best, runs, syn), args.out / "embedding_compression.json", indent=1,
+               findings=findings(composed if _has_compositions(runs) else None),
+               caveats=caveats(metrics["protocol"]))
 
 
 if __name__ == "__main__":

@@ -58,20 +58,23 @@ class BenchmarkRun:
     start: float = field(default_factory=time.perf_counter)
     commit: str = field(default_factory=provenance.commit)
 
-    def envelope(self, metrics: dict[str, Any], acceptance: list[dict[str, Any]]) -> dict[str, Any]:
+    def envelope(self, metrics: dict[str, Any], acceptance: list[dict[str, Any]],
+                 **extra: list[Any]) -> dict[str, Any]:
         """``benchmark`` (``name``), ``commit``, ``machine``, ``command`` (``python
-        benchmarks/<script>.py`` and the arguments), ``wall_s`` so far, ``metrics``, ``acceptance``."""
+        benchmarks/<script>.py`` and the arguments), ``wall_s`` so far, ``metrics``, ``acceptance``, and
+        any non-empty ``extra`` lists (``findings``: measured effects that are not the issue's criteria;
+        ``caveats``: what a reader must know about how the numbers were produced)."""
         script = self.script or self.name
         return {"benchmark": self.name, "commit": self.commit, "machine": machine(),
                 "command": "python " + shlex.join([f"benchmarks/{script}.py", *sys.argv[1:]]),
                 "wall_s": round(time.perf_counter() - self.start, 1), "metrics": metrics,
-                "acceptance": acceptance}
+                "acceptance": acceptance, **{k: v for k, v in extra.items() if v}}
 
     def report(self, metrics: dict[str, Any], acceptance: list[dict[str, Any]], out: Path | None,
-               indent: int = 2) -> dict[str, Any]:
+               indent: int = 2, **extra: list[Any]) -> dict[str, Any]:
         """The :meth:`envelope`, written atomically to ``out`` (unless ``None``) and printed as one JSON
         line."""
-        result = self.envelope(metrics, acceptance)
+        result = self.envelope(metrics, acceptance, **extra)
         if out is not None:
             write_result(out, result, indent=indent)
         print(json.dumps(result, default=float))
