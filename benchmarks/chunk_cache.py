@@ -73,8 +73,10 @@ from retrieval.rag.engine import Prefilled, RagEngine
 from retrieval.rag.generator import Generator
 from retrieval.rag.policies import DEFAULT_ALPHA, Policy, make_policy
 from retrieval.rag.quality import answer_logprob, rouge_l, token_agreement
+from sparsekit.artifacts import open_artifact, sha256_file
 from sparsekit.atomic import atomic_path
 from sparsekit.dataroot import dataset_path
+from sparsekit.errors import ArtifactError
 from sparsekit.provenance import commit
 
 NEW_TOKENS = 32
@@ -112,6 +114,22 @@ class PolicyRun:
     moved_chunk_fraction: list[float] = field(default_factory=list)
 
 
+CHUNK_TOKENS = 128
+
+
+def _reusable(out: Path, corpus: Path, tokenizer: Any) -> bool:
+    """Whether the chunked corpus cached at ``out`` was built from this corpus file, with this tokenizer
+    (class and vocabulary size, as the artifact records it) and chunk length; otherwise it is rebuilt."""
+    try:
+        manifest = open_artifact(out, verify=False)
+    except ArtifactError:
+        return False
+    wanted = {"max_tokens": CHUNK_TOKENS, "kind": "bm25", "tokenizer": type(tokenizer).__name__,
+              "vocab_size": len(tokenizer)}
+    same_corpus = sha256_file(corpus) in manifest.source_checksums()
+    return same_corpus and all(manifest.params.get(k) == v for k, v in wanted.items())
+
+
 def load_questions(generator: Generator, workdir: Path, progress: bool
                    ) -> tuple[RagCorpus, dict[str, dict[str, int]], dict[str, str]]:
     """The chunked, BM25-indexed SciFact corpus, the train qrels and the query texts."""
@@ -119,9 +137,9 @@ def load_questions(generator: Generator, workdir: Path, progress: bool
     if root is None:
         sys.exit("dataset 'scifact' not found under the data root (set SPARSEKIT_DATA)")
     out = workdir / "scifact-rag"
-    if not out.exists():
-        build_rag_corpus(root / "corpus.jsonl", out, generator.tokenizer, max_tokens=128, kind="bm25",
-                         progress=progress)
+    if not _reusable(out, root / "corpus.jsonl", generator.tokenizer):
+        build_rag_corpus(root / "corpus.jsonl", out, generator.tokenizer, max_tokens=CHUNK_TOKENS,
+                         kind="bm25", overwrite=True, progress=progress)
     queries = load_queries(root / "queries.jsonl")
     train = {q: docs for q, docs in load_qrels(root / "qrels" / "train.tsv").items() if q in queries}
     return RagCorpus.open(out), train, queries

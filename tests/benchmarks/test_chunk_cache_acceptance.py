@@ -38,3 +38,23 @@ def test_rescore_rewrites_only_the_acceptance_of_a_results_file(tmp_path: Path) 
     result = json.loads(path.read_text())
     assert result["metrics"] == stored
     assert [e["pass"] for e in result["acceptance"]] == [True, True, False, False, False, False]
+
+
+def test_the_chunked_corpus_is_reused_only_when_built_from_the_same_inputs(tmp_path: Path) -> None:
+    from benchmarks.chunk_cache import CHUNK_TOKENS, _reusable
+    from sparsekit.artifacts import fingerprint, write_artifact
+
+    class Tokenizer:
+        def __len__(self) -> int:
+            return 49152
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"_id": "d1", "text": "one"}\n')
+    out = tmp_path / "scifact-rag"
+    assert not _reusable(out, corpus, Tokenizer())  # nothing there
+    params = {"max_tokens": CHUNK_TOKENS, "kind": "bm25", "tokenizer": "Tokenizer", "vocab_size": 49152}
+    with write_artifact(out, "rag-corpus", 1, params=params, source=fingerprint([corpus])) as w:
+        w.path("chunks.jsonl").write_text("{}")
+    assert _reusable(out, corpus, Tokenizer())
+    corpus.write_text('{"_id": "d1", "text": "edited"}\n')
+    assert not _reusable(out, corpus, Tokenizer())  # another corpus at the same path
