@@ -24,3 +24,11 @@ def entry(criterion: str, value: Any, op: str, target: Any, *, digits: int | Non
     shown = round(float(value), digits) if digits is not None else value
     return {"criterion": criterion, "value": shown, "op": op, "target": target,
             "pass": bool(OPS[op](value, bound))}
+
+
+def not_measured(criterion: str, op: str, target: Any, why: str) -> dict[str, Any]:
+    """The entry of a criterion this run could not measure: no value, and not a pass."""
+    if op not in OPS:
+        raise ValueError(f"unknown comparison {op!r}; use one of {sorted(OPS)}")
+    return {"criterion": f"{criterion} (not measured: {why})", "value": None, "op": op, "target": target,
+            "pass": False}

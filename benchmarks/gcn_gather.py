@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 import statistics
@@ -39,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 import torch
 
-from benchmarks.acceptance import entry
-from benchmarks.environment import BenchmarkRun
+from benchmarks.acceptance import entry, not_measured
+from benchmarks.environment import BenchmarkRun, write_result
 from recsys.gcn.features import NodeFeatureStore
 from recsys.gcn.sampler import NeighborSampler
 from recsys.gcn.synthetic import FORMAT, VERSION, GraphSpec, generate_graph, open_graph
@@ -49,6 +50,7 @@ from recsys.gcn.training import GCNTrainConfig, train_gcn
 from sparsekit.artifacts import open_artifact
 from sparsekit.dataroot import dataset_path
 from sparsekit.errors import ArtifactError
+from sparsekit.provenance import commit
 
 FANOUTS = (10, 5)
 TEST_GROUPS = {
@@ -203,34 +205,40 @@ def run_tests(paths: list[str]) -> dict[str, int]:
     return counts
 
 
+TEST_LABELS = {"sampler": "sampler tests (edges exist, fan-out, no duplicates, seeded; property tests)",
+               "kernel": "Triton gather == index_select under TRITON_INTERPRET=1 (incl. width 100)",
+               "bad_input": "bad input (out-of-range ids, feature width) gives a clear error"}
+ZERO_COPY = "zero-copy gather speed-up vs CPU gather + copy (100k rows, >= 8 GB host table)"
+VS_DEVICE = "zero-copy gather time / all-on-GPU gather time"
+
+
 def acceptance(m: dict[str, Any]) -> list[dict[str, Any]]:
     acc = []
     if "mean_test_acc" in m["cora"]:
         acc.append(entry("Cora GraphSAGE test accuracy, mean of 5 seeds", m["cora"]["mean_test_acc"], ">=",
                           0.79))
-    labels = {"sampler": "sampler tests (edges exist, fan-out, no duplicates, seeded; property tests)",
-              "kernel": "Triton gather == index_select under TRITON_INTERPRET=1 (incl. width 100)",
-              "bad_input": "bad input (out-of-range ids, feature width) gives a clear error"}
-    for name, label in labels.items():
-        t = m["tests"][name]
+    for name, label in TEST_LABELS.items():
+        t = m["tests"].get(name)
+        if t is None:
+            acc.append(not_measured(f"{label}: failed + errored tests", "<=", 0, "--skip-tests"))
+            continue
         acc.append(entry(f"{label}: failed + errored tests", t["failed"] + t["error"], "<=", 0))
         acc.append(entry(f"{label}: passed tests", t["passed"], ">", 0))
     syn = m["synthetic"]
-    acc.append(entry("2M-node / 20M-edge / 256-d graph: sampler seeds/s (batch 1024, fanouts 10,5, 1 thr.)",
-                      syn["sampler"][0]["seeds_per_s"], ">", 0))
+    acc.append(entry("2M-node / 20M-edge / 256-d graph: sampler seeds/s (batch 1024, fanouts 10,5, 1 thr.; "
+                     "reported: > 0 only checks that it ran)", syn["sampler"][0]["seeds_per_s"], ">", 0))
     first = next(iter(syn["epoch_breakdown"].values()))
-    acc.append(entry("2M-node graph: epoch-time breakdown measured (total seconds over the capped batches)",
-                      first["total_s"], ">", 0))
+    acc.append(entry("2M-node graph: epoch-time breakdown measured (total seconds over the capped batches; "
+                     "reported: > 0 only checks that it ran)", first["total_s"], ">", 0))
     gpu = m["gather"].get("gpu")
-    if gpu:
-        acc.append(entry("zero-copy gather speed-up vs CPU gather + copy (100k rows, >= 8 GB host table)",
-                          gpu["speedup_vs_cpu_copy"], ">=", 1.5))
-        if "slowdown_vs_device" in gpu:
-            acc.append(entry("zero-copy gather time / all-on-GPU gather time", gpu["slowdown_vs_device"],
-                              "<=", 1.3))
+    if not gpu:
+        return [*acc, not_measured(ZERO_COPY, ">=", 1.5, "no GPU"),
+                not_measured(VS_DEVICE, "<=", 1.3, "no GPU")]
+    acc.append(entry(ZERO_COPY, gpu["speedup_vs_cpu_copy"], ">=", 1.5))
+    if "slowdown_vs_device" in gpu:
+        acc.append(entry(VS_DEVICE, gpu["slowdown_vs_device"], "<=", 1.3))
     else:
-        acc.append(entry("no GPU lent: CPU gather of 100k rows recorded (rows/s from the memmap table)",
-                          m["gather"]["cpu"]["memmap"]["rows_per_s"], ">", 0))
+        acc.append(not_measured(VS_DEVICE, "<=", 1.3, "the all-on-GPU gather did not run"))
     return acc
 
 
@@ -249,7 +257,15 @@ def main() -> None:
     p.add_argument("--host-table-gb", type=float, default=8.5)
     p.add_argument("--skip-tests", action="store_true")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gcn_gather.json")
+    p.add_argument("--rescore", action="store_true", help="only rebuild the acceptance entries of --out from "
+                                                          "its stored metrics")
     args = p.parse_args()
+    if args.rescore:
+        stored = json.loads(args.out.read_text())
+        stored["acceptance"] = acceptance(stored["metrics"])
+        stored["rescored_commit"] = commit()
+        write_result(args.out, stored)
+        return
     run = BenchmarkRun("gcn_gather")
     cuda = torch.cuda.is_available()
     metrics: dict[str, Any] = {"cuda": cuda, "torch_threads": torch.get_num_threads()}
@@ -269,7 +285,7 @@ def main() -> None:
     metrics["gather"] = {"cpu": cpu_gather(graph, args.gather_rows, args.repeats)}
     if cuda:
         metrics["gather"]["gpu"] = gpu_gather(args.host_table_gb, args.dim, args.gather_rows, args.repeats)
-    run.report(metrics, acceptance(metrics) if not args.skip_tests else [], args.out)
+    run.report(metrics, acceptance(metrics), args.out)
 
 
 if __name__ == "__main__":
