@@ -59,11 +59,12 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np
 
 from benchmarks.acceptance import entry as judge
-from benchmarks.environment import BenchmarkRun
+from benchmarks.environment import BenchmarkRun, write_result
 from retrieval.data.beir import load_qrels, load_queries
 from retrieval.evaluation import evaluate
 from sparsekit.atomic import atomic_path
 from sparsekit.dataroot import dataset_path
+from sparsekit.provenance import commit
 
 Qrels = dict[str, dict[str, int]]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -651,8 +652,9 @@ def acceptance(m: dict[str, Any]) -> list[dict[str, Any]]:
                   ours["recall@10"] / refine["recall@10"], ">=", 0.99),
             entry(f"Scale ({n}; target set here): RAM ours / IVFPQ + IndexRefineFlat",
                   ours["ram_bytes"] / refine["ram_bytes"], "<=", 0.0625),
-            entry(f"Scale ({n}; target set here): recall@10 ours - IVFPQ without refine",
-                  ours["recall@10"] - big["faiss_ivfpq"]["recall@10"], ">", 0.0),
+            entry(f"Scale ({n}; target set here, a sanity check: the exact re-score of IVFPQ's own "
+                  "candidates cannot lose recall, so this can only fail at equality): recall@10 ours - IVFPQ "
+                  "without refine", ours["recall@10"] - big["faiss_ivfpq"]["recall@10"], ">", 0.0),
             entry(f"Scale (target set here): p50 latency growth of ours from {min(int(k) for k in points):,} "
                   f"to {n} docs, at most the {m['scale']['size_growth']:.0f}x data growth",
                   m["scale"]["latency_growth_p50"]["ours_bigranular"], "<=", m["scale"]["size_growth"]),
@@ -664,6 +666,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS / "bigranular.json")
+    parser.add_argument("--rescore", action="store_true",
+                        help="only rebuild the acceptance entries of --out from its stored metrics")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bigranular")
     parser.add_argument("--m", type=int, default=48, help="PQ sub-quantizers = bytes per document")
     parser.add_argument("--ram-codes", default="OPQ48_96,PQ48x4",
@@ -694,6 +698,12 @@ def main() -> None:
     args = parse_args()
     if args.worker:
         worker(args.worker)
+        return
+    if args.rescore:
+        stored = json.loads(args.out.read_text())
+        stored["acceptance"] = acceptance(stored["metrics"])
+        stored["rescored_commit"] = commit()
+        write_result(args.out, stored)
         return
     run = BenchmarkRun("bigranular")
     work = args.work / "run"
