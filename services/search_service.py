@@ -67,7 +67,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                     raise
                 raise InputError(f"{field}.sparse{exc.source.removeprefix('query')}", exc.reason) from exc
         else:
-            hits = index.search(req.text, k)
+            try:
+                hits = index.search(req.text, k)
+            except InputError as exc:  # the engine names its argument ("text" / "query"): name the field
+                if exc.source not in ("text", "query"):
+                    raise
+                raise InputError(f"{field}.text", exc.reason) from exc
         return _response(req.index, hits, time.perf_counter() - start)
 
     def Search(self, request: search_pb2.SearchRequest,
@@ -125,18 +130,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             hits = index.batch_search([request.requests[i].text for i in group], ks[group[0]], self.threads)
         except InputError:  # find the query at fault, to name its request
             for i in group:
-                self._run_text(request.requests[i], ks[i], f"requests[{i}]")
+                self._run_one(request.requests[i], ks[i], f"requests[{i}]")
             raise
         share = (time.perf_counter() - start) / len(group)
         return {i: _response(first.index, h, share) for i, h in zip(group, hits, strict=True)}
-
-    def _run_text(self, req: search_pb2.SearchRequest, k: int, field: str) -> search_pb2.SearchResponse:
-        try:
-            return self._run_one(req, k, field)
-        except InputError as exc:
-            if exc.source not in ("text", "query"):
-                raise
-            raise InputError(f"{field}.text", exc.reason) from exc
 
     def ListIndexes(self, request: search_pb2.ListIndexesRequest,
                     context: grpc.ServicerContext) -> search_pb2.ListIndexesResponse:

@@ -212,3 +212,22 @@ def test_an_out_of_vocabulary_term_names_the_request_field(tmp_path) -> None:
             assert [h.doc_id for h in ok.hits] == ["b"]
     finally:
         server.stop(grace=None)
+
+
+def test_an_engine_refusal_names_the_request_whether_or_not_its_query_shares_a_batch() -> None:
+    """A text query alone in its (index, k) group, and a single Search, name their own field too."""
+    docs = {"d1": "sparse retrieval", "d2": "dense retrieval"}
+    server, port = make_server({"a": CountingIndex(docs)}, ServerConfig(address="127.0.0.1:0"))
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = search_pb2_grpc.SearchServiceStub(ch)
+            reqs = [search_pb2.SearchRequest(index="a", text="dense", k=2),
+                    search_pb2.SearchRequest(index="a", text="forbidden", k=1)]  # its own group
+            code, details = _code(stub.BatchSearch, search_pb2.BatchSearchRequest(requests=reqs))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+            assert details.startswith("requests[1].text:"), details
+            code, details = _code(stub.Search, reqs[1])
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("request.text:"), details
+    finally:
+        server.stop(grace=None)
