@@ -1,7 +1,8 @@
 """Which code produced a result: the git commit of the checkout, recorded by every benchmark result and by
 each run of the embedding-compression sweep (so a resumed sweep shows which commits its runs came from).
-A checkout whose tracked files differ from that commit is marked ``<sha>+dirty.<digest>``: the digest is
-the SHA-256 (first 12 hex digits) of ``git diff HEAD``, so the result is not taken for the commit's own."""
+A checkout whose tracked files (results under ``benchmarks/results`` aside) differ from that commit is marked
+``<sha>+dirty.<digest>``: the digest is the SHA-256 (first 12 hex digits) of ``git diff HEAD``, so the result
+is not taken for the commit's own."""
 
 from __future__ import annotations
 
@@ -28,12 +29,19 @@ def commit() -> str:
         return "uncommitted"
 
 
+# tracked outputs, not code: a results file rewritten (e.g. by another benchmark's --rescore) and not yet
+# committed does not make the code that runs next differ from its commit
+OUTPUTS = ("benchmarks/results",)
+
+
 def describe(root: Path) -> str:
     """``git rev-parse HEAD`` of ``root``, with ``+dirty.<digest of git diff HEAD>`` when tracked files
-    were changed (untracked files, such as run outputs, do not count)."""
+    were changed (untracked files and the tracked results under :data:`OUTPUTS` do not count; no external
+    diff driver or textconv, so the digest depends on the changes alone)."""
     def git(*args: str) -> bytes:
         return subprocess.check_output(["git", *args], cwd=root, stderr=subprocess.DEVNULL)
 
     head = git("rev-parse", "HEAD").decode().strip()
-    diff = git("diff", "HEAD", "--binary")
+    diff = git("diff", "HEAD", "--binary", "--no-ext-diff", "--no-textconv", "--", ".",
+               *(f":(exclude){p}" for p in OUTPUTS))
     return f"{head}+dirty.{hashlib.sha256(diff).hexdigest()[:12]}" if diff else head

@@ -31,11 +31,15 @@ def test_a_checkout_with_changed_tracked_files_is_marked_dirty(tmp_path: Path) -
 
     git("init", "-q")
     (tmp_path / "code.py").write_text("x = 1\n")
-    git("add", "code.py")
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "run.json").write_text("{}")
+    git("add", "code.py", "benchmarks")
     git("commit", "-qm", "one")
     head = provenance.describe(tmp_path)
     assert re.fullmatch(r"[0-9a-f]{40}", head)
     (tmp_path / "output.json").write_text("{}")  # untracked: not a change of the code
+    assert provenance.describe(tmp_path) == head
+    (tmp_path / "benchmarks" / "results" / "run.json").write_text('{"rescored": 1}')  # an output, not code
     assert provenance.describe(tmp_path) == head
     (tmp_path / "code.py").write_text("x = 2\n")
     dirty = provenance.describe(tmp_path)
