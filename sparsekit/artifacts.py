@@ -207,6 +207,7 @@ def check_target(target: Path, overwrite: bool) -> None:
     a wrong ``--out`` cannot delete data.
     """
     _recover(target)
+    _refuse_inside_artifact(target)
     if not target.exists():
         existing = next(p for p in target.absolute().parents if p.exists())
         if not existing.is_dir():
@@ -219,6 +220,16 @@ def check_target(target: Path, overwrite: bool) -> None:
     if not (target / MANIFEST).is_file() and any(target.iterdir()):
         raise ArtifactError(target, f"is a directory with no {MANIFEST} (not a Sparsekit artifact): refusing "
                                     "to replace it; choose another output path or remove it yourself")
+
+
+def _refuse_inside_artifact(target: Path) -> None:
+    """Refuse a target inside a published artifact: its files would be ones that artifact's manifest does
+    not list, so the artifact would no longer open (a ``--checkpoint-dir`` pointed at a model folder).
+    Nested artifacts are written into the outer one's temporary directory, which has no manifest yet."""
+    for parent in target.absolute().parents:
+        if (parent / MANIFEST).is_file():
+            raise ArtifactError(target, f"is inside the artifact {parent}, whose manifest would not list it "
+                                        "(that artifact would then fail to open): write it elsewhere")
 
 
 def _make_parent(target: Path) -> None:

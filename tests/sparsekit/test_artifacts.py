@@ -256,3 +256,14 @@ def test_a_nested_artifacts_manifest_is_checksummed_by_the_outer_one(tmp_path: P
     (target / "inner" / MANIFEST).write_text('{"format": "y"}')
     with pytest.raises(ArtifactError, match=r"inner/manifest\.json: checksum mismatch"):
         open_artifact(target)
+
+
+def test_a_target_inside_a_published_artifact_is_refused(tmp_path: Path) -> None:
+    """Writing one (a CF checkpoint under --checkpoint-dir MODEL) would add files MODEL does not list."""
+    model = tmp_path / "model"
+    with write_artifact(model, "toy", 1) as w:
+        w.path("weights.bin").write_bytes(b"w")
+    with pytest.raises(ArtifactError, match="inside the artifact"), \
+            write_artifact(model / "checkpoint", "ckpt", 1) as w:
+        w.path("state.pt").write_bytes(b"s")
+    open_artifact(model, "toy", 1)  # still opens
