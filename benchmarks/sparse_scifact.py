@@ -48,7 +48,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,14 +128,31 @@ def _train(data: Path, out: Path, work: Path, **overrides: Any) -> tuple[Path, f
     marker = out.with_name(out.name + ".training")
     while marker.exists() and _alive(int(marker.read_text() or 0)):
         time.sleep(30)  # e.g. an ablation trained in parallel with --train-ablation
+    cfg = SparseTrainConfig(data=str(data), out=str(out), work_dir=str(work), **overrides)
     if not (out / "manifest.json").exists():
         marker.write_text(str(os.getpid()))
         try:
-            cfg = SparseTrainConfig(data=str(data), out=str(out), work_dir=str(work), **overrides)
             train_sparse_encoder(cfg)
         finally:
             marker.unlink(missing_ok=True)
+    check_recipe(out, cfg)
     return out, time.perf_counter() - start
+
+
+# settings that do not change what a run learns (paths, logging, evaluation, device)
+RUN_ONLY = frozenset({"data", "out", "work_dir", "progress", "overwrite", "device", "checkpoint_every",
+                      "dev_eval", "dev_eval_start", "dev_eval_every"})
+
+
+def check_recipe(model: Path, cfg: SparseTrainConfig) -> None:
+    """Refuse a (reused) model whose manifest records other training settings than ``cfg``'s: a folder
+    left by another recipe must not be measured as this one. Settings a model predates are not compared."""
+    wanted = json.loads(json.dumps(asdict(cfg), default=str))
+    trained = _training_info(model)
+    differ = sorted(k for k, v in wanted.items() if k not in RUN_ONLY and k in trained and trained[k] != v)
+    if differ:
+        sys.exit(f"{model}: trained with other settings than this recipe ({', '.join(differ)}): remove it "
+                 "or pass another --runs")
 
 
 def _alive(pid: int) -> bool:

@@ -1,0 +1,29 @@
+"""benchmarks/sparse_scifact.py measures a reused model only when it was trained with the recipe asked for."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from benchmarks.sparse_scifact import ABLATIONS, check_recipe, main_recipe
+from retrieval.training.sparse import SparseTrainConfig
+
+
+def _model(tmp_path: Path, cfg: SparseTrainConfig) -> Path:
+    model = tmp_path / "model"
+    model.mkdir()
+    training = {**json.loads(json.dumps(asdict(cfg), default=str)), "data": "/elsewhere", "steps": 300}
+    (model / "manifest.json").write_text(json.dumps({"params": {"training": training}}))
+    return model
+
+
+def test_a_model_of_the_recipe_is_reused_and_one_of_another_is_refused(tmp_path: Path) -> None:
+    main = SparseTrainConfig(data="d", out="o", work_dir="w", dev_eval_start=False, **main_recipe(300))
+    model = _model(tmp_path, main)
+    check_recipe(model, SparseTrainConfig(data="other", out="x", **main_recipe(300)))  # paths do not count
+    ablation = SparseTrainConfig(data="d", out="o", **{**main_recipe(300), **ABLATIONS["plain_flops"]})
+    with pytest.raises(SystemExit, match="idf_aware"):
+        check_recipe(model, ablation)
