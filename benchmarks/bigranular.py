@@ -59,12 +59,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np
 
 from benchmarks.acceptance import entry as judge
-from benchmarks.environment import BenchmarkRun, write_result
+from benchmarks.environment import BenchmarkRun, rescore
 from retrieval.data.beir import load_qrels, load_queries
 from retrieval.evaluation import evaluate
 from sparsekit.atomic import atomic_path
 from sparsekit.dataroot import dataset_path
-from sparsekit.provenance import commit
 
 Qrels = dict[str, dict[str, int]]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -700,10 +699,7 @@ def main() -> None:
         worker(args.worker)
         return
     if args.rescore:
-        stored = json.loads(args.out.read_text())
-        stored["acceptance"] = acceptance(stored["metrics"])
-        stored["rescored_commit"] = commit()
-        write_result(args.out, stored)
+        rescore(args.out, acceptance)
         return
     run = BenchmarkRun("bigranular")
     work = args.work / "run"

@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,16 @@ def write_result(path: Path, result: dict[str, Any], indent: int = 2) -> None:
     """Write ``result`` as JSON to ``path`` atomically (parent created), so a killed job never leaves a
     half-written file: see :func:`sparsekit.atomic.atomic_path`."""
     write_text_atomic(path, json.dumps(result, indent=indent, default=float) + "\n")
+
+
+def rescore(path: Path, acceptance: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> dict[str, Any]:
+    """Rebuild the acceptance entries of the results file at ``path`` from its stored metrics (after a
+    criterion's label or rule changed), recording the commit that did it as ``rescored_commit``."""
+    stored = json.loads(path.read_text())
+    stored["acceptance"] = acceptance(stored["metrics"])
+    stored["rescored_commit"] = provenance.commit()
+    write_result(path, stored)
+    return stored
 
 
 @dataclass

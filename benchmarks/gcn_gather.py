@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 import statistics
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 
 from benchmarks.acceptance import entry, not_measured
-from benchmarks.environment import BenchmarkRun, write_result
+from benchmarks.environment import BenchmarkRun, rescore
 from recsys.gcn.features import NodeFeatureStore
 from recsys.gcn.sampler import NeighborSampler
 from recsys.gcn.synthetic import FORMAT, VERSION, GraphSpec, generate_graph, open_graph
@@ -50,7 +49,6 @@ from recsys.gcn.training import GCNTrainConfig, train_gcn
 from sparsekit.artifacts import open_artifact
 from sparsekit.dataroot import dataset_path
 from sparsekit.errors import ArtifactError
-from sparsekit.provenance import commit
 
 FANOUTS = (10, 5)
 TEST_GROUPS = {
@@ -263,10 +261,7 @@ def main() -> None:
                                                           "its stored metrics")
     args = p.parse_args()
     if args.rescore:
-        stored = json.loads(args.out.read_text())
-        stored["acceptance"] = acceptance(stored["metrics"])
-        stored["rescored_commit"] = commit()
-        write_result(args.out, stored)
+        rescore(args.out, acceptance)
         return
     run = BenchmarkRun("gcn_gather")
     cuda = torch.cuda.is_available()
