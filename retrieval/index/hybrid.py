@@ -183,7 +183,7 @@ def build_hybrid_index(corpus: str | Path, out: str | Path, first_stage: str | P
         doc_ids = list(doc_ids)
         check_vectors(doc_ids, matrix)
         _check_first_stage_size(target, len(doc_ids))
-        if vectors is not None:  # embedded here, the ids are the corpus's own
+        if vectors is not None:  # given vectors must cover the corpus (embedded ones are its own ids)
             _check_vector_ids(corpus, doc_ids)
         writer.manifest.params.update(first_stage=index_format(target), query_encoder=query_encoder_params(
             query_encoder, writer.dir, max_length))

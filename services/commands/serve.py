@@ -50,6 +50,8 @@ def serve_command(
     rag_cache_dir: Annotated[Path | None, typer.Option(help="Disk tier of the chunk cache.")] = None,
     address: Annotated[str, typer.Option(help="host:port to bind.")] = "127.0.0.1:50051",
     workers: Annotated[int, typer.Option(min=1, help="gRPC worker threads.")] = 4,
+    engine_threads: Annotated[int, typer.Option(min=1, help="Threads of each BatchSearch engine batch "
+                                                            "(index.batch_search).")] = 1,
 ) -> None:
     """Serve indexes and models over gRPC (SearchService, RecommendService, GenerateService, health,
     reflection) until SIGINT/SIGTERM."""
@@ -60,7 +62,8 @@ def serve_command(
     try:
         if not (index or recommender or ctr or rag_corpus):
             raise ValueError("nothing to serve: pass --index, --recommender, --ctr and/or --rag")
-        config = ServerConfig(address=address, workers=workers)  # a bad --address fails before any loading
+        # a bad --address fails before any loading
+        config = ServerConfig(address=address, workers=workers, engine_threads=engine_threads)
         indexes = {name: open_index(path) for name, path in _named(index, "index").items()}
         recs = {name: load_recommender(path) for name, path in _named(recommender, "recommender").items()}
         ctrs = {name: load_ctr(path) for name, path in _named(ctr, "ctr").items()}

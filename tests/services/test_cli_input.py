@@ -30,6 +30,7 @@ runner = CliRunner()
     (["train", "sparse", "--data", "d", "--out", "o", "--dev-fraction", "1"], "--dev-fraction"),
     (["train", "query-table", "--model", "m", "--out", "o", "--lr", "0.1", "--lr", "-3"], "--lr"),
     (["train", "gcn", "--data", "d", "--hidden", "0"], "--hidden"),
+    (["serve", "--index", "a=i", "--engine-threads", "0"], "--engine-threads"),
     (["compress", "ctr", "--model", "m", "--calib", "frappe", "--out", "o", "--rank", "0"], "--rank"),
     (["compress", "ctr", "--model", "m", "--calib", "frappe", "--out", "o", "--calib-rows", "-5"],
      "--calib-rows"),
