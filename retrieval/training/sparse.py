@@ -114,6 +114,18 @@ class _Batcher:
         pos = {q: i for i, q in enumerate(cache.query_ids)}
         self.rows = [pos[q] for q in train_qids if cache.positives[pos[q]].any()]
         self.cache, self.cfg = cache, cfg
+        self._check_negatives()
+
+    def _check_negatives(self) -> None:
+        """Each training query needs a candidate that is not relevant (a corpus no larger than its
+        judged documents has none): an InputError naming the query, not a numpy error mid-training."""
+        for row in self.rows:
+            valid = self.cache.candidates[row] >= 0
+            if not (~self.cache.positives[row] & valid).any():
+                query = self.cache.query_ids[row]
+                raise InputError("qrels", f"training query {query!r}: every candidate the teachers retrieved "
+                                          "is judged relevant, so there is no negative to train against (a "
+                                          "corpus larger than the judged documents is needed)")
 
     def steps_per_epoch(self) -> int:
         return len(self.rows) // self.cfg.queries_per_step

@@ -319,6 +319,19 @@ def test_query_table_teacher_target_ignores_candidate_padding() -> None:
     assert torch.allclose(teacher[0, :3], torch.tensor([30.0, 0.0, 15.0]))
 
 
+def test_a_training_query_without_a_negative_candidate_is_named() -> None:
+    from retrieval.training.sparse import _Batcher
+    from retrieval.training.teachers import TeacherCache
+
+    cache = TeacherCache(query_ids=["q1", "q2"], candidates=np.array([[0, 1, -1], [0, 1, 2]], np.int32),
+                         bm25=np.zeros((2, 3), np.float32), dense=np.zeros((2, 3), np.float32),
+                         positives=np.array([[True, True, False], [True, False, False]]))
+    config = SparseTrainConfig(data="d", out="o")
+    _Batcher(cache, ["q2"], config)  # q2 has negatives
+    with pytest.raises(InputError, match=r"^qrels: training query 'q1': every candidate"):
+        _Batcher(cache, ["q1", "q2"], config)
+
+
 def test_query_table_refuses_a_stage_one_model_without_dev_queries(tmp_path: Path) -> None:
     """dev_fraction=0 in stage 1: stage 2 has nothing to select on, and says so (not 'qrels is empty')."""
     from retrieval.training.query_table import QueryTableConfig, train_query_table
