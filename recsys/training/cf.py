@@ -292,7 +292,11 @@ def checkpoint_path(config: CFTrainConfig) -> Path:
 
 
 def _identity(config: CFTrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in asdict(config).items() if k not in RUNTIME_FIELDS}
+    """The config fields a checkpoint must share with the run resuming it. A dense run's ``epochs`` is
+    not one (no schedule depends on it: a finished run can be extended); DSL's prune schedule spans all
+    the epochs, so there it is."""
+    skip = RUNTIME_FIELDS | ({"epochs"} if config.density is None else set())
+    return {k: v for k, v in asdict(config).items() if k not in skip}
 
 
 def _data_identity(data: ImplicitDataset) -> dict[str, Any]:
@@ -327,8 +331,8 @@ def _load_checkpoint(run: _Run, config: CFTrainConfig, data_identity: dict[str, 
     if not path.exists():
         return
     manifest = open_artifact(path, format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION)
-    if manifest.params["config"] != _identity(config):
-        diff = sorted(k for k, v in _identity(config).items() if manifest.params["config"].get(k) != v)
+    diff = sorted(k for k, v in _identity(config).items() if manifest.params["config"].get(k) != v)
+    if diff:
         raise ArtifactError(path, f"checkpoint was written with a different config (fields {diff})")
     stored = manifest.params.get("data")  # absent in checkpoints written before it was recorded
     if stored is not None and stored != data_identity:

@@ -167,6 +167,23 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
         train_cf(CFTrainConfig(**base, checkpoint_dir=ckpt, resume=True), planted(num_users=90))
 
 
+def test_a_finished_dense_run_is_extended_by_resuming_with_more_epochs(tmp_path: Path) -> None:
+    data = planted()
+    base = {"model": "mf", "dim": 8, "lr": 0.02, "batch_size": 256, "seed": 2, "device": "cpu",
+            "progress": False}
+    straight, _ = train_cf(CFTrainConfig(**base, epochs=3), data)
+    ckpt = str(tmp_path / "ckpt")
+    train_cf(CFTrainConfig(**base, epochs=2, checkpoint_dir=ckpt), data)
+    extended, history = train_cf(CFTrainConfig(**base, epochs=3, checkpoint_dir=ckpt, resume=True), data)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    for name, param in straight.state_dict().items():
+        torch.testing.assert_close(extended.state_dict()[name], param)
+    dsl = {**base, "density": 0.3}  # DSL's prune schedule spans every epoch: no extending it
+    train_cf(CFTrainConfig(**dsl, epochs=1, checkpoint_dir=str(tmp_path / "dsl")), data)
+    with pytest.raises(ArtifactError, match=r"different config \(fields \['epochs'\]\)"):
+        train_cf(CFTrainConfig(**dsl, epochs=2, checkpoint_dir=str(tmp_path / "dsl"), resume=True), data)
+
+
 def test_starting_over_beside_a_checkpoint_warns_that_it_will_be_replaced(tmp_path: Path) -> None:
     config = CFTrainConfig(model="mf", dim=8, batch_size=256, epochs=1, device="cpu", progress=False,
                            checkpoint_dir=str(tmp_path / "ckpt"))
