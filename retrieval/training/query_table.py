@@ -179,7 +179,8 @@ def train_query_table(cfg: QueryTableConfig) -> Path:
         model.doc.config.residual_scale = kept["residual_scale"]
     model.extra = {**model.extra, "query_table": {
         **asdict(cfg), "train_queries": len(_training_rows(data.cache, data.train_q)),
-        "dev": history, "kept": kept, "wall_s": round(time.perf_counter() - start, 1)}}
+        "dev": history, "kept": kept, "wall_s": round(time.perf_counter() - start, 1),
+        "teacher_padding": "masked"}}  # the teacher target's min-max skips padded candidates (178dc14)
     return model.save(out, overwrite=cfg.overwrite, source={"model": str(cfg.model)})
 
 
