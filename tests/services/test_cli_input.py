@@ -258,35 +258,23 @@ def test_train_cf_refuses_checkpoints_nested_with_out_before_training(out: str, 
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args, message", [(["--model", "foo"], "--model: unknown CF model 'foo'"),
-                                           (["--static"], "--static: needs a density"),
-                                           (["--model", "neumf", "--layers", "0"], "--layers: NeuMF needs")])
-def test_train_cf_refuses_a_bad_config_by_option_before_loading_data(args: list[str], message: str,
-                                                                     tmp_path: Path) -> None:
-    # the data folder is missing: the config error must come first (it used to follow the data load and
-    # name the Python field, e.g. "static_sparsity")
-    result = runner.invoke(app, ["train", "cf", "--data", str(tmp_path / "missing"), "--out",
-                                 str(tmp_path / "m"), *args])
-    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
-
-
-@pytest.mark.parametrize("args, message", [(["--model", "foo"], "--model: unknown CTR model 'foo'"),
-                                           (["--min-epochs", "5", "--max-epochs", "2"], "--min-epochs: 5")])
-def test_train_ctr_refuses_a_bad_config_by_option_before_loading_data(args: list[str], message: str,
-                                                                      tmp_path: Path) -> None:
-    result = runner.invoke(app, ["train", "ctr", "--data", str(tmp_path / "missing.csv"), "--out",
-                                 str(tmp_path / "m"), *args])
-    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--feature-store", "gpu"], "--feature-store: unknown mode 'gpu'"),
-    (["--model", "gat"], "--model: unknown GCN model 'gat'"),
-    (["--fanouts", "10,0"], "--fanouts: need one positive integer"),
+@pytest.mark.parametrize("command, args, message", [
+    ("cf", ["--model", "foo"], "--model: unknown CF model 'foo'"),
+    ("cf", ["--static"], "--static: needs a density"),
+    ("cf", ["--model", "neumf", "--layers", "0"], "--layers: NeuMF needs"),
+    ("ctr", ["--model", "foo"], "--model: unknown CTR model 'foo'"),
+    ("ctr", ["--min-epochs", "5", "--max-epochs", "2"], "--min-epochs: 5"),
+    ("gcn", ["--feature-store", "gpu"], "--feature-store: unknown mode 'gpu'"),
+    ("gcn", ["--model", "gat"], "--model: unknown GCN model 'gat'"),
+    ("gcn", ["--fanouts", "10,0"], "--fanouts: need one positive integer"),
 ])
-def test_train_gcn_refuses_a_bad_config_by_option_before_loading_data(args: list[str], message: str,
-                                                                      tmp_path: Path) -> None:
-    result = runner.invoke(app, ["train", "gcn", "--data", str(tmp_path / "missing"), *args])
+def test_train_refuses_a_bad_config_by_option_before_loading_data(command: str, args: list[str], message: str,
+                                                                  tmp_path: Path) -> None:
+    """The data is missing: the config error must come first (it used to follow the data load and name the
+    Python field, e.g. "static_sparsity")."""
+    data = str(tmp_path / ("missing.csv" if command == "ctr" else "missing"))
+    out = [] if command == "gcn" else ["--out", str(tmp_path / "m")]
+    result = runner.invoke(app, ["train", command, "--data", data, *out, *args])
     assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
 
 
