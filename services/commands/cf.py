@@ -6,30 +6,18 @@ Python API: :func:`recsys.training.cf.train_cf`; sparse export: :func:`recsys.sp
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from services.commands.output import above, console, fail, refuse_existing
+from services.commands.output import above, console, fail, naming_options, refuse_existing
 from sparsekit.errors import InputError, SparsekitError
 
 # CFTrainConfig fields set from differently named options
 OPTIONS = {"static_sparsity": "--static", "dsl_delta_t": "--delta-t", "checkpoint_dir": "--checkpoint-dir",
            "time_budget_s": "--time-budget-s", "batch_size": "--batch-size"}
-
-
-@contextmanager
-def naming_options() -> Iterator[None]:
-    """Re-raise a :class:`CFTrainConfig` error under the command-line option it came from."""
-    try:
-        yield
-    except InputError as exc:
-        option = OPTIONS.get(exc.source, f"--{exc.source.replace('_', '-')}")
-        raise InputError(option, exc.reason, exc.line) from exc
 
 
 def refuse_checkpoint_in_out(checkpoint_dir: Path | None, out: Path) -> None:
@@ -92,7 +80,7 @@ def train_cf_command(
     refuse_checkpoint_in_out(checkpoint_dir, out)
     start = time.perf_counter()
     try:
-        with naming_options():  # before the data loads: a bad --model or --static fails at once
+        with naming_options(OPTIONS):  # before the data loads: a bad --model or --static fails at once
             config = CFTrainConfig(model=model, dim=dim, layers=layers, lr=lr, batch_size=batch_size,
                                    epochs=epochs, seed=seed, density=density, static_sparsity=static,
                                    dsl_delta_t=delta_t, time_budget_s=time_budget_s, resume=resume,

@@ -13,7 +13,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from services.commands.output import above, console, fail, refuse_existing
+from services.commands.output import above, console, fail, naming_options, refuse_existing
 from sparsekit.errors import InputError, SparsekitError
 
 if TYPE_CHECKING:
@@ -104,11 +104,9 @@ def train_ctr_command(
 
     refuse_existing(out, overwrite)
     try:
-        try:  # before the data loads; errors name the option
+        with naming_options():  # before the data loads
             config = CTRTrainConfig(model=model, embed_dim=embed_dim, lr=lr, max_epochs=max_epochs,
                                     patience=patience, min_epochs=min_epochs, seed=seed, threads=threads)
-        except InputError as exc:
-            raise InputError(f"--{exc.source.replace('_', '-')}", exc.reason) from exc
         table = table_config(label, numeric, min_count, fields, header)
         dataset = load_ctr(data, data_root, seed, table=table)
         result = train_ctr(config, dataset)

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from services.commands.output import above, console, fail
+from services.commands.output import above, console, fail, naming_options
 from sparsekit.atomic import write_text_atomic
-from sparsekit.errors import InputError, SparsekitError
+from sparsekit.errors import SparsekitError
 
 
 def _fanouts(text: str) -> tuple[int, ...]:
@@ -25,15 +23,6 @@ def _fanouts(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         fail(ValueError(f"--fanouts {text!r}: expected comma-separated integers such as 10,5"))
-
-
-@contextmanager
-def naming_options() -> Iterator[None]:
-    """Re-raise a :class:`GCNTrainConfig` error under the command-line option of the field it names."""
-    try:
-        yield
-    except InputError as exc:
-        raise InputError(f"--{exc.source.replace('_', '-')}", exc.reason, exc.line) from exc
 
 
 def train_gcn_command(

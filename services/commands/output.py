@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from sparsekit.artifacts import check_target
-from sparsekit.errors import ArtifactError
+from sparsekit.errors import ArtifactError, InputError
 
 console = Console()
 err = Console(stderr=True)
@@ -21,6 +22,18 @@ def fail(exc: Exception) -> NoReturn:
     """Print ``error: <exc>`` to stderr and exit with status 2 (bad input)."""
     err.print(f"[bold red]error:[/] {escape(str(exc))}")  # escaped: "[nan]" in a message is not markup
     raise typer.Exit(2)
+
+
+@contextmanager
+def naming_options(renamed: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Re-raise a config's :class:`InputError` under the command-line option of the field it names:
+    ``--feature-store``, not the Python field ``feature_store`` (``renamed`` maps fields whose option has
+    another name, e.g. ``static_sparsity`` -> ``--static``)."""
+    try:
+        yield
+    except InputError as exc:
+        option = (renamed or {}).get(exc.source, f"--{exc.source.replace('_', '-')}")
+        raise InputError(option, exc.reason, exc.line) from exc
 
 
 def refuse_existing(out: Path, overwrite: bool) -> None:
