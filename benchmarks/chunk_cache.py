@@ -21,6 +21,14 @@ exact repeats, prefix caching reuses only what sits at the prompt start (the ins
 chunk that happens to match), while chunk reuse comes from *different* questions sharing chunks: the
 case the Cache-Craft paper's comparison with prefix caching is about.
 
+``--warmup N`` measures a warm cache, the steady state of a server that has been answering for a while:
+before its measured replay (and before each alpha's dev run), every caching policy prefills N further
+train queries of the same pool ranking or group order, disjoint from the evaluation and dev pools, once
+each in a seeded order, and nothing about them is counted but their own prefill tokens
+(``warmup_prefill_tokens_sum``). Every policy gets the same warm-up requests. Without it (the default)
+each policy starts from an empty cache, so the chunks a replay sees first are computed in full by every
+policy and weigh on both sides of the prefix-caching ratio.
+
 The dev slice used to choose Cache-Craft's ``alpha`` (``--tune``) is disjoint from the evaluation pool
 (the next ``--dev`` queries of the same ranking or group order), each question asked once (so its chunks
 are reused under changed prefixes); alpha is the smallest of ``ALPHAS`` within 0.01 ROUGE-L of the best
@@ -47,6 +55,7 @@ difference also with a paired 95% bootstrap interval over requests, ``rouge_l_di
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import statistics
@@ -112,6 +121,7 @@ class PolicyRun:
     hits: dict[str, int] = field(default_factory=dict)
     misses: int = 0
     moved_chunk_fraction: list[float] = field(default_factory=list)
+    warmup_prefill: int = 0
 
 
 CHUNK_TOKENS = 128
@@ -145,13 +155,14 @@ def load_questions(generator: Generator, workdir: Path, progress: bool
     return RagCorpus.open(out), train, queries
 
 
-def question_pools(train: dict[str, dict[str, int]], seed: int, distinct: int, dev: int
-                   ) -> tuple[list[str], list[str]]:
-    """Evaluation and dev pools of train queries, disjoint: groups of queries citing the same document.
+def question_pools(train: dict[str, dict[str, int]], seed: int, distinct: int, dev: int, warmup: int = 0
+                   ) -> tuple[list[str], list[str], list[str]]:
+    """Evaluation, dev and warm-up pools of train queries, disjoint: groups of queries citing the same
+    document.
 
     Related questions retrieve overlapping chunks in different orders, the reuse a chunk cache serves
     (a topic or a session); groups are taken in a seeded order, the first ``distinct`` queries for the
-    evaluation, the next ``dev`` for the dev slice.
+    evaluation, the next ``dev`` for the dev slice, the next ``warmup`` for the warm-up.
     """
     by_doc: dict[str, set[str]] = {}
     for qid, docs in train.items():
@@ -159,29 +170,34 @@ def question_pools(train: dict[str, dict[str, int]], seed: int, distinct: int, d
             by_doc.setdefault(doc, set()).add(qid)
     groups = sorted(sorted(g) for g in by_doc.values() if len(g) >= 2)
     random.Random(seed).shuffle(groups)
-    pools: list[list[str]] = [[], []]
+    sizes = (distinct, dev, warmup)
+    pools: list[list[str]] = [[], [], []]
     taken: set[str] = set()
     for group in groups:
-        target = 0 if len(pools[0]) < distinct else 1
-        if target == 1 and len(pools[1]) >= dev:
+        target = next((i for i, size in enumerate(sizes) if len(pools[i]) < size), None)
+        if target is None:
             break
         fresh = [q for q in group if q not in taken]
         pools[target] += fresh
         taken.update(fresh)
-    return pools[0][:distinct], pools[1][:dev]
+    return pools[0][:distinct], pools[1][:dev], pools[2][:warmup]
 
 
-def popular_pools(retrieved: dict[str, list[str]], distinct: int, dev: int) -> tuple[list[str], list[str]]:
-    """Evaluation and dev pools: the queries whose retrieved chunks other queries retrieve most often.
+def popular_pools(retrieved: dict[str, list[str]], distinct: int, dev: int, warmup: int = 0
+                  ) -> tuple[list[str], list[str], list[str]]:
+    """Evaluation, dev and warm-up pools: the queries whose retrieved chunks other queries retrieve most
+    often.
 
     ``retrieved`` maps every train query to its top-k chunk texts. A chunk's popularity is the number of
     queries retrieving it; a query scores the sum of ``popularity - 1`` over its chunks (ties by id).
-    The first ``distinct`` queries of that ranking form the evaluation pool, the next ``dev`` the dev one.
+    The first ``distinct`` queries of that ranking form the evaluation pool, the next ``dev`` the dev one,
+    the next ``warmup`` the warm-up one.
     """
     popularity = Counter(chunk for chunks in retrieved.values() for chunk in chunks)
     score = {q: sum(popularity[c] - 1 for c in chunks) for q, chunks in retrieved.items()}
     ranked = sorted(retrieved, key=lambda q: (-score[q], q))
-    return ranked[:distinct], ranked[distinct:distinct + dev]
+    ends = list(itertools.accumulate((distinct, dev, warmup)))
+    return ranked[:ends[0]], ranked[ends[0]:ends[1]], ranked[ends[1]:ends[2]]
 
 
 def zipf_replay(pool: list[str], n: int, exponent: float, seed: int) -> list[str]:
@@ -223,11 +239,16 @@ def moved_chunk_fraction(pre: Prefilled) -> float | None:
 
 
 def run_policy(generator: Generator, policy: Policy, order: list[str], requests: dict[str, Request],
-               refs: dict[str, Reference], cache_config: CacheConfig, desc: str, progress: bool) -> tuple[
-                   PolicyRun, dict[str, Any]]:
+               refs: dict[str, Reference], cache_config: CacheConfig, desc: str, progress: bool,
+               warmup: list[str] = ()) -> tuple[PolicyRun, dict[str, Any]]:
+    """``order`` through ``policy`` on a fresh cache, after prefilling the ``warmup`` requests (uncounted
+    but for their prefill tokens); the cache's stats cover both."""
     cache = ChunkCache(cache_config, generator.cache_key)
     engine = RagEngine(generator, policy, cache)
     run = PolicyRun()
+    for qid in tqdm(warmup, desc=f"{desc} warm-up", disable=not progress or not warmup):
+        run.warmup_prefill += engine.prefill(requests[qid].question, requests[qid].chunks,
+                                             NEW_TOKENS).stats.prefill_tokens
     for qid in tqdm(order, desc=desc, disable=not progress):
         req, ref = requests[qid], refs[qid]
         pre = engine.prefill(req.question, req.chunks, NEW_TOKENS)
@@ -265,12 +286,13 @@ def summarise(run: PolicyRun, refs_logprob: float) -> dict[str, Any]:
         "rouge_l": round(statistics.mean(run.rouge), 4),
         "answer_logprob": round(statistics.mean(run.logprob), 4),
         "answer_logprob_gap_vs_full": round(statistics.mean(run.logprob) - refs_logprob, 4),
+        "warmup_prefill_tokens_sum": run.warmup_prefill,
     }
 
 
 def tune_alpha(generator: Generator, dev_order: list[str], requests: dict[str, Request],
-               refs: dict[str, Reference], cache_config: Callable[[str], CacheConfig], progress: bool
-               ) -> dict[str, Any]:
+               refs: dict[str, Reference], cache_config: Callable[[str], CacheConfig], progress: bool,
+               warmup: list[str] = ()) -> dict[str, Any]:
     """Cache-Craft on the dev slice for each alpha: the smallest alpha within 0.01 of the best ROUGE-L.
 
     Each alpha starts from an empty cache of its own (``cache_config(name)``): the disk tier survives a
@@ -279,7 +301,7 @@ def tune_alpha(generator: Generator, dev_order: list[str], requests: dict[str, R
     grid = {}
     for alpha in ALPHAS:
         run, _ = run_policy(generator, make_policy("cache-craft", alpha=alpha), dev_order, requests, refs,
-                            cache_config(f"tune-alpha{alpha:g}"), f"dev alpha={alpha}", progress)
+                            cache_config(f"tune-alpha{alpha:g}"), f"dev alpha={alpha}", progress, warmup)
         grid[alpha] = {"rouge_l": round(statistics.mean(run.rouge), 4),
                        "recompute_fraction": round(sum(run.prefill) / sum(run.prompt), 4)}
     best = max(v["rouge_l"] for v in grid.values())
@@ -371,6 +393,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dev", type=int, default=16, help="dev queries (alpha tuning), each asked once")
     parser.add_argument("--tune", action="store_true", help="choose alpha on the dev slice first")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="further pool queries each caching policy prefills before its measured replay "
+                             "(and before each dev run): a warm cache")
     parser.add_argument("--quick", action="store_true", help="a few requests (smoke run)")
     parser.add_argument("--host-mb", type=int, default=192)
     parser.add_argument("--disk-mb", type=int, default=2048)
@@ -381,7 +406,9 @@ def parse_args() -> argparse.Namespace:
                         help="only recompute the acceptance entries of --out from its stored metrics")
     args = parser.parse_args()
     if args.quick:
-        args.requests, args.distinct, args.dev = 6, 3, 3
+        args.requests, args.distinct, args.dev, args.warmup = 6, 3, 3, min(args.warmup, 3)
+    if args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
     return args
 
 
@@ -389,6 +416,7 @@ def parse_args() -> argparse.Namespace:
 class Workload:
     order: list[str]
     dev_order: list[str]
+    warmup: list[str]
     requests: dict[str, Request]
     stats: dict[str, Any]
 
@@ -397,16 +425,21 @@ def workload(generator: Generator, args: argparse.Namespace, workdir: Path, prog
     corpus, train, queries = load_questions(generator, workdir, progress)
     retrieved = {q: [c.text for c in corpus.retrieve(queries[q], TOP_K)] for q in sorted(train)}
     if args.pool == "popular":
-        pool, dev_pool = popular_pools(retrieved, args.distinct, args.dev)
+        pool, dev_pool, warm_pool = popular_pools(retrieved, args.distinct, args.dev, args.warmup)
     else:
-        pool, dev_pool = question_pools(train, args.seed, args.distinct, args.dev)
+        pool, dev_pool, warm_pool = question_pools(train, args.seed, args.distinct, args.dev, args.warmup)
     order = (once_replay(pool, args.seed) if args.replay == "once"
              else zipf_replay(pool, args.requests, args.zipf, args.seed))
     dev_order = dev_pool  # each dev question once: its chunks are reused under changed prefixes
-    requests = {q: Request(queries[q], retrieved[q]) for q in sorted(set(order) | set(dev_order))}
+    warmup = once_replay(warm_pool, args.seed)
+    asked = set(order) | set(dev_order) | set(warmup)
+    requests = {q: Request(queries[q], retrieved[q]) for q in sorted(asked)}
     slots = [c for q in order for c in retrieved[q]]
-    stats = {"pool": args.pool, "distinct_chunks": len(set(slots)), "chunk_slots": len(slots)}
-    return Workload(order, dev_order, requests, stats)
+    warm_chunks = {c for q in warmup for c in retrieved[q]}
+    stats = {"pool": args.pool, "distinct_chunks": len(set(slots)), "chunk_slots": len(slots),
+             "warmup_requests": len(warmup), "warmup_distinct_chunks": len(warm_chunks),
+             "chunk_slots_seen_in_warmup": sum(c in warm_chunks for c in slots)}
+    return Workload(order, dev_order, warmup, requests, stats)
 
 
 def run_all(generator: Generator, work: Workload, args: argparse.Namespace, cache_root: Path, progress: bool
@@ -420,14 +453,14 @@ def run_all(generator: Generator, work: Workload, args: argparse.Namespace, cach
     tuning, alpha = None, DEFAULT_ALPHA
     if args.tune:
         dev_refs = references(full, {q: work.requests[q] for q in set(work.dev_order)}, progress)
-        tuning = tune_alpha(generator, work.dev_order, work.requests, dev_refs, config, progress)
+        tuning = tune_alpha(generator, work.dev_order, work.requests, dev_refs, config, progress, work.warmup)
         alpha = tuning["chosen_alpha"]
     refs = references(full, {q: work.requests[q] for q in set(work.order)}, progress)
     runs, cache_stats = {}, {}
 
     def run(name: str, policy: Policy) -> None:
         runs[name], cache_stats[name] = run_policy(generator, policy, work.order, work.requests, refs,
-                                                   config(name), name, progress)
+                                                   config(name), name, progress, work.warmup)
 
     for name in ("prefix", "naive", "cacheblend"):
         run(name, make_policy(name))

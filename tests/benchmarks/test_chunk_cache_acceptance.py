@@ -1,4 +1,5 @@
-"""The acceptance rule of ``benchmarks/chunk_cache.py``: "above X on quality" needs the paired interval."""
+"""``benchmarks/chunk_cache.py``: its acceptance rule ("above X on quality" needs the paired interval) and
+its question pools."""
 
 from __future__ import annotations
 
@@ -58,3 +59,22 @@ def test_the_chunked_corpus_is_reused_only_when_built_from_the_same_inputs(tmp_p
     assert _reusable(out, corpus, Tokenizer())
     corpus.write_text('{"_id": "d1", "text": "edited"}\n')
     assert not _reusable(out, corpus, Tokenizer())  # another corpus at the same path
+
+
+def test_popular_pools_are_disjoint_and_follow_the_ranking() -> None:
+    from benchmarks.chunk_cache import popular_pools
+
+    retrieved = {f"q{i}": ["shared", f"own{i}"] + (["hot"] if i < 4 else []) for i in range(10)}
+    evaluation, dev, warm = popular_pools(retrieved, 3, 2, 4)
+    assert evaluation == ["q0", "q1", "q2"] and dev == ["q3", "q4"] and warm == ["q5", "q6", "q7", "q8"]
+    assert popular_pools(retrieved, 3, 2)[2] == []
+
+
+def test_question_pools_fill_evaluation_dev_then_warmup_from_disjoint_groups() -> None:
+    from benchmarks.chunk_cache import question_pools
+
+    train = {f"q{i}": {f"d{i // 2}": 1} for i in range(20)}  # ten groups of two queries citing one doc
+    evaluation, dev, warm = question_pools(train, 0, 4, 2, 6)
+    assert (len(evaluation), len(dev), len(warm)) == (4, 2, 6)
+    assert not (set(evaluation) & set(dev) or set(evaluation) & set(warm) or set(dev) & set(warm))
+    assert question_pools(train, 0, 4, 2)[:2] == (evaluation, dev)  # the warm-up takes from what is left
