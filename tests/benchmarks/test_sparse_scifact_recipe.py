@@ -27,3 +27,18 @@ def test_a_model_of_the_recipe_is_reused_and_one_of_another_is_refused(tmp_path:
     ablation = SparseTrainConfig(data="d", out="o", **{**main_recipe(300), **ABLATIONS["plain_flops"]})
     with pytest.raises(SystemExit, match="idf_aware"):
         check_recipe(model, ablation)
+
+
+def test_a_run_that_skips_sections_has_no_entries_for_them() -> None:
+    from benchmarks.sparse_scifact import acceptance
+
+    measured = {"test": {"ndcg@10": 0.72}, "training": {"wall_h": 0.5}}
+    full = [e["criterion"] for e in acceptance(measured)]
+
+    def section(c: str) -> bool:
+        return c.startswith("ablations measured") or "synthetic corpus" in c
+
+    assert sum(map(section, full)) == 2
+    partial = [e["criterion"] for e in acceptance(measured | {"skipped": ["ablations", "scale"]})]
+    assert partial == [c for c in full if not section(c)]
+    assert len(partial) == 2  # the headline and the training time
