@@ -32,7 +32,7 @@ import itertools
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numba
 import numpy as np
@@ -346,7 +346,8 @@ def score_topk_cpu(
     the caller's thread for every finished range, in order, while later ranges are still being
     scored: Python work on results (building per-hit objects) overlaps the scoring. It should release
     the GIL now and then (``time.sleep(0)``) so that a worker starting its next range is not kept
-    waiting.
+    waiting. If ``on_rows`` or a worker raises, the ranges not yet started are cancelled and the
+    running ones awaited before the exception propagates.
     """
     num_queries = len(q_offsets) - 1
 
@@ -364,11 +365,20 @@ def score_topk_cpu(
             on_rows(0, num_queries)
         return
     spans = _chunks(num_queries, threads)
-    futures = [_executor(threads).submit(run, span) for span in spans]
-    for span, future in zip(spans, futures, strict=True):
-        future.result()
-        if on_rows is not None:
-            on_rows(*span)
+    executor = _executor(threads)
+    futures = [executor.submit(run, span) for span in spans]
+    try:
+        for span, future in zip(spans, futures, strict=True):
+            future.result()
+            if on_rows is not None:
+                on_rows(*span)
+    except BaseException:
+        # on_rows or a worker failed: drop the queued ranges and let the running ones finish, so
+        # nothing writes into the caller's arrays (or holds the shared workers) once this raises
+        for future in futures:
+            future.cancel()
+        wait(futures)
+        raise
 
 
 _EXECUTORS: dict[int, ThreadPoolExecutor] = {}
