@@ -242,13 +242,16 @@ def run_policy(generator: Generator, policy: Policy, order: list[str], requests:
                refs: dict[str, Reference], cache_config: CacheConfig, desc: str, progress: bool,
                warmup: list[str] = ()) -> tuple[PolicyRun, dict[str, Any]]:
     """``order`` through ``policy`` on a fresh cache, after prefilling the ``warmup`` requests (uncounted
-    but for their prefill tokens); the cache's stats cover both."""
+    but for their prefill tokens). The returned cache stats count hits, misses, evictions, demotions,
+    promotions and corrupt entries of the measured replay only (as ``chunk_hits`` / ``chunk_misses``
+    do); entries and bytes are the cache's state at the end."""
     cache = ChunkCache(cache_config, generator.cache_key)
     engine = RagEngine(generator, policy, cache)
     run = PolicyRun()
     for qid in tqdm(warmup, desc=f"{desc} warm-up", disable=not progress or not warmup):
         run.warmup_prefill += engine.prefill(requests[qid].question, requests[qid].chunks,
                                              NEW_TOKENS).stats.prefill_tokens
+    warm = cache.stats()
     for qid in tqdm(order, desc=desc, disable=not progress):
         req, ref = requests[qid], refs[qid]
         pre = engine.prefill(req.question, req.chunks, NEW_TOKENS)
@@ -265,7 +268,19 @@ def run_policy(generator: Generator, policy: Policy, order: list[str], requests:
         fraction = moved_chunk_fraction(pre)
         if fraction is not None:
             run.moved_chunk_fraction.append(fraction)
-    return run, cache.stats()
+    return run, measured_cache_stats(warm, cache.stats())
+
+
+CACHE_COUNTERS = ("misses", "evictions", "demotions", "promotions", "corrupt")
+
+
+def measured_cache_stats(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """``after`` with its event counters (per-tier hits and :data:`CACHE_COUNTERS`) less those of
+    ``before``: what happened in between; entries and bytes stay ``after``'s."""
+    out = {**after, **{name: after[name] - before[name] for name in CACHE_COUNTERS}}
+    out["tiers"] = {t: {**tier, "hits": tier["hits"] - before["tiers"][t]["hits"]}
+                    for t, tier in after["tiers"].items()}
+    return out
 
 
 def summarise(run: PolicyRun, refs_logprob: float) -> dict[str, Any]:

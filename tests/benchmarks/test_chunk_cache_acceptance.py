@@ -78,3 +78,52 @@ def test_question_pools_fill_evaluation_dev_then_warmup_from_disjoint_groups() -
     assert (len(evaluation), len(dev), len(warm)) == (4, 2, 6)
     assert not (set(evaluation) & set(dev) or set(evaluation) & set(warm) or set(dev) & set(warm))
     assert question_pools(train, 0, 4, 2)[:2] == (evaluation, dev)  # the warm-up takes from what is left
+
+
+def test_a_policy_runs_cache_stats_count_only_the_measured_replay_not_the_warmup(monkeypatch) -> None:
+    """The warm-up is uncounted but for its prefill tokens: the cache's hit/miss/eviction counters in a
+    policy's summary cover the same requests as its chunk_hits / chunk_misses."""
+    from types import SimpleNamespace
+
+    import benchmarks.chunk_cache as cc
+
+    class Cache:
+        def __init__(self, config, key) -> None:
+            self.hits, self.misses, self.evictions, self.entries = 0, 0, 0, 0
+
+        def stats(self) -> dict:
+            return {"tiers": {"host": {"entries": self.entries, "bytes": 10 * self.entries, "capacity": 100,
+                                       "hits": self.hits}},
+                    "entries": self.entries, "groups": self.entries, "misses": self.misses,
+                    "evictions": self.evictions, "demotions": 0, "promotions": 0, "corrupt": 0}
+
+    class Engine:
+        def __init__(self, generator, policy, cache: Cache) -> None:
+            self.cache = cache
+
+        def prefill(self, question: str, chunks: list[str], new_tokens: int):
+            self.cache.hits += 2
+            self.cache.misses += 3
+            self.cache.evictions += 1
+            self.cache.entries += 3
+            stats = SimpleNamespace(prefill_tokens=7, prompt_tokens=10, ttft_s=0.0,
+                                    chunk_hits={"host": 2}, chunk_misses=3)
+            return SimpleNamespace(stats=stats)
+
+        def decode(self, pre, new_tokens: int):
+            return iter([1])
+
+    monkeypatch.setattr(cc, "ChunkCache", Cache)
+    monkeypatch.setattr(cc, "RagEngine", Engine)
+    monkeypatch.setattr(cc, "answer_logprob", lambda *a: 0.0)
+    monkeypatch.setattr(cc, "moved_chunk_fraction", lambda pre: None)
+    generator = SimpleNamespace(cache_key="m", decode=lambda tokens: "a")
+    requests = {q: cc.Request(q, ["c"]) for q in ("w1", "w2", "w3", "q1", "q2")}
+    refs = {q: cc.Reference([1], "a", 0.0, 10, 0.0) for q in ("q1", "q2")}
+    run, stats = cc.run_policy(generator, None, ["q1", "q2"], requests, refs, None, "p", False,
+                               ["w1", "w2", "w3"])
+    summary = cc.summarise(run, 0.0)
+    assert summary["chunk_hits"] == {"host": 4} and summary["chunk_misses"] == 6
+    assert stats["tiers"]["host"]["hits"] == 4 and stats["misses"] == 6 and stats["evictions"] == 2
+    assert stats["entries"] == 15 and stats["tiers"]["host"]["bytes"] == 150  # the state at the end
+    assert summary["warmup_prefill_tokens_sum"] == 21
