@@ -582,8 +582,9 @@ def _blocks(m: dict[str, Any]) -> list[dict[str, Any]]:
 
 def acceptance(m: dict[str, Any]) -> list[dict[str, Any]]:
     """One entry per criterion; a section the run skipped on request (``metrics.skipped``: a re-measure of
-    the headline, say) has no entry: this file then covers only what it measured."""
-    skipped = set(m.get("skipped", ()))
+    the headline, say) has no entry, unless its metrics are there after all (``--redo-ablations``): this
+    file then covers only what it measured."""
+    skipped = {name for name in m.get("skipped", ()) if name not in m}
     rows = [entry("SciFact test NDCG@10 of the inference-free model trained here", m["test"]["ndcg@10"],
                  ">=", 0.70),
             entry("training wall time on CPU, hours", m["training"]["wall_h"], "<=", 3.0)]
@@ -649,6 +650,9 @@ def redo_ablations(args: argparse.Namespace, data: Path) -> None:
         sys.exit(f"{args.out} was measured with a {stored['metrics']['training']['steps']}-step model, not "
                  f"{STEPS}: rerun the whole benchmark")
     stored["metrics"]["ablations"] = ablations(data, args.runs, args.model)
+    skipped = [name for name in stored["metrics"].pop("skipped", ()) if name != "ablations"]
+    if skipped:
+        stored["metrics"]["skipped"] = skipped
     score(stored)
     stored["ablations_command"] = "python " + " ".join(sys.argv)
     stored["ablations_commit"] = commit()
