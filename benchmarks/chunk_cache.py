@@ -310,9 +310,10 @@ def tune_alpha(generator: Generator, dev_order: list[str], requests: dict[str, R
                warmup: list[str] = ()) -> dict[str, Any]:
     """Cache-Craft on the dev slice for each alpha: the smallest alpha within 0.01 of the best ROUGE-L.
 
-    Each alpha starts from an empty cache of its own (``cache_config(name)``): the disk tier survives a
-    restart, so a shared directory would hand the later alphas the earlier ones' entries, and they would
-    be compared on warmer caches (more hits, less recompute) than the first."""
+    Each alpha starts from an empty cache of its own (``cache_config(name)``), then prefills the same
+    ``warmup`` requests: the disk tier survives a restart, so a shared directory would hand the later
+    alphas the earlier ones' entries, and they would be compared on warmer caches (more hits, less
+    recompute) than the first."""
     grid = {}
     for alpha in ALPHAS:
         run, _ = run_policy(generator, make_policy("cache-craft", alpha=alpha), dev_order, requests, refs,
