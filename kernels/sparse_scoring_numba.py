@@ -32,7 +32,7 @@ import itertools
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -346,8 +346,7 @@ def score_topk_cpu(
     the caller's thread for every finished range, in order, while later ranges are still being
     scored: Python work on results (building per-hit objects) overlaps the scoring. It should release
     the GIL now and then (``time.sleep(0)``) so that a worker starting its next range is not kept
-    waiting. If ``on_rows`` or a worker raises, the ranges not yet started are cancelled and the
-    running ones awaited before the exception propagates.
+    waiting.
     """
     num_queries = len(q_offsets) - 1
 
@@ -365,20 +364,11 @@ def score_topk_cpu(
             on_rows(0, num_queries)
         return
     spans = _chunks(num_queries, threads)
-    executor = _executor(threads)
-    futures = [executor.submit(run, span) for span in spans]
-    try:
-        for span, future in zip(spans, futures, strict=True):
-            future.result()
-            if on_rows is not None:
-                on_rows(*span)
-    except BaseException:
-        # on_rows or a worker failed: drop the queued ranges and let the running ones finish, so
-        # nothing writes into the caller's arrays (or holds the shared workers) once this raises
-        for future in futures:
-            future.cancel()
-        wait(futures)
-        raise
+    futures = [_executor(threads).submit(run, span) for span in spans]
+    for span, future in zip(spans, futures, strict=True):
+        future.result()
+        if on_rows is not None:
+            on_rows(*span)
 
 
 _EXECUTORS: dict[int, ThreadPoolExecutor] = {}

@@ -93,44 +93,6 @@ def test_on_rows_sees_each_range_once_in_order_and_final(threads: int) -> None:
         np.testing.assert_array_equal(docs, top.docs[b])  # the rows were already final when handed over
 
 
-@pytest.mark.parametrize("fail_in", ["on_rows", "worker"])
-def test_a_failure_stops_the_remaining_ranges_before_it_propagates(fail_in: str, monkeypatch) -> None:
-    """An exception (from on_rows or a scoring worker) cancels the queued ranges and waits for the
-    running ones: nothing keeps writing into the caller's arrays, or holding the shared workers,
-    after score_topk has raised."""
-    import threading
-    import time
-
-    from kernels import sparse_scoring_numba
-
-    calls: list[int] = []
-    lock = threading.Lock()
-
-    def slow_range(*args) -> None:
-        start = args[6]
-        with lock:
-            calls.append(start)
-        if start == 0:  # the first range fails (or hands its rows over) at once, the others take long
-            if fail_in == "worker":
-                raise RuntimeError("worker failed")
-            return
-        time.sleep(0.1)
-
-    def on_rows(top, start: int, stop: int) -> None:
-        raise RuntimeError("on_rows failed")
-
-    monkeypatch.setattr(sparse_scoring_numba, "_score_range", slow_range)
-    postings = random_postings(200, 20, 0.1, seed=1)
-    batch = random_batch(20, num_queries=64, max_terms=3, seed=2)
-    with pytest.raises(RuntimeError, match=f"{fail_in} failed"):
-        score_topk(postings, batch, 5, threads=2, on_rows=on_rows)
-    with lock:
-        ran = len(calls)
-    time.sleep(0.3)
-    assert len(calls) == ran  # no range started after the exception reached the caller
-    assert ran < len(sparse_scoring_numba._chunks(64, 2))  # the queued ranges were cancelled
-
-
 def test_workspace_is_left_clean_between_queries() -> None:
     postings = random_postings(500, 20, 0.1, seed=5)
     batch = random_batch(20, num_queries=5, max_terms=5, seed=6)
