@@ -17,7 +17,6 @@ de-quantization scale): callers validate and name the offending field.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,28 +100,18 @@ def _score_topk_cuda(postings: Postings, batch: QueryBatch, k: int) -> TopK:
 
 
 def score_topk(
-    postings: Postings, batch: QueryBatch, k: int, threads: int = 1, pool: WorkspacePool | None = None,
-    on_rows: Callable[[TopK, int, int], None] | None = None,
+    postings: Postings, batch: QueryBatch, k: int, threads: int = 1, pool: WorkspacePool | None = None
 ) -> TopK:
     """Exact top-k of every query of ``batch``; CUDA postings run the Triton kernel, host ones numba.
 
     ``threads`` parallelizes the CPU path over queries. ``pool`` holds reusable CPU workspaces: pass
     the same pool for every call on one index so the ``num_docs``-sized accumulators are allocated
-    once. ``on_rows(topk, start, stop)`` is called, in order, once rows ``start:stop`` of the result
-    are final; on the threaded CPU path that happens while later rows are still being scored.
+    once.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if postings.on_cuda:
-        top = _score_topk_cuda(postings, batch, k)
-        if on_rows is not None:
-            on_rows(top, 0, len(batch))
-        return top
+        return _score_topk_cuda(postings, batch, k)
     pool = pool or WorkspacePool(postings.num_docs)
-    num_queries = len(batch)
-    top = TopK(np.full((num_queries, k), -1, dtype=np.int32), np.zeros((num_queries, k), dtype=np.float32),
-               np.zeros(num_queries, dtype=np.int32))
-    score_topk_cpu(postings.offsets, postings.docs, postings.weights, batch.offsets, batch.terms,
-                   batch.values, k, pool, threads, top.docs, top.scores, top.counts,
-                   on_rows=None if on_rows is None else lambda a, b: on_rows(top, a, b))
-    return top
+    return TopK(*score_topk_cpu(postings.offsets, postings.docs, postings.weights, batch.offsets,
+                                batch.terms, batch.values, k, pool, threads))

@@ -31,7 +31,6 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -332,23 +331,18 @@ def score_topk_cpu(
     q_values: np.ndarray,
     k: int,
     pool: WorkspacePool,
-    threads: int,
-    out_docs: np.ndarray,
-    out_scores: np.ndarray,
-    out_counts: np.ndarray,
-    on_rows: Callable[[int, int], None] | None = None,
-) -> None:
-    """Exact top-k of a packed query batch into ``out_docs`` (int32 [B, k], filled with -1),
-    ``out_scores`` (float32 [B, k], zeros) and ``out_counts`` (int32 [B]).
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top-k of a packed query batch: (docs int32 [B, k], scores float32 [B, k], counts int32 [B]).
 
-    Rows stay padded with doc -1 / score 0 past ``counts[b]``. With ``threads > 1`` query ranges run
-    on a thread pool (the compiled scorer releases the GIL). ``on_rows(start, stop)`` is called in
-    the caller's thread for every finished range, in order, while later ranges are still being
-    scored: Python work on results (building per-hit objects) overlaps the scoring. It should release
-    the GIL now and then (``time.sleep(0)``) so that a worker starting its next range is not kept
-    waiting.
+    Rows are padded with doc -1 / score 0 past ``counts[b]``. With ``threads > 1`` query ranges run
+    on a thread pool (the compiled scorer releases the GIL); the caller's thread just waits, so the
+    workers never queue for the GIL behind Python work.
     """
     num_queries = len(q_offsets) - 1
+    out_docs = np.full((num_queries, k), -1, dtype=np.int32)
+    out_scores = np.zeros((num_queries, k), dtype=np.float32)
+    out_counts = np.zeros(num_queries, dtype=np.int32)
 
     def run(span: tuple[int, int]) -> None:
         ws = pool.acquire()
@@ -360,15 +354,9 @@ def score_topk_cpu(
 
     if threads <= 1 or num_queries <= 1:
         run((0, num_queries))
-        if on_rows is not None:
-            on_rows(0, num_queries)
-        return
-    spans = _chunks(num_queries, threads)
-    futures = [_executor(threads).submit(run, span) for span in spans]
-    for span, future in zip(spans, futures, strict=True):
-        future.result()
-        if on_rows is not None:
-            on_rows(*span)
+    else:
+        list(_executor(threads).map(run, _chunks(num_queries, threads)))
+    return out_docs, out_scores, out_counts
 
 
 _EXECUTORS: dict[int, ThreadPoolExecutor] = {}

@@ -25,7 +25,6 @@ scores are de-quantized (``sum_t q_t * scale * w_int``).
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,6 @@ QUANTIZATIONS: dict[str, tuple[type, int]] = {"uint8": (np.uint8, 255), "uint16"
                                               "none": (np.float32, 0)}
 FILES = ("term_offsets.npy", "postings_docs.npy", "postings_weights.npy", "doc_ids.npy")
 ID_CACHE_MAX_DOCS = 2_000_000  # up to this many docs, ids are also kept as Python str (~60 B each)
-_HIT_ROWS = 16  # result rows turned into (id, score) lists between GIL releases
 
 SparseQuery = tuple[Sequence[int] | np.ndarray, Sequence[float] | np.ndarray]
 QueryEncoder = Callable[[str], SparseQuery]
@@ -456,20 +454,11 @@ class InvertedIndex:
         batch = self._batch(offsets, terms, values, k, threads, names or _QueryNames())
         if self.num_docs == 0:
             return [[] for _ in range(len(batch))]
+        k = min(k, self.num_docs)
         ids = self._id_objects()
-        hits: list[list[tuple[str, float]]] = []
-
-        def collect(top: TopK, start: int, stop: int) -> None:
-            for lo in range(start, stop, _HIT_ROWS):
-                hi = min(lo + _HIT_ROWS, stop)
-                rows, scores = ids[top.docs[lo:hi]].tolist(), top.scores[lo:hi].tolist()
-                hits.extend(list(zip(r[:n], s[:n], strict=True))
-                            for r, s, n in zip(rows, scores, top.counts[lo:hi].tolist(), strict=True))
-                if threads > 1:
-                    time.sleep(0)  # let a scoring worker take the GIL to start its next range
-
-        score_topk(self.postings, batch, min(k, self.num_docs), threads, self._pool, on_rows=collect)
-        return hits
+        top = score_topk(self.postings, batch, k, threads, self._pool)
+        rows, scores = ids[top.docs].tolist(), top.scores.tolist()
+        return [list(zip(rows[b][:n], scores[b][:n], strict=True)) for b, n in enumerate(top.counts.tolist())]
 
     def _id_objects(self) -> np.ndarray:
         """Doc ids as an object array of ``str`` (built once: cheaper lookups than the unicode array),

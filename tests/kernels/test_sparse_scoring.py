@@ -75,24 +75,6 @@ def test_weight_dtypes_and_threads_agree(dtype: type) -> None:
     np.testing.assert_array_equal(one.docs, reference(postings, batch, 15)[0])
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_on_rows_sees_each_range_once_in_order_and_final(threads: int) -> None:
-    postings = random_postings(2000, 40, 0.03, seed=3)
-    batch = random_batch(40, num_queries=30, max_terms=6, seed=4)
-    seen: list[tuple[int, int]] = []
-    snapshots: dict[int, np.ndarray] = {}
-
-    def on_rows(top, start: int, stop: int) -> None:
-        seen.append((start, stop))
-        for b in range(start, stop):
-            snapshots[b] = top.docs[b].copy()
-
-    top = score_topk(postings, batch, 15, threads=threads, on_rows=on_rows)
-    assert [b for start, stop in seen for b in range(start, stop)] == list(range(30))
-    for b, docs in snapshots.items():
-        np.testing.assert_array_equal(docs, top.docs[b])  # the rows were already final when handed over
-
-
 def test_workspace_is_left_clean_between_queries() -> None:
     postings = random_postings(500, 20, 0.1, seed=5)
     batch = random_batch(20, num_queries=5, max_terms=5, seed=6)
