@@ -559,7 +559,8 @@ def caveats(m: dict[str, Any]) -> list[str]:
     if m["training"].get("teacher_padding", "counted") != "masked":
         out.append("the model's query-table stage min-max normalised its teacher target over padded "
                    "candidate rows (the padding's 0 set the minimum); 178dc14 masks the padding, and this "
-                   "model predates it: retrain both stages to measure the fixed recipe")
+                   "model predates it: benchmarks/results/sparse_scifact_recheck.json measures both stages "
+                   "retrained under the fix (headline and speed; no ablations, no scale section)")
     speed = m.get("speed_scifact")
     if speed and "bm25s_backend" not in speed:
         out.append("the speed section timed bm25s on its default numpy backend; this script now times its "
