@@ -62,7 +62,7 @@ import statistics
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,7 +240,7 @@ def moved_chunk_fraction(pre: Prefilled) -> float | None:
 
 def run_policy(generator: Generator, policy: Policy, order: list[str], requests: dict[str, Request],
                refs: dict[str, Reference], cache_config: CacheConfig, desc: str, progress: bool,
-               warmup: list[str] = ()) -> tuple[PolicyRun, dict[str, Any]]:
+               warmup: Sequence[str] = ()) -> tuple[PolicyRun, dict[str, Any]]:
     """``order`` through ``policy`` on a fresh cache, after prefilling the ``warmup`` requests (uncounted
     but for their prefill tokens). The returned cache stats count hits, misses, evictions, demotions,
     promotions and corrupt entries of the measured replay only (as ``chunk_hits`` / ``chunk_misses``
@@ -307,7 +307,7 @@ def summarise(run: PolicyRun, refs_logprob: float) -> dict[str, Any]:
 
 def tune_alpha(generator: Generator, dev_order: list[str], requests: dict[str, Request],
                refs: dict[str, Reference], cache_config: Callable[[str], CacheConfig], progress: bool,
-               warmup: list[str] = ()) -> dict[str, Any]:
+               warmup: Sequence[str] = ()) -> dict[str, Any]:
     """Cache-Craft on the dev slice for each alpha: the smallest alpha within 0.01 of the best ROUGE-L.
 
     Each alpha starts from an empty cache of its own (``cache_config(name)``), then prefills the same
