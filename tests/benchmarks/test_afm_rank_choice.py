@@ -22,7 +22,7 @@ def test_identical_predictions_have_zero_delta_on_every_resample() -> None:
     assert np.all(deltas == 0.0)
 
 
-def test_a_worse_model_has_a_negative_bound_and_noise_widens_it() -> None:
+def test_a_worse_model_has_a_negative_mean_delta_and_a_lower_bound_below_it() -> None:
     labels, scores = _labels_and_scores()
     rng = np.random.default_rng(1)
     worse = scores + rng.normal(0.0, 1.0, len(labels))
