@@ -165,11 +165,14 @@ class AutoDimTable(EmbeddingTable):
     def after_step(self, step: int, total_steps: int) -> None:
         if self.fixed:
             return
-        search_steps = self.search_fraction * total_steps
-        progress = min(1.0, step / max(search_steps, 1.0))
-        self.temperature = 1.0 - (1.0 - self.min_temperature) * progress
-        if step >= search_steps:
+        self.resume_at(step, total_steps)
+        if step >= self.search_fraction * total_steps:
             self.fix()
+
+    def resume_at(self, step: int, total_steps: int) -> None:
+        """The Gumbel temperature of step ``step`` (a plain attribute: not in the state dict)."""
+        progress = min(1.0, step / max(self.search_fraction * total_steps, 1.0))
+        self.temperature = 1.0 - (1.0 - self.min_temperature) * progress
 
     def fix(self) -> None:
         """Choose one candidate per field: the argmax, downgraded greedily until the budget holds."""

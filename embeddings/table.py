@@ -115,6 +115,10 @@ class EmbeddingTable(nn.Module, ABC):
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after optimizer step ``step`` (1-based) of ``total_steps`` (e.g. a pruning schedule)."""
 
+    def resume_at(self, step: int, total_steps: int) -> None:
+        """Called once when a training run resumes from a checkpoint taken after step ``step``: restore
+        schedule state kept outside the state dict (the state dict itself is already loaded)."""
+
     def finalize(self) -> EmbeddingTable:
         """The table that serves after training (e.g. pruned rows packed as CSR); its stored size meets
         the budget. Called once, on the best checkpoint."""
@@ -194,9 +198,9 @@ class FieldwiseTable(EmbeddingTable):
     """One sub-table per field (built by ``table`` with the same ``dim`` and ``budget``).
 
     Ids stay global; each field's sub-table sees local ids ``0 .. field_dims[f] - 1`` (``forward`` also checks
-    that column ``f`` holds only field ``f``'s ids). The training hooks
-    (``settled``, ``penalty``, ``after_step``, ``finalize``) reach every sub-table, so sub-tables that search,
-    prune or quantize train and serve as they would alone; ``config`` records each sub-table's own config.
+    that column ``f`` holds only field ``f``'s ids). The training hooks (``settled``, ``penalty``,
+    ``after_step``, ``resume_at``, ``finalize``) reach every sub-table, so sub-tables that search, prune or
+    quantize train and serve as they would alone; ``config`` records each sub-table's own config.
     """
 
     kind = "fieldwise"
@@ -261,6 +265,10 @@ class FieldwiseTable(EmbeddingTable):
     def after_step(self, step: int, total_steps: int) -> None:
         for t in self.tables:
             t.after_step(step, total_steps)
+
+    def resume_at(self, step: int, total_steps: int) -> None:
+        for t in self.tables:
+            t.resume_at(step, total_steps)
 
     def finalize(self) -> EmbeddingTable:
         """Every sub-table's serving table (self when none changes)."""

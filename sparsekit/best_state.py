@@ -40,3 +40,11 @@ class BestState:
         if self._state is None:
             raise RuntimeError("no state was kept: offer() was never called")
         self.module.load_state_dict(self._state)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best score, its step and the kept weights (for a training checkpoint)."""
+        return {"score": self.score, "step": self.step, "state": self._state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (the kept weights are not loaded into the module)."""
+        self.score, self.step, self._state = float(state["score"]), state["step"], state["state"]

@@ -43,6 +43,13 @@ from recsys.models.ctr.dcnv2 import DCNv2
 from recsys.models.ctr.deepfm import DeepFM
 from recsys.models.ctr.dlrm import DLRM
 from recsys.models.ctr.wdl import WideDeep
+from recsys.training.ctr_checkpoint import (
+    CTRRun,
+    check_checkpoint_dir,
+    load_checkpoint,
+    run_identity,
+    save_checkpoint,
+)
 from sparsekit.artifacts import open_artifact, write_artifact
 from sparsekit.best_state import BestState
 from sparsekit.bounds import at_least, count, each_count, within
@@ -76,6 +83,8 @@ class CTRTrainConfig:
     device: str | None = None
     threads: int | None = None
     progress: bool = True
+    checkpoint_dir: str | None = None  # checkpoint after every epoch here (recsys.training.ctr_checkpoint)
+    resume: bool = False  # continue from checkpoint_dir's checkpoint (a fresh start when there is none)
 
     def __post_init__(self) -> None:
         if self.model not in CTR_MODELS:
@@ -88,6 +97,8 @@ class CTRTrainConfig:
         within(self, 0.0, 1.0, "dropout", open_high=True)
         if self.min_epochs > self.max_epochs:
             raise InputError("min_epochs", f"{self.min_epochs} exceeds max_epochs {self.max_epochs}")
+        if self.resume and self.checkpoint_dir is None:
+            raise InputError("resume", "needs a checkpoint_dir")
 
 
 @dataclass
@@ -217,51 +228,63 @@ def train_ctr(
         raise InputError("data", "train and validation splits must be non-empty")
     if config.threads is not None:
         torch.set_num_threads(config.threads)  # process-wide: 1 avoids thread thrashing on busy CPUs
+    if config.checkpoint_dir is not None:
+        check_checkpoint_dir(config)
     torch.manual_seed(config.seed)
     device = config.device or default_device()
     model = build_ctr_model(config, data.field_dims, table).to(device)
-    optim = torch.optim.Adam(model.parameters(), lr=config.lr)
-    rng = np.random.default_rng(config.seed)
-    history: list[dict[str, float]] = []
-    best, waited = BestState(model), 0
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    run = CTRRun(model, optimizer, np.random.default_rng(config.seed), BestState(model))
+    identity = run_identity(config, run, data) if config.checkpoint_dir is not None else {}
+    per_epoch = math.ceil(len(data.train) / config.batch_size)
+    if config.resume:
+        load_checkpoint(run, config, identity)
+        model.embedding.resume_at(run.epoch * per_epoch, config.max_epochs * per_epoch)
     bar = tqdm(
         total=config.max_epochs * len(data.train),
+        initial=run.epoch * len(data.train),
         desc=f"train {config.model}",
         unit="row",
         disable=not config.progress,
     )
-    per_epoch = math.ceil(len(data.train) / config.batch_size)
-    for epoch in range(1, config.max_epochs + 1):
-        steps = ((epoch - 1) * per_epoch, config.max_epochs * per_epoch)
-        loss, speed = _train_epoch(model, optim, data.train, config, rng, device, bar, steps)
-        val = evaluate_ctr(model, data.val, config.eval_batch_size)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": loss,
-                "train_samples_per_s": speed,
-                "val_auc": val["auc"],
-                "val_logloss": val["logloss"],
-            }
-        )
-        bar.set_postfix(val_auc=f"{val['auc']:.4f}")
-        history[-1]["settled"] = settled = model.embedding.settled
-        if not settled:  # still searching / pruning: not the model that will serve
-            continue
-        if best.offer(val["auc"], epoch):
-            waited = 0
-        else:
-            waited += 1
-            if waited >= config.patience and epoch >= config.min_epochs:
-                break
+    while not run.done:
+        _run_epoch(run, data, config, device, bar, per_epoch)
+        if config.checkpoint_dir is not None:
+            save_checkpoint(run, config, identity)
     bar.close()
+    model, best = run.model, run.best
     if not best.found:
         raise RuntimeError(f"the {model.embedding.kind} table never finished its search phase in "
                            f"{config.max_epochs} epochs: raise max_epochs or shorten its search")
     best.restore()
     model.embedding = model.embedding.finalize()  # the serving table (e.g. pruned rows packed)
     model.eval()
-    return CTRTrainResult(model, history, _final_metrics(model, data, history, config), best.step, config)
+    return CTRTrainResult(model, run.history, _final_metrics(model, data, run.history, config), best.step,
+                          config)
+
+
+def _run_epoch(
+    run: CTRRun, data: CTRDataset, config: CTRTrainConfig, device: str, bar: tqdm, per_epoch: int
+) -> None:
+    """Train and validate epoch ``run.epoch + 1``, then update early stopping (``run.done`` when it ends
+    the run, or when this was the last epoch)."""
+    model, epoch = run.model, run.epoch + 1
+    steps = ((epoch - 1) * per_epoch, config.max_epochs * per_epoch)
+    loss, speed = _train_epoch(model, run.optimizer, data.train, config, run.rng, device, bar, steps)
+    val = evaluate_ctr(model, data.val, config.eval_batch_size)
+    settled = model.embedding.settled
+    run.history.append({"epoch": epoch, "train_loss": loss, "train_samples_per_s": speed,
+                        "val_auc": val["auc"], "val_logloss": val["logloss"], "settled": settled})
+    bar.set_postfix(val_auc=f"{val['auc']:.4f}")
+    run.epoch = epoch
+    run.done = epoch >= config.max_epochs
+    if not settled:  # still searching / pruning: not the model that will serve
+        return
+    if run.best.offer(val["auc"], epoch):
+        run.waited = 0
+    else:
+        run.waited += 1
+        run.done |= run.waited >= config.patience and epoch >= config.min_epochs
 
 
 def _final_metrics(

@@ -95,18 +95,24 @@ def train_ctr_command(
     numeric: NumericOption = "",
     min_count: MinCountOption = 1,
     header: HeaderOption = True,
+    checkpoint_dir: Annotated[Path | None, typer.Option(help="Checkpoint every epoch here.")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume from --checkpoint-dir.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
 ) -> None:
     """Train a CTR model with early stopping on validation AUC; save it with its field schema."""
     from recsys.data.ctr import load_ctr
     from recsys.data.table_file import is_table_file
     from recsys.training.ctr import CTRTrainConfig, save_ctr_model, train_ctr
+    from services.commands.cf import refuse_checkpoint_in_out
 
     refuse_existing(out, overwrite)
+    refuse_checkpoint_in_out(checkpoint_dir, out)
     try:
         with naming_options():  # before the data loads
             config = CTRTrainConfig(model=model, embed_dim=embed_dim, lr=lr, max_epochs=max_epochs,
-                                    patience=patience, min_epochs=min_epochs, seed=seed, threads=threads)
+                                    patience=patience, min_epochs=min_epochs, seed=seed, threads=threads,
+                                    checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
+                                    resume=resume)
         table = table_config(label, numeric, min_count, fields, header)
         dataset = load_ctr(data, data_root, seed, table=table)
         result = train_ctr(config, dataset)

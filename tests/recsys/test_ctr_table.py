@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from embeddings.sweep import SweepConfig, run_sweep
@@ -185,6 +186,25 @@ def test_cli_trains_and_compresses_a_table_model(table: Path, tmp_path: Path) ->
     out = runner.invoke(app, ["train", "ctr", "--data", str(table), "--out", str(tmp_path / "bad")])
     assert out.exit_code != 0 and "label column 'label'" in " ".join(out.output.split())  # rich wraps
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_checkpoints_and_resumes_a_ctr_run(table: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["train", "ctr", "--data", str(table), "--label", "click", "--numeric", "price",
+            "--max-epochs", "2", "--checkpoint-dir", str(tmp_path / "ckpt")]
+    out = runner.invoke(app, [*base, "--out", str(tmp_path / "m")])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "ckpt" / "checkpoint" / "state.pt").is_file()
+    out = runner.invoke(app, [*base, "--resume", "--out", str(tmp_path / "again")])  # finished: same model
+    assert out.exit_code == 0, out.output
+    first, again = load_ctr_model(tmp_path / "m").model, load_ctr_model(tmp_path / "again").model
+    for name, value in first.state_dict().items():
+        assert torch.equal(again.state_dict()[name], value)
+    out = runner.invoke(app, [*base, "--lr", "0.1", "--resume", "--out", str(tmp_path / "other")])
+    assert out.exit_code != 0 and "different config" in " ".join(out.output.split())
+    assert not (tmp_path / "other").exists()
+    out = runner.invoke(app, [*base[:-1], str(tmp_path / "m2" / "ckpt"), "--out", str(tmp_path / "m2")])
+    assert out.exit_code != 0 and "--checkpoint-dir" in out.output  # inside --out: refused before training
 
 
 def test_compress_splits_with_the_training_seed(table: Path, tmp_path: Path,

@@ -1,8 +1,9 @@
-"""gRPC RecommendService over real saved artifacts: a dense MF model, its sparse export and a DeepFM model.
+"""gRPC RecommendService over real saved artifacts: a dense MF model, its sparse export, a DeepFM model and
+its AFM-compressed copy.
 
 Checks answers against the Python API, the status codes for bad input (unknown user or model NOT_FOUND,
 a malformed CTR row INVALID_ARGUMENT naming the field, too many rows RESOURCE_EXHAUSTED), unseen values
-going to the OOV id of a schema built from a table, and health.
+going to the OOV id of a schema built from a table, health and reflection.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys.data.ctr import CTRField, CTRSchema
 from recsys.id_vocab import IdVocab
+from recsys.lowrank import compress
 from recsys.sparse_export import export_sparse
 from recsys.training.cf import build_model, save_model
 from recsys.training.ctr import CTRTrainConfig, build_ctr_model, predict, save_ctr_model
@@ -61,15 +63,19 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     save_ctr_model(ctr, root / "deepfm-noschema")
     oov = build_ctr_model(CTRTrainConfig(model="deepfm", embed_dim=4, hidden=[8]), OOV_SCHEMA.field_dims)
     save_ctr_model(oov, root / "deepfm-oov", schema=OOV_SCHEMA)
+    calib = [torch.from_numpy(SCHEMA.encode([{"user": u, "age": a} for u in ("ann", "bob", "cy")
+                                             for a in ("10", "25", "40")]))]
+    save_ctr_model(compress(ctr, calib, rank=2), root / "deepfm-afm", schema=SCHEMA)
     return {"mf": root / "mf", "mf-sparse": root / "mf-sparse", "deepfm": root / "deepfm",
-            "noschema": root / "deepfm-noschema", "oov": root / "deepfm-oov", "mf-ids": root / "mf-ids"}
+            "noschema": root / "deepfm-noschema", "oov": root / "deepfm-oov", "mf-ids": root / "mf-ids",
+            "afm": root / "deepfm-afm"}
 
 
 @pytest.fixture(scope="module")
 def stub(artifacts: dict[str, Path]) -> Iterator[recommend_pb2_grpc.RecommendServiceStub]:
     recs = {name: load_recommender(artifacts[name]) for name in ("mf", "mf-sparse", "mf-ids")}
     ctrs = {name: load_ctr(artifacts[path]) for name, path in
-            (("deepfm", "deepfm"), ("noschema", "noschema"), ("deepfm-oov", "oov"))}
+            (("deepfm", "deepfm"), ("noschema", "noschema"), ("deepfm-oov", "oov"), ("deepfm-afm", "afm"))}
     servicer = RecommendServicer(recs, ctrs, RecommendLimits(max_ctr_rows=3))
     server, port = make_server({}, ServerConfig(address="127.0.0.1:0"), servicer)
     server.start()
@@ -156,6 +162,19 @@ def test_score_ctr_matches_python(stub, artifacts) -> None:
     assert all(0.0 < p < 1.0 for p in resp.probabilities)
 
 
+def test_score_ctr_serves_the_compressed_model_as_python_does(stub, artifacts) -> None:
+    client, _ = stub
+    rows = [{"user": "bob", "age": "25"}, {"user": "cy", "age": "61"}, {"user": "ann", "age": "12"}]
+    resp = client.ScoreCTR(recommend_pb2.ScoreCTRRequest(
+        model="deepfm-afm", rows=[recommend_pb2.CTRRow(fields=r) for r in rows]))
+    small = load_ctr(artifacts["afm"]).model
+    assert small.lowrank_spec  # the low-rank layers were rebuilt, not the original ones
+    np.testing.assert_allclose(resp.probabilities, predict(small, SCHEMA.encode(rows)), rtol=1e-5)
+    code, msg = _code(client.ScoreCTR, recommend_pb2.ScoreCTRRequest(
+        model="deepfm-afm", rows=[recommend_pb2.CTRRow(fields={"user": "zed", "age": "20"})]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("rows[0].user:"), msg
+
+
 def test_score_ctr_status_codes(stub) -> None:
     client, _ = stub
     code, msg = _code(client.ScoreCTR, _rows({"user": "ann", "age": "20"}, {"user": "zed", "age": "20"}))
@@ -190,10 +209,20 @@ def test_list_models_and_health(stub) -> None:
     client, channel = stub
     kinds = {m.name: m.kind for m in client.ListModels(recommend_pb2.ListModelsRequest()).models}
     assert kinds == {"mf": "mf", "mf-sparse": "mf-sparse", "mf-ids": "mf", "deepfm": "deepfm",
-                     "noschema": "deepfm", "deepfm-oov": "deepfm"}
+                     "noschema": "deepfm", "deepfm-oov": "deepfm", "deepfm-afm": "deepfm-afm"}
     health = health_pb2_grpc.HealthStub(channel)
     status = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME)).status
     assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_service(stub) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    _, channel = stub
+    refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answers = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for a in answers for s in a.list_services_response.service}
+    assert SERVICE_NAME in names
 
 
 def test_list_models_lists_a_recommender_and_a_ctr_model_of_the_same_name(artifacts) -> None:
