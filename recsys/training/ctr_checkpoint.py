@@ -110,9 +110,12 @@ def load_checkpoint(run: CTRRun, config: CTRTrainConfig, identity: dict[str, Any
     """Restore ``run`` from the checkpoint of ``config`` (checksums verified); no checkpoint yet leaves
     ``run`` at its start, so ``resume`` can be passed from the first launch on."""
     path = checkpoint_path(config)
-    if not path.exists():
+    try:  # open_artifact first restores a checkpoint that a kill mid-replace left only as its backup
+        manifest = open_artifact(path, format=FORMAT, version=VERSION)
+    except ArtifactError:
+        if path.exists():
+            raise
         return
-    manifest = open_artifact(path, format=FORMAT, version=VERSION)
     for part, what in (("config", "a different config"), ("table", "a different embedding table"),
                        ("data", "other training data")):
         stored, ours = manifest.params.get(part) or {}, identity[part]

@@ -128,3 +128,32 @@ def test_starting_over_beside_a_checkpoint_warns_that_it_will_be_replaced(tmp_pa
     train_ctr(config, _data(600))
     with pytest.warns(UserWarning, match="starting over without resume"):
         train_ctr(config, _data(600))
+
+
+def test_a_crash_while_the_checkpoint_was_being_replaced_still_resumes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A kill between the two renames that replace the checkpoint leaves only its backup
+    # (sparsekit.artifacts._publish): resume must restore and continue it, not silently start over.
+    from sparsekit.atomic import temp_sibling
+
+    data = _data(600)
+    straight = train_ctr(_config(max_epochs=3), data)
+    config = _config(max_epochs=3, checkpoint_dir=str(tmp_path / "ckpt"))
+    with monkeypatch.context() as patch:
+        _kill_after(patch, 2)
+        with pytest.raises(_Killed):
+            train_ctr(config, data)
+    target = checkpoint_path(config)
+    target.rename(temp_sibling(target, "old"))
+    trained: list[int] = []
+    original = ctr_training._run_epoch
+
+    def counting(run: ctr_training.CTRRun, *args: object) -> None:
+        trained.append(run.epoch + 1)
+        original(run, *args)
+
+    monkeypatch.setattr(ctr_training, "_run_epoch", counting)
+    resumed = train_ctr(_config(max_epochs=3, checkpoint_dir=config.checkpoint_dir, resume=True), data)
+    assert trained == [3]
+    _assert_same_run(straight, resumed)
