@@ -157,3 +157,20 @@ def test_a_crash_while_the_checkpoint_was_being_replaced_still_resumes_it(
     resumed = train_ctr(_config(max_epochs=3, checkpoint_dir=config.checkpoint_dir, resume=True), data)
     assert trained == [3]
     _assert_same_run(straight, resumed)
+
+
+def test_resume_keeps_the_epochs_waited_toward_patience(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # lr 0.1 on 1200 rows: best at epoch 2, epochs 3 and 4 worse, so patience 2 stops after epoch 4.
+    # Killed after epoch 3 (one epoch waited), the resumed run must stop after epoch 4 as well.
+    data = _data()
+    config = _config(max_epochs=8, patience=2, lr=0.1)
+    straight = train_ctr(config, data)
+    assert len(straight.history) == 4 and straight.best_epoch == 2
+    ckpt = str(tmp_path / "ckpt")
+    with monkeypatch.context() as patch:
+        _kill_after(patch, 3)
+        with pytest.raises(_Killed):
+            train_ctr(_config(max_epochs=8, patience=2, lr=0.1, checkpoint_dir=ckpt), data)
+    resumed = train_ctr(_config(max_epochs=8, patience=2, lr=0.1, checkpoint_dir=ckpt, resume=True), data)
+    _assert_same_run(straight, resumed)
