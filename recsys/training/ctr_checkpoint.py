@@ -33,8 +33,10 @@ if TYPE_CHECKING:
     from recsys.training.ctr import CTRTrainConfig
 
 FORMAT, VERSION = "ctr-checkpoint", 1
-# Config fields that may differ between a checkpoint and the run resuming it: they change neither the
-# arithmetic of training nor its schedule.
+# Config fields that may differ between a checkpoint and the run resuming it: they change the schedule of
+# nothing. (Another eval batch size, thread count or device can move results in the last float bits, and
+# a CUDA run resumed on CPU draws dropout from another random stream: the resumed run is then no longer
+# bit-identical to an uninterrupted one.)
 RUNTIME_FIELDS = frozenset({"eval_batch_size", "device", "threads", "progress", "checkpoint_dir", "resume"})
 
 
@@ -77,11 +79,11 @@ def run_identity(config: CTRTrainConfig, run: CTRRun, data: CTRDataset) -> dict[
     """What a checkpoint must share with the run resuming it (JSON values, as the manifest stores them)."""
     settings = {k: v for k, v in asdict(config).items() if k not in RUNTIME_FIELDS}
     table = run.model.embedding.config()
-    rows = data.train
-    digest = hashlib.sha256(np.ascontiguousarray(rows.features).tobytes())
-    digest.update(np.ascontiguousarray(rows.labels).tobytes())
-    data_id = {"field_dims": list(data.field_dims), "train_rows": len(rows),
-               "train_sha256": digest.hexdigest()}
+    data_id: dict[str, Any] = {"field_dims": list(data.field_dims)}
+    for name, rows in (("train", data.train), ("val", data.val)):  # val decides early stopping
+        digest = hashlib.sha256(np.ascontiguousarray(rows.features).tobytes())
+        digest.update(np.ascontiguousarray(rows.labels).tobytes())
+        data_id |= {f"{name}_rows": len(rows), f"{name}_sha256": digest.hexdigest()}
     return json.loads(json.dumps({"config": settings, "table": table, "data": data_id}))
 
 

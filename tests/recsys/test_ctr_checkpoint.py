@@ -3,6 +3,7 @@ resumed ends exactly as an uninterrupted one; a checkpoint resumes only the same
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,9 @@ def test_a_checkpoint_resumes_only_its_own_run(tmp_path: Path) -> None:
         train_ctr(_config(max_epochs=1, lr=0.1, checkpoint_dir=ckpt, resume=True), data)
     with pytest.raises(ArtifactError, match="other training data"):
         train_ctr(_config(max_epochs=1, checkpoint_dir=ckpt, resume=True), _data(600, seed=1))
+    other_val = replace(data, val=replace(data.val, labels=1.0 - data.val.labels))  # same train rows
+    with pytest.raises(ArtifactError, match=r"other training data \(fields \['val_sha256'\]\)"):
+        train_ctr(_config(max_epochs=1, checkpoint_dir=ckpt, resume=True), other_val)
     with pytest.raises(ArtifactError, match="different embedding table"):
         train_ctr(_config(max_epochs=1, checkpoint_dir=ckpt, resume=True), data, _autodim_table())
     # runtime fields may differ
