@@ -344,8 +344,8 @@ def _markdown(metrics: dict[str, Any]) -> str:
 
 def plot(metrics: dict[str, Any], path: Path) -> None:
     """One panel per dataset x model: mean val and test AUC delta against the parameter ratio of the
-    compressed layers, over the rank sweep (per-seed test range as a band), with both targets drawn and the
-    val-chosen rank circled."""
+    compressed layers, over the rank sweep (per-seed test range as a band; the val bootstrap lower bound the
+    rank is chosen on, when the results hold it), with both targets drawn and the val-chosen rank circled."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -366,6 +366,9 @@ def plot(metrics: dict[str, Any], path: Path) -> None:
         for key, style, color in (("test_auc_delta", "o-", "C0"), ("val_auc_delta", "s--", "C1")):
             ax.plot(ratio, [e[key] for e in sweep], style, color=color, markersize=3,
                     label=f"{key.split('_')[0]}, mean")
+        if all("val_auc_delta_lower95" in e for e in sweep):  # results made before the bound rule lack it
+            ax.plot(ratio, [e["val_auc_delta_lower95"] for e in sweep], "v:", color="C1", markersize=3,
+                    label="val, bootstrap lower bound (the rule)")
         for e in sweep:
             ax.annotate(str(e["rank"]), (e["param_ratio"], e["test_auc_delta"]), fontsize=6,
                         textcoords="offset points", xytext=(0, 4), ha="center")
