@@ -6,8 +6,8 @@ a kill mid-write leaves the previous one) holding everything that evolves during
 state dict (the embedding table's buffers included), Adam's state, the row-shuffling generator, torch's
 random state (dropout, stochastic rounding), the early-stopping state (best validation AUC, its epoch
 and weights, epochs waited) and the history. Its manifest records the config (runtime fields aside),
-the embedding table's config and a digest of the training rows: a checkpoint resumes only the same run
-on the same data, and anything else is refused by name.
+the embedding table's config and a digest of the train and validation rows: a checkpoint resumes only
+the same run on the same data, and anything else is refused by name.
 """
 
 from __future__ import annotations
