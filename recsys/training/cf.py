@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from recsys.models.lightgcn import LightGCN
 from recsys.models.mf import MF
 from recsys.models.neumf import NeuMF
 from recsys.ranking import evaluate_ranking
+from recsys.training.checkpoint_folder import check_checkpoint_folder, checkpoint_artifact
 from sparsekit.artifacts import open_artifact, write_artifact
 from sparsekit.bounds import at_least, count, positive
 from sparsekit.device import default_device, resolve_device
@@ -233,13 +233,6 @@ def _evaluate(run: _Run, data: ImplicitDataset, config: CFTrainConfig) -> dict[s
     return {f"recall@{config.eval_k}": metrics.recall, f"ndcg@{config.eval_k}": metrics.ndcg}
 
 
-def _check_checkpoint_dir(folder: Path) -> None:
-    """The checkpoint folder can be created (or exists as a directory): no file in the way."""
-    existing = next((p for p in (folder, *folder.absolute().parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise InputError("checkpoint_dir", f"{folder} cannot be a checkpoint folder: {existing} is a file")
-
-
 def train_cf(config: CFTrainConfig, data: ImplicitDataset) -> tuple[CFModel, list[dict[str, Any]]]:
     """Train ``config.model`` on ``data.train``; returns the model and one history record per epoch.
 
@@ -250,14 +243,11 @@ def train_cf(config: CFTrainConfig, data: ImplicitDataset) -> tuple[CFModel, lis
     """
     device = torch.device(resolve_device(config.device))
     if config.checkpoint_dir is not None:  # before an epoch of training, not at the first checkpoint
-        _check_checkpoint_dir(Path(config.checkpoint_dir))
+        check_checkpoint_folder(config.checkpoint_dir, config.resume)
     run = _new_run(config, data, device)
     identity = _data_identity(data) if config.checkpoint_dir else None  # once, not at every checkpoint
     if config.resume:
         _load_checkpoint(run, config, identity)
-    elif config.checkpoint_dir is not None and checkpoint_path(config).exists():
-        warnings.warn(f"{checkpoint_path(config)}: starting over without resume; this run's first checkpoint "
-                      "replaces the one there (resume=True, --resume, continues it instead)", stacklevel=2)
     spent = sum(record["train_s"] for record in run.history)
     budget = float("inf") if config.time_budget_s is None else config.time_budget_s
     while run.epoch < config.epochs and spent < budget:
@@ -288,7 +278,7 @@ def checkpoint_path(config: CFTrainConfig) -> Path:
     """Where :func:`train_cf` keeps its checkpoint artifact."""
     if config.checkpoint_dir is None:
         raise InputError("checkpoint_dir", "not set")
-    return Path(config.checkpoint_dir) / "checkpoint"
+    return checkpoint_artifact(config.checkpoint_dir)
 
 
 def _identity(config: CFTrainConfig) -> dict[str, Any]:

@@ -43,13 +43,8 @@ from recsys.models.ctr.dcnv2 import DCNv2
 from recsys.models.ctr.deepfm import DeepFM
 from recsys.models.ctr.dlrm import DLRM
 from recsys.models.ctr.wdl import WideDeep
-from recsys.training.ctr_checkpoint import (
-    CTRRun,
-    check_checkpoint_dir,
-    load_checkpoint,
-    run_identity,
-    save_checkpoint,
-)
+from recsys.training.checkpoint_folder import check_checkpoint_folder
+from recsys.training.ctr_checkpoint import CTRRun, load_checkpoint, run_identity, save_checkpoint
 from sparsekit.artifacts import open_artifact, write_artifact
 from sparsekit.best_state import BestState
 from sparsekit.bounds import at_least, count, each_count, within
@@ -229,7 +224,7 @@ def train_ctr(
     if config.threads is not None:
         torch.set_num_threads(config.threads)  # process-wide: 1 avoids thread thrashing on busy CPUs
     if config.checkpoint_dir is not None:
-        check_checkpoint_dir(config)
+        check_checkpoint_folder(config.checkpoint_dir, config.resume)
     torch.manual_seed(config.seed)
     device = config.device or default_device()
     model = build_ctr_model(config, data.field_dims, table).to(device)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsys.training.checkpoint_folder import checkpoint_artifact
 from sparsekit.artifacts import open_artifact, write_artifact
 from sparsekit.best_state import BestState
 from sparsekit.errors import ArtifactError, InputError
@@ -60,19 +60,7 @@ def checkpoint_path(config: CTRTrainConfig) -> Path:
     """Where the run of ``config`` keeps its checkpoint artifact."""
     if config.checkpoint_dir is None:
         raise InputError("checkpoint_dir", "not set")
-    return Path(config.checkpoint_dir) / "checkpoint"
-
-
-def check_checkpoint_dir(config: CTRTrainConfig) -> None:
-    """Before any training: the checkpoint folder can be created (no file in the way), and a checkpoint
-    already there is either resumed or announced as about to be replaced."""
-    folder = Path(str(config.checkpoint_dir))
-    existing = next((p for p in (folder, *folder.absolute().parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise InputError("checkpoint_dir", f"{folder} cannot be a checkpoint folder: {existing} is a file")
-    if not config.resume and checkpoint_path(config).exists():
-        warnings.warn(f"{checkpoint_path(config)}: starting over without resume; this run's first checkpoint "
-                      "replaces the one there (resume=True, --resume, continues it instead)", stacklevel=3)
+    return checkpoint_artifact(config.checkpoint_dir)
 
 
 def run_identity(config: CTRTrainConfig, run: CTRRun, data: CTRDataset) -> dict[str, Any]:

@@ -27,8 +27,10 @@ def refuse_checkpoint_in_out(checkpoint_dir: Path | None, out: Path) -> None:
     with it the same way."""
     if checkpoint_dir is None:
         return
+    from recsys.training.checkpoint_folder import checkpoint_artifact
+
     ckpt, target = checkpoint_dir.resolve(), out.resolve()
-    artifact = ckpt / "checkpoint"
+    artifact = checkpoint_artifact(ckpt)
     if ckpt == target or target in ckpt.parents or artifact == target or artifact in target.parents:
         fail(InputError("--checkpoint-dir", f"{checkpoint_dir} and --out {out} overlap: the model could not "
                                             "be saved at the end of training; keep checkpoints in a folder "
