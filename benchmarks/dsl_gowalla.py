@@ -58,6 +58,7 @@ from recsys.sparse_export import export_sparse, load_sparse
 from recsys.training.cf import CFTrainConfig, train_cf
 from sparsekit.atomic import atomic_path
 from sparsekit.dataroot import dataset_path
+from sparsekit.provenance import commit
 
 RESULTS = ROOT / "benchmarks" / "results"
 DENSITY, FULL_DIM, K = 0.2, 64, 20
@@ -283,7 +284,8 @@ def tune_model(model_kind: str, dev_data: ImplicitDataset, args: argparse.Namesp
             chosen["dsl_delta_t"] = max(by_delta, key=by_delta.get)
     print(f"{model_kind} chosen: {chosen}", file=sys.stderr, flush=True)
     return {"chosen": chosen, "epochs": hp["epochs"], "grid": grid, "budget_s": args.budget[model_kind],
-            "curves": curves, "command": shlex.join([Path(sys.executable).name, *sys.argv])}
+            "curves": curves, "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+            "commit": commit()}  # the file merges runs of one model at a time: each names its own code
 
 
 def plot(tuned: dict[str, Any], path: Path) -> None:
