@@ -283,6 +283,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--max-epochs", type=int, default=30)
     p.add_argument("--min-epochs", type=int, default=10, help="never stop early before this epoch")
+    p.add_argument("--workers", type=int, default=1, help="runs trained at once, one process each")
     p.add_argument("--synthetic-batch", type=int, default=4096)
     p.add_argument("--synthetic-steps", type=int, default=20)
     p.add_argument("--skip-synthetic", action="store_true")
@@ -299,9 +300,11 @@ def main() -> None:
     seeds = tuple(int(s) for s in args.seeds.split(","))
     mem = memory_accounting()
     grid = SweepConfig(models=("dcnv2",), methods=methods, budgets=BUDGETS, seeds=seeds,
-                       out_dir=str(args.work), max_epochs=args.max_epochs, min_epochs=args.min_epochs)
+                       out_dir=str(args.work), max_epochs=args.max_epochs, min_epochs=args.min_epochs,
+                       workers=args.workers)
     deepfm = SweepConfig(models=("deepfm",), methods=methods, budgets=(0.1,), seeds=seeds,
-                         out_dir=str(args.work), max_epochs=args.max_epochs, min_epochs=args.min_epochs)
+                         out_dir=str(args.work), max_epochs=args.max_epochs, min_epochs=args.min_epochs,
+                         workers=args.workers)
     runs = pl.concat([run_sweep(grid), run_sweep(deepfm)], how="diagonal_relaxed")
     paths = write_report(runs, args.work / "report")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,9 @@ trains the CTR model with early stopping on validation AUC (:func:`recsys.traini
 the table finalize into its serving form, and records AUC / logloss on validation and test, the serving
 table's stored bytes, and training and inference samples/s. Runs are written one JSON file each
 (atomically) under ``<out>/runs/``, with the commit of the code that trained it; a rerun skips finished
-runs, so a killed sweep resumes.
+runs, so a killed sweep resumes. ``workers`` > 1 trains that many runs at once in spawned processes of
+``threads`` threads each (every run seeds itself, so where a run trains does not change it); their files
+are written as they finish.
 ``<out>/sweep.json`` records the data and training settings; a rerun with other ones is refused rather
 than mixed in.
 
@@ -33,7 +35,11 @@ import hashlib
 import inspect
 import json
 import math
+import multiprocessing
+import os
 import warnings
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +83,8 @@ class SweepConfig:
     first_order: str = "free"  # DeepFM / WDL's dim-1 table: outside the budget, or "counted" in it
     lr: float = 1e-2  # Adam's learning rate (CTRTrainConfig's default)
     embedding_l2: float = 1e-2  # L2 on the embedding rows a batch reads (CTRTrainConfig's default)
-    threads: int = 1
+    threads: int = 1  # torch threads per run
+    workers: int = 1  # runs trained at once, each in its own process (not part of the folder's identity)
     data_root: str | None = None
     progress: bool = True
 
@@ -104,7 +111,7 @@ class SweepConfig:
         each_count(self, 0, "seeds")
         if self.dataset in DATASETS:  # a named dataset has its own reader: table options are no part of it
             self.table = None
-        count(self, 1, "embed_dim", "max_epochs", "patience", "min_epochs", "threads")
+        count(self, 1, "embed_dim", "max_epochs", "patience", "min_epochs", "threads", "workers")
 
     def _check_models(self) -> None:
         """Refuse an unknown CTR model up front, before the data loads and the folder is claimed."""
@@ -306,18 +313,50 @@ def run_sweep(config: SweepConfig) -> pl.DataFrame:
     runs.mkdir(parents=True, exist_ok=True)
     data = load_dataset(config)
     _check_identity(Path(config.out_dir), json.loads(json.dumps(sweep_identity(config, data))))
-    rows = []
     keys = run_keys(config)
-    for key in tqdm(keys, desc="embedding sweep", disable=not config.progress):
+    rows: dict[RunKey, dict[str, Any]] = {}
+    for key in keys:
         path = runs / f"{key.name}.json"
         finished = _finished_run(path, key) if path.is_file() else None
         if finished is not None:
-            rows.append(finished)
-            continue
-        row = run_one(key, data, config)
-        _write_json(path, row)
-        rows.append(row)
-    return pl.DataFrame(rows, infer_schema_length=None)
+            rows[key] = finished
+    todo = [key for key in keys if key not in rows]
+    with tqdm(total=len(keys), initial=len(rows), desc="embedding sweep", disable=not config.progress) as bar:
+        for key, row in _train(todo, data, config):
+            _write_json(runs / f"{key.name}.json", row)
+            rows[key] = row
+            bar.update()
+    return pl.DataFrame([rows[key] for key in keys], infer_schema_length=None)
+
+
+def _train(keys: list[RunKey], data: Any, config: SweepConfig) -> Iterator[tuple[RunKey, dict[str, Any]]]:
+    """``(key, row)`` of each run of ``keys`` as it finishes: here one by one, or in ``config.workers``
+    spawned processes that get the data once each and report the parent's commit."""
+    if config.workers == 1 or len(keys) <= 1:
+        for key in keys:
+            yield key, run_one(key, data, config)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(config.workers, len(keys)), mp_context=context, initializer=_start_worker,
+                             initargs=(data, config, commit())) as pool:
+        futures = {pool.submit(_run_in_worker, key): key for key in keys}
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        finally:  # a failed run (or an interrupt) stops the sweep: queued runs do not start
+            pool.shutdown(cancel_futures=True)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(data: Any, config: SweepConfig, code: str) -> None:
+    os.environ["SPARSEKIT_COMMIT"] = code  # runs record the code the sweep started from
+    _WORKER.update(data=data, config=config)
+
+
+def _run_in_worker(key: RunKey) -> dict[str, Any]:
+    return run_one(key, _WORKER["data"], _WORKER["config"])
 
 
 def summarize(runs: pl.DataFrame) -> pl.DataFrame:

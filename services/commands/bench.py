@@ -49,6 +49,8 @@ def bench_embeddings_command(
     lr: Annotated[float, typer.Option(callback=above(0), help="Adam learning rate of every run.")] = 1e-2,
     embedding_l2: Annotated[float, typer.Option(
         min=0, help="L2 on the embedding rows each batch reads.")] = 1e-2,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Runs trained at once, one process each (one torch thread per run).")] = 1,
     label: LabelOption = "label",
     fields: FieldsOption = "",
     numeric: NumericOption = "",
@@ -66,7 +68,7 @@ def bench_embeddings_command(
                              methods=_split(methods, str, "methods") or tuple(METHODS),
                              budgets=_split(budgets, float, "budgets"), seeds=_split(seeds, int, "seeds"),
                              out_dir=str(out), max_epochs=max_epochs, min_epochs=min_epochs,
-                             first_order=first_order, lr=lr, embedding_l2=embedding_l2)
+                             first_order=first_order, lr=lr, embedding_l2=embedding_l2, workers=workers)
         paths = write_report(run_sweep(config), out / "report")
     except (SparsekitError, ValueError, OSError) as exc:  # OSError: --out under a file
         fail(exc)

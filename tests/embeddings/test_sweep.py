@@ -275,3 +275,16 @@ def test_edited_data_of_the_same_shape_is_not_resumed(tiny, tmp_path, monkeypatc
     tiny.train.labels[:10] = 1 - tiny.train.labels[:10]
     with pytest.raises(InputError, match="data_sha256"):
         run_sweep(config)
+
+
+def test_workers_train_the_same_runs_as_one_process(tiny, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(sweep, "commit", lambda: "abc1234")  # the workers record the parent's commit
+    common = {"models": ("wdl",), "methods": ("hashing", "int8"), "budgets": (0.5, 0.01), "seeds": (0, 1),
+              "max_epochs": 1, "progress": False}
+    one = run_sweep(SweepConfig(**common, out_dir=str(tmp_path / "one")))
+    two = run_sweep(SweepConfig(**common, out_dir=str(tmp_path / "two"), workers=2))
+    assert two["method"].to_list() == one["method"].to_list()  # rows in run order, whatever finished first
+    columns = ["status", "stored_bytes", "val_auc", "test_auc", "test_logloss"]
+    assert two.select(columns).equals(one.select(columns))
+    assert len(list((tmp_path / "two" / "runs").glob("*.json"))) == one.height == 10
+    assert set(two.filter(pl.col("status") == "ok")["commit"]) == {"abc1234"}
