@@ -438,7 +438,8 @@ def encode_column(spec: CTRField, column: pl.Series, offset: int = 0) -> np.ndar
         if column.dtype == pl.String:
             bad &= column != ""
         if bad.any():
-            raise InputError(spec.name, f"{column.filter(bad)[0]!r} is not a number")
+            row = int(np.flatnonzero(bad.fill_null(False).to_numpy())[0])
+            raise InputError(spec.name, f"row {row + 1}: {column[row]!r} is not a number")
         values = numbers.fill_nan(None).to_numpy().astype(np.float64)
         missing = ~np.isfinite(values)
         if missing.any() and not spec.oov:

@@ -104,8 +104,10 @@ def _parse_times(column: pl.Series) -> pl.Series:
     try:
         return text.str.to_datetime(strict=True, time_unit="ns").dt.epoch("ns")
     except pl.exceptions.PolarsError:
-        bad = text.filter(text.cast(pl.Float64, strict=False).is_null() & given)[0]
-        raise InputError(column.name, f"{bad!r} is neither a number nor a date-time") from None
+        bad = (text.cast(pl.Float64, strict=False).is_null() & given).fill_null(False)
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise InputError(column.name,
+                         f"row {row + 1}: {text[row]!r} is neither a number nor a date-time") from None
 
 
 def _split(

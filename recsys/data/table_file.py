@@ -121,7 +121,7 @@ def missing_columns(path: Path, wanted: Sequence[str], columns: Sequence[str]) -
 @contextmanager
 def naming_the_file(path: Path, columns: Sequence[str]) -> Iterator[None]:
     """Re-raise an :class:`InputError` that names one of ``columns`` as one that names ``path`` first, so
-    a bad cell reads ``clicks.csv: column 'price': 'abc' is not a number``."""
+    a bad cell reads ``clicks.csv: column 'price': row 7: 'abc' is not a number``."""
     try:
         yield
     except InputError as exc:

@@ -112,7 +112,7 @@ def test_oov_fields_map_unknown_and_missing_values_to_their_last_id() -> None:
         (pl.DataFrame({"label": [], "a": []}, schema={"label": pl.Int64, "a": pl.String}), TableCTRConfig(),
          "no rows"),
         (pl.DataFrame({"label": [0, 1, 1], "a": ["x", "y", "z"], "n": ["1", "2", "lots"]}),
-         TableCTRConfig(numeric=("n",)), r"t\.csv: column 'n': 'lots' is not a number"),
+         TableCTRConfig(numeric=("n",)), r"t\.csv: column 'n': row 3: 'lots' is not a number"),
     ],
 )
 def test_bad_tables_get_errors_that_name_the_problem(

@@ -77,7 +77,7 @@ def test_date_time_columns_order_the_split(tmp_path: Path, times: list) -> None:
 @pytest.mark.parametrize(("frame", "config", "match"), [
     (LOG, InteractionsConfig(user="who", item="item"), r"column\(s\) \['item'\]"),
     (LOG.with_columns(pl.Series("ts", ["1", "2", "soon", "4", "5", "6", "7", "8", "9"])), TEMPORAL,
-     "'soon' is neither a number nor a date-time"),
+     r"log\.csv: column 'ts': row 3: 'soon' is neither a number nor a date-time"),
     (LOG.with_columns(pl.Series("who", ["ann", None, "ann", "ann", "ann", "bob", "bob", "cy", "ann"])),
      TEMPORAL, r"log\.csv: column 'who': row 2: missing id"),
     (LOG.head(0), TEMPORAL, "no rows"),
