@@ -63,8 +63,8 @@ def caveats(checked: dict[str, tuple[float, ...]]) -> list[str]:
     rest = {m: bs for m, bs in rest.items() if bs}
     others = f"; the other target cells ({_cell_names(rest)}) are in their own recheck files" if rest else ""
     return [f"a part of the grid: the target cells checked here ({_cell_names(checked)}), published methods "
-            f"only{others}; the rest of the grid (budgets without targets, the compositions) is not retrained "
-            "under this seeding yet"]
+            f"only{others}; the rest of the grid (budgets without targets, the compositions) is not "
+            "retrained under this seeding yet"]
 
 
 def missing_runs(cfg: SweepConfig) -> list[str]:
