@@ -51,9 +51,12 @@ def configs(work: Path, seeds: tuple[int, ...], models: tuple[str, ...] | None =
             for model, budgets in cells(models).items()]
 
 
+MODEL_NAMES = {"dcnv2": "DCNv2", "deepfm": "DeepFM"}
+
+
 def _cell_names(cells_: dict[str, tuple[float, ...]]) -> str:
-    return ", ".join(f"{'DCNv2' if m == 'dcnv2' else 'DeepFM' if m == 'deepfm' else m} at "
-                     f"{' and '.join(f'{b:g}' for b in budgets)}" for m, budgets in cells_.items())
+    return ", ".join(f"{MODEL_NAMES.get(m, m)} at {' and '.join(f'{b:g}' for b in budgets)}"
+                     for m, budgets in cells_.items())
 
 
 def caveats(checked: dict[str, tuple[float, ...]]) -> list[str]:

@@ -32,6 +32,7 @@ import polars as pl
 
 from recsys.data.libfm import load_libfm, split_rows
 from recsys.data.movielens import load_movielens
+from recsys.data.table_file import first_row
 from sparsekit.dataroot import dataset_path
 from sparsekit.errors import InputError, NotFoundError
 
@@ -438,7 +439,7 @@ def encode_column(spec: CTRField, column: pl.Series, offset: int = 0) -> np.ndar
         if column.dtype == pl.String:
             bad &= column != ""
         if bad.any():
-            row = int(np.flatnonzero(bad.fill_null(False).to_numpy())[0])
+            row = first_row(bad)
             raise InputError(spec.name, f"row {row + 1}: {column[row]!r} is not a number")
         values = numbers.fill_nan(None).to_numpy().astype(np.float64)
         missing = ~np.isfinite(values)

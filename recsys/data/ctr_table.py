@@ -30,7 +30,7 @@ from recsys.data.ctr import (
     split_dataset,
 )
 from recsys.data.libfm import split_rows
-from recsys.data.table_file import missing_columns, naming_the_file, read_table, shown_columns
+from recsys.data.table_file import first_row, missing_columns, naming_the_file, read_table, shown_columns
 from sparsekit.bounds import count
 from sparsekit.errors import InputError
 
@@ -132,7 +132,7 @@ def _labels(frame: pl.DataFrame, label: str, path: Path) -> np.ndarray:
                                    default=None, return_dtype=pl.Float32)
     bad = clicks.is_null()
     if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
+        row = first_row(bad)
         raise InputError(label, f"row {row + 1}: label {frame[label][row]!r} is not 0/1")
     return clicks.to_numpy().astype(np.float32)
 

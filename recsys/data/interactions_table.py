@@ -20,7 +20,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from recsys.data.implicit import ImplicitDataset
-from recsys.data.table_file import missing_columns, naming_the_file, read_table
+from recsys.data.table_file import first_row, missing_columns, naming_the_file, read_table
 from sparsekit.errors import InputError
 
 
@@ -67,7 +67,7 @@ def _ids(column: pl.Series) -> tuple[np.ndarray, tuple[str, ...]]:
     text = column.cast(pl.String).str.strip_chars()
     empty = text.is_null() | (text == "")
     if empty.any():
-        row = int(np.flatnonzero(empty.to_numpy())[0])
+        row = first_row(empty)
         raise InputError(column.name, f"row {row + 1}: missing id")
     codes = text.rank("dense").cast(pl.Int64).to_numpy() - 1
     return codes, tuple(text.unique().sort().to_list())
@@ -89,7 +89,7 @@ def _times(column: pl.Series) -> np.ndarray:
     else:
         raise InputError(column.name, f"a time column holds numbers or date-times, not {column.dtype}")
     if keys.is_null().any():
-        row = int(np.flatnonzero(keys.is_null().to_numpy())[0])
+        row = first_row(keys.is_null())
         raise InputError(column.name, f"row {row + 1}: missing time")
     return keys.to_numpy()
 
@@ -104,8 +104,7 @@ def _parse_times(column: pl.Series) -> pl.Series:
     try:
         return text.str.to_datetime(strict=True, time_unit="ns").dt.epoch("ns")
     except pl.exceptions.PolarsError:
-        bad = (text.cast(pl.Float64, strict=False).is_null() & given).fill_null(False)
-        row = int(np.flatnonzero(bad.to_numpy())[0])
+        row = first_row(text.cast(pl.Float64, strict=False).is_null() & given)
         raise InputError(column.name,
                          f"row {row + 1}: {text[row]!r} is neither a number nor a date-time") from None
 

@@ -75,7 +75,7 @@ def _check_lines(path: Path, sep: str, quoted: bool) -> None:
         return
     bad = (fields != counted[0]).fill_null(False)
     if bad.any():
-        row = int(bad.arg_true()[0])
+        row = first_row(bad)
         raise InputError(path, f"{fields[row]} fields where the first line has {counted[0]} (give every row "
                                "every field, empty where a value is missing)", row + 1)
 
@@ -116,6 +116,11 @@ def missing_columns(path: Path, wanted: Sequence[str], columns: Sequence[str]) -
                 "list (lines 'user item item ...') is passed as the folder holding train.txt and test.txt")
     return InputError(path, f"column(s) {list(wanted)} not in the table "
                             f"(columns: {shown_columns(columns)}){hint}")
+
+
+def first_row(mask: pl.Series) -> int:
+    """0-based index of the first true value of ``mask`` (nulls count as false): the row an error names."""
+    return int(mask.fill_null(False).arg_true()[0])
 
 
 @contextmanager
