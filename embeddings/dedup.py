@@ -18,7 +18,9 @@ Storage: :class:`embeddings.dpq.CodebookTable` with one group -- the index map i
 the largest count whose map + rows fit the budget (so ``U <= 65536``), fixed at construction;
 :class:`~embeddings.table.BudgetError` when not even two rows and a 1-bit map fit (N / 8 bytes +
 2 rows). Training memory is the full table (``init_std`` as in the full table); only the finalized
-table is compressed, and k-means costs ``O(N U dim)`` per iteration, in chunks.
+table is compressed, and k-means costs ``O(N U dim)`` per iteration, in chunks. The trainer validates
+each epoch on the finalized table (``lossy_finalize``): early stopping and the kept checkpoint are
+chosen by what will serve, not by the full training table.
 """
 
 from __future__ import annotations
@@ -132,6 +134,11 @@ class DedupTable(EmbeddingTable):
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         return lookup_rows(self.weight, ids)
+
+    @property
+    def lossy_finalize(self) -> bool:
+        """True: the served rows are merged / clustered trained rows, so validation runs on them."""
+        return True
 
     @torch.no_grad()
     def finalize(self) -> EmbeddingTable:

@@ -55,7 +55,7 @@ from recsys.data.ctr import DATASETS
 from recsys.data.ctr_table import TableCTRConfig
 from sparsekit.atomic import atomic_path, write_text_atomic
 from sparsekit.bounds import at_least, count, each_count, positive
-from sparsekit.errors import InputError
+from sparsekit.errors import InputError, TrainingDiverged
 from sparsekit.provenance import commit
 
 BASELINE = "full"
@@ -197,7 +197,8 @@ def train_config(model: str, seed: int, config: SweepConfig) -> Any:
 
 
 def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
-    """Train one cell; a method that cannot meet the budget gives ``status == "infeasible"``."""
+    """Train one cell; a method that cannot meet the budget gives ``status == "infeasible"``, a run whose
+    predictions were never finite ``"diverged"`` (both are finished records, like ``"ok"``)."""
     from recsys.training.ctr import train_ctr
 
     row: dict[str, Any] = {**asdict(key), "dataset": config.dataset}
@@ -209,7 +210,10 @@ def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
         table = seeded_table(key.method, data, config.embed_dim, min(budget, 1.0), key.seed)
     except BudgetError as exc:
         return {**row, "status": "infeasible", "reason": str(exc)}
-    result = train_ctr(train_config(key.model, key.seed, config), data, table)
+    try:
+        result = train_ctr(train_config(key.model, key.seed, config), data, table)
+    except TrainingDiverged as exc:
+        return {**row, "status": "diverged", "commit": commit(), "reason": str(exc)}
     served = result.model.embedding
     first = result.model.first_order.memory_bytes() if config.first_order == "counted" and hasattr(
         result.model, "first_order") else 0
@@ -240,7 +244,8 @@ def _finished_run(path: Path, key: RunKey) -> dict[str, Any] | None:
         problem = str(exc)
     else:
         mismatched = [f for f, v in asdict(key).items() if row.get(f) != v]
-        done = row.get("status") == "infeasible" or (row.get("status") == "ok" and "test_auc" in row)
+        status = row.get("status")
+        done = status in ("infeasible", "diverged") or (status == "ok" and "test_auc" in row)
         if not mismatched and done:
             return row
         problem = f"{path}: not a finished record of {key.name}" + (f" (differs in {mismatched})" if

@@ -108,6 +108,13 @@ class EmbeddingTable(nn.Module, ABC):
         on, so the served table is the one validation chose (not a pre-pruning model pruned afterwards)."""
         return True
 
+    @property
+    def lossy_finalize(self) -> bool:
+        """Whether :meth:`finalize` changes what the table computes (post-training compression, e.g.
+        dedup's k-means). The trainer then validates every epoch on a finalized copy, so early stopping
+        and the kept checkpoint judge the table that will serve."""
+        return False
+
     def penalty(self) -> torch.Tensor | None:
         """An extra loss term added at every training step (e.g. a sparsity regulariser), or ``None``."""
         return None
@@ -195,7 +202,10 @@ TableFactory = Callable[..., EmbeddingTable]
 
 
 class FieldwiseTable(EmbeddingTable):
-    """One sub-table per field (built by ``table`` with the same ``dim`` and ``budget``).
+    """One sub-table per field (built by ``table`` with the same ``dim``), within one budget.
+
+    Below budget 1, every sub-table gets the same fraction of its own full size: what the budget leaves
+    once this table's field offsets are paid (so the whole, offsets included, meets ``budget``).
 
     Ids stay global; each field's sub-table sees local ids ``0 .. field_dims[f] - 1`` (``forward`` also checks
     that column ``f`` holds only field ``f``'s ids). The training hooks (``settled``, ``penalty``,
@@ -225,7 +235,13 @@ class FieldwiseTable(EmbeddingTable):
             self.tables = nn.ModuleList(self._rebuild(tables))
             return
         factory = table_class(table) if isinstance(table, str) else table
-        self.tables = nn.ModuleList(factory(n, dim, budget, **self.table_options) for n in self.field_dims)
+        share = self._share()
+        self.tables = nn.ModuleList(factory(n, dim, share, **self.table_options) for n in self.field_dims)
+
+    def _share(self) -> float:
+        """Each sub-table's budget: the fraction left once the field offsets are paid; at budget 1 (the
+        uncompressed reference, the denominator itself, as for :class:`FullTable`) the whole of it."""
+        return 1.0 if self.budget >= 1.0 else self.room_bytes() / self.full_bytes()
 
     def _rebuild(self, configs: Sequence[dict[str, Any]]) -> list[EmbeddingTable]:
         if len(configs) != len(self.field_dims) or any(
@@ -258,6 +274,10 @@ class FieldwiseTable(EmbeddingTable):
     def settled(self) -> bool:
         return all(t.settled for t in self.tables)
 
+    @property
+    def lossy_finalize(self) -> bool:
+        return any(t.lossy_finalize for t in self.tables)
+
     def penalty(self) -> torch.Tensor | None:
         terms = [p for p in (t.penalty() for t in self.tables) if p is not None]
         return sum(terms[1:], terms[0]) if terms else None
@@ -271,15 +291,19 @@ class FieldwiseTable(EmbeddingTable):
             t.resume_at(step, total_steps)
 
     def finalize(self) -> EmbeddingTable:
-        """Every sub-table's serving table (self when none changes)."""
+        """Every sub-table's serving table (self when none changes); :class:`BudgetError` when the whole,
+        field offsets included, is over budget (training tables may be larger: searches keep full rows)."""
         served = [t.finalize() for t in self.tables]
-        if all(s is t for s, t in zip(served, self.tables, strict=True)):
-            return self
-        table = FieldwiseTable(self.num_features, self.dim, self.budget, field_dims=self.field_dims,
-                               table=self.table_kind, table_options=self.table_options,
-                               tables=[s.config() for s in served])
-        table.tables = nn.ModuleList(served)
-        return table.to(self.field_offsets.device)
+        table = self
+        if any(s is not t for s, t in zip(served, self.tables, strict=True)):
+            table = FieldwiseTable(self.num_features, self.dim, self.budget, field_dims=self.field_dims,
+                                   table=self.table_kind, table_options=self.table_options,
+                                   tables=[s.config() for s in served])
+            table.tables = nn.ModuleList(served)
+            table = table.to(self.field_offsets.device)
+        if table.budget < 1.0:
+            table.check_budget()
+        return table
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.dim() == 2 and ids.shape[1] == len(self.tables):

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from embeddings.table import EmbeddingTable
+from embeddings.table import FLOAT_BYTES, BudgetError, EmbeddingTable
 from recsys.models.ctr.mlp import DeepInput
 from sparsekit.errors import InputError
 
@@ -65,17 +65,19 @@ class LowRankLinear(nn.Module):
         return self.up(self.down(x))
 
 
-def _table_rank(num_features: int, dim: int, groups: int, budget: float) -> int:
-    """The largest rank whose rows + per-group basis and mean fit ``budget`` of the full table."""
-    per_rank, fixed = num_features + groups * dim, groups * dim
-    return max(1, min(dim, int((budget * num_features * dim - fixed) // per_rank)))
+def _table_rank(num_features: int, dim: int, groups: int, room: int) -> int:
+    """The largest rank (at most ``dim``) whose float32 rows + per-group basis and mean fit ``room`` bytes;
+    0 when not even rank 1 does."""
+    per_rank, fixed = (num_features + groups * dim) * FLOAT_BYTES, groups * dim * FLOAT_BYTES
+    return max(0, min(dim, (room - fixed) // per_rank))
 
 
 class LowRankTable(EmbeddingTable):
     """AFM-compressed table: codes ``weight [V, k]``, per-field ``basis [G, dim, k]`` and ``mean [G, dim]``.
 
     ``lookup`` returns ``basis_g @ code + mean_g``; :meth:`codes` returns the ``k``-dim codes. ``rank``
-    defaults to the largest that fits ``budget``.
+    defaults to the largest that fits ``budget`` (field offsets included; :class:`BudgetError` when not
+    even rank 1 does); an explicit ``rank`` is taken as given.
     """
 
     kind = "afm-lowrank"
@@ -91,7 +93,12 @@ class LowRankTable(EmbeddingTable):
     ) -> None:
         super().__init__(num_features, dim, budget, field_dims=field_dims)
         groups = self.num_fields or 1
-        self.rank = int(rank) if rank is not None else _table_rank(num_features, dim, groups, budget)
+        if rank is None:
+            rank = _table_rank(num_features, dim, groups, self.room_bytes())
+            if rank < 1:
+                raise BudgetError(self.kind, f"rank-1 codes of {num_features} features plus the basis and "
+                                             f"mean of {groups} field(s) exceed {self.room_bytes()} bytes")
+        self.rank = int(rank)
         if not 1 <= self.rank <= dim:
             raise InputError("rank", f"must be in [1, {dim}], got {self.rank}")
         self.weight = nn.Parameter(torch.zeros(num_features, self.rank))

@@ -32,6 +32,10 @@ class ArtifactError(SparsekitError):
         super().__init__(f"{self.path}: {message}")
 
 
+class TrainingDiverged(SparsekitError, ArithmeticError):
+    """Training produced non-finite predictions at every validated epoch (e.g. a learning rate too high)."""
+
+
 class NotFoundError(SparsekitError, KeyError):
     """An unknown id or name (index, user, document)."""
 

@@ -6,7 +6,9 @@ epoch, early stopping on validation AUC (scikit-learn ``roc_auc_score``) with ``
 before ``min_epochs``), and the best epoch's weights restored. Epochs in which the embedding table is
 still searching or pruning (``EmbeddingTable.settled`` is False) are evaluated but neither kept nor
 counted toward patience: the restored checkpoint is always one whose table computes what it will
-serve. ``embedding_l2`` adds an L2 penalty on the embedding rows each batch touches
+serve. A table compressed only when finalized (``EmbeddingTable.lossy_finalize``, e.g. dedup) is
+validated every epoch through a finalized copy, for the same reason. ``embedding_l2`` adds an L2
+penalty on the embedding rows each batch touches
 (``embedding_l2 * sum ||e||^2 / batch``; FuxiCTR regularizes the whole table instead).
 Seeded: same config and data, same model (on CPU). The defaults (lr 1e-2, ``embedding_l2`` 1e-2,
 dropout 0.2, batch 1024) were picked on the Frappe validation split: at BARS' lr 1e-3 the deep tower
@@ -21,6 +23,7 @@ round-trip too.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -49,7 +52,7 @@ from sparsekit.artifacts import open_artifact, write_artifact
 from sparsekit.best_state import BestState
 from sparsekit.bounds import at_least, count, each_count, within
 from sparsekit.device import default_device
-from sparsekit.errors import ArtifactError, InputError
+from sparsekit.errors import ArtifactError, InputError, TrainingDiverged
 
 if TYPE_CHECKING:
     from recsys.data.ctr_table import TableCTRConfig
@@ -153,15 +156,19 @@ def _model_device(model: nn.Module) -> str:
 
 
 def evaluate_ctr(model: nn.Module, split: CTRSplit, batch_size: int = 8192) -> dict[str, float]:
-    """AUC, logloss and inference samples/s on one split."""
+    """AUC, logloss and inference samples/s on one split; AUC NaN and logloss inf when a prediction is not
+    finite (a diverged model: such an epoch counts toward patience and is never kept)."""
     start = time.perf_counter()
     probs = predict(model, split.features, batch_size)
     seconds = time.perf_counter() - start
+    speed = len(split) / max(seconds, 1e-9)
+    if not np.isfinite(probs).all():
+        return {"auc": math.nan, "logloss": math.inf, "inference_samples_per_s": speed}
     clipped = np.clip(probs, 1e-7, 1 - 1e-7)
     return {
         "auc": float(roc_auc_score(split.labels, probs)),
         "logloss": float(log_loss(split.labels, clipped)),
-        "inference_samples_per_s": len(split) / max(seconds, 1e-9),
+        "inference_samples_per_s": speed,
     }
 
 
@@ -251,6 +258,9 @@ def train_ctr(
     if not best.found:
         raise RuntimeError(f"the {model.embedding.kind} table never finished its search phase in "
                            f"{config.max_epochs} epochs: raise max_epochs or shorten its search")
+    if math.isnan(best.score):
+        raise TrainingDiverged(f"{config.model} with the {model.embedding.kind} table predicted non-finite "
+                               f"click probabilities at every validated epoch (lr {config.lr:g}): lower lr")
     best.restore()
     model.embedding = model.embedding.finalize()  # the serving table (e.g. pruned rows packed)
     model.eval()
@@ -266,7 +276,7 @@ def _run_epoch(
     model, epoch = run.model, run.epoch + 1
     steps = ((epoch - 1) * per_epoch, config.max_epochs * per_epoch)
     loss, speed = _train_epoch(model, run.optimizer, data.train, config, run.rng, device, bar, steps)
-    val = evaluate_ctr(model, data.val, config.eval_batch_size)
+    val = evaluate_ctr(_as_served(model), data.val, config.eval_batch_size)
     settled = model.embedding.settled
     run.history.append({"epoch": epoch, "train_loss": loss, "train_samples_per_s": speed,
                         "val_auc": val["auc"], "val_logloss": val["logloss"], "settled": settled})
@@ -280,6 +290,16 @@ def _run_epoch(
     else:
         run.waited += 1
         run.done |= run.waited >= config.patience and epoch >= config.min_epochs
+
+
+def _as_served(model: nn.Module) -> nn.Module:
+    """The model as it will serve: a copy holding the finalized table when finalizing changes the
+    table's outputs (``EmbeddingTable.lossy_finalize``), else the model itself."""
+    if not model.embedding.lossy_finalize:
+        return model
+    served = copy.deepcopy(model)
+    served.embedding = served.embedding.finalize()
+    return served
 
 
 def _final_metrics(

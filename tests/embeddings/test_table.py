@@ -115,9 +115,22 @@ def test_fieldwise_table_dispatches_local_ids() -> None:
 
 
 def test_fieldwise_with_a_compressed_subtable() -> None:
-    table = FieldwiseTable(10, 2, 0.5, field_dims=[4, 6], table=HashedTable)
-    assert [t.rows for t in table.tables] == [2, 3]
-    assert table(torch.tensor([[0, 4], [3, 9]])).shape == (2, 2, 2)
+    table = FieldwiseTable(20, 2, 0.5, field_dims=[8, 12], table=HashedTable)
+    # 80 bytes of budget, 16 of field offsets: the sub-tables share the other 64 (0.4 of their full size)
+    assert [t.budget for t in table.tables] == [0.4, 0.4] and [t.rows for t in table.tables] == [3, 4]
+    assert table.memory_bytes() == 16 + (3 + 4) * 2 * 4 <= table.budget_bytes()
+    assert table.finalize() is table
+    assert table(torch.tensor([[0, 8], [7, 19]])).shape == (2, 2, 2)
+
+
+def test_fieldwise_table_pays_its_field_offsets_from_the_budget() -> None:
+    """The offsets are paid before the sub-tables are sized, so the whole stays within the budget; when
+    the share left cannot hold a sub-table, that sub-table's BudgetError says so."""
+    for kind in ("hashing", "qr", "pep", "dpq", "qr+int4"):
+        served = FieldwiseTable(3000, 8, 0.1, field_dims=[1000, 1200, 800], table=kind).finalize()
+        assert served.memory_bytes() <= 1.02 * served.budget_bytes(), kind
+    with pytest.raises(BudgetError, match="hashing"):
+        FieldwiseTable(200, 16, 0.01, field_dims=[100, 100], table="hashing")  # 128 bytes - 16: < 2 rows
 
 
 @pytest.mark.parametrize(

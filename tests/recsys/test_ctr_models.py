@@ -30,7 +30,7 @@ from recsys.training.ctr import (
     train_ctr,
 )
 from sparsekit.dataroot import dataset_path
-from sparsekit.errors import ArtifactError, InputError
+from sparsekit.errors import ArtifactError, InputError, TrainingDiverged
 
 FIELDS = [4, 6, 3, 5]
 MODELS = [DLRM, WideDeep, DeepFM, DCNv2]
@@ -241,3 +241,30 @@ def test_trainer_refuses_a_table_that_never_settles() -> None:
     table = Searching(data.num_features, 4, field_dims=data.field_dims)
     with pytest.raises(RuntimeError, match="never finished its search phase"):
         train_ctr(_small_config(max_epochs=2), data, table)
+
+
+def test_a_table_compressed_when_finalized_is_validated_as_it_will_serve() -> None:
+    """Dedup trains a full table and clusters its rows only when finalized: every epoch is validated
+    through a finalized copy, so the kept epoch and the reported AUC are those of the served table."""
+    from embeddings.dedup import DedupTable
+
+    data = _toy_data()
+    table = DedupTable(data.num_features, 4, 0.5, field_dims=data.field_dims)
+    result = train_ctr(_small_config(), data, table)
+    assert result.model.embedding.kind == "codebook"
+    kept = result.history[result.best_epoch - 1]["val_auc"]
+    assert result.metrics["val_auc"] == pytest.approx(kept, abs=1e-9)
+    assert result.best_epoch == int(np.argmax([h["val_auc"] for h in result.history])) + 1
+
+
+def test_a_diverged_run_says_so() -> None:
+    """Non-finite predictions give AUC NaN (never kept) instead of a scikit-learn crash; a run that is
+    never finite raises TrainingDiverged naming the learning rate."""
+    data = _toy_data()
+    model = _model(DCNv2)
+    with torch.no_grad():
+        model.embedding.weight.fill_(float("nan"))
+    val = evaluate_ctr(model, data.val)
+    assert np.isnan(val["auc"]) and val["logloss"] == float("inf")
+    with pytest.raises(TrainingDiverged, match="lr 1e\\+30"):
+        train_ctr(_small_config(lr=1e30, max_epochs=2), data)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from embeddings.full import FullTable
-from embeddings.table import FieldwiseTable
+from embeddings.table import BudgetError, FieldwiseTable
 from recsys.data.ctr import CTRField, CTRSchema
 from recsys.lowrank import (
     CodeInput,
@@ -206,3 +206,13 @@ def test_compressed_model_round_trips(tmp_path: Path, cls) -> None:
     assert np.isclose(
         sum(p.numel() for p in loaded.model.parameters()), sum(p.numel() for p in low.parameters())
     )
+
+
+def test_default_rank_meets_the_budget_or_says_it_cannot() -> None:
+    """The largest rank whose codes, bases, means and field offsets fit; BudgetError below rank 1."""
+    fields = [957, 4082, 7, 7, 2, 3, 2, 9, 80, 233]  # Frappe's layout, dim 16
+    table = LowRankTable(sum(fields), 16, 0.1, field_dims=fields)
+    assert table.rank == 1 and table.memory_bytes() <= table.budget_bytes()
+    assert LowRankTable(sum(fields), 16, 0.5, field_dims=fields).rank == 7
+    with pytest.raises(BudgetError, match="afm-lowrank"):
+        LowRankTable(sum(fields), 16, 0.01, field_dims=fields)  # 3,444 bytes: not even rank-1 codes
