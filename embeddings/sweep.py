@@ -112,6 +112,8 @@ class SweepConfig:
         if self.dataset in DATASETS:  # a named dataset has its own reader: table options are no part of it
             self.table = None
         count(self, 1, "embed_dim", "max_epochs", "patience", "min_epochs", "threads", "workers")
+        if self.min_epochs > self.max_epochs:  # now, not at the first run, after the data loads
+            raise InputError("min_epochs", f"{self.min_epochs} exceeds max_epochs {self.max_epochs}")
 
     def _check_models(self) -> None:
         """Refuse an unknown CTR model up front, before the data loads and the folder is claimed."""

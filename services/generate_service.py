@@ -18,7 +18,7 @@ import grpc
 from retrieval.rag.engine import GenerationStats
 from retrieval.rag.pipeline import Answer, RagPipeline
 from services.api import generate_pb2, generate_pb2_grpc
-from services.status import RequestError, guarded, status_of
+from services.status import RequestError, guarded, internal_message, status_of
 from sparsekit.errors import ArtifactError, InputError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -90,4 +90,4 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
             context.abort(status_of(exc), str(exc))
         except Exception as exc:  # an engine fault: log it, tell the client only what failed
             log.exception("Generate failed")
-            context.abort(grpc.StatusCode.INTERNAL, f"Generate failed: {type(exc).__name__}: {exc}")
+            context.abort(grpc.StatusCode.INTERNAL, internal_message("Generate", exc))

@@ -49,5 +49,11 @@ def guarded(context: grpc.ServicerContext, fn: Callable[[], T], what: str) -> T:
         context.abort(status_of(exc), str(exc))
     except Exception as exc:  # an engine fault: log it, tell the client only what failed
         log.exception("%s failed", what)
-        context.abort(grpc.StatusCode.INTERNAL, f"{what} failed: {type(exc).__name__}: {exc}")
+        context.abort(grpc.StatusCode.INTERNAL, internal_message(what, exc))
     raise AssertionError("unreachable: context.abort raises")
+
+
+def internal_message(what: str, exc: Exception) -> str:
+    """The client's text for an engine fault: what failed and the error's type, not its message (which
+    may hold engine internals, e.g. Java exception text or server paths: those go to the server log)."""
+    return f"{what} failed ({type(exc).__name__}; details in the server log)"

@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sparsekit.errors import InputError
+
 TEMP_KINDS = ("tmp", "tmpdir", "old")  # a file being written, a directory being written, a swapped-out backup
 MIN_AGE_S = 10.0  # a younger leftover is left alone: its writer may not hold the lock yet
 _TEMP_NAME = re.compile(rf"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{{8}}\.(?P<kind>{'|'.join(TEMP_KINDS)})")
@@ -161,6 +163,20 @@ def atomic_path(target: Path | str, sweep: bool = True) -> Iterator[Path]:
         raise
     finally:
         os.close(lock)
+
+
+def check_file_target(target: Path | str, source: str) -> None:
+    """Raise :class:`~sparsekit.errors.InputError` naming ``source`` unless a file can be written at
+    ``target``: it is not a directory and its nearest existing ancestor is one. For commands that check
+    their output path before hours of work rather than fail after them."""
+    target = Path(target)
+    if target.is_dir():
+        raise InputError(source, f"{target} is a directory, expected a file path")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(source, f"{target}: {parent} is not a directory")
 
 
 def write_text_atomic(target: Path | str, text: str) -> None:

@@ -5,10 +5,16 @@ pyserini 1.x (Lin et al., SIGIR 2021) ``LuceneSearcher`` scores BM25 with ``set_
 (:func:`~retrieval.engines.impacts.quantize_impacts`). Both run in the JVM that
 :mod:`~retrieval.engines.jvm` starts, are callable from any thread (:func:`~retrieval.engines.jvm.java_call`)
 and return plain Python ``(doc id, score)`` pairs. Indexes are built by :mod:`~retrieval.engines.anserini`.
+
+pyserini's ``batch_search`` builds pyjnius ``JArrayList`` / ``JHashMap`` objects that are not safe to
+use from several Python threads at once (intermittent ``NullPointerException`` /
+``IncompatibleClassChangeError`` under a threaded gRPC server; pyjnius issue #287): each searcher
+runs one batch at a time (a batch is already parallel on Java threads), single queries run freely.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +64,7 @@ class Bm25Searcher:
         self._searcher = lucene.LuceneSearcher(str(index_dir))
         self._searcher.set_bm25(self.k1, self.b)
         self.num_docs = int(self._searcher.num_docs)
+        self._batch_lock = threading.Lock()
 
     @java_call("BM25 search", query="text")
     def search(self, text: str, k: int = 10) -> list[tuple[str, float]]:
@@ -76,7 +83,8 @@ class Bm25Searcher:
             return {}
         k, threads = _check_k(k, self.num_docs), check_k(threads, "threads")
         try:
-            results = _open(self._searcher).batch_search(texts, qids, k=k, threads=threads)
+            with self._batch_lock:
+                results = _open(self._searcher).batch_search(texts, qids, k=k, threads=threads)
         except Exception as exc:  # a query Lucene refused only shows as a missing task: find which one
             if "completedTaskCount" in str(exc):
                 self._name_refused_query(texts, k)
@@ -127,6 +135,7 @@ class ImpactSearcher:
         self._searcher = lucene.LuceneImpactSearcher(str(index_dir), _impact_encoder_class()(),
                                                      min_idf=-1)
         self.num_docs = int(self._searcher.num_docs)
+        self._batch_lock = threading.Lock()
 
     def _query(self, weights: Mapping[str, int], field: str) -> dict[str, int]:
         query = check_impacts(weights, field)
@@ -150,8 +159,9 @@ class ImpactSearcher:
         qids = _check_qids(qids, len(encoded))
         if not encoded:
             return {}
-        results = _open(self._searcher).batch_search(encoded, qids, k=_check_k(k, self.num_docs),
-                                              threads=check_k(threads, "threads"))
+        k, threads = _check_k(k, self.num_docs), check_k(threads, "threads")
+        with self._batch_lock:
+            results = _open(self._searcher).batch_search(encoded, qids, k=k, threads=threads)
         return {qid: _hits(results.get(qid, [])) for qid in qids}
 
     @java_call("closing the Lucene impact index")

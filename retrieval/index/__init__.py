@@ -16,7 +16,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from sparsekit.artifacts import artifact_format, check_target
+from sparsekit.artifacts import artifact_format, check_target, open_artifact
 from sparsekit.errors import ArtifactError
 
 
@@ -98,18 +98,27 @@ def build_index(kind: str, corpus: str | Path, out: str | Path, **params: Any) -
     corpus = Path(corpus)
     corpus = corpus / "corpus.jsonl" if corpus.is_dir() else corpus  # a BEIR folder names its corpus
     check_target(Path(out), bool(params.get("overwrite", False)))  # now, not after encoding the corpus
-    if kind not in KINDS:
-        raise ValueError(f"unknown index kind {kind!r}; known: {sorted(KINDS)}")
+    check_kind(kind, params.get("model"))
     entry = KINDS[kind]
     build = entry.attr(entry.builder)
     if kind == "sparse":  # the trained model comes first
-        if not params.get("model"):
-            raise ValueError("kind 'sparse' needs a trained model (--model DIR)")
         return build(params.pop("model"), corpus, out, **params)
     if entry.config is None:
         return build(corpus, out, **params)
     config, rest = _split_config(entry.attr(entry.config), params)
     return build(corpus, out, config=config, **rest)
+
+
+def check_kind(kind: str, model: str | Path | None = None) -> None:
+    """Raise unless ``kind`` is a buildable index kind with what it needs: ``sparse`` a trained
+    ``sparse-doc-encoder`` at ``model`` (:class:`ArtifactError` naming it). Cheap: for callers with
+    long work before :func:`build_index` (chunking, embedding a corpus)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; known: {sorted(KINDS)}")
+    if kind == "sparse":
+        if not model:
+            raise ValueError("kind 'sparse' needs a trained model (--model DIR)")
+        open_artifact(model, "sparse-doc-encoder", 1, verify=False)
 
 
 def _split_config(cls: type, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

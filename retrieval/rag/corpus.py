@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from retrieval.data.beir import load_corpus
-from retrieval.index import SearchIndex, build_index, open_index
+from retrieval.index import SearchIndex, build_index, check_kind, open_index
 from retrieval.rag.chunking import Chunk, chunk_text, iter_chunks
 from sparsekit.artifacts import fingerprint, open_artifact, write_artifact
 from sparsekit.errors import InputError
@@ -78,6 +78,7 @@ def build_rag_corpus(corpus: str | Path, out: str | Path, tokenizer: Tokenizer, 
     corpus, out = Path(corpus), Path(out)
     if not corpus.is_file():
         raise InputError(corpus, "corpus file not found")
+    check_kind(kind, index_params.get("model"))  # now, not after chunking the corpus
     params = {"max_tokens": max_tokens, "kind": kind, "tokenizer": type(tokenizer).__name__,
               "vocab_size": len(tokenizer)}
     with write_artifact(out, format=FORMAT, version=VERSION, params=params, source=fingerprint([corpus]),

@@ -19,7 +19,7 @@ from services.commands.ctr import (
     NumericOption,
     table_config,
 )
-from services.commands.output import above, console, fail
+from services.commands.output import above, console, fail, naming_options
 from sparsekit.errors import SparsekitError
 
 
@@ -63,12 +63,13 @@ def bench_embeddings_command(
     from embeddings.sweep import SweepConfig, run_sweep, write_report
 
     try:
-        config = SweepConfig(dataset=dataset, table=table_config(label, numeric, min_count, fields, header),
-                             models=_split(model, str, "model"),
-                             methods=_split(methods, str, "methods") or tuple(METHODS),
-                             budgets=_split(budgets, float, "budgets"), seeds=_split(seeds, int, "seeds"),
-                             out_dir=str(out), max_epochs=max_epochs, min_epochs=min_epochs,
-                             first_order=first_order, lr=lr, embedding_l2=embedding_l2, workers=workers)
+        with naming_options({"models": "--model", "out_dir": "--out"}):  # options, not Python fields
+            table = table_config(label, numeric, min_count, fields, header)
+            config = SweepConfig(dataset=dataset, table=table, models=_split(model, str, "model"),
+                                 methods=_split(methods, str, "methods") or tuple(METHODS),
+                                 budgets=_split(budgets, float, "budgets"), seeds=_split(seeds, int, "seeds"),
+                                 out_dir=str(out), max_epochs=max_epochs, min_epochs=min_epochs,
+                                 first_order=first_order, lr=lr, embedding_l2=embedding_l2, workers=workers)
         paths = write_report(run_sweep(config), out / "report")
     except (SparsekitError, ValueError, OSError) as exc:  # OSError: --out under a file
         fail(exc)

@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from services.commands.output import above, console, fail, naming_options
-from sparsekit.atomic import write_text_atomic
+from sparsekit.atomic import check_file_target, write_text_atomic
 from sparsekit.errors import SparsekitError
 
 
@@ -51,9 +51,9 @@ def train_gcn_command(
     from recsys.gcn.tasks import load_task
     from recsys.gcn.training import PHASES, GCNTrainConfig, train_gcn
 
-    if report is not None and (report.is_dir() or report.parent.is_file()):
-        fail(ValueError(f"--report {report}: must be a file path (checked now, not after training)"))
     try:
+        if report is not None:
+            check_file_target(report, "--report")  # now, not after training
         with naming_options():  # "--feature-store: unknown mode", not the Python field "feature_store"
             config = GCNTrainConfig(model=model, fanouts=_fanouts(fanouts), feature_store=feature_store,
                                     epochs=epochs, batch_size=batch_size, hidden=hidden, lr=lr,
@@ -79,7 +79,10 @@ def train_gcn_command(
         console.print(f"[yellow]not evaluated on an empty {empty} split[/] (too few labelled nodes for the "
                       f"split fractions?); {kept}")
     if report is not None:
-        write_text_atomic(report, json.dumps(result.summary(), indent=2) + "\n")
+        try:
+            write_text_atomic(report, json.dumps(result.summary(), indent=2) + "\n")
+        except OSError as exc:
+            fail(exc)
 
 
 def generate_graph_command(

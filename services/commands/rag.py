@@ -37,6 +37,7 @@ def build_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing directory at OUT.")] = False,
 ) -> None:
     """Chunk a corpus for RAG and index the chunks."""
+    from retrieval.index import check_kind
     from retrieval.rag.corpus import build_rag_corpus
     from retrieval.rag.generator import load_tokenizer
 
@@ -46,6 +47,7 @@ def build_command(
         params = {"model": model} if kind == "sparse" else {}
         if kind not in ("bm25", "sparse"):
             raise ValueError(f"--kind {kind!r}: expected bm25 or sparse")
+        check_kind(kind, model)  # before the tokenizer loads
         path = build_rag_corpus(corpus_file, out, load_tokenizer(gguf), max_tokens=max_tokens, kind=kind,
                                 overwrite=overwrite, **params)
     except (SparsekitError, ValueError, FileNotFoundError) as exc:

@@ -49,3 +49,21 @@ def test_bad_input_and_no_overwrite(word_tokenizer, built: Path, tmp_path: Path)
     with pytest.raises(InputError, match="not found"):
         build_rag_corpus(tmp_path / "missing.jsonl", tmp_path / "out", word_tokenizer)
     assert RagCorpus.open(built).chunks == rag.chunks  # the published corpus is untouched
+
+
+def test_a_sparse_corpus_without_a_trained_model_fails_before_chunking(word_tokenizer, built: Path,
+                                                                        tmp_path: Path) -> None:
+    """The model is checked first: chunking a large corpus, then failing, wastes minutes."""
+    class Counting:
+        calls = 0
+
+        def __getattr__(self, name):  # any use of the tokenizer counts as chunking work
+            Counting.calls += 1
+            return getattr(word_tokenizer, name)
+
+    with pytest.raises(ValueError, match="needs a trained model"):
+        build_rag_corpus(built / "corpus.jsonl", tmp_path / "a", Counting(), kind="sparse", progress=False)
+    with pytest.raises(ArtifactError, match="sparse-doc-encoder"):  # a rag-corpus is not a model
+        build_rag_corpus(built / "corpus.jsonl", tmp_path / "b", Counting(), kind="sparse", model=built,
+                         progress=False)
+    assert Counting.calls == 0 and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

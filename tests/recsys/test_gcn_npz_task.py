@@ -115,3 +115,21 @@ def test_cli_no_evaluate_trains_without_the_accuracy_passes(tmp_path: Path) -> N
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "test acc" in result.output
+
+
+def test_cli_refuses_a_report_path_under_a_file_before_training(tmp_path: Path) -> None:
+    """A file higher up the --report path would only fail the write after training: refused first."""
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    np.savez(tmp_path / "g.npz", **_graph(100))
+    (tmp_path / "corpus.jsonl").write_text("{}\n")
+    args = ["train", "gcn", "--data", str(tmp_path / "g.npz"), "--epochs", "1", "--device", "cpu",
+            "--feature-store", "cpu-copy", "--report", str(tmp_path / "corpus.jsonl" / "sub" / "r.json")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())  # rich wraps long lines
+    assert message.startswith("error: --report:") and "corpus.jsonl is not a directory" in message
+    assert "epoch" not in message  # nothing was trained
+    assert (tmp_path / "corpus.jsonl").read_text() == "{}\n"

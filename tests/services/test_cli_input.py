@@ -286,3 +286,17 @@ def test_train_gcn_says_when_a_split_is_too_small_to_evaluate(tmp_path: Path) ->
     result = runner.invoke(app, ["train", "gcn", "--data", str(graph), "--epochs", "1", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "not evaluated on an empty val and test split" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--min-epochs", "5", "--max-epochs", "2"], "--min-epochs: 5 exceeds max_epochs 2"),
+    (["--model", "foo"], "--model: unknown CTR model(s) ['foo']"),
+    (["--first-order", "half"], "--first-order: one of"),
+])
+def test_bench_embeddings_refuses_a_bad_config_by_option_before_loading_data(args: list[str], message: str,
+                                                                              tmp_path: Path) -> None:
+    """The dataset is missing: the sweep config's error comes first, under the option's name."""
+    result = runner.invoke(app, ["bench", "embeddings", "--dataset", str(tmp_path / "missing.csv"),
+                                 "--out", str(tmp_path / "sweep"), *args])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "sweep").exists()

@@ -231,3 +231,22 @@ def test_an_engine_refusal_names_the_request_whether_or_not_its_query_shares_a_b
             assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("request.text:"), details
     finally:
         server.stop(grace=None)
+
+
+def test_an_engine_fault_is_internal_and_keeps_its_details_in_the_server_log(caplog) -> None:
+    """The client learns what failed and the error type; the message (Java text, server paths) is logged."""
+    class Broken(WordOverlapIndex):
+        def search(self, text: str, k: int) -> list[tuple[str, float]]:
+            raise RuntimeError("NullPointerException at /srv/indexes/secret")
+
+    server, port = make_server({"a": Broken({"d1": "x"})}, ServerConfig(address="127.0.0.1:0"))
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = search_pb2_grpc.SearchServiceStub(ch)
+            code, details = _code(stub.Search, search_pb2.SearchRequest(index="a", text="x", k=1))
+    finally:
+        server.stop(grace=None)
+    assert code == grpc.StatusCode.INTERNAL and "RuntimeError" in details
+    assert "secret" not in details and "NullPointer" not in details
+    assert "/srv/indexes/secret" in caplog.text
