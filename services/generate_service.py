@@ -4,12 +4,15 @@ One request: retrieve the top-``k`` chunks of the served RAG corpus, generate wi
 (:class:`retrieval.rag.pipeline.RagPipeline`), stream ``text`` pieces, then one ``summary`` with the
 retrieved chunk ids, the whole answer and the request's cache statistics. Status codes: a blank or
 over-long question, or ``k`` / ``max_new_tokens`` out of range, INVALID_ARGUMENT naming the field; no
-chunk matching the question NOT_FOUND; the client's deadline DEADLINE_EXCEEDED (checked between tokens).
+chunk matching the question NOT_FOUND; the client's deadline DEADLINE_EXCEEDED (checked while waiting for
+the model and between tokens); more than ``GenerateLimits.max_pending`` requests at once
+RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -33,10 +36,16 @@ class GenerateLimits:
     default_k: int = 5
     max_new_tokens: int = 512
     default_new_tokens: int = 64
+    # Generate requests admitted at once: one generates, the others wait for the model; more are refused
+    # RESOURCE_EXHAUSTED. The server adds this many threads to its pool, so waiting generations never
+    # hold the workers that answer Search, Recommend and Health.
+    max_pending: int = 2
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_k <= self.max_k or not 1 <= self.default_new_tokens <= self.max_new_tokens:
             raise ValueError(f"inconsistent limits: {self}")
+        if self.max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {self.max_pending}")
 
 
 def _bounded(value: int, default: int, top: int, field: str) -> int:
@@ -62,6 +71,7 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
     def __init__(self, pipeline: RagPipeline, limits: GenerateLimits | None = None) -> None:
         self.pipeline = pipeline
         self.limits = limits or GenerateLimits()
+        self._slots = threading.BoundedSemaphore(self.limits.max_pending)
 
     def _validate(self, request: generate_pb2.GenerateRequest) -> tuple[str, int, int]:
         question = request.question
@@ -78,8 +88,18 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
     def Generate(self, request: generate_pb2.GenerateRequest,
                  context: grpc.ServicerContext) -> Iterator[generate_pb2.GenerateResponse]:
         question, k, new = guarded(context, lambda: self._validate(request), "Generate")
+        if not self._slots.acquire(blocking=False):
+            busy = f"the generator is busy: {self.limits.max_pending} requests in progress; retry later"
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, busy)
         try:
-            for event in self.pipeline.stream(question, k, new):
+            yield from self._stream(question, k, new, context)
+        finally:
+            self._slots.release()
+
+    def _stream(self, question: str, k: int, new: int,
+                context: grpc.ServicerContext) -> Iterator[generate_pb2.GenerateResponse]:
+        try:
+            for event in self.pipeline.stream(question, k, new, wait=context.time_remaining()):
                 if not context.is_active():
                     return
                 if isinstance(event, Answer):
@@ -88,6 +108,8 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
                     yield generate_pb2.GenerateResponse(text=event)
         except (RequestError, InputError, NotFoundError, ArtifactError) as exc:
             context.abort(status_of(exc), str(exc))
+        except TimeoutError as exc:  # the deadline passed while another request held the model
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         except Exception as exc:  # an engine fault: log it, tell the client only what failed
             log.exception("Generate failed")
             context.abort(grpc.StatusCode.INTERNAL, internal_message("Generate", exc))

@@ -52,8 +52,10 @@ def make_server(indexes: Mapping[str, SearchIndex], config: ServerConfig | None 
     return it and its bound port."""
     config = config or ServerConfig()
     size = config.limits.max_message_bytes
+    generating = generate.limits.max_pending if generate is not None else 0
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.workers),
+        # Generate's admitted requests get threads of their own: waiting generations never starve Search
+        futures.ThreadPoolExecutor(max_workers=config.workers + generating),
         # no SO_REUSEPORT: a second server on a port in use must fail, not share it silently
         options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", 4 * size),
                  ("grpc.so_reuseport", 0)],

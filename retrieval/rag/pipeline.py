@@ -51,15 +51,21 @@ class RagPipeline:
                                 "nothing to answer from")
         return chunks
 
-    def stream(self, question: str, k: int | None = None,
-               max_new_tokens: int = 64) -> Iterator[str | Answer]:
+    def stream(self, question: str, k: int | None = None, max_new_tokens: int = 64,
+               wait: float | None = None) -> Iterator[str | Answer]:
         """Yield the answer's text pieces as they are generated, then the :class:`Answer`. Its TTFT and
-        total time count from this call: retrieval and the wait for the model are part of them."""
+        total time count from this call: retrieval and the wait for the model are part of them.
+        ``wait``: at most this many seconds for the model (another request may hold it), else
+        :class:`TimeoutError`; ``None`` waits as long as it takes."""
         started = time.perf_counter()
         chunks = self.retrieve(question, k)
-        with self._lock:
+        if not self._lock.acquire(timeout=-1 if wait is None else max(wait, 0.0)):
+            raise TimeoutError(f"the model stayed busy with other requests for {wait:.1f}s")
+        try:
             yield from self.engine.stream(question, [c.text for c in chunks], max_new_tokens, started)
             result = self.engine.last_result
+        finally:
+            self._lock.release()
         yield Answer(question, chunks, result)
 
     def ask(self, question: str, k: int | None = None, max_new_tokens: int = 64) -> Answer:

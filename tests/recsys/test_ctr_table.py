@@ -249,13 +249,13 @@ def test_cli_sweep_charges_the_first_order_table_when_asked(table: Path, tmp_pat
     run = json.loads((tmp_path / "s" / "runs" / "deepfm__hashing__0.5__s0.json").read_text())
     assert run["first_order_bytes"] > 0 and run["stored_bytes"] <= 1.02 * run["budget_bytes"]
     out = runner.invoke(app, [*args, "--first-order", "sometimes", "--out", str(tmp_path / "bad")])
-    assert out.exit_code != 0 and "first_order" in out.output
+    assert out.exit_code != 0 and "--first-order" in out.output  # the option, not the field
     out = runner.invoke(app, [*args, "--lr", "3e-3", "--embedding-l2", "0", "--out", str(tmp_path / "t")])
     assert out.exit_code == 0, out.output
     stored = json.loads((tmp_path / "t" / "sweep.json").read_text())
     assert (stored["lr"], stored["embedding_l2"]) == (3e-3, 0.0)
     out = runner.invoke(app, [*args, "--lr", "0", "--out", str(tmp_path / "bad")])
-    assert out.exit_code != 0 and "lr" in out.output
+    assert out.exit_code != 0 and "--lr" in out.output
 
 
 def test_per_row_and_column_encoding_agree_on_typed_columns(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ matches NOT_FOUND. Health reports SERVING and reflection lists the service.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,3 +137,67 @@ def test_health_and_reflection(stub) -> None:
     answers = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = {s.name for a in answers for s in a.list_services_response.service}
     assert name in names
+
+
+class GatedEngine:
+    """Stands in for the model: each request yields one token, then waits for ``release``."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.generating = threading.Event()
+        self.release = threading.Event()
+        self.last_result = None
+
+    def stream(self, question: str, chunks: list[str], max_new_tokens: int, started: float) -> Iterator[str]:
+        from retrieval.rag.engine import GenerationResult, GenerationStats
+
+        self.generating.set()
+        yield "token "
+        assert self.release.wait(30)
+        stats = GenerationStats("full", 1, 1, 0, {}, 0, 0.0, 0.0, 1)
+        self.last_result = GenerationResult("token ", [1], stats)
+
+
+def test_waiting_generations_neither_starve_search_nor_outlive_their_deadline() -> None:
+    """Two requests are admitted (one generates, one waits for the model); a third is refused at once.
+    Search and Health still answer while they run, and a request whose deadline passes while the
+    model is busy is answered DEADLINE_EXCEEDED (not generated afterwards)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from retrieval.rag.corpus import RagCorpus
+    from retrieval.rag.pipeline import RagPipeline
+    from services.api import search_pb2, search_pb2_grpc
+    from services.generate_service import GenerateLimits, GenerateServicer
+
+    engine = GatedEngine()
+    pipeline = RagPipeline(RagCorpus(Path("."), dict(CHUNKS), OverlapIndex(CHUNKS), {}), engine, k=2)
+    servicer = GenerateServicer(pipeline, GenerateLimits(max_pending=2))
+    server, port = make_server({"toy": OverlapIndex(CHUNKS)}, ServerConfig(address="127.0.0.1:0", workers=1),
+                               generate=servicer)
+    server.start()
+    ask = generate_pb2.GenerateRequest(question="aspirin heart", max_new_tokens=4)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, ThreadPoolExecutor(2) as pool:
+            client = generate_pb2_grpc.GenerateServiceStub(channel)
+            first = pool.submit(lambda: list(client.Generate(ask, timeout=30)))
+            assert engine.generating.wait(10)
+            with pytest.raises(grpc.RpcError) as late:  # admitted, waits for the model past its deadline
+                list(client.Generate(ask, timeout=0.5))
+            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            second = pool.submit(lambda: list(client.Generate(ask, timeout=30)))
+            time.sleep(0.3)  # the second request is admitted and waits for the model
+            with pytest.raises(grpc.RpcError) as refused:
+                list(client.Generate(ask, timeout=10))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            search = search_pb2_grpc.SearchServiceStub(channel)
+            hits = search.Search(search_pb2.SearchRequest(index="toy", text="aspirin", k=1), timeout=3).hits
+            assert hits[0].doc_id == "d1#0"
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            engine.release.set()
+            for done in (first, second):
+                assert done.result(timeout=30)[-1].summary.answer == "token "
+    finally:
+        engine.release.set()
+        server.stop(grace=None)
