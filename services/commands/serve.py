@@ -62,6 +62,8 @@ def serve_command(
     try:
         if not (index or recommender or ctr or rag_corpus):
             raise ValueError("nothing to serve: pass --index, --recommender, --ctr and/or --rag")
+        if rag_corpus is None and (rag_cache_dir is not None or rag_policy != "cache-craft"):
+            raise ValueError("--rag-policy and --rag-cache-dir configure --rag's generator: pass --rag")
         # a bad --address fails before any loading
         config = ServerConfig(address=address, workers=workers, engine_threads=engine_threads)
         indexes = {name: open_index(path) for name, path in _named(index, "index").items()}

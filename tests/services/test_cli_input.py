@@ -65,6 +65,11 @@ def test_serve_refuses_a_bad_address_and_a_repeated_name(tmp_path: Path) -> None
     result = runner.invoke(app, ["serve", "--index", f"a={tmp_path}", "--index", f"a={tmp_path}"])
     assert result.exit_code == 2
     assert "given twice" in result.output
+    for option, value in (("--rag-policy", "prefix"), ("--rag-cache-dir", str(tmp_path / "kv"))):
+        result = runner.invoke(app, ["serve", "--index", f"a={tmp_path}", option, value])
+        assert result.exit_code == 2
+        assert "pass --rag" in result.output  # not silently ignored
+    assert not (tmp_path / "kv").exists()
 
 
 def test_a_port_in_use_is_not_shared() -> None:
