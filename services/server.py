@@ -2,10 +2,13 @@
 with the standard health service (SERVING once everything is loaded) and server reflection.
 
 :func:`make_server` builds it (not started) on one address; ``sparsekit serve`` and the demo use it.
+:func:`drain` stops it the way load balancers expect: health turns NOT_SERVING while requests are still
+answered, then in-flight requests get a grace period.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -47,9 +50,10 @@ class ServerConfig:
 
 def make_server(indexes: Mapping[str, SearchIndex], config: ServerConfig | None = None,
                 recommend: RecommendServicer | None = None,
-                generate: GenerateServicer | None = None) -> tuple[grpc.Server, int]:
+                generate: GenerateServicer | None = None,
+                health_servicer: health.HealthServicer | None = None) -> tuple[grpc.Server, int]:
     """Build (not start) a server with Search (+ Recommend, + Generate when given) + health + reflection;
-    return it and its bound port."""
+    return it and its bound port. Pass ``health_servicer`` to keep a handle for :func:`drain`."""
     config = config or ServerConfig()
     size = config.limits.max_message_bytes
     generating = generate.limits.max_pending if generate is not None else 0
@@ -69,7 +73,7 @@ def make_server(indexes: Mapping[str, SearchIndex], config: ServerConfig | None 
     if generate is not None:
         generate_pb2_grpc.add_GenerateServiceServicer_to_server(generate, server)
         services.append(GENERATE_SERVICE)
-    health_servicer = health.HealthServicer()
+    health_servicer = health_servicer or health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*services, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -88,3 +92,15 @@ def _check_address(address: str) -> None:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise InputError("address", f"expected host:port with a port in 0..65535, got {address!r}")
+
+
+def drain(server: grpc.Server, health_servicer: health.HealthServicer, drain_s: float = 1.0,
+          grace_s: float = 5.0) -> None:
+    """Stop ``server`` gracefully: every service's health turns NOT_SERVING (for good) and requests are
+    still answered for ``drain_s`` seconds, so health-checking load balancers route new traffic elsewhere;
+    then new requests are refused and those in flight get ``grace_s`` seconds to finish."""
+    if drain_s < 0 or grace_s < 0:
+        raise ValueError(f"drain_s and grace_s must be >= 0, got {drain_s}, {grace_s}")
+    health_servicer.enter_graceful_shutdown()
+    time.sleep(drain_s)
+    server.stop(grace=grace_s).wait()

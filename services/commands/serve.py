@@ -52,12 +52,17 @@ def serve_command(
     workers: Annotated[int, typer.Option(min=1, help="gRPC worker threads.")] = 4,
     engine_threads: Annotated[int, typer.Option(min=1, help="Threads of each BatchSearch engine batch "
                                                             "(index.batch_search).")] = 1,
+    drain_s: Annotated[float, typer.Option(min=0, help="On SIGINT/SIGTERM: seconds health reports "
+                                                       "NOT_SERVING while requests are still answered, "
+                                                       "before in-flight ones get 5 s to finish.")] = 1.0,
 ) -> None:
     """Serve indexes and models over gRPC (SearchService, RecommendService, GenerateService, health,
     reflection) until SIGINT/SIGTERM."""
+    from grpc_health.v1.health import HealthServicer
+
     from retrieval.index import open_index
     from services.recommend_service import RecommendServicer, load_ctr, load_recommender
-    from services.server import ServerConfig, make_server
+    from services.server import ServerConfig, drain, make_server
 
     try:
         if not (index or recommender or ctr or rag_corpus):
@@ -71,7 +76,8 @@ def serve_command(
         ctrs = {name: load_ctr(path) for name, path in _named(ctr, "ctr").items()}
         recommend = RecommendServicer(recs, ctrs) if recs or ctrs else None
         generate = _generate_servicer(rag_corpus, rag_policy, rag_cache_dir) if rag_corpus else None
-        server, port = make_server(indexes, config, recommend, generate)
+        health = HealthServicer()
+        server, port = make_server(indexes, config, recommend, generate, health)
     except (SparsekitError, ValueError, OSError) as exc:
         fail(exc)
     server.start()
@@ -82,5 +88,6 @@ def serve_command(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    server.stop(grace=5).wait()
+    console.print(f"draining: health NOT_SERVING for {drain_s:g} s, then 5 s for requests in flight")
+    drain(server, health, drain_s, grace_s=5.0)
     console.print("stopped")

@@ -6,17 +6,19 @@ service layer alone; tests/retrieval/test_bm25_index.py and test_cli_e2e.py cove
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import ClassVar
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.api import search_pb2, search_pb2_grpc
 from services.search_validation import SearchLimits
-from services.server import ServerConfig, make_server
+from services.server import ServerConfig, drain, make_server
 from sparsekit.errors import InputError
 
 
@@ -186,6 +188,32 @@ def test_health_and_reflection(channel) -> None:
                                           timeout=10)
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"sparsekit.v1.SearchService", "grpc.health.v1.Health"} <= names
+
+
+def test_drain_reports_not_serving_while_still_answering_then_stops() -> None:
+    servicer = health.HealthServicer()
+    server, port = make_server({"toy": WordOverlapIndex({"d1": "sparse retrieval"})},
+                               ServerConfig(address="127.0.0.1:0"), health_servicer=servicer)
+    server.start()
+    stopper = threading.Thread(target=drain, args=(server, servicer, 2.0, 1.0))
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        check = health_pb2_grpc.HealthStub(ch).Check
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert check(health_pb2.HealthCheckRequest(), timeout=10).status == serving
+        stopper.start()
+        time.sleep(0.3)
+        for service in ("", "sparsekit.v1.SearchService"):  # load balancers see it leaving ...
+            reply = check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        hits = search_pb2_grpc.SearchServiceStub(ch).Search(_req(text="sparse", k=1), timeout=10)
+        assert [h.doc_id for h in hits.hits] == ["d1"]  # ... while it still answers
+        stopper.join(timeout=20)
+        assert not stopper.is_alive()
+        with pytest.raises(grpc.RpcError) as info:
+            check(health_pb2.HealthCheckRequest(), timeout=2)
+        assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    with pytest.raises(ValueError, match="drain_s"):
+        drain(server, servicer, -1.0)
 
 
 def test_an_out_of_vocabulary_term_names_the_request_field(tmp_path) -> None:
