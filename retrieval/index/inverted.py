@@ -483,7 +483,8 @@ class InvertedIndex:
 
 def _hit_lists(ids: np.ndarray, top: TopK) -> list[list[tuple[str, float]]]:
     """Per query, its ``(doc id, score)`` hits: one flat list of tuples for the whole batch, cut per row
-    (a third faster than zipping row by row: one ``tolist`` per array, list slices are pointer copies)."""
+    (one ``tolist`` per array, list slices are pointer copies: 10-20% faster than zipping row by row;
+    the tuples themselves, about 80 ns each, are most of the cost)"""
     k = top.docs.shape[1]
     flat = list(zip(ids[top.docs.ravel()].tolist(), top.scores.ravel().tolist(), strict=True))
     return [flat[b * k:b * k + n] for b, n in enumerate(top.counts.tolist())]
