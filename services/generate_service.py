@@ -71,7 +71,24 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
     def __init__(self, pipeline: RagPipeline, limits: GenerateLimits | None = None) -> None:
         self.pipeline = pipeline
         self.limits = limits or GenerateLimits()
-        self._slots = threading.BoundedSemaphore(self.limits.max_pending)
+        self._pending = 0
+        self._admission = threading.Lock()
+
+    @property
+    def pending(self) -> int:
+        """Requests admitted and not yet finished (generating or waiting for the model)."""
+        return self._pending
+
+    def _admit(self) -> bool:
+        with self._admission:
+            if self._pending >= self.limits.max_pending:
+                return False
+            self._pending += 1
+            return True
+
+    def _leave(self) -> None:
+        with self._admission:
+            self._pending -= 1
 
     def _validate(self, request: generate_pb2.GenerateRequest) -> tuple[str, int, int]:
         question = request.question
@@ -88,13 +105,13 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
     def Generate(self, request: generate_pb2.GenerateRequest,
                  context: grpc.ServicerContext) -> Iterator[generate_pb2.GenerateResponse]:
         question, k, new = guarded(context, lambda: self._validate(request), "Generate")
-        if not self._slots.acquire(blocking=False):
+        if not self._admit():
             busy = f"the generator is busy: {self.limits.max_pending} requests in progress; retry later"
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, busy)
         try:
             yield from self._stream(question, k, new, context)
         finally:
-            self._slots.release()
+            self._leave()
 
     def _stream(self, question: str, k: int, new: int,
                 context: grpc.ServicerContext) -> Iterator[generate_pb2.GenerateResponse]:

@@ -56,10 +56,12 @@ class RagPipeline:
         """Yield the answer's text pieces as they are generated, then the :class:`Answer`. Its TTFT and
         total time count from this call: retrieval and the wait for the model are part of them.
         ``wait``: at most this many seconds for the model (another request may hold it), else
-        :class:`TimeoutError`; ``None`` waits as long as it takes."""
+        :class:`TimeoutError`; ``None`` (or more than the platform's ``threading.TIMEOUT_MAX``, as gRPC
+        reports a call without deadline) waits as long as it takes."""
         started = time.perf_counter()
         chunks = self.retrieve(question, k)
-        if not self._lock.acquire(timeout=-1 if wait is None else max(wait, 0.0)):
+        forever = wait is None or wait >= threading.TIMEOUT_MAX
+        if not self._lock.acquire(timeout=-1 if forever else max(wait, 0.0)):
             raise TimeoutError(f"the model stayed busy with other requests for {wait:.1f}s")
         try:
             yield from self.engine.stream(question, [c.text for c in chunks], max_new_tokens, started)

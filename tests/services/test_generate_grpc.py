@@ -139,6 +139,13 @@ def test_health_and_reflection(stub) -> None:
     assert name in names
 
 
+def _until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
 class GatedEngine:
     """Stands in for the model: each request yields one token, then waits for ``release``."""
 
@@ -186,7 +193,7 @@ def test_waiting_generations_neither_starve_search_nor_outlive_their_deadline() 
                 list(client.Generate(ask, timeout=0.5))
             assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             second = pool.submit(lambda: list(client.Generate(ask, timeout=30)))
-            time.sleep(0.3)  # the second request is admitted and waits for the model
+            _until(lambda: servicer.pending == 2)  # the second request is admitted and waits for the model
             with pytest.raises(grpc.RpcError) as refused:
                 list(client.Generate(ask, timeout=10))
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -200,4 +207,28 @@ def test_waiting_generations_neither_starve_search_nor_outlive_their_deadline() 
                 assert done.result(timeout=30)[-1].summary.answer == "token "
     finally:
         engine.release.set()
+        server.stop(grace=None)
+
+
+def test_a_call_without_deadline_is_answered() -> None:
+    """gRPC reports a call without deadline as a huge ``time_remaining()``: it waits for the model as
+    long as it takes (it used to overflow the lock's timeout and answer INTERNAL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from retrieval.rag.corpus import RagCorpus
+    from retrieval.rag.pipeline import RagPipeline
+    from services.generate_service import GenerateServicer
+
+    engine = GatedEngine()
+    engine.release.set()
+    pipeline = RagPipeline(RagCorpus(Path("."), dict(CHUNKS), OverlapIndex(CHUNKS), {}), engine, k=2)
+    server, port = make_server({}, ServerConfig(address="127.0.0.1:0"), generate=GenerateServicer(pipeline))
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, ThreadPoolExecutor(1) as pool:
+            client = generate_pb2_grpc.GenerateServiceStub(channel)
+            ask = generate_pb2.GenerateRequest(question="aspirin heart", max_new_tokens=4)
+            events = pool.submit(lambda: list(client.Generate(ask))).result(timeout=30)
+            assert events[-1].summary.answer == "token "
+    finally:
         server.stop(grace=None)
