@@ -266,10 +266,11 @@ class BiGranularIndex:
                        candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` exact (scores, rows) per query among its code candidates; rows ``-1`` pad short lists.
 
-        The codes return ``max(candidates, k)`` candidates, so a ``k`` above ``C`` still gets ``k`` hits.
+        The codes return ``max(candidates, k)`` candidates, so a ``k`` above ``C`` still gets ``k`` hits;
+        ``k`` past the corpus size is capped at it (the arrays are ``[n, min(k, num_docs)]``).
         """
         queries = check_queries(queries, self.dim)
-        k = check_k(k)
+        k = min(check_k(k), max(self.num_docs, 1))
         wanted = self.candidates if candidates is None else check_k(candidates, "candidates")
         _, cand = self.coarse(queries, max(wanted, k))
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)

@@ -149,9 +149,10 @@ class DenseIndex:
         return int(self.manifest.counts["dim"])
 
     def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, rows) for a float32 ``[n, dim]`` query matrix; rows ``-1`` pad short lists."""
+        """Top-``k`` (scores, rows) for a float32 ``[n, dim]`` query matrix; rows ``-1`` pad short lists.
+        ``k`` past the corpus size is capped at it (the arrays are ``[n, min(k, num_docs)]``)."""
         queries = check_queries(queries, self.dim)
-        return self.index.search(queries, check_k(k))
+        return self.index.search(queries, min(check_k(k), max(self.num_docs, 1)))
 
     def search(self, text: str, k: int = 10) -> list[tuple[str, float]]:
         """Top-``k`` ``(doc id, inner product)`` for one query, best first."""

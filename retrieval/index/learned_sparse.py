@@ -12,6 +12,7 @@ Layout (artifact format ``learned-sparse`` v1): ``postings/`` (a ``sparse-invert
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from retrieval.encoders.idf_query import CONFIG_FILE, TABLE_FILE, IdfQueryEncode
 from retrieval.index.inverted import InvertedIndex, build_inverted_index, check_quantization
 from retrieval.query_checks import check_text, check_texts
 from sparsekit.artifacts import fingerprint, open_artifact, write_artifact
+from sparsekit.errors import InputError
 
 FORMAT = "learned-sparse"
 VERSION = 1
@@ -36,11 +38,15 @@ def encode_corpus(model_dir: str | Path, corpus: str | Path, batch_size: int = 3
     from retrieval.encoders.sparse_doc import SparseModel
     from retrieval.training.teachers import doc_contents
 
+    batches = iter_corpus(Path(corpus), batch_size=max(batch_size, 256))
+    first = next(batches, None)
+    if first is None:  # before the model loads
+        raise InputError(corpus, "corpus has no documents")
     model = SparseModel.load(model_dir)
     ids: list[str] = []
     parts: list[sp.csr_matrix] = []
     bar = tqdm(desc="encoding corpus", unit="doc", disable=not progress)
-    for batch in iter_corpus(Path(corpus), batch_size=max(batch_size, 256)):
+    for batch in itertools.chain([first], batches):
         texts = [doc_contents(d) for d in batch]
         parts.append(model.doc.encode(texts, batch_size=batch_size, top_k=top_k, threshold=threshold,
                                       progress=False))

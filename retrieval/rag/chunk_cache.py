@@ -158,6 +158,11 @@ class _DiskStore:
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("chunk cache: dropping broken entry %s (%s)", path, exc)
                 self.delete(path.stem)
+        described = {path.stem for path in self.entries.glob("*.json")}
+        for orphan in self.entries.glob("*.pt"):  # a writer killed between an entry's .pt and its .json
+            if orphan.stem not in described:
+                log.warning("chunk cache: deleting %s (no description: its writer stopped)", orphan)
+                orphan.unlink(missing_ok=True)
         return found
 
     def write(self, entry: CacheEntry) -> None:

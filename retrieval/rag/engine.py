@@ -34,6 +34,7 @@ from retrieval.rag.selective_prefill import selective_prefill
 from sparsekit.errors import InputError
 
 DEFAULT_HOST_BYTES = 1 << 30
+DEFAULT_DEVICE_BYTES = 1 << 30  # the GPU-memory tier: used only when CUDA is available
 
 
 @dataclass
@@ -184,14 +185,17 @@ class RagEngine:
 
 def open_engine(policy: str = "cache-craft", gguf_path: str | Path | None = None,
                 cache_dir: str | Path | None = None, host_bytes: int = DEFAULT_HOST_BYTES,
-                disk_bytes: int = 4 << 30, device: str | None = None) -> RagEngine:
-    """Load the generator and build an engine with a fresh cache (disk tier at ``cache_dir`` when given).
+                disk_bytes: int = 4 << 30, device: str | None = None,
+                device_bytes: int = DEFAULT_DEVICE_BYTES) -> RagEngine:
+    """Load the generator and build an engine with a fresh cache (disk tier at ``cache_dir`` when given;
+    a ``device_bytes`` GPU-memory tier above host RAM when CUDA is available).
 
     With a ``cache_dir``, the RAM tiers are spilled to disk at interpreter exit, so a one-shot CLI run
     leaves its chunk KV for the next one. A directory of another model raises ArtifactError.
     """
     chosen = make_policy(policy)
-    config = CacheConfig(host_bytes=host_bytes, disk_bytes=disk_bytes if cache_dir else 0,
+    config = CacheConfig(device_bytes=device_bytes, host_bytes=host_bytes,
+                         disk_bytes=disk_bytes if cache_dir else 0,
                          directory=Path(cache_dir) if cache_dir else None)
     generator = Generator.load(gguf_path, device=device)
     cache = ChunkCache(config, generator.cache_key) if chosen.uses_cache else None

@@ -179,5 +179,6 @@ def compress_ctr_command(
     before, after = parameter_count(art.model, layers), parameter_count(small, layers)
     if after >= before:
         console.print(f"[yellow]note:[/] this rank keeps {after:,} parameters in the compressed layers "
-                      f"against {before:,}: the two factors outgrow the layer; pick a smaller --rank")
+                      f"against {before:,}: the two factors outgrow the layer; pick a smaller --rank",
+                      markup=True)
     console.print(f"saved to {out}")

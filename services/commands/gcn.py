@@ -77,7 +77,7 @@ def train_gcn_command(
         kept = (f"best epoch {result.best_epoch}: val acc {result.val_acc:.4f}" if result.val_acc is not None
                 else "the last epoch's model is kept")
         console.print(f"[yellow]not evaluated on an empty {empty} split[/] (too few labelled nodes for the "
-                      f"split fractions?); {kept}")
+                      f"split fractions?); {kept}", markup=True)
     if report is not None:
         try:
             write_text_atomic(report, json.dumps(result.summary(), indent=2) + "\n")

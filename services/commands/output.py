@@ -14,7 +14,8 @@ from rich.markup import escape
 from sparsekit.artifacts import check_target
 from sparsekit.errors import ArtifactError, InputError
 
-console = Console()
+# stdout prints user data (queries, doc ids, paths) verbatim: no rich markup, so "[/] x" or "ix_[b]" is text
+console = Console(markup=False)
 err = Console(stderr=True)
 
 

@@ -56,7 +56,7 @@ def build_command(
 
 
 def open_pipeline(rag: Path, policy: str, cache_dir: Path | None, host_mb: int, disk_mb: int,
-                  gguf: Path | None, k: int) -> RagPipeline:
+                  gguf: Path | None, k: int, device_mb: int = 1024) -> RagPipeline:
     """A ready :class:`~retrieval.rag.pipeline.RagPipeline` (shared by ``rag ask`` and ``serve --rag``)."""
     from retrieval.rag.corpus import RagCorpus
     from retrieval.rag.engine import open_engine
@@ -64,7 +64,7 @@ def open_pipeline(rag: Path, policy: str, cache_dir: Path | None, host_mb: int, 
 
     corpus = RagCorpus.open(rag)  # first: a wrong path fails before the model loads
     engine = open_engine(policy=policy, gguf_path=gguf, cache_dir=cache_dir, host_bytes=host_mb << 20,
-                         disk_bytes=disk_mb << 20)
+                         disk_bytes=disk_mb << 20, device_bytes=device_mb << 20)
     return RagPipeline(corpus, engine, k=k)
 
 
@@ -102,6 +102,8 @@ def ask_command(
                                                         "runs).")] = None,
     host_mb: Annotated[int, typer.Option(min=0, help="Host-RAM tier capacity, MiB.")] = 512,
     disk_mb: Annotated[int, typer.Option(min=0, help="Disk tier capacity, MiB.")] = 4096,
+    device_mb: Annotated[int, typer.Option(min=0, help="GPU-memory tier capacity, MiB (used only with "
+                                                       "CUDA).")] = 1024,
     gguf: Annotated[Path | None, typer.Option(help=GGUF_HELP)] = None,
 ) -> None:
     """Answer a question from the top-k retrieved chunks, streaming the answer."""
@@ -111,7 +113,7 @@ def ask_command(
         fail(ValueError("question: empty (checked before the model loads)"))
     _check_cache_dir(cache_dir, disk_mb)
     try:
-        pipeline = open_pipeline(rag, policy, cache_dir, host_mb, disk_mb, gguf, k)
+        pipeline = open_pipeline(rag, policy, cache_dir, host_mb, disk_mb, gguf, k, device_mb)
         answer = None
         for event in pipeline.stream(question, k, max_new_tokens):
             if isinstance(event, Answer):

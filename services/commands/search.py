@@ -31,9 +31,8 @@ def _index_params(kind: str, opts: dict) -> dict:
     if kind == "bigranular":
         return {**common, "codes": opts["codes"], "candidates": opts["candidates"], "nprobe": opts["nprobe"]}
     if kind == "hybrid":
-        first = opts["first_stage"]
-        params = {"threads": opts["threads"]} if first == "bm25" else (
-            {"model": opts["model"]} if first == "sparse" else None)
+        first = opts["first_stage"]  # a kind to build with its own options, or an index directory
+        params = _index_params(first, opts) if first in ("bm25", "sparse") else None
         return {**common, "first_stage": first, "first_stage_params": params, "fusion": opts["fusion"],
                 "alpha": opts["alpha"], "depth": opts["depth"]}
     from retrieval.index import KINDS
@@ -49,12 +48,13 @@ def index_command(
                                            "(first stage + dense re-score + fusion).")] = "bm25",
     model: Annotated[Path | None, typer.Option(help="sparse (and hybrid over sparse): a model dir.")] = None,
     k1: Annotated[float, typer.Option(
-        min=0, help="bm25: k1 (recorded in the manifest, used at search).")] = 0.9,
-    b: Annotated[float, typer.Option(min=0, max=1, help="bm25: b.")] = 0.4,
-    threads: Annotated[int, typer.Option(min=1, help="bm25: indexing threads.")] = 2,
-    quantization: Annotated[str, typer.Option(help="sparse: uint8, uint16 or none.")] = "uint8",
+        min=0, help="bm25 (and hybrid over bm25): k1 (recorded in the manifest, used at search).")] = 0.9,
+    b: Annotated[float, typer.Option(min=0, max=1, help="bm25 (and hybrid over bm25): b.")] = 0.4,
+    threads: Annotated[int, typer.Option(min=1, help="bm25 (and hybrid over bm25): indexing threads.")] = 2,
+    quantization: Annotated[str, typer.Option(help="sparse (and hybrid over sparse): uint8, uint16 or "
+                                                   "none.")] = "uint8",
     top_k: Annotated[int | None, typer.Option(
-        min=1, help="sparse: keep each document's top-k terms.")] = None,
+        min=1, help="sparse (and hybrid over sparse): keep each document's top-k terms.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="sparse/dense: encoding batch size.")] = 32,
     factory: Annotated[str, typer.Option(help="dense: faiss factory string (Flat, HNSW32, "
                                               "IVF1024,PQ48).")] = "Flat",

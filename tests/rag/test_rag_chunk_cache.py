@@ -87,6 +87,22 @@ def test_corrupt_disk_entry_is_detected_and_dropped(tmp_path) -> None:
     assert not list((tmp_path / "entries").glob("*"))
 
 
+def test_an_entry_whose_writer_died_before_its_description_is_deleted_at_open(tmp_path) -> None:
+    """A kill between an entry's .pt and its .json leaves a .pt no scan counts: the next open deletes
+    it, so the directory cannot grow past ``disk_bytes``."""
+    config = CacheConfig(host_bytes=0, disk_bytes=10 * SIZE, directory=tmp_path)
+    cache = ChunkCache(config, KEY)
+    cache.put(_entry("a"))
+    cache.put(_entry("b"))
+    cache.close()
+    described = next((tmp_path / "entries").glob("*.json"))
+    described.unlink()  # as if the writer had stopped before this .json
+    reopened = ChunkCache(config, KEY)
+    assert reopened.stats()["tiers"]["disk"]["entries"] == 1
+    assert len(list((tmp_path / "entries").glob("*.pt"))) == 1
+    assert not (tmp_path / "entries" / f"{described.stem}.pt").exists()
+
+
 def test_directory_of_another_model_raises(tmp_path) -> None:
     ChunkCache(CacheConfig(disk_bytes=SIZE, directory=tmp_path), KEY).put(_entry("a"))
     with pytest.raises(ArtifactError, match="model_key"):

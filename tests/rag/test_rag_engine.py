@@ -136,7 +136,8 @@ def test_open_engine_builds_a_disk_backed_cache(generator, tmp_path, monkeypatch
         open_engine("magic")
     engine = open_engine("naive", cache_dir=tmp_path, host_bytes=1 << 24, disk_bytes=1 << 28)
     atexit.unregister(engine.cache.close)
-    assert engine.cache.tiers == ["host", "disk"]
+    assert engine.cache.config.device_bytes == 1 << 30  # a GPU tier whenever CUDA is there
+    assert engine.cache.tiers == (["device"] if torch.cuda.is_available() else []) + ["host", "disk"]
     engine.generate(QUESTION, CHUNKS, 1)
     engine.cache.close()
     assert engine.cache.stats()["tiers"]["disk"]["entries"] == len(CHUNKS) + 2  # + header + suffix

@@ -256,3 +256,5 @@ def test_k_above_the_candidate_count_still_returns_k_hits(built: Path, data) -> 
     assert (rows >= 0).all() and np.all(np.diff(scores, axis=1) <= 0)
     assert len(index.search("first query", k=20)) == 20
     assert len(index.search("first query", k=1000)) == len(data[0])  # k past the corpus: every document
+    _, rows = index.search_vectors(random_vectors(2, seed=9), 10**12)  # capped: no [2, 10**12] arrays
+    assert rows.shape == (2, len(data[0])) and (rows >= 0).all()

@@ -70,6 +70,8 @@ def test_flat_search_equals_brute_force(flat: Path, vectors) -> None:
     assert np.array_equal(rows, np.argsort(-exact, axis=1)[:, :10])
     assert np.allclose(scores, np.sort(exact, axis=1)[:, ::-1][:, :10], atol=1e-5)
     assert index.num_docs == 300 and index.kind == "dense"
+    _, every = index.search_vectors(queries, 10**12)  # k past the corpus is capped, not allocated
+    assert every.shape == (5, 300) and np.array_equal(every[:, :10], rows)
 
 
 def test_reopened_index_returns_identical_results(flat: Path) -> None:

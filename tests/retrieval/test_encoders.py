@@ -315,3 +315,14 @@ def test_an_unknown_quantization_fails_before_the_corpus_is_encoded(sparse, quer
         learned_sparse.build_learned_sparse_index(model, tmp_path / "corpus.jsonl", tmp_path / "ix",
                                                   quantization="int3")
     assert not (tmp_path / "ix").exists()
+
+
+def test_an_empty_corpus_is_refused_naming_it_before_the_model_loads(tmp_path: Path) -> None:
+    from retrieval.index import learned_sparse
+    from sparsekit.errors import InputError
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("")
+    with pytest.raises(InputError, match="corpus has no documents") as info:
+        learned_sparse.encode_corpus(tmp_path / "no-model", corpus)
+    assert str(corpus) in str(info.value)

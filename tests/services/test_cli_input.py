@@ -170,6 +170,46 @@ def test_eval_qps_leaves_out_the_first_call_warm_up(tmp_path: Path, monkeypatch:
     assert summary["ndcg@10"] == 1.0 and summary["qps"] > 50
 
 
+@pytest.mark.parametrize("first, args, expected", [
+    ("bm25", ["--k1", "2.0", "--b", "1.0", "--threads", "1"], {"k1": 2.0, "b": 1.0, "threads": 1}),
+    ("sparse", ["--model", "m", "--quantization", "none", "--top-k", "64"],
+     {"model": Path("m"), "quantization": "none", "top_k": 64, "batch_size": 32}),
+])
+def test_hybrid_index_passes_the_first_stage_its_own_options(monkeypatch: pytest.MonkeyPatch, first: str,
+                                                             args: list[str], expected: dict) -> None:
+    """``index --kind hybrid --first-stage bm25 --k1 2`` builds its BM25 first stage with k1 2 (the
+    first-stage options used to be dropped silently)."""
+    import retrieval.index
+
+    seen: dict = {}
+
+    def build(kind: str, corpus: Path, out: Path, **params: object) -> Path:
+        seen.update(params)
+        return Path(out)
+
+    monkeypatch.setattr(retrieval.index, "build_index", build)
+    result = runner.invoke(app, ["index", "--corpus", "c", "--out", "o", "--kind", "hybrid",
+                                 "--first-stage", first, *args])
+    assert result.exit_code == 0, result.output
+    assert seen["first_stage"] == first and seen["first_stage_params"] == expected
+
+
+def test_search_prints_queries_and_doc_ids_verbatim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Square brackets in a query or a doc id are text, not rich markup ("[/] x" used to crash the print
+    after the search had run, and "[b]" vanished)."""
+    import retrieval.index
+
+    class Found:
+        def search(self, text: str, k: int) -> list[tuple[str, float]]:
+            return [("doc[/]1", 1.0), ("[b]doc2", 0.5)]
+
+    monkeypatch.setattr(retrieval.index, "open_index", lambda path: Found())
+    result = runner.invoke(app, ["search", "--index", "ix", "[/] role of [b] cells"])
+    assert result.exit_code == 0, result.output
+    assert "[/] role of [b] cells" in result.output
+    assert "doc[/]1" in result.output and "[b]doc2" in result.output
+
+
 def test_eval_warns_when_the_index_was_built_from_another_corpus(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import retrieval.index
