@@ -68,6 +68,7 @@ def gather_rows_triton(
 
     ``table``: 2-D contiguous, on that device or (on CUDA) in pinned host memory; ``ids``: 1-D int32/int64.
     """
+    ids = ids.contiguous()  # the kernel reads ids[i] at ids_ptr + i: a strided view (ids[::2]) is copied
     num_ids, dim = ids.shape[0], table.shape[1]
     if out is None:
         out = torch.empty((num_ids, dim), dtype=table.dtype, device=ids.device)

@@ -135,7 +135,10 @@ def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
     The target is checked again here, not only when the write started: another writer may have
     published it meanwhile, and without ``overwrite`` that artifact is kept and this write fails.
     The old directory stays locked (:func:`sparsekit.atomic.hold`) while it is a backup, so a reader
-    arriving between the two renames waits for the target instead of restoring the backup.
+    arriving between the two renames does not restore it: it fails (no such artifact) and may retry.
+    Once the new target is in place the backup is renamed to a name that is never restored before it
+    is deleted, so a writer killed mid-delete leaves a partial directory that is only swept, never
+    brought back.
     """
     if target.exists():
         if not overwrite:
@@ -157,7 +160,9 @@ def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
         with hold(target):
             os.rename(target, backup)
             os.rename(tmp, target)
-            shutil.rmtree(backup, ignore_errors=True)
+            trash = temp_sibling(target, "tmpdir")
+            os.rename(backup, trash)
+            shutil.rmtree(trash, ignore_errors=True)
     except BlockingIOError as exc:
         raise ArtifactError(target, "another process is replacing it right now") from exc
 

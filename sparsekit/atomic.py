@@ -24,6 +24,7 @@ import re
 import secrets
 import shutil
 import signal
+import stat
 import sys
 import threading
 import time
@@ -123,8 +124,9 @@ def sweep_directory(directory: Path | str) -> list[Path]:
 def _create_temp(target: Path) -> tuple[Path, int]:
     """Create an empty temporary file beside ``target`` and lock it; returns it and the locked fd.
 
-    Like :func:`tempfile.mkstemp` (``O_EXCL``), but with mode ``0o666`` less the umask, so the
-    published file gets the same permissions as a plain ``open(target, "w")`` would give it.
+    Like :func:`tempfile.mkstemp` (``O_EXCL``), but with mode ``0o666`` less the umask, so a new file
+    gets the same permissions as a plain ``open(target, "w")`` would give it (a replaced file keeps its
+    own: :func:`atomic_path`).
     """
     for _ in range(100):
         tmp = temp_sibling(target, "tmp")
@@ -157,12 +159,22 @@ def atomic_path(target: Path | str, sweep: bool = True) -> Iterator[Path]:
         if tmp.is_file():
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
+            _keep_mode(target, tmp)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     finally:
         os.close(lock)
+
+
+def _keep_mode(target: Path, tmp: Path) -> None:
+    """Give ``tmp`` the permissions of the ``target`` it replaces, as rewriting the file in place would."""
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        return
+    os.chmod(tmp, mode)
 
 
 def check_file_target(target: Path | str, source: str) -> None:

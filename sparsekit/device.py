@@ -17,10 +17,11 @@ def cuda_available() -> bool:
 
 
 def default_device() -> str:
-    """``"cuda"`` when available, else ``"cpu"``; ``SPARSEKIT_DEVICE`` forces one."""
-    forced = os.environ.get("SPARSEKIT_DEVICE")
+    """``"cuda"`` when available, else ``"cpu"``; ``SPARSEKIT_DEVICE`` forces one, checked as
+    :func:`resolve_device` checks a device (an unknown name, or cuda without CUDA, raises naming it)."""
+    forced = os.environ.get("SPARSEKIT_DEVICE", "").strip().lower()
     if forced:
-        return forced
+        return resolve_device(forced, "SPARSEKIT_DEVICE")
     return "cuda" if cuda_available() else "cpu"
 
 

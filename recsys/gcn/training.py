@@ -70,6 +70,8 @@ class GCNTrainConfig:
                                               f"{', '.join(FEATURE_STORES)}")
         _check_fanouts(self.fanouts)
         count(self, 1, "hidden", "epochs", "batch_size", "max_batches")
+        count(self, 0, "seed")
+        within(self, 0, 2**32 - 1, "seed")  # per-epoch seeds seed * 100_003 + epoch fit int64
         at_least(self, 0, "weight_decay")
         within(self, 0.0, 1.0, "dropout", open_high=True)
         positive(self, "lr")

@@ -39,6 +39,7 @@ TRITON_SCRIPT = textwrap.dedent(
                 "repeated": torch.tensor([7, 7, 0, 60, 7, 33, 0], dtype=torch.int64),
                 "int32": torch.randint(0, 61, (150,), generator=gen, dtype=torch.int32),
                 "empty": torch.zeros(0, dtype=torch.int64),
+                "strided": torch.randperm(61, generator=gen)[:20][::2],  # a view: ids[i] is not at ptr + i
             }
             for name, ids in cases.items():
                 for base_name, base in (("aligned", table), ("shifted", shifted)):
@@ -60,12 +61,12 @@ TRITON_SCRIPT = textwrap.dedent(
 
 def test_triton_kernel_matches_index_select_in_interpreter(run_interpreted) -> None:
     results = run_interpreted(TRITON_SCRIPT)
-    assert len(results) == 3 * len(WIDTHS) * 7
+    assert len(results) == 3 * len(WIDTHS) * 9
     assert {r["dim"] for r in results} == set(WIDTHS)
     for r in results:
         assert r["device"] == "cpu", r
         assert r["equal"] and r["dtype_ok"], r
-        expected_rows = {"repeated": 7, "int32": 150, "empty": 0, "out": 4}[r["case"]]
+        expected_rows = {"repeated": 7, "int32": 150, "empty": 0, "strided": 10, "out": 4}[r["case"]]
         assert r["shape"] == [expected_rows, r["dim"]], r
 
 

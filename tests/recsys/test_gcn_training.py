@@ -128,6 +128,9 @@ def test_config_rejects_unknown_names() -> None:
         GCNTrainConfig(feature_store="uva")
     with pytest.raises(InputError, match="fanouts"):
         GCNTrainConfig(fanouts=(10, 0))
+    for seed in (-1, 10**15):  # named with the value given, before any data loads
+        with pytest.raises(InputError, match=rf"^seed: .*got {seed}"):
+            GCNTrainConfig(seed=seed, device="cpu")
 
 
 def test_load_task_names_an_unknown_folder(tmp_path) -> None:

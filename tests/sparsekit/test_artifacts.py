@@ -236,6 +236,37 @@ def test_backup_locked_by_a_live_writer_is_not_restored(tmp_path: Path) -> None:
     assert not backup.exists()
 
 
+def test_a_writer_killed_while_deleting_the_old_version_leaves_nothing_restorable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replaced version is deleted under a name :func:`open_artifact` never restores: a half-deleted
+    copy must not come back as the artifact after the target is removed."""
+    import shutil
+
+    import sparsekit.artifacts
+
+    target = tmp_path / "art"
+    _write(target, b"old")
+
+    rmtree = shutil.rmtree
+
+    def killed_mid_delete(path: Path, *args: object, **kwargs: object) -> None:
+        if Path(path).name.startswith(".art.") and (Path(path) / "data.bin").is_file():  # the old version
+            (Path(path) / "data.bin").unlink()
+            raise KeyboardInterrupt  # stands in for the kill
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(sparsekit.artifacts.shutil, "rmtree", killed_mid_delete)
+    with pytest.raises(KeyboardInterrupt):
+        _write(target, b"newer", overwrite=True)
+    monkeypatch.setattr(sparsekit.artifacts.shutil, "rmtree", rmtree)
+    assert open_artifact(target, format="toy").counts["items"] == 5  # the new version is published
+    shutil.rmtree(target)
+    with pytest.raises(ArtifactError, match="no such artifact"):
+        open_artifact(target, format="toy")
+    _write(target, b"again")  # no leftover is in the way of a fresh write
+    assert open_artifact(target, format="toy").counts["items"] == 5
+
+
 def test_check_target_refuses_a_path_under_a_file(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("kept")

@@ -23,3 +23,17 @@ def test_unknown_names_are_refused_naming_the_option(name: str) -> None:
 def test_cuda_without_cuda_is_a_clear_error() -> None:
     with pytest.raises(InputError, match="no CUDA device"):
         resolve_device("cuda:0")
+
+
+@pytest.mark.parametrize("forced, message", [("gpu", "unknown device 'gpu'"),
+                                              ("cuda", "no CUDA device")])
+def test_a_bad_sparsekit_device_is_refused_naming_the_variable(monkeypatch: pytest.MonkeyPatch, forced: str,
+                                                               message: str) -> None:
+    if forced == "cuda" and cuda_available():
+        pytest.skip("checks the refusal on a machine without CUDA")
+    monkeypatch.setenv("SPARSEKIT_DEVICE", forced)
+    for pick in (default_device, lambda: resolve_device(None)):
+        with pytest.raises(InputError, match=rf"^SPARSEKIT_DEVICE: .*{message}"):
+            pick()
+    monkeypatch.setenv("SPARSEKIT_DEVICE", " CPU ")
+    assert default_device() == resolve_device(None) == "cpu"
