@@ -139,11 +139,9 @@ class AdaptEmbedTable(EmbeddingTable):
         own = self.rows[slots.clamp(min=0)]
         return torch.where((slots >= 0)[..., None], own, self.shared[shared_slot(ids, self.shared_rows)])
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        out = super().forward(ids)
-        if self.training and out.requires_grad:
+    def observe(self, ids: torch.Tensor, out: torch.Tensor) -> None:
+        if out.requires_grad:
             out.register_hook(lambda grad: self._score(ids, grad))
-        return out
 
     @torch.no_grad()
     def _score(self, ids: torch.Tensor, grad: torch.Tensor) -> None:

@@ -91,14 +91,25 @@ class ALPTTable(EmbeddingTable):
         noise = torch.rand(scaled.shape, device=scaled.device)
         return (scaled + noise).floor_().clamp_(self.qmin, self.qmax)
 
+    def _steps(self, log_step: torch.Tensor) -> torch.Tensor:
+        """Step sizes at the precision :meth:`finalize` stores them (float16 when the budget says so;
+        straight-through gradient), so validation judges the values that will serve."""
+        steps = log_step.exp()
+        if self.scale_dtype == "float16":
+            steps = steps + (steps.to(torch.float16).float() - steps).detach()
+        return steps
+
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.log_step[ids].exp() * self.codes[ids].float() + self.delta[ids]
+        return self._steps(self.log_step[ids]) * self.codes[ids].float() + self.delta[ids]
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
-        steps = self.log_step.exp()
+        """Re-quantize the entries the optimizer moved (``delta != 0``); the others keep their codes
+        (re-rounding ``step * code / step`` in float32 could flip one by a grid step)."""
+        steps = self._steps(self.log_step)
+        moved = self.delta != 0
         value = steps * self.codes.float() + self.delta
-        self.codes.copy_(self._round(value / steps))
+        self.codes.copy_(torch.where(moved, self._round(value / steps), self.codes.float()))
         self.delta.zero_()
 
     def finalize(self) -> EmbeddingTable:

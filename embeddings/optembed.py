@@ -114,11 +114,9 @@ class OptEmbedTable(EmbeddingTable):
             rows = rows * (slot < width[..., None])
         return rows
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        out = super().forward(ids)
-        if self.training and not self.fixed:
+    def observe(self, ids: torch.Tensor, out: torch.Tensor) -> None:
+        if not self.fixed:
             self.hits.index_add_(0, ids.reshape(-1), torch.ones(ids.numel(), device=ids.device))
-        return out
 
     def penalty(self) -> torch.Tensor | None:
         if self.fixed or self.alpha == 0:

@@ -97,9 +97,17 @@ class EmbeddingTable(nn.Module, ABC):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         self.check_ids(ids)
-        return self.lookup(ids)
+        out = self.lookup(ids)
+        if self.training:
+            self.observe(ids, out)
+        return out
 
     # Training hooks (called by recsys.training.ctr.train_ctr); no-ops unless a method needs them.
+
+    def observe(self, ids: torch.Tensor, out: torch.Tensor) -> None:
+        """Called in training mode with the ids a lookup read and the vectors it returned (part of the
+        autograd graph): methods that learn from which rows are read (OptEmbed's hit counts, AdaptEmbed's
+        gradient norms) do it here, so a wrapper such as :class:`FieldwiseTable` passes it on."""
 
     @property
     def settled(self) -> bool:
@@ -305,12 +313,26 @@ class FieldwiseTable(EmbeddingTable):
             table.check_budget()
         return table
 
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        self.check_ids(ids)  # column f holds field f's ids
+        return self._lookup(ids, observe=self.training)
+
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.dim() == 2 and ids.shape[1] == len(self.tables):
-            local = ids - self.field_offsets
-            return torch.stack([t.lookup(local[:, f]) for f, t in enumerate(self.tables)], dim=1)
+        return self._lookup(ids, observe=False)
+
+    def _lookup(self, ids: torch.Tensor, observe: bool) -> torch.Tensor:
+        """Each field's ids through its sub-table (which ``observe``-s its own lookups when asked)."""
         fields = self.field_of(ids)
-        parts = [t.lookup(ids[fields == f] - self.field_offsets[f]) for f, t in enumerate(self.tables)]
+        local = ids - self.field_offsets[fields]
+        columns = torch.arange(len(self.tables), device=ids.device)
+        by_column = ids.dim() == 2 and ids.shape[1] == len(self.tables) and bool((fields == columns).all())
+        keys = [local[:, f] if by_column else local[fields == f] for f in range(len(self.tables))]
+        parts = [t.lookup(key) for key, t in zip(keys, self.tables, strict=True)]
+        if observe:
+            for key, part, t in zip(keys, parts, self.tables, strict=True):
+                t.observe(key, part)
+        if by_column:  # one column per field: no scatter
+            return torch.stack(parts, dim=1)
         out = parts[0].new_empty(*ids.shape, self.dim)  # the sub-tables' dtype (some store only buffers)
         for f, part in enumerate(parts):
             out[fields == f] = part.to(out.dtype)

@@ -116,9 +116,10 @@ class LowRankTable(EmbeddingTable):
         z = self.weight[ids]
         if self.basis.shape[0] == 1:
             return z @ self.basis[0].T + self.mean[0]
-        if ids.dim() == 2 and ids.shape[1] == self.basis.shape[0]:
-            return torch.einsum("bfk,fdk->bfd", z, self.basis) + self.mean
         groups = self.field_of(ids)
+        columns = torch.arange(self.basis.shape[0], device=ids.device)
+        if ids.dim() == 2 and ids.shape[1] == len(columns) and bool((groups == columns).all()):
+            return torch.einsum("bfk,fdk->bfd", z, self.basis) + self.mean  # one column per field
         return torch.einsum("...k,...dk->...d", z, self.basis[groups]) + self.mean[groups]
 
 
@@ -244,6 +245,10 @@ def calibrate(
         model.train(was_training)
     if rows == 0:
         raise InputError("calib", "the calibration data is empty")
+    silent = [name for name in targets if name not in stats]
+    if silent:  # e.g. a first-order table, which the models read through lookup(), not forward()
+        raise InputError("targets", f"{', '.join(silent)} produced no output during calibration (the model "
+                                    "does not call it as a module), so it cannot be compressed")
     return Calibration({name: stats[name] for name in targets}, rows)
 
 
@@ -357,7 +362,8 @@ def _compress_table(model: nn.Module, name: str, stats: LayerStats, rank: int, f
 
 
 def _dtype(module: nn.Module) -> torch.dtype:
-    return next(iter(module.parameters())).dtype
+    """The module's float parameter dtype; float32 for one that stores only buffers (quantized tables)."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
 
 
 def _fold_into_tower(model: nn.Module, name: str, basis: torch.Tensor, mu: torch.Tensor) -> None:

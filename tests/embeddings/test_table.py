@@ -184,6 +184,28 @@ def test_fieldwise_lookup_of_any_shape_with_parameterless_subtables() -> None:
     assert torch.equal(table.lookup(ids.flatten()), table(ids).reshape(-1, 8))
 
 
+def test_fieldwise_lookup_of_ids_not_laid_out_by_field() -> None:
+    """A [B, F]-shaped tensor whose columns are not the fields: each id still reads its own field."""
+    torch.manual_seed(0)
+    table = FieldwiseTable(10, 4, field_dims=FIELDS)
+    ids = torch.tensor([[0, 1, 2], [8, 3, 9]])
+    assert torch.equal(table.lookup(ids), table.lookup(ids.flatten()).reshape(2, 3, 4))
+
+
+@pytest.mark.parametrize("kind", ["optembed", "adaptembed"])
+def test_fieldwise_sub_tables_observe_their_training_lookups(kind: str) -> None:
+    """OptEmbed counts row hits and AdaptEmbed scores rows by gradient norm as lookups run in training:
+    wrapped field-wise, each sub-table must still see its own (local) ids."""
+    fields = [50, 60, 40]
+    table = FieldwiseTable(150, 8, 0.5, field_dims=fields, table=kind).train()
+    ids = torch.tensor([[0, 50, 110], [49, 109, 149]])
+    table(ids).square().sum().backward()
+    seen = [t.hits if kind == "optembed" else t.importance for t in table.tables]
+    for f, counts in enumerate(seen):
+        local = (ids[:, f] - sum(fields[:f])).tolist()
+        assert sorted(counts.nonzero().flatten().tolist()) == sorted(local), (f, counts.nonzero())
+
+
 @pytest.mark.parametrize("ids", [[[0, 0, 8]], [[5, 3, 8]], [[0, 3, 7]]])
 def test_fieldwise_table_refuses_an_id_in_another_fields_column(ids) -> None:
     """In range globally, but not in its column's field: would read a wrapped or missing sub-table row."""

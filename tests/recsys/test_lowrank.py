@@ -185,6 +185,29 @@ def test_bad_arguments() -> None:
         compress(model, _calib(), energy=1.5)
 
 
+def test_a_table_read_through_lookup_is_named_not_a_key_error() -> None:
+    """DeepFM reads its first-order table with lookup(), so no forward hook sees it during calibration."""
+    with pytest.raises(InputError, match="first_order produced no output") as info:
+        calibrate(_model(DeepFM), _calib(), ["first_order"])
+    assert info.value.source == "targets"
+
+
+def test_a_served_table_without_parameters_can_be_compressed() -> None:
+    """Served INT8 tables store only buffers: the low-rank table takes float32, not a parameter's dtype."""
+    table = FieldwiseTable(sum(FIELDS), DIM, 0.5, field_dims=FIELDS, table="int8").finalize()
+    model = _model(DeepFM, table).float()
+    low = compress(model, _calib(), rank=DIM, targets=["embedding"])
+    ids = _ids(20, seed=3)
+    assert torch.allclose(low(ids), model(ids), atol=1e-4)
+
+
+def test_low_rank_lookup_of_ids_not_laid_out_by_field() -> None:
+    """A [B, F]-shaped tensor whose columns are not the fields still reads each id's own field basis."""
+    low = compress(_model(DeepFM), _calib(), rank=3, targets=["embedding"]).embedding
+    ids = torch.tensor([[0, 1, 2], [5, 12, 6]])  # columns mix fields
+    assert torch.allclose(low.lookup(ids), low.lookup(ids.flatten()).reshape(2, 3, DIM))
+
+
 def test_fieldwise_table_can_be_compressed() -> None:
     model = _model(DeepFM, FieldwiseTable(sum(FIELDS), DIM, field_dims=FIELDS).double())
     low = compress(model, _calib(), rank=DIM, targets=["embedding"])
