@@ -154,6 +154,13 @@ class EmbeddingTable(nn.Module, ABC):
             bad = low if low < 0 else high
             raise InputError("feature ids", f"id {bad} is out of range [0, {self.num_features})")
 
+    def columns_are_fields(self, ids: torch.Tensor, fields: torch.Tensor) -> bool:
+        """Whether ``ids`` is ``[B, F]`` with column ``f`` holding field ``f``'s ids (``fields`` =
+        :meth:`field_of`), so a per-column path may serve it."""
+        if ids.dim() != 2 or ids.shape[1] != len(self.field_dims or ()):
+            return False
+        return bool((fields == torch.arange(ids.shape[1], device=ids.device)).all())
+
     def field_of(self, ids: torch.Tensor) -> torch.Tensor:
         """The field index of each global id (all zeros for a shared table without fields)."""
         if self.field_dims is None:
@@ -324,8 +331,7 @@ class FieldwiseTable(EmbeddingTable):
         """Each field's ids through its sub-table (which ``observe``-s its own lookups when asked)."""
         fields = self.field_of(ids)
         local = ids - self.field_offsets[fields]
-        columns = torch.arange(len(self.tables), device=ids.device)
-        by_column = ids.dim() == 2 and ids.shape[1] == len(self.tables) and bool((fields == columns).all())
+        by_column = self.columns_are_fields(ids, fields)
         keys = [local[:, f] if by_column else local[fields == f] for f in range(len(self.tables))]
         parts = [t.lookup(key) for key, t in zip(keys, self.tables, strict=True)]
         if observe:

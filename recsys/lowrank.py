@@ -117,8 +117,7 @@ class LowRankTable(EmbeddingTable):
         if self.basis.shape[0] == 1:
             return z @ self.basis[0].T + self.mean[0]
         groups = self.field_of(ids)
-        columns = torch.arange(self.basis.shape[0], device=ids.device)
-        if ids.dim() == 2 and ids.shape[1] == len(columns) and bool((groups == columns).all()):
+        if self.columns_are_fields(ids, groups):
             return torch.einsum("bfk,fdk->bfd", z, self.basis) + self.mean  # one column per field
         return torch.einsum("...k,...dk->...d", z, self.basis[groups]) + self.mean[groups]
 
