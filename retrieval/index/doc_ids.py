@@ -20,6 +20,8 @@ class DocIdTable:
     def __init__(self, blob: np.ndarray, offsets: np.ndarray) -> None:
         self._blob = blob
         self._offsets = offsets
+        self._hashes: np.ndarray | None = None  # sorted hash(id) of every row, built on first row_of
+        self._order: np.ndarray | None = None  # rows in that order
 
     @staticmethod
     def write(doc_ids: Sequence[str], folder: Path) -> None:
@@ -56,6 +58,22 @@ class DocIdTable:
 
     def __iter__(self) -> Iterator[str]:
         return (self[i] for i in range(len(self)))
+
+    def row_of(self, doc_id: str) -> int | None:
+        """Row of ``doc_id`` (the first, if repeated), or ``None``.
+
+        The first call hashes every id once into two sorted int64 arrays (16 bytes per document,
+        where a ``dict`` of ids would hold ~100); each lookup is a binary search, confirmed by
+        decoding the candidate rows, so hash collisions cannot return a wrong row.
+        """
+        if self._hashes is None:
+            hashes = np.fromiter((hash(d) for d in self), dtype=np.int64, count=len(self))
+            self._order = np.argsort(hashes, kind="stable")
+            self._hashes = hashes[self._order]
+        key = hash(doc_id)
+        start = int(np.searchsorted(self._hashes, key, side="left"))
+        end = int(np.searchsorted(self._hashes, key, side="right"))
+        return next((int(r) for r in self._order[start:end] if self[int(r)] == doc_id), None)
 
 
 def hits_from_rows(ids: DocIdTable, scores: np.ndarray, rows: np.ndarray) -> list[tuple[str, float]]:

@@ -210,7 +210,6 @@ class HybridIndex:
         self.ids = ids
         self.queries = queries
         self.config = config
-        self._rows: dict[str, int] | None = None
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = True, encoder: QueryEncoder | None = None,
@@ -243,9 +242,7 @@ class HybridIndex:
 
     def row_of(self, doc_id: str) -> int:
         """Vector row of a document id returned by the first stage."""
-        if self._rows is None:
-            self._rows = {d: i for i, d in enumerate(self.ids)}
-        row = self._rows.get(doc_id)
+        row = self.ids.row_of(doc_id)
         if row is None:
             raise ArtifactError(self.path / FIRST_STAGE_DIR, f"returned an unknown doc id {doc_id!r}")
         return row

@@ -52,6 +52,14 @@ def test_doc_id_table_round_trips_unicode_ids(tmp_path: Path) -> None:
     assert list(table) == ids and len(table) == 5 and table[2] == "日本"
 
 
+def test_doc_id_table_finds_rows_by_id(tmp_path: Path) -> None:
+    ids = [f"d{i}" for i in range(500)] + ["日本", "d7"]  # "d7" repeated: its first row wins
+    DocIdTable.write(ids, tmp_path)
+    table = DocIdTable.open(tmp_path, len(ids))
+    assert [table.row_of(d) for d in ("d0", "d499", "日本", "d7")] == [0, 499, 500, 7]
+    assert table.row_of("d500") is None and table.row_of("") is None
+
+
 def test_doc_id_table_rejects_inconsistent_offsets(tmp_path: Path) -> None:
     DocIdTable.write(["a", "b"], tmp_path)
     with pytest.raises(ArtifactError, match=IDS_OFFSETS):
