@@ -6,8 +6,9 @@ Raw ids (any strings) are mapped to contiguous integers; the vocabularies travel
 with the trained model, so the Recommend service can be asked about user ``"alice"`` and answer with raw
 item ids. Repeated (user, item) pairs count once. Each user's interactions are split into train and test
 as the NGCF / LightGCN data are (per-user holdout, ``test_fraction`` of each user's items, at least one
-left in train): the **latest** ones when a ``time`` column is given (a temporal split, nothing from the
-future in train; times compare exactly, to the nanosecond), otherwise a seeded random choice.
+left in train): the **latest** ones when a ``time`` column is given (per-user leave-latest-out: nothing
+from a user's own future is trained on, but other users' later interactions stay in train, so it is
+not a global time cut; times compare exactly, to the nanosecond), otherwise a seeded random choice.
 """
 
 from __future__ import annotations
@@ -104,7 +105,17 @@ def _parse_times(column: pl.Series) -> pl.Series:
     try:
         return text.str.to_datetime(strict=True, time_unit="ns").dt.epoch("ns")
     except pl.exceptions.PolarsError:
-        row = first_row(text.cast(pl.Float64, strict=False).is_null() & given)
+        number = text.cast(pl.Float64, strict=False).is_not_null()
+        try:
+            time = text.str.to_datetime(strict=False, time_unit="ns").is_not_null()
+        except pl.exceptions.PolarsError:  # no date-time format inferred from the first value
+            time = pl.repeat(False, len(text), eager=True)
+        bad = given & ~number & ~time
+        if not bad.fill_null(False).any():  # each cell parses alone: numbers mixed with date-times
+            row = first_row(number & given)
+            raise InputError(column.name, f"row {row + 1}: {text[row]!r} is a number in a column of "
+                                          "date-times (one kind per column)") from None
+        row = first_row(bad)
         raise InputError(column.name,
                          f"row {row + 1}: {text[row]!r} is neither a number nor a date-time") from None
 

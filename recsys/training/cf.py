@@ -305,6 +305,7 @@ def _save_checkpoint(run: _Run, config: CFTrainConfig, data_identity: dict[str, 
         "sparsity": run.sparsity.state_dict() if run.sparsity else None,
         "sampler_rng": run.sampler.rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "history": run.history,
     }
     buffer = io.BytesIO()
@@ -318,9 +319,12 @@ def _save_checkpoint(run: _Run, config: CFTrainConfig, data_identity: dict[str, 
 
 def _load_checkpoint(run: _Run, config: CFTrainConfig, data_identity: dict[str, Any] | None) -> None:
     path = checkpoint_path(config)
-    if not path.exists():
+    try:  # open_artifact first restores a checkpoint that a kill mid-replace left only as its backup
+        manifest = open_artifact(path, format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION)
+    except ArtifactError:
+        if path.exists():
+            raise
         return
-    manifest = open_artifact(path, format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION)
     diff = sorted(k for k, v in _identity(config).items() if manifest.params["config"].get(k) != v)
     if diff:
         raise ArtifactError(path, f"checkpoint was written with a different config (fields {diff})")
@@ -329,7 +333,8 @@ def _load_checkpoint(run: _Run, config: CFTrainConfig, data_identity: dict[str, 
         raise ArtifactError(path, f"checkpoint was trained on other data ({stored['num_users']} users x "
                                   f"{stored['num_items']} items, {stored['train_nnz']} train interactions); "
                                   "resuming would mix them: use another --checkpoint-dir")
-    state = torch.load(path / "state.pt", map_location=run.model.device, weights_only=True)
+    # on the CPU: the RNG state must stay a CPU tensor; the loads below move weights to the model
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     try:
         run.model.load_state_dict(state["model"])
     except RuntimeError as exc:  # shapes of other data (a checkpoint from before the data was recorded)
@@ -339,6 +344,8 @@ def _load_checkpoint(run: _Run, config: CFTrainConfig, data_identity: dict[str, 
         run.sparsity.load_state_dict(state["sparsity"])
     run.sampler.rng.bit_generator.state = state["sampler_rng"]
     torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():  # absent in checkpoints before it was saved
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     run.history = list(state["history"])
     run.epoch = int(manifest.params["epoch"])
 

@@ -167,6 +167,29 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
         train_cf(CFTrainConfig(**base, checkpoint_dir=ckpt, resume=True), planted(num_users=90))
 
 
+def test_resume_restores_a_checkpoint_left_only_as_its_backup(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kill between the two renames of a checkpoint replace leaves only the backup: resume uses it
+    (it used to retrain from scratch and then overwrite the backup), and reads the state on the CPU,
+    where ``torch.set_rng_state`` needs it whatever device the model is on."""
+    from recsys.training.cf import checkpoint_path
+    from sparsekit.atomic import temp_sibling
+
+    data = planted()
+    config = CFTrainConfig(model="mf", dim=8, lr=0.02, batch_size=256, epochs=2, seed=3, device="cpu",
+                           progress=False, checkpoint_dir=str(tmp_path / "ckpt"))
+    _, history = train_cf(config, data)
+    target = checkpoint_path(config)
+    target.rename(temp_sibling(target, "old"))
+    locations = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: locations.append(kw.get("map_location"))
+                        or real_load(*a, **kw))
+    _, resumed = train_cf(CFTrainConfig(**{**config.__dict__, "resume": True}), data)
+    assert resumed == history and target.is_dir()  # nothing retrained: the backup's two epochs came back
+    assert locations == ["cpu"]
+
+
 def test_a_finished_dense_run_is_extended_by_resuming_with_more_epochs(tmp_path: Path) -> None:
     data = planted()
     base = {"model": "mf", "dim": 8, "lr": 0.02, "batch_size": 256, "seed": 2, "device": "cpu",

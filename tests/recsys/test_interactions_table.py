@@ -78,6 +78,12 @@ def test_date_time_columns_order_the_split(tmp_path: Path, times: list) -> None:
     (LOG, InteractionsConfig(user="who", item="item"), r"column\(s\) \['item'\]"),
     (LOG.with_columns(pl.Series("ts", ["1", "2", "soon", "4", "5", "6", "7", "8", "9"])), TEMPORAL,
      r"log\.csv: column 'ts': row 3: 'soon' is neither a number nor a date-time"),
+    (LOG.with_columns(pl.Series("ts", ["2024-01-01", "2024-01-02", "later", "2024-01-04", "2024-01-05",
+                                       "2024-01-06", "2024-01-07", "2024-01-08", "2024-01-09"])), TEMPORAL,
+     r"row 3: 'later' is neither a number nor a date-time"),  # not row 1, the first date
+    (LOG.with_columns(pl.Series("ts", ["2024-01-01", "2024-01-02", "2024-01-03", "17", "2024-01-05",
+                                       "2024-01-06", "2024-01-07", "2024-01-08", "2024-01-09"])), TEMPORAL,
+     r"row 4: '17' is a number in a column of date-times"),
     (LOG.with_columns(pl.Series("who", ["ann", None, "ann", "ann", "ann", "bob", "bob", "cy", "ann"])),
      TEMPORAL, r"log\.csv: column 'who': row 2: missing id"),
     (LOG.head(0), TEMPORAL, "no rows"),
