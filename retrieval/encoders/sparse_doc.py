@@ -70,6 +70,7 @@ from tqdm import tqdm
 
 from retrieval.encoders.backbone import (
     build_backbone,
+    check_max_length,
     load_backbone,
     load_fast_tokenizer,
     load_tokenizer,
@@ -159,6 +160,7 @@ class SparseDocEncoder(nn.Module):
         self.backbone = backbone
         self.tokenizer = tokenizer
         bert = backbone.config
+        check_max_length(self.config.max_length, bert.max_position_embeddings)
         if self.config.head not in ("identity", "mlm"):
             raise ValueError(f"head must be 'identity' or 'mlm', got {self.config.head!r}")
         self.transform = (nn.Identity() if self.config.head == "identity"

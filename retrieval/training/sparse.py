@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from retrieval.data.beir import Doc, available_splits, load_corpus, load_qrels, load_queries
+from retrieval.encoders.backbone import NUM_LAYERS, check_max_length
 from retrieval.encoders.sparse_doc import SparseEncoderConfig, SparseModel
 from retrieval.losses.ensemble_kd import ensemble_kd_loss, ensemble_teacher_scores
 from retrieval.losses.flops import FlopsWarmup, flops_loss
@@ -91,6 +92,11 @@ class SparseTrainConfig:
         positive(self, "lr", "bias_lr", "head_lr", "kd_scale", "temperature")
         one_of(self, "distill", get_args(Distill))
         one_of(self, "pseudo_queries", ("none", "titles"))
+        check_max_length(self.encoder.max_length, name="encoder.max_length")  # trained on MiniLM
+        if not 1 <= self.encoder.freeze_layers <= NUM_LAYERS:  # 0: the cached embeddings would go stale
+            raise InputError("encoder.freeze_layers", f"training caches the frozen lower layers' output, so "
+                                                      f"1..{NUM_LAYERS} layers (and the embeddings) are "
+                                                      f"frozen; got {self.encoder.freeze_layers}")
 
 
 def split_train_dev(qids: list[str], dev_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -351,6 +357,10 @@ def _train_loop(model: SparseModel, cache: TeacherCache, inputs: _DocInputs, que
         total = min(total, cfg.max_steps)
     step = 0
     state = ckpt.load()
+    if state is not None and state["step"] > total:  # a longer run's: its state is past this run's end
+        if cfg.progress:
+            tqdm.write(f"{ckpt.path} is at step {state['step']}, past this run's {total}: training afresh")
+        state = None
     if state is not None:
         model.doc.load_state_dict(state["doc"])
         optim.load_state_dict(state["optim"])

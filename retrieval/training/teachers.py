@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.data.beir import Doc
+from retrieval.encoders.backbone import check_max_length
 from sparsekit.artifacts import open_artifact, write_artifact
 from sparsekit.bounds import at_least, count, within
 from sparsekit.errors import ArtifactError
@@ -39,6 +40,7 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         count(self, 1, "depth", "dense_max_length", "batch_size")
+        check_max_length(self.dense_max_length, name="dense_max_length")  # the MiniLM teacher
         at_least(self, 0, "k1")
         within(self, 0.0, 1.0, "b")
 

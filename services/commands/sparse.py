@@ -32,8 +32,10 @@ def train_sparse_command(
     dev_fraction: Annotated[float, typer.Option(
         min=0, max=0.99, help="Share of the judged queries held out as dev (per-epoch metrics; the "
                               "query-table stage selects on it).")] = 0.1,
-    max_length: Annotated[int, typer.Option(min=1, help="Document tokens kept.")] = 256,
-    freeze_layers: Annotated[int, typer.Option(min=0, help="Frozen lower transformer layers (cached).")] = 4,
+    max_length: Annotated[int, typer.Option(min=1, max=512, help="Document tokens kept (MiniLM has 512 "
+                                                                "positions).")] = 256,
+    freeze_layers: Annotated[int, typer.Option(min=1, help="Frozen lower transformer layers (cached; the "
+                                                            "embeddings are frozen with them).")] = 4,
     tie_head: Annotated[bool, typer.Option(help="Vocabulary head tied to the frozen word embeddings "
                                                  "(--no-tie-head: a trainable copy).")] = True,
     lexical_prior: Annotated[bool, typer.Option(help="Add BM25-saturated WordPiece term frequencies to "

@@ -110,6 +110,37 @@ def test_tiny_train_index_search_end_to_end(tmp_path: Path) -> None:
         train_sparse_encoder(cfg)
 
 
+def test_a_shorter_rerun_does_not_take_a_longer_runs_checkpoint(tmp_path: Path) -> None:
+    """The checkpoint key leaves out ``max_steps`` (so a run can be extended); a rerun asking for fewer
+    steps than the checkpoint holds trains afresh (it used to return the longer run's state as its own)."""
+    data = tmp_path / "beir"
+    _tiny_beir(data)
+    cfg = SparseTrainConfig(
+        data=str(data), out=str(tmp_path / "model"), work_dir=str(tmp_path / "work"), dev_fraction=0.25,
+        encoder=SparseEncoderConfig(max_length=32, freeze_layers=4), teachers=TeacherConfig(depth=4),
+        epochs=1, queries_per_step=3, candidates_per_query=4, progress=False, device="cpu", seed=1,
+        dev_eval_start=False, checkpoint_every=1)
+    long = json.loads((train_sparse_encoder(cfg) / "manifest.json").read_text())["params"]["training"]
+    short_cfg = dataclasses.replace(cfg, max_steps=1, overwrite=True)
+    short = json.loads((train_sparse_encoder(short_cfg) / "manifest.json").read_text())["params"]["training"]
+    assert (long["steps"], short["steps"]) == (3, 1) and len(short["dev"]) == 1
+
+
+@pytest.mark.parametrize(("make", "match"), [
+    (lambda: SparseTrainConfig(data="d", out="o", encoder=SparseEncoderConfig(freeze_layers=0)),
+     "encoder.freeze_layers.*cach"),  # the cached embeddings would go stale while the tied head trains
+    (lambda: SparseTrainConfig(data="d", out="o",
+                               encoder=SparseEncoderConfig(max_length=1024, freeze_layers=4)),
+     "encoder.max_length.*512 positions"),
+    (lambda: TeacherConfig(dense_max_length=513), "dense_max_length.*512 positions"),
+    (lambda: SparseDocEncoder.from_minilm(SparseEncoderConfig(max_length=600), device="cpu"),
+     "max_length.*512 positions"),
+])
+def test_settings_the_backbone_cannot_run_are_refused_up_front(make, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        make()
+
+
 def test_too_few_training_queries_for_one_step_is_refused(tmp_path: Path) -> None:
     """9 training queries and queries_per_step=10: no step could run, so nothing is trained or saved."""
     data = tmp_path / "beir"
