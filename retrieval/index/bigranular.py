@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from retrieval.encoders.backbone import HIDDEN_SIZE
 from retrieval.index.corpus_embeddings import check_vectors, embed_corpus
 from retrieval.index.doc_ids import DocIdTable
 from retrieval.index.faiss_index import (
@@ -180,6 +181,8 @@ def build_bigranular_index(corpus: str | Path | None, out: str | Path, config: B
     if vectors is None:
         if corpus is None:
             raise InputError("corpus", "give a corpus file or precomputed vectors")
+        if code_index is None:  # a bad factory string fails before the corpus is embedded
+            new_faiss_index(config.codes, HIDDEN_SIZE, config.opq_iterations)
         vectors = embed_corpus(corpus, cache_dir, max_length, batch_size, progress)
     doc_ids, matrix = list(vectors[0]), vectors[1]
     check_vectors(doc_ids, matrix)

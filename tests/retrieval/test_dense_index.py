@@ -139,15 +139,19 @@ def test_bad_inputs_raise_input_errors(tmp_path: Path, vectors) -> None:
 
 
 def test_a_bad_factory_fails_before_the_corpus_is_embedded(tmp_path: Path, monkeypatch) -> None:
-    from retrieval.index import dense
+    from retrieval.index import bigranular, dense
+    from retrieval.index.bigranular import BiGranularConfig, build_bigranular_index
 
     def embed(*args, **kwargs):
         raise AssertionError("the corpus was embedded before the factory string was checked")
 
     monkeypatch.setattr(dense, "embed_corpus", embed)
+    monkeypatch.setattr(bigranular, "embed_corpus", embed)
     (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "x"}\n')
     with pytest.raises(InputError, match="factory"):
         build_dense_index(tmp_path / "corpus.jsonl", tmp_path / "ix", DenseConfig("IVF4,NoSuchCode"))
+    with pytest.raises(InputError, match="factory"):  # the bi-granular kind's codes too
+        build_bigranular_index(tmp_path / "corpus.jsonl", tmp_path / "bg", BiGranularConfig("OPQ48,PQ4B"))
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("keep")
     for overwrite in (False, True):  # exists / is not an artifact: refused before any encoding
