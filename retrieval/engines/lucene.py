@@ -15,7 +15,7 @@ runs one batch at a time (a batch is already parallel on Java threads), single q
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,19 @@ def _open(searcher: Any) -> Any:
 
 def _hits(hits: Any) -> list[tuple[str, float]]:
     return [(str(h.docid), float(h.score)) for h in hits]
+
+
+def _name_refused_query(exc: Exception, search: Callable[[Any, int], Any], queries: Sequence[Any], k: int,
+                        field: str) -> None:
+    """A query Lucene refused in a batch only shows as a missing task: search ``queries`` one by one
+    and raise the first refusal as an :class:`InputError` naming ``field[i]``."""
+    if "completedTaskCount" not in str(exc):
+        return
+    for i, query in enumerate(queries):
+        try:
+            search(query, k)
+        except InputError as refusal:
+            raise InputError(f"{field}[{i}]", refusal.reason) from exc
 
 
 class Bm25Searcher:
@@ -85,19 +98,10 @@ class Bm25Searcher:
         try:
             with self._batch_lock:
                 results = _open(self._searcher).batch_search(texts, qids, k=k, threads=threads)
-        except Exception as exc:  # a query Lucene refused only shows as a missing task: find which one
-            if "completedTaskCount" in str(exc):
-                self._name_refused_query(texts, k)
+        except Exception as exc:
+            _name_refused_query(exc, self.search, texts, k, "texts")
             raise
         return {qid: _hits(results.get(qid, [])) for qid in qids}
-
-    def _name_refused_query(self, texts: Sequence[str], k: int) -> None:
-        """Search ``texts`` one by one; re-raise the first refusal naming ``texts[i]``."""
-        for i, text in enumerate(texts):
-            try:
-                self.search(text, k)
-            except InputError as exc:
-                raise InputError(f"texts[{i}]", exc.reason) from exc
 
     @java_call("closing the Lucene index")
     def close(self) -> None:
@@ -143,7 +147,7 @@ class ImpactSearcher:
             raise InputError(field, "query has no positive impact")
         return query
 
-    @java_call("impact search")
+    @java_call("impact search", query="weights")
     def search(self, weights: Mapping[str, int], k: int = 10) -> list[tuple[str, float]]:
         """Top-``k`` ``(doc id, score)`` for integer query weights (see :func:`quantize_impacts`)."""
         query = self._query(weights, "weights")
@@ -160,8 +164,12 @@ class ImpactSearcher:
         if not encoded:
             return {}
         k, threads = _check_k(k, self.num_docs), check_k(threads, "threads")
-        with self._batch_lock:
-            results = _open(self._searcher).batch_search(encoded, qids, k=k, threads=threads)
+        try:
+            with self._batch_lock:
+                results = _open(self._searcher).batch_search(encoded, qids, k=k, threads=threads)
+        except Exception as exc:
+            _name_refused_query(exc, self.search, encoded, k, "queries")
+            raise
         return {qid: _hits(results.get(qid, [])) for qid in qids}
 
     @java_call("closing the Lucene impact index")

@@ -301,11 +301,12 @@ def test_impact_index_scores_are_integer_dot_products(tmp_path: Path) -> None:
         ("d2", quantize_impacts({"cat": 3.0, "protein": 0.1})),
         ("d3", quantize_impacts({"ocean": 1.0, "noise": 0.001})),
         ("d4", {}),  # no positive impact: cannot match, not indexed
+        ("d5", {f"w{i:05d}x": 1 for i in range(1100)}),  # terms for a query over Lucene's clause limit
     ]
     stats = build_impact_index(docs, tmp_path / "impact", threads=1)
-    assert stats.indexed == 3
+    assert stats.indexed == 4
     searcher = ImpactSearcher(tmp_path / "impact")
-    assert searcher.num_docs == 3
+    assert searcher.num_docs == 4
     query = quantize_impacts({"protein": 1.0, "fold": 0.5})  # {"protein": 100, "fold": 50}
     hits = searcher.search(query, k=10)
     assert hits == [("d1", 100 * 200 + 50 * 150), ("d2", 100 * 10)]
@@ -315,6 +316,12 @@ def test_impact_index_scores_are_integer_dot_products(tmp_path: Path) -> None:
         searcher.search({"protein": 1.5})
     with pytest.raises(InputError, match="no positive impact"):
         searcher.search({"protein": 0})
+    wide = docs[-1][1]  # more distinct terms than Lucene's 1024 clauses
+    with pytest.raises(InputError, match=r"^weights: more distinct terms than Lucene's limit of 1024"):
+        searcher.search(wide)
+    with pytest.raises(InputError, match=r"^queries\[1\]: more distinct terms"):
+        searcher.batch_search([query, wide])
+    assert searcher.search(query, k=1) == hits[:1]  # the searcher still works afterwards
     searcher.close()
     with pytest.raises(LuceneError, match="closed"):
         searcher.search(query)
