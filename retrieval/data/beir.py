@@ -91,11 +91,20 @@ def _record_id(obj: dict[str, Any], path: Path, line_no: int, seen: dict[str, in
     return rid
 
 
+_JAVA_TRIM = "".join(map(chr, range(0x21)))  # what Java's String.trim() drops: every char <= U+0020
+
+
+def _blank(value: str) -> bool:
+    """Nothing left after Python's ``strip()`` or Java's ``trim()`` (control characters: Anserini
+    counts such a document as empty and the BM25 build fails without naming it)."""
+    return not value.strip() or not value.strip(_JAVA_TRIM)
+
+
 def _parse_doc(obj: dict[str, Any], path: Path, line_no: int, seen: dict[str, int]) -> Doc:
     doc_id = _record_id(obj, path, line_no, seen)
     title = _string_field(obj, "title", path, line_no, required=False)
     text = _string_field(obj, "text", path, line_no)
-    if not text.strip() and not title.strip():
+    if _blank(text) and _blank(title):
         raise InputError(path, f"document {doc_id!r} has an empty 'text' and an empty 'title'", line_no)
     return Doc(doc_id, title, text)
 

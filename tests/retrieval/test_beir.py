@@ -123,6 +123,8 @@ def test_load_beir_keeps_only_judged_queries(beir_dir: Path) -> None:
         ('{"_id": "x", "text": ["a"]}', r"field 'text' must be a string, got list"),
         ('{"_id": "", "text": "body"}', r"field '_id' is empty"),
         ('{"_id": "x", "title": " ", "text": ""}', r"document 'x' has an empty 'text' and an empty 'title'"),
+        ('{"_id": "x", "title": "", "text": "\\u0001\\u001f "}',  # only what Java's trim() drops
+         r"document 'x' has an empty 'text'"),
         ('{"_id": "d1", "text": "again"}', r"duplicate _id 'd1' \(first on line 1\)"),
     ],
 )
