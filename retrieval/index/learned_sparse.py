@@ -72,14 +72,15 @@ def build_learned_sparse_index(model: str | Path, corpus: str | Path, out: str |
     params = {"model": str(model), "model_params": manifest.params, "top_k": top_k, "threshold": threshold}
     with write_artifact(out, FORMAT, VERSION, params=params, source=fingerprint([corpus]),
                         overwrite=overwrite) as writer:
-        build_inverted_index(doc_ids, csr, writer.path("postings"), quantization=quantization)
+        postings = build_inverted_index(doc_ids, csr, writer.path("postings"), quantization=quantization)
+        nnz = int(open_artifact(postings, verify=False).counts["nnz"])  # after quantization dropped some
         query = writer.path("query")
         query.mkdir()
         for name in (TABLE_FILE, CONFIG_FILE):
             shutil.copy2(model / name, query / name)
         shutil.copytree(model / "tokenizer", query / "tokenizer")
-        writer.counts.update(num_docs=len(doc_ids), nnz=int(csr.nnz),
-                             avg_doc_terms=round(csr.nnz / max(1, len(doc_ids)), 2))
+        writer.counts.update(num_docs=len(doc_ids), nnz=nnz, encoded_nnz=int(csr.nnz),
+                             avg_doc_terms=round(nnz / max(1, len(doc_ids)), 2))
     return Path(out)
 
 

@@ -326,3 +326,19 @@ def test_an_empty_corpus_is_refused_naming_it_before_the_model_loads(tmp_path: P
     with pytest.raises(InputError, match="corpus has no documents") as info:
         learned_sparse.encode_corpus(tmp_path / "no-model", corpus)
     assert str(corpus) in str(info.value)
+
+
+def test_the_index_manifest_counts_the_postings_it_stores(sparse, query, tmp_path: Path) -> None:
+    """Weights that quantize to zero are dropped: the manifest's nnz is what the postings hold."""
+    import scipy.sparse as sp
+
+    from retrieval.index import learned_sparse
+
+    model = SparseModel(sparse, query).save(tmp_path / "model")
+    (tmp_path / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "title": "", "text": TEXTS[0]}) + "\n")
+    vectors = sp.csr_matrix(np.array([[5.0, 1e-4, 0.0, 2.0], [0.0, 3.0, 1e-5, 0.0]], np.float32))
+    out = learned_sparse.build_learned_sparse_index(model, tmp_path / "corpus.jsonl", tmp_path / "ix",
+                                                    vectors=(["d1", "d2"], vectors))
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    stored = json.loads((out / "postings" / "manifest.json").read_text())["counts"]["nnz"]
+    assert (counts["nnz"], counts["encoded_nnz"], stored, counts["avg_doc_terms"]) == (3, 5, 3, 1.5)
