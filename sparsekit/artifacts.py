@@ -315,7 +315,8 @@ def open_artifact(
     if format is not None and manifest.format != format:
         raise ArtifactError(path, f"format is {manifest.format!r}, expected {format!r}")
     if version is not None and manifest.version != version:
-        raise ArtifactError(path, f"format version {manifest.version}, this build reads {version}")
+        raise ArtifactError(path, f"format version {manifest.version}, this build reads {version}: "
+                                  "rebuild it")
     _check_all_listed(path, manifest)
     for rel, meta in manifest.files.items():
         fpath = path / rel

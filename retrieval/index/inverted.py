@@ -5,7 +5,7 @@ Relevance For Inference-Free Learned Sparse Retrievers"): documents carry learne
 ``w_d(t)``, a query is a sparse vector ``q``, and ``score(q, d) = sum_t q_t * w_d(t)``, evaluated
 term-at-a-time over an inverted index (Zobel & Moffat, "Inverted files for text search engines").
 
-On disk (artifact format ``sparse-inverted`` version 1, ../shared/docs/DESIGN.md §4), term-major
+On disk (artifact format ``sparse-inverted`` version 2, ../shared/docs/DESIGN.md §4), term-major
 postings, i.e. the CSC form of the ``num_docs x vocab_size`` document-term matrix:
 
 - ``term_offsets.npy`` int64 ``[vocab_size + 1]``: term t's postings are ``offsets[t]:offsets[t+1]``;
@@ -13,7 +13,9 @@ postings, i.e. the CSC form of the ``num_docs x vocab_size`` document-term matri
 - ``postings_weights.npy``: weights quantized with one global scale ``max_weight / levels``
   (``uint8``: 255 levels, ``uint16``: 65,535) by rounding to nearest, or float32 (``none``). Postings
   whose weight is (or rounds to) zero are dropped;
-- ``doc_ids.npy``: external ids, a fixed-width unicode array (memory-mappable).
+- ``doc_ids.bin`` / ``doc_ids.off``: external ids as a UTF-8 blob + int64 offsets
+  (:class:`~retrieval.index.doc_ids.DocIdTable`; version 1's fixed-width unicode array made every id
+  as wide as the longest: one 4,000-character URL cost 16 KB per document).
 
 :func:`build_inverted_index` transposes a CSR matrix with a two-pass counting sort that streams the
 quantized postings into memory-mapped output files. :class:`InvertedIndex` memory-maps them and
@@ -35,17 +37,18 @@ import scipy.sparse as sp
 
 from kernels.sparse_scoring import Postings, QueryBatch, TopK, postings_to_device, score_topk
 from kernels.sparse_scoring_numba import WorkspacePool
+from retrieval.index.doc_ids import DocIdTable
 from retrieval.query_checks import check_k, check_text, check_texts
 from sparsekit.artifacts import Manifest, open_artifact, write_artifact
 from sparsekit.device import resolve_device
 from sparsekit.errors import ArtifactError, InputError
 
 FORMAT = "sparse-inverted"
-VERSION = 1
+VERSION = 2
 QUANTIZATIONS: dict[str, tuple[type, int]] = {"uint8": (np.uint8, 255), "uint16": (np.uint16, 65535),
                                               "none": (np.float32, 0)}
-FILES = ("term_offsets.npy", "postings_docs.npy", "postings_weights.npy", "doc_ids.npy")
-ID_CACHE_MAX_DOCS = 2_000_000  # up to this many docs, ids are also kept as Python str (~60 B each)
+FILES = ("term_offsets.npy", "postings_docs.npy", "postings_weights.npy")
+ID_CACHE_MAX_DOCS = 2_000_000  # up to this many docs, hits map ids through Python str (~70 B each)
 
 SparseQuery = tuple[Sequence[int] | np.ndarray, Sequence[float] | np.ndarray]
 QueryEncoder = Callable[[str], SparseQuery]
@@ -83,7 +86,7 @@ def _fill_postings(indptr, indices, data, inv_scale, levels, cursor,
                 cursor[t] += 1
 
 
-def _check_doc_ids(doc_ids: Sequence[str], num_rows: int) -> np.ndarray:
+def _check_doc_ids(doc_ids: Sequence[str], num_rows: int) -> None:
     if len(doc_ids) != num_rows:
         raise InputError("doc_ids", f"{len(doc_ids)} ids for {num_rows} vector rows")
     seen: dict[str, int] = {}
@@ -92,7 +95,6 @@ def _check_doc_ids(doc_ids: Sequence[str], num_rows: int) -> np.ndarray:
             raise InputError(f"doc_ids[{i}]", f"expected a non-empty string, got {doc_id!r}")
         if seen.setdefault(doc_id, i) != i:
             raise InputError(f"doc_ids[{i}]", f"duplicate id {doc_id!r} (first at position {seen[doc_id]})")
-    return np.array(doc_ids, dtype=str) if num_rows else np.zeros(0, dtype="<U1")
 
 
 @numba.njit(nogil=True, cache=True)
@@ -174,13 +176,13 @@ def build_inverted_index(
     """
     check_quantization(quantization)
     csr = _check_vectors(vectors, doc_ids)
-    ids = _check_doc_ids(doc_ids, csr.shape[0])
+    _check_doc_ids(doc_ids, csr.shape[0])
     max_weight = float(csr.data.max()) if csr.nnz else 0.0
     levels = QUANTIZATIONS[quantization][1]
     scale = max_weight / levels if levels and max_weight > 0 else 1.0
     all_params = {**(params or {}), "quantization": quantization, "scale": scale, "max_weight": max_weight}
     with write_artifact(out, FORMAT, VERSION, all_params, source, overwrite) as writer:
-        np.save(writer.path("doc_ids.npy"), ids)
+        DocIdTable.write(doc_ids, writer.dir)
         nnz = _write_postings(csr, writer.dir, quantization, scale)
         writer.counts.update(num_docs=csr.shape[0], vocab_size=csr.shape[1], nnz=nnz)
     return Path(out)
@@ -204,7 +206,7 @@ def _expect(path: Path, name: str, array: np.ndarray, dtype: Any, length: int) -
                                          f"found {array.dtype}{list(array.shape)}")
 
 
-def _load_postings(path: Path, manifest: Manifest, mmap: bool) -> tuple[Postings, np.ndarray]:
+def _load_postings(path: Path, manifest: Manifest, mmap: bool) -> tuple[Postings, DocIdTable]:
     counts, quantization = manifest.counts, manifest.params.get("quantization")
     if quantization not in QUANTIZATIONS or "scale" not in manifest.params:
         raise ArtifactError(path, f"manifest params lack a known quantization/scale: {manifest.params}")
@@ -219,12 +221,8 @@ def _load_postings(path: Path, manifest: Manifest, mmap: bool) -> tuple[Postings
     offsets = arrays["term_offsets.npy"]
     if offsets[0] != 0 or offsets[-1] != nnz or np.any(np.diff(offsets) < 0):
         raise ArtifactError(path / "term_offsets.npy", "offsets are not a non-decreasing 0..nnz sequence")
-    doc_ids = arrays["doc_ids.npy"]
-    if doc_ids.ndim != 1 or len(doc_ids) != num_docs or doc_ids.dtype.kind != "U":
-        raise ArtifactError(path / "doc_ids.npy", f"expected {num_docs} string ids, found {doc_ids.dtype}"
-                                                  f"{list(doc_ids.shape)}")
     postings = Postings(offsets, arrays["postings_docs.npy"], arrays["postings_weights.npy"], num_docs)
-    return postings, doc_ids
+    return postings, DocIdTable.open(path, num_docs)
 
 
 # ---------------------------------------------------------------- queries
@@ -352,14 +350,14 @@ class InvertedIndex:
 
     kind = "sparse"
 
-    def __init__(self, path: Path, manifest: Manifest, postings: Postings, doc_ids: np.ndarray,
+    def __init__(self, path: Path, manifest: Manifest, postings: Postings, ids: DocIdTable,
                  query_encoder: QueryEncoder | None = None) -> None:
         self.path = path
         self.manifest = manifest
         self.scale = float(manifest.params["scale"])
         self.quantization = str(manifest.params["quantization"])
         self.postings = postings
-        self.doc_ids = doc_ids
+        self.ids = ids
         self.query_encoder = query_encoder
         self._pool = WorkspacePool(postings.num_docs)
         self._ids: np.ndarray | None = None
@@ -394,7 +392,7 @@ class InvertedIndex:
     def close(self) -> None:
         """Drop the arrays (and their memory maps); the index is unusable afterwards."""
         self.postings = Postings(np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), 0)
-        self.doc_ids = np.zeros(0, dtype="<U1")
+        self.ids = DocIdTable(np.zeros(0, np.uint8), np.zeros(1, np.int64))
         self._pool = WorkspacePool(0)
         self._ids = None
 
@@ -455,14 +453,21 @@ class InvertedIndex:
         if self.num_docs == 0:
             return [[] for _ in range(len(batch))]
         top = score_topk(self.postings, batch, min(k, self.num_docs), threads, self._pool)
-        return _hit_lists(self._id_objects(), top)
+        return _hit_lists(self._hit_ids(top.docs.ravel()), top)
 
-    def _id_objects(self) -> np.ndarray:
-        """Doc ids as an object array of ``str`` (built once: cheaper lookups than the unicode array),
-        unless the index is so large that the copy would cost much memory."""
+    def _hit_ids(self, rows: np.ndarray) -> np.ndarray:
+        """Ids of ``rows`` (-1: padding, any id): through :attr:`doc_ids`, or decoded one by one past
+        ``ID_CACHE_MAX_DOCS`` documents, where a copy of every id would cost too much RAM."""
+        if self.num_docs <= ID_CACHE_MAX_DOCS:
+            return self.doc_ids[rows]
+        return np.fromiter((self.ids[max(int(r), 0)] for r in rows), dtype=object, count=len(rows))
+
+    @property
+    def doc_ids(self) -> np.ndarray:
+        """Every doc id as an object array of ``str``, row order (built on first use, ~70 B per
+        document): maps the internal indices of :meth:`search_topk` to ids, ``doc_ids[top.docs]``."""
         if self._ids is None:
-            small = self.num_docs <= ID_CACHE_MAX_DOCS
-            self._ids = np.array(self.doc_ids.tolist(), dtype=object) if small else self.doc_ids
+            self._ids = np.fromiter(iter(self.ids), dtype=object, count=len(self.ids))
         return self._ids
 
     def _encode(self, text: str) -> SparseQuery:
@@ -481,12 +486,13 @@ class InvertedIndex:
         return self.search_sparse_batch([self._encode(t) for t in check_texts(texts)], k, threads)
 
 
-def _hit_lists(ids: np.ndarray, top: TopK) -> list[list[tuple[str, float]]]:
-    """Per query, its ``(doc id, score)`` hits: one flat list of tuples for the whole batch, cut per row
-    (one ``tolist`` per array, list slices are pointer copies: 10-20% faster than zipping row by row;
-    the tuples themselves, about 80 ns each, are most of the cost)"""
+def _hit_lists(hit_ids: np.ndarray, top: TopK) -> list[list[tuple[str, float]]]:
+    """Per query, its ``(doc id, score)`` hits (``hit_ids``: the ids of ``top.docs.ravel()``): one flat
+    list of tuples for the whole batch, cut per row (one ``tolist`` per array, list slices are pointer
+    copies: 10-20% faster than zipping row by row; the tuples themselves, about 80 ns each, are most of
+    the cost)"""
     k = top.docs.shape[1]
-    flat = list(zip(ids[top.docs.ravel()].tolist(), top.scores.ravel().tolist(), strict=True))
+    flat = list(zip(hit_ids.tolist(), top.scores.ravel().tolist(), strict=True))
     return [flat[b * k:b * k + n] for b, n in enumerate(top.counts.tolist())]
 
 

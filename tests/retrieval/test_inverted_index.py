@@ -201,12 +201,12 @@ def test_manifest_and_reopen_give_identical_results(tmp_path: Path) -> None:
     path = build_inverted_index(ids_for(500), matrix, tmp_path / "r", params={"encoder": "test"},
                                 source={"corpus": "synthetic"})
     manifest = json.loads((path / MANIFEST).read_text())
-    assert manifest["format"] == FORMAT and manifest["version"] == 1
+    assert manifest["format"] == FORMAT and manifest["version"] == 2
     assert manifest["counts"] == {"num_docs": 500, "vocab_size": 80, "nnz": matrix.nnz}
     assert manifest["params"]["quantization"] == "uint8" and manifest["params"]["encoder"] == "test"
     assert manifest["source"] == {"corpus": "synthetic"}
     assert set(manifest["files"]) == {"term_offsets.npy", "postings_docs.npy", "postings_weights.npy",
-                                      "doc_ids.npy"}
+                                      "doc_ids.bin", "doc_ids.off"}
     queries = [random_query(np.random.default_rng(i), 80, 10) for i in range(10)]
     with InvertedIndex.open(path) as index:
         assert (index.num_docs, index.vocab_size) == (500, 80)
@@ -356,3 +356,24 @@ def test_cuda_index_matches_cpu(tmp_path: Path) -> None:
     gpu = InvertedIndex.open(path, device="cuda").search_sparse_batch(queries, 50)
     assert [[d for d, _ in r] for r in gpu] == [[d for d, _ in r] for r in cpu]
     np.testing.assert_allclose([s for r in gpu for _, s in r], [s for r in cpu for _, s in r], rtol=1e-6)
+
+
+def test_ids_are_stored_at_their_own_length(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One 4,000-character id no longer widens every stored id (version 1 kept a fixed-width unicode
+    array: 16 KB per document here); hits carry it, through the id cache or decoded one by one."""
+    from retrieval.index import inverted
+
+    matrix = int_matrix(300, 40, 0.2, seed=5)
+    ids = ids_for(300)
+    ids[7] = "https://example.org/" + "x" * 4000
+    path = build_inverted_index(ids, matrix, tmp_path / "ix")
+    assert (path / "doc_ids.bin").stat().st_size == sum(len(d) for d in ids) < 300 * 40 + 4100
+    queries = [random_query(np.random.default_rng(i), 40, 8) for i in range(20)]
+    with InvertedIndex.open(path) as index:
+        cached = index.search_sparse_batch(queries, 300)
+        assert list(index.doc_ids) == ids
+    monkeypatch.setattr(inverted, "ID_CACHE_MAX_DOCS", 10)  # past it: ids decoded per hit
+    with InvertedIndex.open(path) as index:
+        assert index.search_sparse_batch(queries, 300) == cached
+        assert index._ids is None  # no all-ids copy was made
+    assert any(d == ids[7] for hits in cached for d, _ in hits)
