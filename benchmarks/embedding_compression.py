@@ -198,6 +198,8 @@ FULL_LABEL = ("DCNv2 full-table test AUC (Frappe, mean of seeds; the issue asks 
               "only checks that a model was trained)")
 SYNTHETIC_LABEL = "synthetic 20M features at budget 0.01: methods measured (RSS, lookups/s, train/s)"
 MEMORY_PREFIXES = ("memory_bytes()", "built tables", "trained serving tables")
+BUILT_LABEL = ("built tables, as finalized for serving (a search or pruning method's training form holds "
+               "full rows and is exempt, as the issue states): max memory_bytes / budget")
 
 
 def synthetic_entry(syn: dict[str, Any]) -> dict:
@@ -235,7 +237,8 @@ def rescore(path: Path) -> None:
     """Rebuild a results file's acceptance entries, findings and caveats from its stored metrics."""
     result = json.loads(path.read_text())
     m = result["metrics"]
-    kept = [e for e in result["acceptance"] if e["criterion"].startswith(MEMORY_PREFIXES)]
+    kept = [e if not e["criterion"].startswith("built tables") else {**e, "criterion": BUILT_LABEL}
+            for e in result["acceptance"] if e["criterion"].startswith(MEMORY_PREFIXES)]
     full = next(e["value"] for e in result["acceptance"] if e["criterion"].startswith("DCNv2 full-table"))
     result["acceptance"] = [*kept, _entry(FULL_LABEL, full, ">", 0.5),
                             *best_entries(pl.DataFrame(m["recommendation"])), synthetic_entry(m["synthetic"])]
@@ -256,7 +259,7 @@ def acceptance(mem: dict[str, Any], best: pl.DataFrame, runs: pl.DataFrame,
     ok = runs.filter(pl.col("status") == "ok")
     acc = [_entry("memory_bytes() == real parameter + buffer bytes: mismatching (method, budget) cells",
                   mem["mismatches"], "<=", 0),
-           _entry("built tables: max memory_bytes / budget", mem["max_ratio"], "<=", BUDGET_SLACK),
+           _entry(BUILT_LABEL, mem["max_ratio"], "<=", BUDGET_SLACK),
            _entry("trained serving tables: max stored bytes / budget",
                   float((ok.filter(pl.col("method") != "full")["stored_bytes"]
                          / ok.filter(pl.col("method") != "full")["budget_bytes"]).max()), "<=", BUDGET_SLACK)]

@@ -60,14 +60,18 @@ def train(data: CTRDataset, model: str, method: str, budget: float, seed: int, g
 
 
 def magnitude_by_frequency(data: CTRDataset, weight: torch.Tensor) -> list[dict[str, Any]]:
-    """Mean ``|w|`` of the full table's features, bucketed by their train occurrence count."""
+    """Mean ``|w|`` of the full table's features, bucketed by their train occurrence count, with each
+    bucket's features counted per field."""
     counts = np.bincount(data.train.features.reshape(-1), minlength=data.num_features)
     size = weight.detach().abs().mean(dim=1).cpu().numpy()
+    field = np.repeat(np.arange(len(data.field_dims)), data.field_dims)  # feature id -> its field
     edges = (*FREQUENCY_BUCKETS, np.inf)
     rows = []
     for lo, hi in itertools.pairwise(edges):
         chosen = (counts >= lo) & (counts < hi)
+        per_field = np.bincount(field[chosen], minlength=len(data.field_dims))
         rows.append({"train_count": f"[{lo}, {hi})", "features": int(chosen.sum()),
+                     "features_by_field": dict(zip(data.field_names, per_field.tolist(), strict=True)),
                      "mean_abs_weight": round(float(size[chosen].mean()), 4) if chosen.any() else None})
     return rows
 
