@@ -116,7 +116,8 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
     def _stream(self, question: str, k: int, new: int,
                 context: grpc.ServicerContext) -> Iterator[generate_pb2.GenerateResponse]:
         try:
-            for event in self.pipeline.stream(question, k, new, wait=context.time_remaining()):
+            for event in self.pipeline.stream(question, k, new, wait=context.time_remaining(),
+                                              active=context.is_active):
                 if not context.is_active():
                     return
                 if isinstance(event, Answer):

@@ -6,13 +6,17 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.api import search_pb2, search_pb2_grpc
+from services.search_validation import SearchLimits
 
 
 class SearchClient:
     """Talks to a Sparsekit search server at ``address`` (``host:port``)."""
 
-    def __init__(self, address: str, timeout: float = 30.0) -> None:
-        self.channel = grpc.insecure_channel(address)
+    def __init__(self, address: str, timeout: float = 30.0,
+                 max_response_bytes: int = SearchLimits().max_response_bytes) -> None:
+        # gRPC clients accept 4 MiB by default: a full BatchSearch (256 x top-1000) can be larger
+        self.channel = grpc.insecure_channel(address, options=[
+            ("grpc.max_receive_message_length", max_response_bytes)])
         self.stub = search_pb2_grpc.SearchServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.timeout = timeout

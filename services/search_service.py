@@ -54,6 +54,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if req.WhichOneof("query") == "sparse" and not hasattr(index, "search_sparse"):
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}.sparse",
                                f"index {req.index!r} ({index.kind}) takes text queries only")
+        if req.WhichOneof("query") != "sparse" and not getattr(index, "takes_text", True):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}.text",
+                               f"index {req.index!r} (a raw inverted index, no query encoder) takes "
+                               "sparse queries only")
 
     def _run_one(self, req: search_pb2.SearchRequest, k: int, field: str) -> search_pb2.SearchResponse:
         index = self._index(req.index, f"{field}.index")

@@ -26,6 +26,12 @@ class SearchLimits:
     max_sparse_terms: int = 4096
     max_message_bytes: int = 4 * 1024 * 1024
 
+    @property
+    def max_response_bytes(self) -> int:
+        """Largest response the server sends (4x a request: a full batch of top-1000 hits exceeds
+        gRPC's 4 MiB default; :class:`~services.search_client.SearchClient` accepts as much)."""
+        return 4 * self.max_message_bytes
+
 
 def _invalid(field: str, message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, field, message)

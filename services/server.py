@@ -61,7 +61,8 @@ def make_server(indexes: Mapping[str, SearchIndex], config: ServerConfig | None 
         # Generate's admitted requests get threads of their own: waiting generations never starve Search
         futures.ThreadPoolExecutor(max_workers=config.workers + generating),
         # no SO_REUSEPORT: a second server on a port in use must fail, not share it silently
-        options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", 4 * size),
+        options=[("grpc.max_receive_message_length", size),
+                 ("grpc.max_send_message_length", config.limits.max_response_bytes),
                  ("grpc.so_reuseport", 0)],
     )
     search_pb2_grpc.add_SearchServiceServicer_to_server(

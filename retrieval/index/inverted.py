@@ -382,6 +382,11 @@ class InvertedIndex:
         return self.postings.num_docs
 
     @property
+    def takes_text(self) -> bool:
+        """Whether :meth:`search` works: a ``query_encoder`` is attached (else sparse queries only)."""
+        return self.query_encoder is not None
+
+    @property
     def vocab_size(self) -> int:
         return len(self.postings.offsets) - 1
 

@@ -22,22 +22,29 @@ i.e. frequency (log-damped) times recency (exponential decay, ``CacheConfig.half
 how cheaply the entry was reusable (a Cache-Craft variant that needed a high CFO at its reuses is
 worth less; the prior is one pseudo-reuse at 0.5). Usage counters live in memory only.
 
-**Disk format** (format ``sparsekit-kv-chunk-cache``, version 1)::
+**Disk format** (format ``sparsekit-kv-chunk-cache``, version 2)::
 
     cache.json            format, version, model_key (model id + dtype + RoPE parameters)
+    lock                  flock-ed by the one process using the directory
     entries/<h>.pt        the tensors (torch.save), h = SHA-256 of the entry key
-    entries/<h>.json      key, group, meta, nbytes, SHA-256 and size of the .pt file
+    entries/<h>.json      key, group, meta, nbytes, SHA-256 and size of the .pt file, and the SHA-256
+                          of the description itself (``meta`` holds the RoPE start position and the
+                          attention statistics reuse decisions read: version 1 left them unchecked)
 
 Every file is written to a temporary name and ``os.replace``-d into place (the .pt before its .json,
-so an entry exists only once complete). A read re-checks the SHA-256; a corrupt or unreadable entry
+so an entry exists only once complete). A read re-checks both SHA-256s; a corrupt or unreadable entry
 is logged, deleted and reported as a miss, so the caller recomputes it. A directory written under a
 different ``model_key``, format or version raises :class:`~sparsekit.errors.ArtifactError` (nothing is
-deleted: point the cache at another directory or remove it). :meth:`ChunkCache.close` spills the RAM
-tiers to disk so a new process finds them.
+deleted: point the cache at another directory or remove it), and so does a directory another process
+has open (each process keeps its own index of the files: two would delete each other's entries).
+:meth:`ChunkCache.close` spills the RAM tiers to disk so a new process finds them; entries still only
+in RAM when a process is killed (``kill -9``, a crash) are lost, and a disk hit moves its entry up to
+RAM, so the disk tier survives restarts that went through ``close`` (``serve`` calls it when it drains).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -55,9 +62,10 @@ from sparsekit.bounds import count, positive
 from sparsekit.errors import ArtifactError
 
 FORMAT = "sparsekit-kv-chunk-cache"
-VERSION = 1
+VERSION = 2
 TIERS = ("device", "host", "disk")
 _INFO = "cache.json"
+_LOCK = "lock"
 _ENTRIES = "entries"
 log = logging.getLogger(__name__)
 
@@ -116,6 +124,19 @@ def _atomic_write(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def _desc_digest(desc: dict[str, Any]) -> str:
+    """SHA-256 of an entry description's canonical JSON, without its own digest."""
+    body = {k: v for k, v in desc.items() if k != "desc_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _checked(desc: dict[str, Any]) -> dict[str, Any]:
+    """``desc`` if its digest matches (ValueError otherwise: a changed RoPE start or statistic)."""
+    if desc.get("desc_sha256") != _desc_digest(desc):
+        raise ValueError("description checksum mismatch")
+    return desc
+
+
 class _DiskStore:
     """The disk tier's files: one .pt + one .json per entry, checksummed, written atomically."""
 
@@ -123,6 +144,23 @@ class _DiskStore:
         self.root = directory
         self.entries = directory / _ENTRIES
         self._check_or_init(model_key)
+        self._lock_file = self._take_lock()
+
+    def _take_lock(self) -> Any:
+        """Hold ``lock`` exclusively for this store's life (released by :meth:`release` or at exit)."""
+        handle = open(self.root / _LOCK, "a+")  # noqa: SIM115 - held open on purpose
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ArtifactError(self.root, "KV cache directory in use by another process (or another "
+                                           "cache in this one): give each its own directory") from None
+        return handle
+
+    def release(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the descriptor drops the flock
+            self._lock_file = None
 
     def _check_or_init(self, model_key: str) -> None:
         info_path = self.root / _INFO
@@ -151,7 +189,7 @@ class _DiskStore:
         found = []
         for path in sorted(self.entries.glob("*.json")):
             try:
-                desc = json.loads(path.read_text())
+                desc = _checked(json.loads(path.read_text()))
                 if (self.entries / f"{path.stem}.pt").stat().st_size != desc["file_bytes"]:
                     raise ValueError("size mismatch")
                 found.append(desc)
@@ -173,13 +211,14 @@ class _DiskStore:
         _atomic_write(self.entries / f"{stem}.pt", data)
         desc = {"key": entry.key, "group": entry.group, "meta": entry.meta, "nbytes": entry.nbytes,
                 "file_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        desc["desc_sha256"] = _desc_digest(desc)
         _atomic_write(self.entries / f"{stem}.json", json.dumps(desc).encode())
 
     def read(self, key: str) -> dict[str, torch.Tensor] | None:
         """The tensors of ``key``, or None (entry deleted) when missing or corrupt."""
         stem = _stem(key)
         try:
-            desc = json.loads((self.entries / f"{stem}.json").read_text())
+            desc = _checked(json.loads((self.entries / f"{stem}.json").read_text()))
             data = (self.entries / f"{stem}.pt").read_bytes()
             if hashlib.sha256(data).hexdigest() != desc["sha256"]:
                 raise ValueError("checksum mismatch")
@@ -349,6 +388,13 @@ class ChunkCache:
         with self._lock:
             return key in self._records
 
+    def note_miss(self) -> None:
+        """Count a lookup that found nothing without calling :meth:`get` (a chunk with no variant):
+        ``stats()["misses"]`` then covers every failed lookup. The clock does not tick, as it did not
+        before misses were counted here, so eviction order is unchanged."""
+        with self._lock:
+            self._counts["misses"] += 1
+
     def variants(self, group: str) -> list[tuple[str, dict[str, Any]]]:
         """``(key, meta)`` of every entry of ``group`` (no tensors are read)."""
         with self._lock:
@@ -371,7 +417,8 @@ class ChunkCache:
                     **self._counts}
 
     def close(self) -> None:
-        """Spill the RAM tiers to disk (as far as it has room) so a new process can reuse them."""
+        """Spill the RAM tiers to disk (as far as it has room) so a new process can reuse them, and
+        unlock the directory."""
         with self._lock:
             if self._disk is None:
                 return
@@ -379,3 +426,4 @@ class ChunkCache:
                               reverse=True):
                 if self._used("disk") + rec.nbytes <= self._capacity["disk"]:
                     self._place(rec, rec.entry, "disk")
+            self._disk.release()

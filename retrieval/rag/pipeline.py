@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from retrieval.rag.corpus import RagCorpus, RetrievedChunk
 from retrieval.rag.engine import GenerationResult, RagEngine
 from sparsekit.errors import InputError, NotFoundError
+
+POLL_S = 0.05  # how often a request waiting for the model checks that its client is still there
 
 
 @dataclass
@@ -52,23 +54,36 @@ class RagPipeline:
         return chunks
 
     def stream(self, question: str, k: int | None = None, max_new_tokens: int = 64,
-               wait: float | None = None) -> Iterator[str | Answer]:
+               wait: float | None = None, active: Callable[[], bool] | None = None) -> Iterator[str | Answer]:
         """Yield the answer's text pieces as they are generated, then the :class:`Answer`. Its TTFT and
         total time count from this call: retrieval and the wait for the model are part of them.
         ``wait``: at most this many seconds for the model (another request may hold it), else
         :class:`TimeoutError`; ``None`` (or more than the platform's ``threading.TIMEOUT_MAX``, as gRPC
-        reports a call without deadline) waits as long as it takes."""
+        reports a call without deadline) waits as long as it takes. ``active``: polled while waiting;
+        once it returns False (the client went away) the stream ends without generating."""
         started = time.perf_counter()
         chunks = self.retrieve(question, k)
-        forever = wait is None or wait >= threading.TIMEOUT_MAX
-        if not self._lock.acquire(timeout=-1 if forever else max(wait, 0.0)):
-            raise TimeoutError(f"the model stayed busy with other requests for {wait:.1f}s")
+        if not self._acquire(wait, active or (lambda: True)):
+            return
         try:
             yield from self.engine.stream(question, [c.text for c in chunks], max_new_tokens, started)
             result = self.engine.last_result
         finally:
             self._lock.release()
         yield Answer(question, chunks, result)
+
+    def _acquire(self, wait: float | None, active: Callable[[], bool]) -> bool:
+        """Take the model lock, polling ``active`` every ``POLL_S``; False when it turned False first."""
+        forever = wait is None or wait >= threading.TIMEOUT_MAX
+        deadline = None if forever else time.monotonic() + max(wait, 0.0)
+        while True:
+            left = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
+            if self._lock.acquire(timeout=max(left, 0.0)):
+                return True
+            if not active():
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"the model stayed busy with other requests for {wait:.1f}s")
 
     def ask(self, question: str, k: int | None = None, max_new_tokens: int = 64) -> Answer:
         """Answer ``question`` in one call."""

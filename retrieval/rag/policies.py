@@ -225,7 +225,10 @@ class ChunkReuse(Policy):
             picked = self._pick_variant(seg, cache)
         else:
             picked = (seg.exact_key, 0.0) if exact and (seg.role != "suffix" or all_exact) else None
-        got = cache.get(picked[0]) if picked is not None else None
+        if picked is None:
+            cache.note_miss()
+            return Choice(seg)
+        got = cache.get(picked[0])
         if got is None:
             return Choice(seg)
         choice = Choice(seg, got[0], got[1], exact=exact, cfo=picked[1])

@@ -121,3 +121,47 @@ def test_bad_config_raises() -> None:
         CacheConfig(host_bytes=-1)
     with pytest.raises(InputError, match="disk_bytes"):
         CacheConfig(disk_bytes=1.5)
+
+
+def test_the_model_identity_covers_the_weights(tmp_path) -> None:
+    """Two GGUF files of one name and size that differ past the first MiB (in the weights) get different
+    identities, so one's cached KV is never reused by the other."""
+    from retrieval.rag.generator import gguf_identity
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    data = bytearray(3 << 20)
+    (tmp_path / "a" / "m.gguf").write_bytes(bytes(data))
+    data[2 << 20] = 1
+    (tmp_path / "b" / "m.gguf").write_bytes(bytes(data))
+    first, second = gguf_identity(tmp_path / "a" / "m.gguf"), gguf_identity(tmp_path / "b" / "m.gguf")
+    assert first.split(":")[:2] == second.split(":")[:2] == ["m.gguf", str(3 << 20)] and first != second
+
+
+def test_a_directory_in_use_is_refused_until_closed(tmp_path) -> None:
+    """Two caches (two processes, or two in one) on one directory would delete each other's entries."""
+    config = CacheConfig(host_bytes=0, disk_bytes=10 * SIZE, directory=tmp_path)
+    first = ChunkCache(config, KEY)
+    first.put(_entry("a"))
+    with pytest.raises(ArtifactError, match="in use by another process"):
+        ChunkCache(config, KEY)
+    first.close()
+    assert ChunkCache(config, KEY).contains("a")
+
+
+def test_a_changed_entry_description_is_detected(tmp_path) -> None:
+    """The .json holds the RoPE start and reuse statistics: an edited value is corrupt, not served."""
+    config = CacheConfig(host_bytes=0, disk_bytes=10 * SIZE, directory=tmp_path)
+    cache = ChunkCache(config, KEY)
+    cache.put(_entry("a"))
+    cache.put(_entry("b"))
+    cache.close()
+    described = sorted((tmp_path / "entries").glob("*.json"))
+    for path in described:
+        desc = json.loads(path.read_text())
+        if desc["key"] == "a":
+            path.write_text(json.dumps({**desc, "meta": {**desc["meta"], "start": 35}}))
+    reopened = ChunkCache(config, KEY)  # dropped at open
+    assert not reopened.contains("a") and reopened.contains("b")
+    entry, _ = reopened.get("b")
+    assert entry.meta["start"] == 3

@@ -99,8 +99,9 @@ def test_cache_craft_recomputes_ceil_cfo_tokens(generator) -> None:
 
 def test_disk_tier_reuse_and_corrupt_entry_recomputed(generator, reference, tmp_path) -> None:
     config = CacheConfig(host_bytes=0, disk_bytes=1 << 28, directory=tmp_path)
-    writer = RagEngine(generator, "cache-craft", ChunkCache(config, generator.cache_key))
-    writer.generate(QUESTION, CHUNKS, NEW)
+    first = ChunkCache(config, generator.cache_key)
+    RagEngine(generator, "cache-craft", first).generate(QUESTION, CHUNKS, NEW)
+    first.close()  # a second cache may open the directory only once the first has let go of it
     for blob in sorted((tmp_path / "entries").glob("*.pt"))[:2]:
         blob.write_bytes(blob.read_bytes()[:-64] + b"\0" * 64)
     cache = ChunkCache(config, generator.cache_key)
@@ -142,3 +143,11 @@ def test_open_engine_builds_a_disk_backed_cache(generator, tmp_path, monkeypatch
     engine.cache.close()
     assert engine.cache.stats()["tiers"]["disk"]["entries"] == len(CHUNKS) + 2  # + header + suffix
     assert open_engine("full").cache is None
+
+
+@pytest.mark.parametrize("policy", ["naive", "cacheblend", "cache-craft"])
+def test_chunk_policies_count_their_misses_in_the_cache(generator, policy) -> None:
+    """A chunk with no cached variant is a miss in ``stats()`` too (it read 0 under every chunk policy)."""
+    cache = ChunkCache(CacheConfig(), generator.cache_key)
+    RagEngine(generator, policy, cache).generate(QUESTION, CHUNKS, 1)
+    assert cache.stats()["misses"] >= len(CHUNKS)

@@ -59,3 +59,23 @@ def test_the_request_clock_starts_before_retrieval() -> None:
     before = time.perf_counter()
     pipeline.ask("short question")
     assert engine.started is not None and before <= engine.started <= before + 0.1
+
+
+def test_a_request_whose_client_left_while_it_waited_is_not_generated() -> None:
+    """Waiting for a busy model, a request polls ``active``; once its client is gone it ends without
+    running the model (it used to wait on, holding its admission slot, then prefill for nobody)."""
+    pipeline, engine = _pipeline(RefusingIndex())
+    left_at = time.monotonic() + 0.2
+    pipeline._lock.acquire()  # another request holds the model
+    try:
+        events = list(pipeline.stream("short question", active=lambda: time.monotonic() < left_at))
+    finally:
+        pipeline._lock.release()
+    assert events == [] and engine.started is None
+    with pytest.raises(TimeoutError):  # a deadline still ends the wait
+        pipeline._lock.acquire()
+        try:
+            list(pipeline.stream("short question", wait=0.1))
+        finally:
+            pipeline._lock.release()
+    assert len(list(pipeline.stream("short question"))) == 2  # free model: answer + Answer

@@ -238,7 +238,27 @@ def test_an_out_of_vocabulary_term_names_the_request_field(tmp_path) -> None:
             one = search_pb2.SparseVector(indices=[1], values=[1.0])
             ok = stub.Search(search_pb2.SearchRequest(index="real", sparse=one, k=2), timeout=10)
             assert [h.doc_id for h in ok.hits] == ["b"]
+            code, details = _code(stub.Search, search_pb2.SearchRequest(index="real", text="cats", k=2))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT  # not FAILED_PRECONDITION with a server path
+            assert details.startswith("request.text: index 'real'") and str(tmp_path) not in details
     finally:
+        server.stop(grace=None)
+
+
+def test_a_full_batch_of_large_responses_reaches_the_client() -> None:
+    """256 queries x top-1000 hits exceed gRPC's 4 MiB default: the server may send its response limit
+    and SearchClient accepts as much (it used to fail after the server had done the work)."""
+    from services.search_client import SearchClient
+
+    docs = {f"doc-{i:05d}-abcdefgh": "word" for i in range(1000)}  # responses of ~9.5 MB
+    server, port = make_server({"toy": WordOverlapIndex(docs)}, ServerConfig(address="127.0.0.1:0"))
+    server.start()
+    client = SearchClient(f"127.0.0.1:{port}")
+    try:
+        results = client.batch_search("toy", ["word"] * 256, k=1000, batch=256)
+        assert len(results) == 256 and all(len(hits) == 1000 for hits in results)
+    finally:
+        client.close()
         server.stop(grace=None)
 
 
