@@ -139,7 +139,7 @@ def main() -> None:
         "full_table": {"model": "dcnv2", "val_auc": round(full.metrics["val_auc"], 4),
                        "mean_abs_weight_by_train_count": magnitude_by_frequency(
                            data, full.model.embedding.weight)},
-        "first_order_bytes": first_order_bytes("deepfm", data.num_features),
+        "first_order_bytes": first_order_bytes("deepfm", data.num_features, data.field_dims),
         "full_table_bytes": 4 * data.num_features * grid.embed_dim,
         "pruned": runs,
     }

@@ -38,7 +38,7 @@ import math
 import multiprocessing
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -146,18 +146,22 @@ def run_keys(config: SweepConfig) -> list[RunKey]:
     return keys
 
 
-def first_order_bytes(model: str, num_features: int) -> int:
-    """Bytes of ``model``'s full-precision first-order table (DeepFM, Wide&Deep), 0 for the others."""
+def first_order_bytes(model: str, num_features: int, field_dims: Sequence[int] | None = None) -> int:
+    """Bytes ``model``'s full-precision first-order table (DeepFM, Wide&Deep) stores, its field offsets
+    included (one float per feature + 8 bytes per field); 0 for the other models."""
     from recsys.models.ctr.wdl import WideDeep
     from recsys.training.ctr import CTR_MODELS
 
-    return num_features * FLOAT_BYTES if issubclass(CTR_MODELS[model], WideDeep) else 0
+    if not issubclass(CTR_MODELS[model], WideDeep):
+        return 0
+    return num_features * FLOAT_BYTES + 8 * len(field_dims or ())
 
 
-def table_budget(key: RunKey, num_features: int, config: SweepConfig) -> tuple[float, int]:
+def table_budget(key: RunKey, num_features: int, config: SweepConfig,
+                 field_dims: Sequence[int] | None = None) -> tuple[float, int]:
     """The compressed table's own budget fraction and the run's whole budget in bytes (see module doc)."""
     full = num_features * config.embed_dim * FLOAT_BYTES
-    side = first_order_bytes(key.model, num_features) if config.first_order == "counted" else 0
+    side = first_order_bytes(key.model, num_features, field_dims) if config.first_order == "counted" else 0
     allowed = int(key.budget * (full + side))
     return (allowed - side) / full, allowed
 
@@ -204,7 +208,7 @@ def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
     from recsys.training.ctr import train_ctr
 
     row: dict[str, Any] = {**asdict(key), "dataset": config.dataset}
-    budget, allowed = table_budget(key, data.num_features, config)
+    budget, allowed = table_budget(key, data.num_features, config, data.field_dims)
     if budget <= 0:
         return {**row, "status": "infeasible", "reason": f"the first-order table alone needs more than the "
                                                           f"{allowed} bytes of the budget"}
@@ -380,11 +384,13 @@ def summarize(runs: pl.DataFrame) -> pl.DataFrame:
 
 def recommend(summary: pl.DataFrame, composed: bool = False) -> pl.DataFrame:
     """Per model and budget: the method with the best mean validation AUC, its test AUC and the gap to
-    the full table's mean test AUC. Compositions (:data:`embeddings.registry.COMPOSED`) compete only
-    with ``composed``."""
+    the full table's mean test AUC. Only methods whose every seed trained compete (one that diverged in
+    some seeds could win on its lucky ones). Compositions (:data:`embeddings.registry.COMPOSED`)
+    compete only with ``composed``."""
     full = (summary.filter(pl.col("method") == BASELINE)
             .select("model", pl.col("test_auc").alias("full_test_auc")))
-    cand = summary.filter((pl.col("method") != BASELINE) & (pl.col("n_ok") > 0))
+    cand = summary.filter((pl.col("method") != BASELINE) & (pl.col("n_ok") > 0)
+                          & (pl.col("n_ok") == pl.col("n_runs")))
     if not composed:
         cand = cand.filter(~pl.col("method").is_in(list(COMPOSED)))
     best = cand.sort("val_auc", descending=True).group_by("model", "budget", maintain_order=True).first()
@@ -395,16 +401,24 @@ def recommend(summary: pl.DataFrame, composed: bool = False) -> pl.DataFrame:
             .sort("model", "budget", descending=[False, True]))
 
 
-def _markdown(df: pl.DataFrame) -> str:
-    def cell(v: Any) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return "—"
-        if isinstance(v, float):
-            return f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}"
+def _cell(column: str, v: Any) -> str:
+    """Budgets as given (``1e-05``, ``5e-05``: fixed decimals made them collide), other floats to 4
+    decimals, or 3 significant digits when smaller than 0.001 (a gap of 4e-05 is not 0.0000)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if not isinstance(v, float):
         return str(v)
+    if column == "budget":
+        return f"{v:g}"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.3g}" if 0 < abs(v) < 1e-3 else f"{v:.4f}"
 
+
+def _markdown(df: pl.DataFrame) -> str:
     lines = ["| " + " | ".join(df.columns) + " |", "|" + " --- |" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.iter_rows()]
+    lines += ["| " + " | ".join(_cell(c, v) for c, v in zip(df.columns, row, strict=True)) + " |"
+              for row in df.iter_rows()]
     return "\n".join(lines) + "\n"
 
 

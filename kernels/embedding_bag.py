@@ -77,6 +77,8 @@ def _check(weight: torch.Tensor, ids: torch.Tensor, lookup: Lookup) -> None:
         raise InputError("weight", f"must be a non-empty 2-D tensor, got shape {tuple(weight.shape)}")
     if ids.dim() != 2 or ids.dtype not in ID_DTYPES:
         raise InputError("ids", f"must be a 2-D int32/int64 tensor, got {ids.dtype} {tuple(ids.shape)}")
+    if ids.numel() and int(ids.min()) < 0:  # torch's % wraps them onto a row, Triton's reads out of bounds
+        raise InputError("ids", f"feature ids must be >= 0, got {int(ids.min())}")
     if isinstance(lookup, HashLookup):
         if not 1 <= lookup.a < HASH_PRIME or not 0 <= lookup.b < HASH_PRIME:
             raise InputError("lookup", f"hash coefficients out of range: a={lookup.a}, b={lookup.b}")

@@ -149,6 +149,8 @@ def test_mult_and_add_combine_partition_rows() -> None:
         (torch.zeros(0, 4), IDS, HashLookup(3, 1), "weight"),
         (torch.zeros(5, 4), torch.zeros(2, 2), HashLookup(3, 1), "ids"),
         (torch.zeros(5, 4), torch.zeros(4, dtype=torch.int64), HashLookup(3, 1), "ids"),
+        (torch.zeros(5, 4), torch.tensor([[-3, 1]]), HashLookup(3, 1), "ids"),  # Triton would overread
+        (torch.zeros(9, 4), torch.tensor([[2, -1]]), CompositionalLookup((5, 4)), "ids"),
         (torch.zeros(5, 4), IDS, HashLookup(0, 1), "lookup"),
         (torch.zeros(5, 4), IDS, HashLookup(3, HASH_PRIME), "lookup"),
         (torch.zeros(5, 4), IDS, CompositionalLookup((3, 3)), "weight"),
