@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -31,6 +32,7 @@ from sparsekit.errors import ArtifactError
 
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,9 +122,19 @@ def _fsync_tree(root: Path) -> None:
         os.close(fd)
 
 
+def _entries(root: Path) -> Iterator[Path]:
+    """Every path under ``root``, sorted; :class:`ArtifactError` for a symlink or a special file (``rglob``
+    does not descend into a linked directory: its files would be neither checksummed nor refused)."""
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            what = "a symbolic link" if path.is_symlink() else "not a regular file or directory"
+            raise ArtifactError(path, f"is {what}: an artifact holds only its own files")
+        yield path
+
+
 def _file_table(root: Path) -> dict[str, dict[str, Any]]:
     table = {}
-    for path in sorted(root.rglob("*")):
+    for path in _entries(root):
         rel = path.relative_to(root).as_posix()
         if path.is_file() and rel != MANIFEST:  # a nested artifact's manifest is a file like any other
             table[rel] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
@@ -159,12 +171,27 @@ def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
     try:
         with hold(target):
             os.rename(target, backup)
-            os.rename(tmp, target)
-            trash = temp_sibling(target, "tmpdir")
-            os.rename(backup, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            try:
+                os.rename(tmp, target)
+            except OSError:  # the old version goes straight back: the target never stays missing
+                os.rename(backup, target)
+                raise
+            _discard(backup, target)
     except BlockingIOError as exc:
         raise ArtifactError(target, "another process is replacing it right now") from exc
+
+
+def _discard(backup: Path, target: Path) -> None:
+    """Delete the replaced version once the new one is in place: renamed first to a name that is never
+    restored, then removed. Best effort: the write has succeeded, so a failure here is logged, not
+    raised (and the backup is removed directly, so a later open cannot bring the old version back)."""
+    try:
+        trash = temp_sibling(target, "tmpdir")
+        os.rename(backup, trash)
+    except OSError as exc:
+        log.warning("%s: could not move the replaced version aside (%s); deleting it in place", target, exc)
+        trash = backup
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 @contextmanager
@@ -232,9 +259,21 @@ def _refuse_inside_artifact(target: Path) -> None:
     not list, so the artifact would no longer open (a ``--checkpoint-dir`` pointed at a model folder).
     Nested artifacts are written into the outer one's temporary directory, which has no manifest yet."""
     for parent in target.absolute().parents:
-        if (parent / MANIFEST).is_file():
+        if _is_manifest(parent / MANIFEST):
             raise ArtifactError(target, f"is inside the artifact {parent}, whose manifest would not list it "
                                         "(that artifact would then fail to open): write it elsewhere")
+
+
+def _is_manifest(path: Path) -> bool:
+    """``path`` is a Sparsekit manifest (``format``, ``version``, ``files``), not any ``manifest.json``
+    (a web app's, a browser extension's)."""
+    if not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"format", "version", "files"} <= data.keys()
 
 
 def _make_parent(target: Path) -> None:
@@ -266,6 +305,12 @@ def _mtime(path: Path) -> float:
         return -1.0
 
 
+def recover(target: str | Path) -> None:
+    """Put back an artifact that a crash mid-replace left only as its backup (readers that look for
+    ``manifest.json`` themselves call this first; :func:`open_artifact` does it already)."""
+    _recover(Path(target))
+
+
 def _recover(target: Path) -> None:
     """Restore a backup left by a crash between the two renames of :func:`_publish`.
 
@@ -283,7 +328,7 @@ def _recover(target: Path) -> None:
 
 def _check_all_listed(path: Path, manifest: Manifest) -> None:
     """Refuse files the manifest does not list: a file whose entry was deleted would go unverified."""
-    for fpath in sorted(path.rglob("*")):
+    for fpath in _entries(path):
         rel = fpath.relative_to(path).as_posix()
         if fpath.is_file() and rel != MANIFEST and rel not in manifest.files:
             raise ArtifactError(fpath, "not listed in the manifest, so its checksum cannot be verified "

@@ -22,7 +22,7 @@ from recsys.gcn.sampler import CSRGraph
 from recsys.gcn.synthetic import FORMAT as SYNTHETIC_FORMAT
 from recsys.gcn.synthetic import open_graph
 from recsys.gcn.training import NodeTask
-from sparsekit.artifacts import MANIFEST, artifact_format
+from sparsekit.artifacts import MANIFEST, artifact_format, recover
 from sparsekit.errors import InputError
 
 
@@ -146,6 +146,7 @@ def load_task(data: str | Path, mode: str = "zero-copy", device: str | None = No
     path = Path(data)
     if path.suffix == ".npz":
         return npz_task(path, mode, device)
+    recover(path)  # a synthetic graph a crash mid-replace left only as its backup
     if (path / MANIFEST).is_file():
         fmt = artifact_format(path)
         if fmt != SYNTHETIC_FORMAT:

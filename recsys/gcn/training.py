@@ -118,6 +118,21 @@ class NodeTask:
             ids = _split_ids(name, getattr(self, name), n)
             _check_split_labels(name, self.labels[ids], self.num_classes)
             setattr(self, name, ids)
+        _check_disjoint({name: getattr(self, name) for name in SPLITS}, n)
+
+
+def _check_disjoint(splits: dict[str, Tensor], num_nodes: int) -> None:
+    """No node in two splits: a test node trained on would make the test accuracy a training one."""
+    owner = torch.full((num_nodes,), -1, dtype=torch.long)
+    names = list(splits)
+    for i, name in enumerate(names):
+        ids = splits[name]
+        taken = ids[owner[ids] >= 0]
+        if taken.numel():
+            node = int(taken[0])
+            raise InputError(name, f"shares node {node} with {names[int(owner[node])]} "
+                                   f"({taken.numel()} shared): the splits must be disjoint")
+        owner[ids] = i
 
 
 def _check_split_labels(name: str, labels: Tensor, num_classes: int) -> None:

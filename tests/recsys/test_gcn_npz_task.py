@@ -75,6 +75,8 @@ def test_masks_given_in_the_file_are_used(tmp_path: Path) -> None:
     (lambda a: a.update(train_mask=np.ones(50), val_mask=np.ones(50, bool), test_mask=np.ones(50, bool)),
      "train_mask must be a boolean"),
     (lambda a: a.update(train_mask=np.ones(50, bool)), "give all three masks, or none"),
+    (lambda a: a.update(train_mask=np.arange(50) < 40, val_mask=np.arange(50) == 45,
+                        test_mask=np.arange(50) < 10), "test_idx: shares node 0 with train_idx"),  # leak
     (lambda a: a.update(x=np.array([object()] * 50)), "cannot read the graph"),
 ])
 def test_bad_graph_files_get_errors_that_name_the_problem(tmp_path: Path, change, match: str) -> None:

@@ -191,3 +191,15 @@ def test_killed_run_leaves_no_graph(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError):
         open_graph(tmp_path / "g")
     assert generate_graph(tmp_path / "g", 100, 500, 8, progress=False).num_edges == 500
+
+
+def test_a_graph_left_only_as_its_backup_by_a_crash_mid_replace_still_loads(tmp_path) -> None:
+    """load_task probed for manifest.json itself, so such a graph read as "not a graph"."""
+    from recsys.gcn.tasks import load_task
+    from sparsekit.atomic import temp_sibling
+
+    path = tmp_path / "graph"
+    generate_graph(path, **SMALL, seed=7, progress=False)
+    os.rename(path, temp_sibling(path, "old"))
+    task = load_task(path, mode="cpu-copy", device="cpu")
+    assert task.graph.num_nodes == SMALL["num_nodes"] and (path / "manifest.json").is_file()

@@ -298,3 +298,65 @@ def test_a_target_inside_a_published_artifact_is_refused(tmp_path: Path) -> None
             write_artifact(model / "checkpoint", "ckpt", 1) as w:
         w.path("state.pt").write_bytes(b"s")
     open_artifact(model, "toy", 1)  # still opens
+
+
+def test_a_manifest_json_that_is_not_ours_does_not_block_writes_below_it(tmp_path: Path) -> None:
+    (tmp_path / MANIFEST).write_text('{"name": "my-web-app"}')  # a web app's, a browser extension's
+    _write(tmp_path / "runs" / "art", b"x")
+    open_artifact(tmp_path / "runs" / "art", format="toy")
+
+
+def test_symlinks_are_refused_when_writing_and_when_opening(tmp_path: Path) -> None:
+    """rglob does not enter a linked directory: its files were neither checksummed nor refused."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "w.npy").write_bytes(b"weights")
+    with pytest.raises(ArtifactError, match="symbolic link"), write_artifact(tmp_path / "a", "toy", 1) as w:
+        (w.dir / "weights").symlink_to(outside, target_is_directory=True)
+    assert not (tmp_path / "a").exists()
+    _write(tmp_path / "b", b"x")
+    (tmp_path / "b" / "extra").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ArtifactError, match="symbolic link"):
+        open_artifact(tmp_path / "b", format="toy")
+
+
+def test_a_failed_swap_puts_the_old_version_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second rename of a replace failing used to leave the target missing (only a backup)."""
+    import sparsekit.artifacts as artifacts
+
+    target = tmp_path / "art"
+    _write(target, b"old")
+    real, calls = os.rename, []
+
+    def flaky(src, dst):
+        calls.append(Path(dst).name)
+        if len(calls) == 2:  # the new version into place
+            raise OSError(28, "no space left")
+        real(src, dst)
+
+    monkeypatch.setattr(artifacts.os, "rename", flaky)
+    with pytest.raises(OSError, match="no space"):
+        _write(target, b"new", overwrite=True)
+    monkeypatch.undo()
+    assert (target / "data.bin").read_bytes() == b"old"
+
+
+def test_a_replace_that_published_succeeds_even_if_the_old_version_cannot_be_moved_aside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sparsekit.artifacts as artifacts
+
+    target = tmp_path / "art"
+    _write(target, b"old")
+    real, calls = os.rename, []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:  # the replaced version to its trash name
+            raise OSError(28, "no space left")
+        real(src, dst)
+
+    monkeypatch.setattr(artifacts.os, "rename", flaky)
+    _write(target, b"new", overwrite=True)  # published: no error
+    monkeypatch.undo()
+    assert (target / "data.bin").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # no backup a later open could restore
