@@ -28,7 +28,7 @@ from typing import Any
 
 from sparsekit import __version__
 from sparsekit.atomic import hold, is_held, sweep_leftovers, temp_sibling, temp_siblings
-from sparsekit.errors import ArtifactError
+from sparsekit.errors import ArtifactError, InputError
 
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
@@ -262,6 +262,19 @@ def _refuse_inside_artifact(target: Path) -> None:
         if _is_manifest(parent / MANIFEST):
             raise ArtifactError(target, f"is inside the artifact {parent}, whose manifest would not list it "
                                         "(that artifact would then fail to open): write it elsewhere")
+
+
+def check_outside_artifacts(path: str | Path, source: str) -> None:
+    """:class:`InputError` naming ``source`` when ``path`` is a published artifact or lies inside one:
+    files written there (a cache, a report, a sweep folder) are ones its manifest does not list, so the
+    artifact would no longer open. For options that name a directory or file to write into."""
+    path = Path(path)
+    for folder in (path.absolute(), *path.absolute().parents):
+        if _is_manifest(folder / MANIFEST):
+            where = "is" if folder == path.absolute() else f"is inside {folder}, which is"
+            raise InputError(source, f"{path} {where} a Sparsekit artifact: writing there would add files "
+                                     "its manifest does not list (it would then fail to open); choose "
+                                     "another path")
 
 
 def _is_manifest(path: Path) -> bool:

@@ -107,6 +107,7 @@ def generate_graph(
 ) -> SyntheticGraph:
     """Generate a graph into the artifact directory ``out_dir`` and open it (see the module docstring)."""
     spec = GraphSpec(num_nodes, num_edges, feature_dim, num_classes, seed, degree_exponent, homophily, signal)
+    check_fits(spec, Path(out_dir))
     edge_rng, feature_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     with write_artifact(out_dir, FORMAT, VERSION, params=asdict(spec), overwrite=overwrite) as writer:
         layout = _Layout.build(spec, edge_rng)
@@ -121,6 +122,32 @@ def generate_graph(
             _write_features(fh, spec, labels, feature_rng, progress)
         writer.counts.update(nodes=num_nodes, edges=num_edges, feature_dim=feature_dim, classes=num_classes)
     return open_graph(out_dir, verify=False)
+
+
+RAM_PER_NODE, RAM_PER_EDGE = 48, 48  # generator peak, bytes: layout + indptr + labels; keys, sort, src/dst
+
+
+def check_fits(spec: GraphSpec, out: Path) -> None:
+    """:class:`InputError` before any work when the generator's peak memory exceeds the available RAM, or
+    the files exceed the free disk space under ``out`` (it used to die of MemoryError, be OOM-killed, or
+    start writing a 40 TB feature file)."""
+    import shutil
+
+    import psutil
+
+    ram = RAM_PER_NODE * spec.num_nodes + RAM_PER_EDGE * spec.num_edges
+    free_ram = psutil.virtual_memory().available
+    if ram > free_ram:
+        raise InputError("nodes/edges", f"{spec.num_nodes:,} nodes and {spec.num_edges:,} edges need about "
+                                        f"{ram / 2**30:.1f} GiB of RAM to generate; "
+                                        f"{free_ram / 2**30:.1f} GiB is available")
+    disk = 4 * spec.num_nodes * spec.feature_dim + 8 * spec.num_edges + 24 * spec.num_nodes
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    free_disk = shutil.disk_usage(existing).free
+    if disk > free_disk:
+        raise InputError("dim", f"{spec.num_nodes:,} nodes x {spec.feature_dim}-d float32 features (and the "
+                                f"edges) take {disk / 2**30:.1f} GiB on disk; {free_disk / 2**30:.1f} GiB is "
+                                f"free under {existing}")
 
 
 def open_graph(path: str | Path, verify: bool = True) -> SyntheticGraph:

@@ -324,6 +324,8 @@ def _load_checkpoint(run: _Run, config: CFTrainConfig, data_identity: dict[str, 
     except ArtifactError:
         if path.exists():
             raise
+        if config.progress:  # resume asked for, nothing to resume from: say so, then train from the start
+            tqdm.write(f"no checkpoint at {path} yet: training from the first epoch")
         return
     diff = sorted(k for k, v in _identity(config).items() if manifest.params["config"].get(k) != v)
     if diff:

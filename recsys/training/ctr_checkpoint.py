@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from recsys.training.checkpoint_folder import checkpoint_artifact
 from sparsekit.artifacts import open_artifact, write_artifact
@@ -105,6 +106,8 @@ def load_checkpoint(run: CTRRun, config: CTRTrainConfig, identity: dict[str, Any
     except ArtifactError:
         if path.exists():
             raise
+        if config.progress:  # resume asked for, nothing to resume from: say so, then train from the start
+            tqdm.write(f"no checkpoint at {path} yet: training from the first epoch")
         return
     for part, what in (("config", "a different config"), ("table", "a different embedding table"),
                        ("data", "other training data")):

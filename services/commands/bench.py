@@ -19,7 +19,7 @@ from services.commands.ctr import (
     NumericOption,
     table_config,
 )
-from services.commands.output import above, console, fail, naming_options
+from services.commands.output import above, console, fail, naming_options, refuse_inside_artifact
 from sparsekit.errors import SparsekitError
 
 
@@ -62,6 +62,7 @@ def bench_embeddings_command(
     from embeddings.registry import METHODS
     from embeddings.sweep import SweepConfig, run_sweep, write_report
 
+    refuse_inside_artifact(out, "--out")
     try:
         with naming_options({"models": "--model", "out_dir": "--out"}):  # options, not Python fields
             table = table_config(label, numeric, min_count, fields, header)

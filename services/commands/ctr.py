@@ -13,7 +13,14 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from services.commands.output import above, console, fail, naming_options, refuse_existing
+from services.commands.output import (
+    above,
+    console,
+    fail,
+    naming_options,
+    refuse_existing,
+    refuse_input_as_output,
+)
 from sparsekit.errors import InputError, SparsekitError
 
 if TYPE_CHECKING:
@@ -154,6 +161,7 @@ def compress_ctr_command(
 
     if (rank is None) == (energy is None):
         fail(ValueError("pass exactly one of --rank and --energy"))
+    refuse_input_as_output(out, model=model)
     refuse_existing(out, overwrite)
     try:
         art = load_ctr_model(model)

@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from services.commands.output import above, console, fail, naming_options
+from sparsekit.artifacts import check_outside_artifacts
 from sparsekit.atomic import check_file_target, write_text_atomic
 from sparsekit.errors import SparsekitError
 
@@ -54,6 +55,7 @@ def train_gcn_command(
     try:
         if report is not None:
             check_file_target(report, "--report")  # now, not after training
+            check_outside_artifacts(report, "--report")
         with naming_options():  # "--feature-store: unknown mode", not the Python field "feature_store"
             config = GCNTrainConfig(model=model, fanouts=_fanouts(fanouts), feature_store=feature_store,
                                     epochs=epochs, batch_size=batch_size, hidden=hidden, lr=lr,
@@ -83,6 +85,7 @@ def train_gcn_command(
             write_text_atomic(report, json.dumps(result.summary(), indent=2) + "\n")
         except OSError as exc:
             fail(exc)
+        console.print(f"report written to {report}")
 
 
 def generate_graph_command(

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sparsekit.artifacts import check_target
+from sparsekit.artifacts import check_outside_artifacts, check_target
 from sparsekit.errors import ArtifactError, InputError
 
 # stdout prints user data (queries, doc ids, paths) verbatim: no rich markup, so "[/] x" or "ix_[b]" is text
@@ -44,6 +44,26 @@ def refuse_existing(out: Path, overwrite: bool) -> None:
         check_target(out, overwrite)
     except ArtifactError as exc:
         fail(exc)
+
+
+def refuse_inside_artifact(path: Path | None, option: str) -> None:
+    """Fail before any work when ``path`` (a cache, work or report location) is a published artifact or
+    lies inside one (:func:`sparsekit.artifacts.check_outside_artifacts`)."""
+    if path is None:
+        return
+    try:
+        check_outside_artifacts(path, option)
+    except InputError as exc:
+        fail(exc)
+
+
+def refuse_input_as_output(out: Path, **inputs: Path | None) -> None:
+    """Fail when ``out`` is one of the command's inputs (``--overwrite`` would replace the input itself);
+    ``inputs`` maps option names (``model``) to their paths."""
+    for name, path in inputs.items():
+        if path is not None and Path(path).resolve() == Path(out).resolve():
+            fail(ValueError(f"--out {out} is the --{name.replace('_', '-')} input: write the result "
+                            "elsewhere"))
 
 
 def above(bound: float) -> Callable[[Any], Any]:

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from retrieval.rag.corpus import MAX_K
-from services.commands.output import console, fail
+from services.commands.output import console, fail, refuse_inside_artifact
 from sparsekit.errors import SparsekitError
 
 if TYPE_CHECKING:
@@ -86,6 +86,7 @@ def _check_cache_dir(cache_dir: Path | None, disk_mb: int) -> None:
     """Before the model loads: a --cache-dir that is a file, or one the disk tier would never use."""
     if cache_dir is None:
         return
+    refuse_inside_artifact(cache_dir, "--cache-dir")
     if cache_dir.exists() and not cache_dir.is_dir():
         fail(ValueError(f"--cache-dir: {cache_dir} is a file, not a directory"))
     if disk_mb == 0:

@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from services.commands.output import console, err, fail
+from services.commands.output import console, err, fail, refuse_inside_artifact
 from sparsekit.errors import SparsekitError
 
 
@@ -83,6 +83,7 @@ def index_command(
             "top_k": top_k, "batch_size": batch_size, "factory": factory, "codes": codes,
             "candidates": candidates, "nprobe": nprobe, "first_stage": first_stage, "fusion": fusion,
             "alpha": alpha, "depth": depth, "cache_dir": cache_dir}
+    refuse_inside_artifact(cache_dir, "--cache-dir")  # now, not after the corpus is embedded
     try:
         params = _index_params(kind, opts)
         path = build_index(kind, corpus, out, overwrite=overwrite, **params)

@@ -15,6 +15,7 @@ import typer
 
 from services.commands.output import console, fail
 from services.commands.rag import POLICY_HELP, open_pipeline
+from sparsekit.artifacts import check_outside_artifacts
 from sparsekit.errors import SparsekitError
 
 
@@ -69,6 +70,8 @@ def serve_command(
             raise ValueError("nothing to serve: pass --index, --recommender, --ctr and/or --rag")
         if rag_corpus is None and (rag_cache_dir is not None or rag_policy != "cache-craft"):
             raise ValueError("--rag-policy and --rag-cache-dir configure --rag's generator: pass --rag")
+        if rag_cache_dir is not None:
+            check_outside_artifacts(rag_cache_dir, "--rag-cache-dir")
         # a bad --address fails before any loading
         config = ServerConfig(address=address, workers=workers, engine_threads=engine_threads)
         indexes = {name: open_index(path) for name, path in _named(index, "index").items()}

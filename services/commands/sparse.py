@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from services.commands.output import above, console, fail
+from services.commands.output import above, console, fail, refuse_input_as_output, refuse_inside_artifact
 from sparsekit.errors import SparsekitError
 
 
@@ -59,6 +59,7 @@ def train_sparse_command(
 
     if freeze_layers > NUM_LAYERS:  # checked now, not after the teachers have scored the training set
         fail(ValueError(f"--freeze-layers {freeze_layers}: the MiniLM backbone has {NUM_LAYERS} layers"))
+    refuse_inside_artifact(work_dir, "--work-dir")
     try:  # the config checks every setting (an unknown --distill or --pseudo-queries names the field)
         cfg = SparseTrainConfig(
             data=str(data), out=str(out), work_dir=str(work_dir) if work_dir else None, split=split,
@@ -113,6 +114,8 @@ def train_query_table_command(
     from retrieval.training.query_table import QueryTableConfig
     from retrieval.training.query_table import train_query_table as train
 
+    refuse_input_as_output(out, model=model)
+    refuse_inside_artifact(work_dir, "--work-dir")
     try:
         cfg = QueryTableConfig(model=str(model), out=str(out), work_dir=str(work_dir) if work_dir else None,
                                epochs=epochs, lrs=tuple(lr) if lr else QueryTableConfig.lrs,

@@ -345,3 +345,53 @@ def test_bench_embeddings_refuses_a_bad_config_by_option_before_loading_data(arg
                                  "--out", str(tmp_path / "sweep"), *args])
     assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
     assert not (tmp_path / "sweep").exists()
+
+
+def _artifact(path: Path) -> Path:
+    from sparsekit.artifacts import write_artifact
+
+    with write_artifact(path, "toy", 1) as w:
+        w.path("data.bin").write_bytes(b"x")
+    return path
+
+
+@pytest.mark.parametrize("args, option", [
+    (["bench", "embeddings", "--dataset", "frappe", "--out", "{ix}"], "--out"),
+    (["bench", "embeddings", "--dataset", "frappe", "--out", "{ix}/sweep"], "--out"),
+    (["index", "--kind", "dense", "--corpus", "c", "--out", "{tmp}/o", "--cache-dir", "{ix}"], "--cache-dir"),
+    (["rag", "ask", "--rag", "r", "--cache-dir", "{ix}/kv", "q"], "--cache-dir"),
+    (["serve", "--rag", "r", "--rag-cache-dir", "{ix}/kv"], "--rag-cache-dir"),
+    (["train", "gcn", "--data", "d", "--report", "{ix}/report.json"], "--report"),
+    (["train", "sparse", "--data", "d", "--out", "{tmp}/o", "--work-dir", "{ix}"], "--work-dir"),
+])
+def test_writing_into_a_published_artifact_is_refused_before_any_work(args: list[str], option: str,
+                                                                      tmp_path: Path) -> None:
+    """Files a cache, report or sweep writes there are ones its manifest does not list: it would no
+    longer open (an index stopped opening after `bench embeddings --out INDEX`)."""
+    ix = _artifact(tmp_path / "ix")
+    args = [a.format(ix=ix, tmp=tmp_path) for a in args]
+    result = runner.invoke(app, args)
+    output = " ".join(result.output.split())  # rich wraps long lines
+    assert result.exit_code == 2, output
+    assert option in output and "Sparsekit artifact" in output
+    assert sorted(p.name for p in ix.iterdir()) == ["data.bin", "manifest.json"]
+
+
+@pytest.mark.parametrize("args", [
+    ["compress", "ctr", "--model", "{m}", "--calib", "frappe", "--rank", "2", "--out", "{m}", "--overwrite"],
+    ["train", "query-table", "--model", "{m}", "--out", "{m}", "--overwrite"],
+])
+def test_the_input_model_is_never_the_output(args: list[str], tmp_path: Path) -> None:
+    model = _artifact(tmp_path / "model")
+    result = runner.invoke(app, [a.format(m=model) for a in args])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2 and "is the --model input" in output, output
+    assert (model / "data.bin").read_bytes() == b"x"
+
+
+def test_a_graph_too_big_for_this_machine_is_refused_before_any_work(tmp_path: Path) -> None:
+    for size, option in ((["--nodes", "100000000000", "--edges", "10"], "nodes/edges: "),
+                         (["--nodes", "1000", "--edges", "10", "--dim", "100000000000"], "dim: ")):
+        result = runner.invoke(app, ["generate", "graph", "--out", str(tmp_path / "g"), *size])
+        assert result.exit_code == 2 and option in " ".join(result.output.split()), result.output
+        assert not list(tmp_path.iterdir())
