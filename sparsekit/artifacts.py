@@ -264,6 +264,17 @@ def _refuse_inside_artifact(target: Path) -> None:
                                         "(that artifact would then fail to open): write it elsewhere")
 
 
+def open_if_present(path: str | Path, format: str, version: int) -> Manifest | None:
+    """:func:`open_artifact`, or ``None`` when nothing is at ``path`` (a backup a kill mid-replace left is
+    restored first, so it counts as present): for checkpoints a run resumes from when they exist."""
+    try:
+        return open_artifact(path, format=format, version=version)
+    except ArtifactError:
+        if Path(path).exists():
+            raise
+        return None
+
+
 def check_outside_artifacts(path: str | Path, source: str) -> None:
     """:class:`InputError` naming ``source`` when ``path`` is a published artifact or lies inside one:
     files written there (a cache, a report, a sweep folder) are ones its manifest does not list, so the

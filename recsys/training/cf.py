@@ -34,7 +34,7 @@ from recsys.models.mf import MF
 from recsys.models.neumf import NeuMF
 from recsys.ranking import evaluate_ranking
 from recsys.training.checkpoint_folder import check_checkpoint_folder, checkpoint_artifact
-from sparsekit.artifacts import open_artifact, write_artifact
+from sparsekit.artifacts import open_artifact, open_if_present, write_artifact
 from sparsekit.bounds import at_least, count, positive
 from sparsekit.device import default_device, resolve_device
 from sparsekit.errors import ArtifactError, InputError
@@ -319,12 +319,9 @@ def _save_checkpoint(run: _Run, config: CFTrainConfig, data_identity: dict[str, 
 
 def _load_checkpoint(run: _Run, config: CFTrainConfig, data_identity: dict[str, Any] | None) -> None:
     path = checkpoint_path(config)
-    try:  # open_artifact first restores a checkpoint that a kill mid-replace left only as its backup
-        manifest = open_artifact(path, format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION)
-    except ArtifactError:
-        if path.exists():
-            raise
-        if config.progress:  # resume asked for, nothing to resume from: say so, then train from the start
+    manifest = open_if_present(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
+    if manifest is None:  # resume asked for, nothing to resume from: say so, then train from the start
+        if config.progress:
             tqdm.write(f"no checkpoint at {path} yet: training from the first epoch")
         return
     diff = sorted(k for k, v in _identity(config).items() if manifest.params["config"].get(k) != v)

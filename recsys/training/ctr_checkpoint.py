@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from recsys.training.checkpoint_folder import checkpoint_artifact
-from sparsekit.artifacts import open_artifact, write_artifact
+from sparsekit.artifacts import open_if_present, write_artifact
 from sparsekit.best_state import BestState
 from sparsekit.errors import ArtifactError, InputError
 
@@ -101,12 +101,9 @@ def load_checkpoint(run: CTRRun, config: CTRTrainConfig, identity: dict[str, Any
     """Restore ``run`` from the checkpoint of ``config`` (checksums verified); no checkpoint yet leaves
     ``run`` at its start, so ``resume`` can be passed from the first launch on."""
     path = checkpoint_path(config)
-    try:  # open_artifact first restores a checkpoint that a kill mid-replace left only as its backup
-        manifest = open_artifact(path, format=FORMAT, version=VERSION)
-    except ArtifactError:
-        if path.exists():
-            raise
-        if config.progress:  # resume asked for, nothing to resume from: say so, then train from the start
+    manifest = open_if_present(path, FORMAT, VERSION)
+    if manifest is None:  # resume asked for, nothing to resume from: say so, then train from the start
+        if config.progress:
             tqdm.write(f"no checkpoint at {path} yet: training from the first epoch")
         return
     for part, what in (("config", "a different config"), ("table", "a different embedding table"),

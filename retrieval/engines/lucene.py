@@ -50,6 +50,20 @@ def _hits(hits: Any) -> list[tuple[str, float]]:
     return [(str(h.docid), float(h.score)) for h in hits]
 
 
+def _batch_hits(searcher: Any, queries: Sequence[Any], qids: list[str], k: int, threads: int,
+                field: str) -> dict[str, list[tuple[str, float]]]:
+    """``searcher``'s pyserini ``batch_search`` of ``queries`` (one batch at a time: pyjnius objects are
+    not thread-safe), hits per query id; a query Lucene refuses is named as ``field[i]``."""
+    k, threads = _check_k(k, searcher.num_docs), check_k(threads, "threads")
+    try:
+        with searcher._batch_lock:
+            results = _open(searcher._searcher).batch_search(queries, qids, k=k, threads=threads)
+    except Exception as exc:
+        _name_refused_query(exc, searcher.search, queries, k, field)
+        raise
+    return {qid: _hits(results.get(qid, [])) for qid in qids}
+
+
 def _name_refused_query(exc: Exception, search: Callable[[Any, int], Any], queries: Sequence[Any], k: int,
                         field: str) -> None:
     """A query Lucene refused in a batch only shows as a missing task: search ``queries`` one by one
@@ -94,14 +108,7 @@ class Bm25Searcher:
         qids = _check_qids(qids, len(texts))
         if not texts:
             return {}
-        k, threads = _check_k(k, self.num_docs), check_k(threads, "threads")
-        try:
-            with self._batch_lock:
-                results = _open(self._searcher).batch_search(texts, qids, k=k, threads=threads)
-        except Exception as exc:
-            _name_refused_query(exc, self.search, texts, k, "texts")
-            raise
-        return {qid: _hits(results.get(qid, [])) for qid in qids}
+        return _batch_hits(self, texts, qids, k, threads, "texts")
 
     @java_call("closing the Lucene index")
     def close(self) -> None:
@@ -163,14 +170,7 @@ class ImpactSearcher:
         qids = _check_qids(qids, len(encoded))
         if not encoded:
             return {}
-        k, threads = _check_k(k, self.num_docs), check_k(threads, "threads")
-        try:
-            with self._batch_lock:
-                results = _open(self._searcher).batch_search(encoded, qids, k=k, threads=threads)
-        except Exception as exc:
-            _name_refused_query(exc, self.search, encoded, k, "queries")
-            raise
-        return {qid: _hits(results.get(qid, [])) for qid in qids}
+        return _batch_hits(self, encoded, qids, k, threads, "queries")
 
     @java_call("closing the Lucene impact index")
     def close(self) -> None:

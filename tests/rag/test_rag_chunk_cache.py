@@ -87,14 +87,20 @@ def test_corrupt_disk_entry_is_detected_and_dropped(tmp_path) -> None:
     assert not list((tmp_path / "entries").glob("*"))
 
 
-def test_an_entry_whose_writer_died_before_its_description_is_deleted_at_open(tmp_path) -> None:
-    """A kill between an entry's .pt and its .json leaves a .pt no scan counts: the next open deletes
-    it, so the directory cannot grow past ``disk_bytes``."""
+def _two_entries_on_disk(tmp_path) -> CacheConfig:
+    """Entries "a" and "b" written to a disk-only cache in ``tmp_path``, closed; its config."""
     config = CacheConfig(host_bytes=0, disk_bytes=10 * SIZE, directory=tmp_path)
     cache = ChunkCache(config, KEY)
     cache.put(_entry("a"))
     cache.put(_entry("b"))
     cache.close()
+    return config
+
+
+def test_an_entry_whose_writer_died_before_its_description_is_deleted_at_open(tmp_path) -> None:
+    """A kill between an entry's .pt and its .json leaves a .pt no scan counts: the next open deletes
+    it, so the directory cannot grow past ``disk_bytes``."""
+    config = _two_entries_on_disk(tmp_path)
     described = next((tmp_path / "entries").glob("*.json"))
     described.unlink()  # as if the writer had stopped before this .json
     reopened = ChunkCache(config, KEY)
@@ -151,11 +157,7 @@ def test_a_directory_in_use_is_refused_until_closed(tmp_path) -> None:
 
 def test_a_changed_entry_description_is_detected(tmp_path) -> None:
     """The .json holds the RoPE start and reuse statistics: an edited value is corrupt, not served."""
-    config = CacheConfig(host_bytes=0, disk_bytes=10 * SIZE, directory=tmp_path)
-    cache = ChunkCache(config, KEY)
-    cache.put(_entry("a"))
-    cache.put(_entry("b"))
-    cache.close()
+    config = _two_entries_on_disk(tmp_path)
     described = sorted((tmp_path / "entries").glob("*.json"))
     for path in described:
         desc = json.loads(path.read_text())
