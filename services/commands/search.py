@@ -40,7 +40,20 @@ def _index_params(kind: str, opts: dict) -> dict:
     raise ValueError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
 
 
+def _refuse_unused(ctx: typer.Context, kind: str, opts: dict, params: dict) -> None:
+    """Options given on the command line that ``kind`` does not read are an error, not silently dropped
+    (``--model`` without ``--kind sparse`` used to build a BM25 index)."""
+    used = set(params) | set(params.get("first_stage_params") or ())
+    given = [name for name in opts if name not in used
+             and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+    if given:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+        fail(ValueError(f"{flags}: not read by --kind {kind} (see `sparsekit index --help` for which kind "
+                        "takes which option)"))
+
+
 def index_command(
+    ctx: typer.Context,
     corpus: Annotated[Path, typer.Option(help="BEIR corpus.jsonl, or a BEIR folder holding one.")],
     out: Annotated[Path, typer.Option(help="Index directory to create (written atomically).")],
     kind: Annotated[str, typer.Option(help="bm25 (Lucene), sparse (learned; needs --model), dense (faiss), "
@@ -86,6 +99,10 @@ def index_command(
     refuse_inside_artifact(cache_dir, "--cache-dir")  # now, not after the corpus is embedded
     try:
         params = _index_params(kind, opts)
+    except ValueError as exc:
+        fail(exc)
+    _refuse_unused(ctx, kind, opts, params)
+    try:
         path = build_index(kind, corpus, out, overwrite=overwrite, **params)
     except (SparsekitError, ValueError, FileNotFoundError) as exc:
         fail(exc)

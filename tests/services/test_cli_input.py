@@ -395,3 +395,17 @@ def test_a_graph_too_big_for_this_machine_is_refused_before_any_work(tmp_path: P
         result = runner.invoke(app, ["generate", "graph", "--out", str(tmp_path / "g"), *size])
         assert result.exit_code == 2 and option in " ".join(result.output.split()), result.output
         assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, flags", [
+    (["--model", "m"], "--model: not read by --kind bm25"),  # forgot --kind sparse
+    (["--kind", "dense", "--k1", "2", "--b", "0.9"], "--k1, --b: not read by --kind dense"),
+    (["--kind", "hybrid", "--first-stage", "some/index", "--quantization", "uint16"], "--quantization: not"),
+])
+def test_index_options_of_another_kind_are_refused(args: list[str], flags: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import retrieval.index
+
+    monkeypatch.setattr(retrieval.index, "build_index", lambda *a, **kw: pytest.fail("built an index"))
+    result = runner.invoke(app, ["index", "--corpus", "c", "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2 and flags in " ".join(result.output.split()), result.output
