@@ -8,6 +8,7 @@ Errors in user input exit with status 2 and a one-line message naming the file/l
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
@@ -82,7 +83,14 @@ def main() -> None:
     """The ``sparsekit`` console script: ``kill`` (SIGTERM) unwinds like Ctrl-C, so an interrupted write
     removes its temporary files, then the typer app runs."""
     exit_on_sigterm()
+    warnings.formatwarning = _one_line_warning
     app()
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: object,
+                      **kwargs: object) -> str:
+    """A warning as ``warning: <message>`` for users, not Python's file:line plus the source line."""
+    return f"warning: {message}\n"
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ def bench_embeddings_command(
     first_order: Annotated[str, typer.Option(help="DeepFM / WDL's dim-1 first-order table: 'free' (outside "
                                                   "the budget, as PEP / OptEmbed count) or 'counted' (its "
                                                   "bytes come out of the budget).")] = "free",
-    lr: Annotated[float, typer.Option(callback=above(0), help="Adam learning rate of every run.")] = 1e-2,
+    lr: Annotated[float, typer.Option(callback=above(0),
+                                      help="Adam learning rate of every run (> 0).")] = 1e-2,
     embedding_l2: Annotated[float, typer.Option(
         min=0, help="L2 on the embedding rows each batch reads.")] = 1e-2,
     workers: Annotated[int, typer.Option(

@@ -45,18 +45,19 @@ def train_cf_command(
     out: Annotated[Path, typer.Option(help="Model directory: a cf-model, or with --density a cf-sparse "
                                            "export (CSR tables; the stored bytes are real).")],
     model: Annotated[str, typer.Option(help="mf (MF-BPR), lightgcn or neumf.")] = "lightgcn",
-    density: Annotated[float | None, typer.Option(help="DSL: train sparse at this density (e.g. 0.2); "
-                                                       "default dense.")] = None,
+    density: Annotated[float | None, typer.Option(help="DSL: train sparse at this density, in (0, 1] "
+                                                       "(e.g. 0.2); default dense.")] = None,
     static: Annotated[bool, typer.Option(help="With --density: a fixed random mask (no regrowth).")] = False,
     dim: Annotated[int, typer.Option(min=1, help="Embedding width.")] = 64,
     layers: Annotated[int, typer.Option(min=0, help="LightGCN propagation layers / NeuMF MLP layers.")] = 3,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs over the training interactions.")] = 30,
     batch_size: Annotated[int, typer.Option(min=1, help="BPR triples per step.")] = 8192,
-    lr: Annotated[float, typer.Option(callback=above(0), help="Adam learning rate.")] = 5e-3,
+    lr: Annotated[float, typer.Option(callback=above(0), help="Adam learning rate (> 0).")] = 5e-3,
     delta_t: Annotated[int, typer.Option(min=1, help="DSL: steps between prune-and-regrow updates.")] = 100,
     time_budget_s: Annotated[float | None, typer.Option(
-        callback=above(0), help="Stop after this much training time.")] = None,
-    checkpoint_dir: Annotated[Path | None, typer.Option(help="Checkpoint every epoch here.")] = None,
+        callback=above(0), help="Stop after this many seconds of training (> 0; default: no limit).")] = None,
+    checkpoint_dir: Annotated[Path | None, typer.Option(help="Checkpoint every epoch here (default: no "
+                                                             "checkpoints).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from --checkpoint-dir.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 2020,
     user_col: Annotated[str, typer.Option(help="Interaction logs: the user id column.")] = "user",
@@ -66,7 +67,7 @@ def train_cf_command(
                                                       "choice).")] = None,
     test_fraction: Annotated[float, typer.Option(
         callback=above(0), max=0.99, help="Interaction logs: each user's share of items held "
-                                          "out for test.")] = 0.2,
+                                          "out for test, in (0, 0.99].")] = 0.2,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
 ) -> None:
     """Train a CF model with BPR; report Recall@20 / NDCG@20 on the test split (train items excluded)."""

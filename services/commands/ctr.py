@@ -32,8 +32,8 @@ DATA_HELP = ("frappe, movielens (CTR: rating >= 4 is a click), or a CSV / TSV / 
 LabelOption = Annotated[str, typer.Option(help="Table files: the 0/1 label column.")]
 NumericOption = Annotated[str, typer.Option(help="Table files: numeric columns, comma-separated (bucketed "
                                                  "at train quantiles).")]
-MinCountOption = Annotated[int, typer.Option(help="Table files: values seen fewer times in train share "
-                                                  "the field's OOV id.")]
+MinCountOption = Annotated[int, typer.Option(min=1, help="Table files: values seen fewer times in train "
+                                                         "share the field's OOV id (>= 1).")]
 FieldsOption = Annotated[str, typer.Option(help="Table files: the feature columns, comma-separated "
                                                 "(default: every column but the label).")]
 HeaderOption = Annotated[bool, typer.Option(help="Table files: the first line names the columns (without "
@@ -89,7 +89,7 @@ def train_ctr_command(
     model: Annotated[str, typer.Option(help="dlrm, wdl, deepfm or dcnv2.")] = "deepfm",
     data_root: Annotated[Path | None, typer.Option(help="Dataset folder (default: the data root).")] = None,
     embed_dim: Annotated[int, typer.Option(min=1, help="Embedding width.")] = 16,
-    lr: Annotated[float, typer.Option(callback=above(0), help="Adam learning rate.")] = 1e-2,
+    lr: Annotated[float, typer.Option(callback=above(0), help="Adam learning rate (> 0).")] = 1e-2,
     max_epochs: Annotated[int, typer.Option(
         min=1, help="Epoch cap (early stopping on validation AUC).")] = 30,
     patience: Annotated[int, typer.Option(min=1, help="Epochs without validation gain before stopping.")] = 2,
@@ -102,7 +102,8 @@ def train_ctr_command(
     numeric: NumericOption = "",
     min_count: MinCountOption = 1,
     header: HeaderOption = True,
-    checkpoint_dir: Annotated[Path | None, typer.Option(help="Checkpoint every epoch here.")] = None,
+    checkpoint_dir: Annotated[Path | None, typer.Option(help="Checkpoint every epoch here (default: no "
+                                                             "checkpoints).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from --checkpoint-dir.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
 ) -> None:
@@ -141,7 +142,7 @@ def compress_ctr_command(
         min=1, help="Keep the top-k eigenvectors of every layer.")] = None,
     energy: Annotated[float | None, typer.Option(
         callback=above(0), max=1, help="Or: the smallest rank explaining this share of "
-                                       "variance (e.g. 0.99).")] = None,
+                                       "variance, in (0, 1] (e.g. 0.99).")] = None,
     embedding: Annotated[bool, typer.Option(help="Also compress the embedding table.")] = False,
     calib_rows: Annotated[int, typer.Option(min=1, help="Training rows in the calibration pass.")] = 20000,
     data_root: Annotated[Path | None, typer.Option(help="Dataset folder (default: the data root).")] = None,

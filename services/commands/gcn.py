@@ -39,7 +39,7 @@ def train_gcn_command(
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 30,
     batch_size: Annotated[int, typer.Option(min=1, help="Seed nodes per mini-batch.")] = 64,
     hidden: Annotated[int, typer.Option(min=1, help="Hidden channels.")] = 128,
-    lr: Annotated[float, typer.Option(callback=above(0), help="Adam learning rate.")] = 0.01,
+    lr: Annotated[float, typer.Option(callback=above(0), help="Adam learning rate (> 0).")] = 0.01,
     max_batches: Annotated[int | None, typer.Option(min=1, help="Cap on batches per epoch.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,

@@ -100,7 +100,7 @@ def ask_command(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer, in tokens.")] = 64,
     policy: Annotated[str, typer.Option(help=POLICY_HELP)] = "cache-craft",
     cache_dir: Annotated[Path | None, typer.Option(help="Disk tier of the chunk cache (kept across "
-                                                        "runs).")] = None,
+                                                        "runs; default: none, RAM tiers only).")] = None,
     host_mb: Annotated[int, typer.Option(min=0, help="Host-RAM tier capacity, MiB.")] = 512,
     disk_mb: Annotated[int, typer.Option(min=0, help="Disk tier capacity, MiB.")] = 4096,
     device_mb: Annotated[int, typer.Option(min=0, help="GPU-memory tier capacity, MiB (used only with "

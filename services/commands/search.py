@@ -67,7 +67,8 @@ def index_command(
     quantization: Annotated[str, typer.Option(help="sparse (and hybrid over sparse): uint8, uint16 or "
                                                    "none.")] = "uint8",
     top_k: Annotated[int | None, typer.Option(
-        min=1, help="sparse (and hybrid over sparse): keep each document's top-k terms.")] = None,
+        min=1, help="sparse (and hybrid over sparse): keep each document's top-k terms (default: all).")]
+    = None,
     batch_size: Annotated[int, typer.Option(min=1, help="sparse/dense: encoding batch size.")] = 32,
     factory: Annotated[str, typer.Option(help="dense: faiss factory string (Flat, HNSW32, "
                                               "IVF1024,PQ48).")] = "Flat",
@@ -85,7 +86,8 @@ def index_command(
         min=0, max=1, help="hybrid linear: weight of the dense score (tune it on your own train "
                            "queries for another corpus or first stage).")] = 0.65,
     depth: Annotated[int, typer.Option(min=1, help="hybrid: first-stage candidates re-scored.")] = 1000,
-    cache_dir: Annotated[Path | None, typer.Option(help="dense kinds: corpus-embedding cache.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="dense kinds: corpus-embedding cache (default: "
+                                                        "none, the corpus is embedded each time).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing index at OUT.")] = False,
 ) -> None:
     """Build an index over a corpus. The directory appears only when the build has finished."""

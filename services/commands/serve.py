@@ -48,7 +48,8 @@ def serve_command(
     rag_corpus: Annotated[Path | None, typer.Option("--rag", help="A RAG corpus (`sparsekit rag build`) to "
                                                                   "answer from (GenerateService).")] = None,
     rag_policy: Annotated[str, typer.Option(help=POLICY_HELP)] = "cache-craft",
-    rag_cache_dir: Annotated[Path | None, typer.Option(help="Disk tier of the chunk cache.")] = None,
+    rag_cache_dir: Annotated[Path | None, typer.Option(help="Disk tier of the chunk cache (default: none, "
+                                                            "RAM tiers only).")] = None,
     address: Annotated[str, typer.Option(help="host:port to bind.")] = "127.0.0.1:50051",
     workers: Annotated[int, typer.Option(min=1, help="gRPC worker threads.")] = 4,
     engine_threads: Annotated[int, typer.Option(min=1, help="Threads of each BatchSearch engine batch "

@@ -34,14 +34,15 @@ def train_sparse_command(
                               "query-table stage selects on it).")] = 0.1,
     max_length: Annotated[int, typer.Option(min=1, max=512, help="Document tokens kept (MiniLM has 512 "
                                                                 "positions).")] = 256,
-    freeze_layers: Annotated[int, typer.Option(min=1, help="Frozen lower transformer layers (cached; the "
-                                                            "embeddings are frozen with them).")] = 4,
+    freeze_layers: Annotated[int, typer.Option(min=1, help="Frozen lower transformer layers, 1..6 (cached; "
+                                                            "the embeddings are frozen with them).")] = 4,
     tie_head: Annotated[bool, typer.Option(help="Vocabulary head tied to the frozen word embeddings "
                                                  "(--no-tie-head: a trainable copy).")] = True,
     lexical_prior: Annotated[bool, typer.Option(help="Add BM25-saturated WordPiece term frequencies to "
                                                       "the learned document vector (residual learning).")]
     = False,
-    lr: Annotated[float, typer.Option(callback=above(0), help="Learning rate of the trained layers.")] = 5e-5,
+    lr: Annotated[float, typer.Option(callback=above(0),
+                                      help="Learning rate of the trained layers (> 0).")] = 5e-5,
     flops_lambda: Annotated[float, typer.Option(min=0, help="FLOPS weight after warm-up.")] = 0.002,
     flops_warmup: Annotated[int, typer.Option(min=0, help="Steps of quadratic FLOPS warm-up.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 13,
@@ -93,7 +94,7 @@ def train_query_table_command(
     epochs: Annotated[int, typer.Option(
         min=1, help="Passes over the training queries per learning rate.")] = 4,
     lr: Annotated[list[float] | None, typer.Option(
-        callback=above(0), help="Adam learning rate; repeat for a grid (default "
+        callback=above(0), help="Adam learning rate (> 0); repeat for a grid (default "
                                 "0.01, 0.03, 0.1); best (lr, epoch) on dev kept.")]
     = None,
     ce_weight: Annotated[float, typer.Option(

@@ -409,3 +409,11 @@ def test_index_options_of_another_kind_are_refused(args: list[str], flags: str, 
     monkeypatch.setattr(retrieval.index, "build_index", lambda *a, **kw: pytest.fail("built an index"))
     result = runner.invoke(app, ["index", "--corpus", "c", "--out", str(tmp_path / "o"), *args])
     assert result.exit_code == 2 and flags in " ".join(result.output.split()), result.output
+
+
+def test_the_console_script_prints_warnings_as_one_line() -> None:
+    """Not Python's ``path/cf.py:97: UserWarning: ...`` plus the source line of the call."""
+    from services.cli import _one_line_warning
+
+    text = _one_line_warning(UserWarning("runs/ck/checkpoint: starting over"), UserWarning, "cf.py", 97)
+    assert text == "warning: runs/ck/checkpoint: starting over\n"
