@@ -26,13 +26,16 @@ def fail(exc: Exception) -> NoReturn:
 
 
 @contextmanager
-def naming_options(renamed: Mapping[str, str] | None = None) -> Iterator[None]:
+def naming_options(renamed: Mapping[str, str] | None = None, only_renamed: bool = False) -> Iterator[None]:
     """Re-raise a config's :class:`InputError` under the command-line option of the field it names:
     ``--feature-store``, not the Python field ``feature_store`` (``renamed`` maps fields whose option has
-    another name, e.g. ``static_sparsity`` -> ``--static``)."""
+    another name, e.g. ``static_sparsity`` -> ``--static``). ``only_renamed``: errors naming anything
+    else (a file, a line) pass unchanged."""
     try:
         yield
     except InputError as exc:
+        if only_renamed and exc.source not in (renamed or {}):
+            raise
         option = (renamed or {}).get(exc.source, f"--{exc.source.replace('_', '-')}")
         raise InputError(option, exc.reason, exc.line) from exc
 

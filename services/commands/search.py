@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from services.commands.output import console, err, fail, refuse_inside_artifact
+from services.commands.output import console, err, fail, naming_options, refuse_inside_artifact
 from sparsekit.errors import SparsekitError
 
 
@@ -105,7 +105,8 @@ def index_command(
         fail(exc)
     _refuse_unused(ctx, kind, opts, params)
     try:
-        path = build_index(kind, corpus, out, overwrite=overwrite, **params)
+        with naming_options({name: f"--{name.replace('_', '-')}" for name in opts}, only_renamed=True):
+            path = build_index(kind, corpus, out, overwrite=overwrite, **params)
     except (SparsekitError, ValueError, FileNotFoundError) as exc:
         fail(exc)
     console.print(f"built {kind} index at {path} in {time.perf_counter() - start:.1f}s")

@@ -417,3 +417,12 @@ def test_the_console_script_prints_warnings_as_one_line() -> None:
 
     text = _one_line_warning(UserWarning("runs/ck/checkpoint: starting over"), UserWarning, "cf.py", 97)
     assert text == "warning: runs/ck/checkpoint: starting over\n"
+
+
+def test_index_errors_name_the_option_not_the_python_field(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"_id": "d1", "title": "", "text": "protein folding"}\n')
+    result = runner.invoke(app, ["index", "--kind", "hybrid", "--fusion", "nope", "--corpus", str(corpus),
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --fusion: must be one of"), result.output
