@@ -258,10 +258,10 @@ def _refuse_inside_artifact(target: Path) -> None:
     """Refuse a target inside a published artifact: its files would be ones that artifact's manifest does
     not list, so the artifact would no longer open (a ``--checkpoint-dir`` pointed at a model folder).
     Nested artifacts are written into the outer one's temporary directory, which has no manifest yet."""
-    for parent in target.absolute().parents:
-        if _is_manifest(parent / MANIFEST):
-            raise ArtifactError(target, f"is inside the artifact {parent}, whose manifest would not list it "
-                                        "(that artifact would then fail to open): write it elsewhere")
+    parent = _enclosing_artifact(target.absolute().parent)
+    if parent is not None:
+        raise ArtifactError(target, f"is inside the artifact {parent}, whose manifest would not list it "
+                                    "(that artifact would then fail to open): write it elsewhere")
 
 
 def open_if_present(path: str | Path, format: str, version: int) -> Manifest | None:
@@ -280,12 +280,17 @@ def check_outside_artifacts(path: str | Path, source: str) -> None:
     files written there (a cache, a report, a sweep folder) are ones its manifest does not list, so the
     artifact would no longer open. For options that name a directory or file to write into."""
     path = Path(path)
-    for folder in (path.absolute(), *path.absolute().parents):
-        if _is_manifest(folder / MANIFEST):
-            where = "is" if folder == path.absolute() else f"is inside {folder}, which is"
-            raise InputError(source, f"{path} {where} a Sparsekit artifact: writing there would add files "
-                                     "its manifest does not list (it would then fail to open); choose "
-                                     "another path")
+    folder = _enclosing_artifact(path.absolute())
+    if folder is not None:
+        where = "is" if folder == path.absolute() else f"is inside {folder}, which is"
+        raise InputError(source, f"{path} {where} a Sparsekit artifact: writing there would add files "
+                                 "its manifest does not list (it would then fail to open); choose "
+                                 "another path")
+
+
+def _enclosing_artifact(folder: Path) -> Path | None:
+    """``folder`` or its nearest ancestor holding a Sparsekit manifest, if any."""
+    return next((f for f in (folder, *folder.parents) if _is_manifest(f / MANIFEST)), None)
 
 
 def _is_manifest(path: Path) -> bool:
