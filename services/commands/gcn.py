@@ -40,7 +40,8 @@ def train_gcn_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Seed nodes per mini-batch.")] = 64,
     hidden: Annotated[int, typer.Option(min=1, help="Hidden channels.")] = 128,
     lr: Annotated[float, typer.Option(callback=above(0), help="Adam learning rate (> 0).")] = 0.01,
-    max_batches: Annotated[int | None, typer.Option(min=1, help="Cap on batches per epoch.")] = None,
+    max_batches: Annotated[int | None, typer.Option(
+        min=1, help="Cap on batches per epoch (omitted: every training node each epoch).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     evaluate: Annotated[bool, typer.Option(help="Validation accuracy after each epoch and test accuracy at "

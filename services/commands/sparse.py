@@ -46,7 +46,8 @@ def train_sparse_command(
     flops_lambda: Annotated[float, typer.Option(min=0, help="FLOPS weight after warm-up.")] = 0.002,
     flops_warmup: Annotated[int, typer.Option(min=0, help="Steps of quadratic FLOPS warm-up.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 13,
-    max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many steps.")] = None,
+    max_steps: Annotated[int | None, typer.Option(
+        min=1, help="Stop after this many optimizer steps (omitted: run all --epochs).")] = None,
     dev_eval_start: Annotated[bool, typer.Option(help="Dev metrics of the untrained model too.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
 ) -> None:
