@@ -315,6 +315,16 @@ def _folder(root: str | Path | None, name: str) -> Path:
 DATASETS = ("frappe", "movielens")
 
 
+def data_identity(source: str | Path) -> dict[str, str]:
+    """What a model was trained or calibrated on: a named dataset's name, or a table file's name and SHA-256
+    (so ``compress ctr`` can tell a calibration table from the training table, whatever its path)."""
+    if str(source) in DATASETS:
+        return {"dataset": str(source)}
+    from sparsekit.artifacts import sha256_file
+
+    return {"table": Path(source).name, "sha256": sha256_file(Path(source))}
+
+
 def load_ctr(
     source: str | Path,
     root: str | Path | None = None,

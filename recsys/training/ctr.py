@@ -333,12 +333,14 @@ def save_ctr_model(
     config: CTRTrainConfig | None = None,
     metrics: dict[str, Any] | None = None,
     table: TableCTRConfig | None = None,
+    data: dict[str, str] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``model`` (compressed or not) as a ``ctr-model`` artifact directory; returns its path.
 
     ``table`` records how a table file of your own was read (label column, header), so that
-    ``compress ctr`` reads its calibration table the same way without being told again."""
+    ``compress ctr`` reads its calibration table the same way without being told again; ``data``
+    (:func:`recsys.data.ctr.data_identity`) records what the model was trained on."""
     name = getattr(model, "name", None)
     if name not in CTR_MODELS:
         raise InputError("model", f"not a CTR model of this package: {type(model).__name__}")
@@ -350,6 +352,7 @@ def save_ctr_model(
         "config": asdict(config) if config else None,
         "metrics": metrics or {},
         "data_table": asdict(table) if table else None,
+        "data": data,
     }
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with write_artifact(path, FORMAT, VERSION, params=params, overwrite=overwrite) as out:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from services.commands.output import (
@@ -108,7 +109,7 @@ def train_ctr_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
 ) -> None:
     """Train a CTR model with early stopping on validation AUC; save it with its field schema."""
-    from recsys.data.ctr import load_ctr
+    from recsys.data.ctr import data_identity, load_ctr
     from recsys.data.table_file import is_table_file
     from recsys.training.ctr import CTRTrainConfig, save_ctr_model, train_ctr
     from services.commands.cf import refuse_checkpoint_in_out
@@ -125,7 +126,8 @@ def train_ctr_command(
         dataset = load_ctr(data, data_root, seed, table=table)
         result = train_ctr(config, dataset)
         save_ctr_model(result.model, out, schema=dataset.schema, config=config, metrics=result.metrics,
-                       table=table if is_table_file(data) else None, overwrite=overwrite)
+                       table=table if is_table_file(data) else None, data=data_identity(data),
+                       overwrite=overwrite)
     except (SparsekitError, ValueError) as exc:
         fail(exc)
     m = result.metrics
@@ -155,7 +157,7 @@ def compress_ctr_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
 ) -> None:
     """Atomic Feature Mimicking: one calibration pass, top-k eigenvectors per layer, no retraining."""
-    from recsys.data.ctr import load_ctr
+    from recsys.data.ctr import data_identity, load_ctr
     from recsys.data.table_file import is_table_file
     from recsys.lowrank import affected_layers, compress, default_targets, parameter_count
     from recsys.training.ctr import batches, evaluate_ctr, load_ctr_model, save_ctr_model
@@ -171,14 +173,23 @@ def compress_ctr_command(
         table = table_config(label or read.get("label", "label"),
                              header=read.get("header", True) if header is None else header)
         dataset = load_ctr(calib, data_root, seed, table=table, schema=art.schema)
+        trained_on = art.params.get("data")
+        calib_id = data_identity(calib)  # the same bytes under another name are the same data
+        other_data = trained_on is not None and any(
+            k in trained_on and trained_on[k] != calib_id.get(k) for k in ("dataset", "sha256"))
         targets = default_targets(art.model) + (["embedding"] if embedding else [])
         rows = np.random.default_rng(seed).permutation(len(dataset.train))[:calib_rows]
         small = compress(art.model, batches(dataset.train.features[rows], 4096), rank=rank, energy=energy,
                          targets=targets)
         save_ctr_model(small, out, schema=art.schema, config=trained_config(art.params), metrics={},
-                       table=table if is_table_file(calib) else None, overwrite=overwrite)
+                       table=table if is_table_file(calib) else None, data=trained_on, overwrite=overwrite)
     except (SparsekitError, ValueError) as exc:
         fail(exc)
+    if other_data:
+        name = trained_on.get("dataset") or trained_on.get("table")
+        console.print(f"[yellow]warning:[/] {escape(calib)} is not the data {escape(str(model))} was "
+                      f"trained on ({escape(str(name))}): the val / test AUCs below are on its split, not "
+                      "the model's held-out rows", markup=True)
     layers = affected_layers(small.lowrank_spec)
     table = Table("model", "params (affected layers)", "val AUC", "test AUC", title=f"AFM on {calib}")
     for name, m in (("original", art.model), ("compressed", small)):

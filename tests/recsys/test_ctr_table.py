@@ -188,6 +188,27 @@ def test_cli_trains_and_compresses_a_table_model(table: Path, tmp_path: Path) ->
     assert not (tmp_path / "bad").exists()
 
 
+def test_compress_warns_when_calibrated_on_other_data(table: Path, tmp_path: Path) -> None:
+    # the model recorded no training data, so AUCs on another table's split were printed as the model's
+    runner = CliRunner()
+    out = runner.invoke(app, ["train", "ctr", "--data", str(table), "--out", str(tmp_path / "m"),
+                              "--max-epochs", "1", "--label", "click", "--numeric", "price"])
+    assert out.exit_code == 0, out.output
+    trained_on = load_ctr_model(tmp_path / "m").params["data"]
+    assert trained_on["table"] == "clicks.csv" and len(trained_on["sha256"]) == 64
+    same = tmp_path / "copy.csv"  # the same bytes under another path: the same data
+    same.write_bytes(table.read_bytes())
+    other = tmp_path / "other.csv"
+    _frame(seed=1).write_csv(other)
+    base = ["compress", "ctr", "--model", str(tmp_path / "m"), "--rank", "2"]
+    out = runner.invoke(app, [*base, "--calib", str(same), "--out", str(tmp_path / "a")])
+    assert out.exit_code == 0 and "warning" not in out.output, out.output
+    out = runner.invoke(app, [*base, "--calib", str(other), "--out", str(tmp_path / "b")])
+    text = " ".join(out.output.split())
+    assert out.exit_code == 0 and "warning:" in text and "not the data" in text and "clicks.csv" in text
+    assert load_ctr_model(tmp_path / "b").params["data"] == trained_on  # the training data, not --calib
+
+
 def test_cli_checkpoints_and_resumes_a_ctr_run(table: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     base = ["train", "ctr", "--data", str(table), "--label", "click", "--numeric", "price",
