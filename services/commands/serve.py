@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from services.commands.output import console, fail
+from services.commands.output import console, fail, naming_options
 from services.commands.rag import POLICY_HELP, open_pipeline
 from sparsekit.artifacts import check_outside_artifacts
 from sparsekit.errors import SparsekitError
@@ -74,7 +74,9 @@ def serve_command(
         if rag_cache_dir is not None:
             check_outside_artifacts(rag_cache_dir, "--rag-cache-dir")
         # a bad --address fails before any loading
-        config = ServerConfig(address=address, workers=workers, engine_threads=engine_threads)
+        with naming_options({"address": "--address", "workers": "--workers",
+                             "engine_threads": "--engine-threads"}, only_renamed=True):
+            config = ServerConfig(address=address, workers=workers, engine_threads=engine_threads)
         indexes = {name: open_index(path) for name, path in _named(index, "index").items()}
         recs = {name: load_recommender(path) for name, path in _named(recommender, "recommender").items()}
         ctrs = {name: load_ctr(path) for name, path in _named(ctr, "ctr").items()}

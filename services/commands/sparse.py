@@ -14,8 +14,22 @@ from typing import Annotated, Any
 
 import typer
 
-from services.commands.output import above, console, fail, refuse_input_as_output, refuse_inside_artifact
+from services.commands.output import (
+    above,
+    console,
+    fail,
+    naming_options,
+    refuse_input_as_output,
+    refuse_inside_artifact,
+)
 from sparsekit.errors import SparsekitError
+
+# config fields -> the options that set them, for errors raised by the training configs
+SPARSE_OPTIONS = {name: f"--{name.replace('_', '-')}" for name in (
+    "split", "distill", "idf_aware", "pseudo_queries", "epochs", "queries_per_step", "dev_fraction", "lr",
+    "flops_lambda", "flops_warmup", "seed", "max_steps", "max_length", "freeze_layers")} | {
+    "encoder.max_length": "--max-length", "encoder.freeze_layers": "--freeze-layers", "lrs": "--lr",
+    "ce_weight": "--ce-weight", "l2": "--l2"}
 
 
 def train_sparse_command(
@@ -62,15 +76,17 @@ def train_sparse_command(
     if freeze_layers > NUM_LAYERS:  # checked now, not after the teachers have scored the training set
         fail(ValueError(f"--freeze-layers {freeze_layers}: the MiniLM backbone has {NUM_LAYERS} layers"))
     refuse_inside_artifact(work_dir, "--work-dir")
-    try:  # the config checks every setting (an unknown --distill or --pseudo-queries names the field)
-        cfg = SparseTrainConfig(
-            data=str(data), out=str(out), work_dir=str(work_dir) if work_dir else None, split=split,
-            encoder=SparseEncoderConfig(max_length=max_length, freeze_layers=freeze_layers, tie_head=tie_head,
-                                         lexical_prior=lexical_prior),
-            distill=distill, idf_aware=idf_aware, pseudo_queries=pseudo_queries,  # type: ignore[arg-type]
-            epochs=epochs, queries_per_step=queries_per_step, dev_fraction=dev_fraction, lr=lr,
-            flops_lambda=flops_lambda, flops_warmup=flops_warmup, seed=seed,
-            max_steps=max_steps, dev_eval_start=dev_eval_start, overwrite=overwrite)
+    try:  # the config checks every setting; its errors name the option (--distill), not the field
+        with naming_options(SPARSE_OPTIONS, only_renamed=True):
+            encoder = SparseEncoderConfig(max_length=max_length, freeze_layers=freeze_layers,
+                                          tie_head=tie_head, lexical_prior=lexical_prior)
+            cfg = SparseTrainConfig(
+                data=str(data), out=str(out), work_dir=str(work_dir) if work_dir else None, split=split,
+                encoder=encoder, distill=distill, idf_aware=idf_aware,  # type: ignore[arg-type]
+                pseudo_queries=pseudo_queries,  # type: ignore[arg-type]
+                epochs=epochs, queries_per_step=queries_per_step, dev_fraction=dev_fraction, lr=lr,
+                flops_lambda=flops_lambda, flops_warmup=flops_warmup, seed=seed,
+                max_steps=max_steps, dev_eval_start=dev_eval_start, overwrite=overwrite)
     except SparsekitError as exc:
         fail(exc)
     _run_training(train_sparse_encoder, cfg, "model")
@@ -119,10 +135,11 @@ def train_query_table_command(
     refuse_input_as_output(out, model=model)
     refuse_inside_artifact(work_dir, "--work-dir")
     try:
-        cfg = QueryTableConfig(model=str(model), out=str(out), work_dir=str(work_dir) if work_dir else None,
-                               epochs=epochs, lrs=tuple(lr) if lr else QueryTableConfig.lrs,
-                               ce_weight=ce_weight, l2=l2, learn_residual_scale=learn_residual_scale,
-                               seed=seed, overwrite=overwrite)
+        with naming_options(SPARSE_OPTIONS, only_renamed=True):
+            cfg = QueryTableConfig(
+                model=str(model), out=str(out), work_dir=str(work_dir) if work_dir else None, epochs=epochs,
+                lrs=tuple(lr) if lr else QueryTableConfig.lrs, ce_weight=ce_weight, l2=l2,
+                learn_residual_scale=learn_residual_scale, seed=seed, overwrite=overwrite)
     except SparsekitError as exc:
         fail(exc)
     _run_training(train, cfg, "query table")

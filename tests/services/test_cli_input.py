@@ -47,6 +47,21 @@ def test_out_of_range_numbers_are_refused_naming_the_option(args: list[str], opt
     assert list(tmp_path.iterdir()) == []  # nothing was written
 
 
+@pytest.mark.parametrize("args, message", [
+    (["train", "sparse", "--data", "d", "--out", "o", "--distill", "bogus"], "--distill: must be one of"),
+    (["train", "sparse", "--data", "d", "--out", "o", "--pseudo-queries", "x"], "--pseudo-queries: must"),
+    (["serve", "--index", "a=i", "--address", "bogus"], "--address: expected host:port"),
+])
+def test_config_errors_name_the_option_not_the_python_field(args: list[str], message: str, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # the configs' checks named "distill", "pseudo_queries", "address"
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_overwrite_does_not_replace_the_input_corpus(tmp_path: Path) -> None:
     corpus = tmp_path / "beir"
     corpus.mkdir()
