@@ -53,6 +53,7 @@ from embeddings.registry import COMPOSED, METHODS
 from embeddings.table import FLOAT_BYTES, BudgetError, table_class
 from recsys.data.ctr import DATASETS
 from recsys.data.ctr_table import TableCTRConfig
+from recsys.data.table_file import SUFFIXES, is_table_file
 from sparsekit.atomic import atomic_path, write_text_atomic
 from sparsekit.bounds import at_least, count, each_count, positive
 from sparsekit.errors import InputError, TrainingDiverged
@@ -111,6 +112,9 @@ class SweepConfig:
         each_count(self, 0, "seeds")
         if self.dataset in DATASETS:  # a named dataset has its own reader: table options are no part of it
             self.table = None
+        elif not is_table_file(self.dataset):  # now, before the sweep folder is created
+            raise InputError("dataset", f"{self.dataset!r} is neither a dataset ({', '.join(DATASETS)}) nor "
+                                        f"a table file ({', '.join(sorted(SUFFIXES))})")
         count(self, 1, "embed_dim", "max_epochs", "patience", "min_epochs", "threads", "workers")
         if self.min_epochs > self.max_epochs:  # now, not at the first run, after the data loads
             raise InputError("min_epochs", f"{self.min_epochs} exceeds max_epochs {self.max_epochs}")

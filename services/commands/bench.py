@@ -20,7 +20,7 @@ from services.commands.ctr import (
     table_config,
 )
 from services.commands.output import above, console, fail, naming_options, refuse_inside_artifact
-from sparsekit.errors import SparsekitError
+from sparsekit.errors import InputError, SparsekitError
 
 
 def _split(text: str, cast: type, option: str) -> tuple:
@@ -72,6 +72,8 @@ def bench_embeddings_command(
                                  budgets=_split(budgets, float, "budgets"), seeds=_split(seeds, int, "seeds"),
                                  out_dir=str(out), max_epochs=max_epochs, min_epochs=min_epochs,
                                  first_order=first_order, lr=lr, embedding_l2=embedding_l2, workers=workers)
+            if config.table is not None and not Path(dataset).is_file():  # before the folder is claimed
+                raise InputError("dataset", f"no such table file: {dataset}")
         paths = write_report(run_sweep(config), out / "report")
     except (SparsekitError, ValueError, OSError) as exc:  # OSError: --out under a file
         fail(exc)

@@ -269,7 +269,7 @@ def test_an_unwritable_output_is_refused_before_training(command: list[str], tmp
 def test_an_infinite_query_table_rate_is_refused_cleanly(tmp_path: Path) -> None:
     args = ["train", "query-table", "--model", str(tmp_path), "--out", str(tmp_path / "o"), "--lr", "inf"]
     result = runner.invoke(app, args)
-    assert result.exit_code == 2 and "lrs" in result.output
+    assert result.exit_code == 2 and "--lr: every value must be a positive number" in result.output
 
 
 def test_train_sparse_with_a_work_dir_that_is_a_file_exits_2(tmp_path: Path) -> None:
@@ -360,6 +360,18 @@ def test_bench_embeddings_refuses_a_bad_config_by_option_before_loading_data(arg
                                  "--out", str(tmp_path / "sweep"), *args])
     assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("dataset, message", [
+    ("bogus", "--dataset: 'bogus' is neither a dataset"),
+    ("missing.csv", "--dataset: no such table file"),
+])
+def test_bench_embeddings_refuses_a_bad_dataset_before_creating_the_folder(dataset: str, message: str,
+                                                                           tmp_path: Path) -> None:
+    # the error named the field "data", and the sweep folder was created before the data failed to load
+    result = runner.invoke(app, ["bench", "embeddings", "--dataset", dataset, "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "s").exists()
 
 
 def _artifact(path: Path) -> Path:
