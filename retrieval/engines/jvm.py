@@ -226,6 +226,23 @@ def _jvm_java_version() -> int:
     return parse_java_version(f'version "{spec}"')
 
 
+# Lucene 9 logs a java.util.logging warning once per process when MMapDirectory loads on Java 22+ ("please
+# update Apache Lucene"): nothing a user of Sparsekit can act on, printed under every search. The logger is
+# set to SEVERE before any Lucene class loads and held here (the LogManager keeps loggers weakly).
+QUIET_LOGGERS = ("org.apache.lucene.store.MMapDirectory",)
+_quiet: list[Any] = []
+
+
+def _quiet_lucene_logging() -> None:
+    from jnius import autoclass
+
+    severe = autoclass("java.util.logging.Level").SEVERE
+    for name in QUIET_LOGGERS:
+        logger = autoclass("java.util.logging.Logger").getLogger(name)
+        logger.setLevel(severe)
+        _quiet.append(logger)
+
+
 def start_jvm() -> JavaRuntime:
     """Start the in-process JVM with the Anserini jar on the classpath (idempotent, thread-safe)."""
     with _JVM_LOCK:
@@ -245,6 +262,7 @@ def start_jvm() -> JavaRuntime:
                 except Exception as exc:
                     raise LuceneError(f"cannot start the JVM of Java {runtime.version} at {runtime.home} "
                                       f"({runtime.source}): {exc}") from exc
+            _quiet_lucene_logging()
         version = _jvm_java_version()
         if version < MIN_JAVA_VERSION:
             raise LuceneError(

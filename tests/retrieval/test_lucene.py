@@ -202,6 +202,25 @@ def searcher(bm25_dir: Path) -> lucene.Bm25Searcher:
 
 
 @pytest.mark.java
+def test_a_search_prints_no_lucene_mmap_warning(bm25_dir: Path) -> None:
+    """Lucene 9 on Java 22+ logged "please update Apache Lucene" (java.util.logging, to stderr) under every
+    search; its logger is set to SEVERE when the JVM starts."""
+    script = textwrap.dedent(f"""\
+        from retrieval.engines import lucene
+        print(lucene.Bm25Searcher({str(bm25_dir)!r}).search("protein", k=1)[0][0])
+        from jnius import autoclass  # after Sparsekit has started the JVM
+        logger = autoclass("java.util.logging.Logger").getLogger("org.apache.lucene.store.MMapDirectory")
+        print(logger.getLevel().getName())
+        """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["d1", "SEVERE"]
+    assert "MMapDirectory" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.java
 def test_bm25_ranks_the_matching_document_first(searcher: lucene.Bm25Searcher) -> None:
     assert searcher.num_docs == 4
     hits = searcher.search("protein folding dynamics", k=10)
