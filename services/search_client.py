@@ -20,13 +20,19 @@ class SearchClient:
         self.stub = search_pb2_grpc.SearchServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.timeout = timeout
+        self.address = address
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Block until the server's health service reports SERVING."""
+    def wait_ready(self, timeout: float = 30.0, index: str | None = None) -> None:
+        """Block until the server's health service reports SERVING; with ``index``, also check that the
+        server serves that index (another server holding the port answers health checks too)."""
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
         status = self.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout).status
         if status != health_pb2.HealthCheckResponse.SERVING:
             raise RuntimeError(f"server not serving (health status {status})")
+        if index is not None:
+            served = sorted(info.name for info in self.list_indexes())
+            if index not in served:
+                raise LookupError(f"the server at {self.address} serves {served}, not index {index!r}")
 
     def list_indexes(self) -> list[search_pb2.IndexInfo]:
         return list(self.stub.ListIndexes(search_pb2.ListIndexesRequest(), timeout=self.timeout).indexes)

@@ -262,6 +262,23 @@ def test_a_full_batch_of_large_responses_reaches_the_client() -> None:
         server.stop(grace=None)
 
 
+def test_wait_ready_with_an_index_checks_that_the_server_serves_it() -> None:
+    """Health alone answers SERVING for whatever server holds the port (another section's, say)."""
+    from services.search_client import SearchClient
+
+    server, port = make_server({"toy": WordOverlapIndex({"d": "word"})}, ServerConfig(address="127.0.0.1:0"))
+    server.start()
+    client = SearchClient(f"127.0.0.1:{port}")
+    try:
+        client.wait_ready(timeout=10)
+        client.wait_ready(timeout=10, index="toy")
+        with pytest.raises(LookupError, match=r"serves \['toy'\], not index 'scifact'"):
+            client.wait_ready(timeout=10, index="scifact")
+    finally:
+        client.close()
+        server.stop(grace=None)
+
+
 def test_an_engine_refusal_names_the_request_whether_or_not_its_query_shares_a_batch() -> None:
     """A text query alone in its (index, k) group, and a single Search, name their own field too."""
     docs = {"d1": "sparse retrieval", "d2": "dense retrieval"}
