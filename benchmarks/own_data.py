@@ -37,6 +37,7 @@ from benchmarks.acceptance import entry
 from benchmarks.environment import BenchmarkRun
 from recsys.data.ctr import SPLIT, CTRDataset, load_movielens_ctr
 from recsys.data.libfm import split_rows
+from sparsekit.atomic import atomic_path
 from sparsekit.dataroot import dataset_path
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -56,14 +57,21 @@ def _raw_rows(data: CTRDataset) -> pl.DataFrame:
     return pl.DataFrame(columns)
 
 
+def export_click_table(work: Path) -> Path:
+    """MovieLens-100k CTR rows as a Parquet click table (label ``click``, numeric ``age``)."""
+    path = work / "movielens_clicks.parquet"
+    with atomic_path(path) as tmp:
+        _raw_rows(load_movielens_ctr(dataset_path("movielens-100k"), seed=0)).write_parquet(tmp)
+    return path
+
+
 def click_table(work: Path) -> dict[str, Any]:
     from recsys.data.ctr import load_ctr
     from recsys.data.ctr_table import TableCTRConfig
     from recsys.training.ctr import CTRTrainConfig, train_ctr
 
     root = dataset_path("movielens-100k")
-    path = work / "movielens_clicks.parquet"
-    _raw_rows(load_movielens_ctr(root, seed=0)).write_parquet(path)
+    path = export_click_table(work)
     table = TableCTRConfig(label="click", numeric=("age",))
     out: dict[str, list[float]] = {"builtin_test_auc": [], "table_test_auc": []}
     for seed in SEEDS:
@@ -75,17 +83,24 @@ def click_table(work: Path) -> dict[str, Any]:
             "rows": len(pl.read_parquet(path))}
 
 
-def interaction_log(work: Path) -> dict[str, Any]:
-    from recsys.data.interactions_table import InteractionsConfig, load_interactions_table
-    from recsys.ranking import evaluate_ranking
-    from recsys.training.cf import CFTrainConfig, train_cf
-
+def export_interaction_log(work: Path) -> Path:
+    """MovieLens-100k ratings >= 4 as a CSV interaction log (columns ``user``, ``item``, ``ts``)."""
     root = dataset_path("movielens-100k")
     folder = root / "ml-100k" if (root / "ml-100k" / "u.data").is_file() else root
     ratings = pl.read_csv(folder / "u.data", separator="\t", has_header=False,
                           new_columns=["user", "item", "rating", "ts"])
     path = work / "movielens_log.csv"
-    ratings.filter(pl.col("rating") >= 4).select("user", "item", "ts").write_csv(path)
+    with atomic_path(path) as tmp:
+        ratings.filter(pl.col("rating") >= 4).select("user", "item", "ts").write_csv(tmp)
+    return path
+
+
+def interaction_log(work: Path) -> dict[str, Any]:
+    from recsys.data.interactions_table import InteractionsConfig, load_interactions_table
+    from recsys.ranking import evaluate_ranking
+    from recsys.training.cf import CFTrainConfig, train_cf
+
+    path = export_interaction_log(work)
     data = load_interactions_table(path, InteractionsConfig(time="ts"))
     model, _ = train_cf(CFTrainConfig(model="lightgcn", epochs=20, seed=2020, progress=False), data)
     learned = evaluate_ranking(model.scorer(), data.train, data.test, k=20, device=model.device)
@@ -97,18 +112,26 @@ def interaction_log(work: Path) -> dict[str, Any]:
             "ratio": learned.recall / popular.recall}
 
 
-def graph_file(work: Path) -> dict[str, Any]:
+def export_graph_file(work: Path) -> Path:
+    """Cora (row-normalised features, the public masks) as one ``.npz`` of PyG's array names."""
     from torch_geometric.transforms import NormalizeFeatures
 
     from recsys.data.planetoid import load_planetoid
+
+    d = NormalizeFeatures()(load_planetoid(dataset_path("planetoid"), "Cora"))
+    path = work / "cora.npz"
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a handle: np.savez would append ".npz"
+        np.savez(fh, x=d.x.numpy(), edge_index=d.edge_index.numpy(), y=d.y.numpy(),
+                 train_mask=d.train_mask.numpy(), val_mask=d.val_mask.numpy(), test_mask=d.test_mask.numpy())
+    return path
+
+
+def graph_file(work: Path) -> dict[str, Any]:
     from recsys.gcn.tasks import npz_task, planetoid_task
     from recsys.gcn.training import GCNTrainConfig, train_gcn
 
     root = dataset_path("planetoid")
-    d = NormalizeFeatures()(load_planetoid(root, "Cora"))
-    path = work / "cora.npz"
-    np.savez(path, x=d.x.numpy(), edge_index=d.edge_index.numpy(), y=d.y.numpy(),
-             train_mask=d.train_mask.numpy(), val_mask=d.val_mask.numpy(), test_mask=d.test_mask.numpy())
+    path = export_graph_file(work)
     out: dict[str, list[float]] = {"builtin_test_acc": [], "file_test_acc": []}
     for seed in SEEDS:
         config = GCNTrainConfig(model="sage", epochs=30, seed=seed, device="cpu", progress=False)
@@ -132,11 +155,18 @@ def acceptance(ctr: dict[str, Any], cf: dict[str, Any], gcn: dict[str, Any]) -> 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=RESULTS / "own_data.json")
+    p.add_argument("--export", type=Path, metavar="DIR",
+                   help="only write the three files into DIR (to try the own-data commands on), no training")
     args = p.parse_args()
     torch.set_num_threads(1)
     missing = [n for n in ("movielens-100k", "planetoid") if dataset_path(n) is None]
     if missing:
         raise SystemExit(f"datasets {missing} not found under the data root (set SPARSEKIT_DATA)")
+    if args.export:
+        args.export.mkdir(parents=True, exist_ok=True)
+        for export in (export_click_table, export_interaction_log, export_graph_file):
+            print(export(args.export))
+        return
     run = BenchmarkRun("own_data")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
