@@ -30,7 +30,8 @@ class SearchClient:
         if status != health_pb2.HealthCheckResponse.SERVING:
             raise RuntimeError(f"server not serving (health status {status})")
         if index is not None:
-            served = sorted(info.name for info in self.list_indexes())
+            reply = self.stub.ListIndexes(search_pb2.ListIndexesRequest(), timeout=timeout)
+            served = sorted(info.name for info in reply.indexes)
             if index not in served:
                 raise LookupError(f"the server at {self.address} serves {served}, not index {index!r}")
 

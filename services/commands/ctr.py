@@ -124,10 +124,10 @@ def train_ctr_command(
                                     resume=resume)
         table = table_config(label, numeric, min_count, fields, header)
         dataset = load_ctr(data, data_root, seed, table=table)
+        trained_on = data_identity(data)  # now: a table rotated away during training cannot lose the model
         result = train_ctr(config, dataset)
         save_ctr_model(result.model, out, schema=dataset.schema, config=config, metrics=result.metrics,
-                       table=table if is_table_file(data) else None, data=data_identity(data),
-                       overwrite=overwrite)
+                       table=table if is_table_file(data) else None, data=trained_on, overwrite=overwrite)
     except (SparsekitError, ValueError) as exc:
         fail(exc)
     m = result.metrics

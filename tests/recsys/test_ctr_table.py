@@ -209,6 +209,27 @@ def test_compress_warns_when_calibrated_on_other_data(table: Path, tmp_path: Pat
     assert load_ctr_model(tmp_path / "b").params["data"] == trained_on  # the training data, not --calib
 
 
+def test_a_table_gone_after_training_does_not_lose_the_model(table: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # the table was hashed for the model's record only after training: a rotated log cost the model
+    import recsys.training.ctr as ctr_training
+
+    own = tmp_path / "rotated.csv"
+    own.write_bytes(table.read_bytes())
+    real = ctr_training.train_ctr
+
+    def train_then_rotate(*args: object, **kwargs: object) -> object:
+        result = real(*args, **kwargs)
+        own.unlink()
+        return result
+
+    monkeypatch.setattr(ctr_training, "train_ctr", train_then_rotate)
+    out = CliRunner().invoke(app, ["train", "ctr", "--data", str(own), "--out", str(tmp_path / "m"),
+                                   "--max-epochs", "1", "--label", "click", "--numeric", "price"])
+    assert out.exit_code == 0, out.output
+    assert load_ctr_model(tmp_path / "m").params["data"]["table"] == "rotated.csv"
+
+
 def test_cli_checkpoints_and_resumes_a_ctr_run(table: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     base = ["train", "ctr", "--data", str(table), "--label", "click", "--numeric", "price",
