@@ -24,6 +24,10 @@ from services.commands.output import (
 )
 from sparsekit.errors import SparsekitError
 
+# MiniLM-L6's layers: retrieval.encoders.backbone.NUM_LAYERS, whose package imports torch, too slow for
+# every CLI start (a test checks the two agree)
+BACKBONE_LAYERS = 6
+
 # config fields -> the options that set them, for errors raised by the training configs
 SPARSE_OPTIONS = {name: f"--{name.replace('_', '-')}" for name in (
     "split", "distill", "idf_aware", "pseudo_queries", "epochs", "queries_per_step", "dev_fraction", "lr",
@@ -48,8 +52,9 @@ def train_sparse_command(
                               "query-table stage selects on it).")] = 0.1,
     max_length: Annotated[int, typer.Option(min=1, max=512, help="Document tokens kept (MiniLM has 512 "
                                                                 "positions).")] = 256,
-    freeze_layers: Annotated[int, typer.Option(min=1, help="Frozen lower transformer layers, 1..6 (cached; "
-                                                            "the embeddings are frozen with them).")] = 4,
+    freeze_layers: Annotated[int, typer.Option(
+        min=1, max=BACKBONE_LAYERS, help="Frozen lower transformer layers (cached; the embeddings are frozen "
+                                    "with them).")] = 4,
     tie_head: Annotated[bool, typer.Option(help="Vocabulary head tied to the frozen word embeddings "
                                                  "(--no-tie-head: a trainable copy).")] = True,
     lexical_prior: Annotated[bool, typer.Option(help="Add BM25-saturated WordPiece term frequencies to "
@@ -69,12 +74,9 @@ def train_sparse_command(
 
     Resumes from the last checkpoint in WORK_DIR when run again with the same settings.
     """
-    from retrieval.encoders.backbone import NUM_LAYERS
     from retrieval.encoders.sparse_doc import SparseEncoderConfig
     from retrieval.training.sparse import SparseTrainConfig, train_sparse_encoder
 
-    if freeze_layers > NUM_LAYERS:  # checked now, not after the teachers have scored the training set
-        fail(ValueError(f"--freeze-layers {freeze_layers}: the MiniLM backbone has {NUM_LAYERS} layers"))
     refuse_inside_artifact(work_dir, "--work-dir")
     try:  # the config checks every setting; its errors name the option (--distill), not the field
         with naming_options(SPARSE_OPTIONS, only_renamed=True):

@@ -131,12 +131,20 @@ def test_bench_out_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
     assert "Not a directory" in result.output
 
 
+def test_the_cli_knows_the_backbone_depth() -> None:
+    from retrieval.encoders.backbone import NUM_LAYERS
+    from services.commands.sparse import BACKBONE_LAYERS
+
+    assert BACKBONE_LAYERS == NUM_LAYERS
+
+
 def test_freeze_layers_beyond_the_backbone_is_refused_first(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["train", "sparse", "--data", "d", "--out", "m", "--freeze-layers", "99"])
     assert result.exit_code == 2
-    assert "--freeze-layers 99" in result.output
+    text = " ".join(result.output.split())
+    assert "Invalid value for '--freeze-layers'" in text and "less than or equal to 6" in text
     assert list(tmp_path.iterdir()) == []
 
 
