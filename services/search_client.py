@@ -23,10 +23,13 @@ class SearchClient:
         self.address = address
 
     def wait_ready(self, timeout: float = 30.0, index: str | None = None) -> None:
-        """Block until the server's health service reports SERVING; with ``index``, also check that the
-        server serves that index (another server holding the port answers health checks too)."""
-        grpc.channel_ready_future(self.channel).result(timeout=timeout)
-        status = self.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout).status
+        """Block until the server's health service reports SERVING (``grpc.RpcError`` DEADLINE_EXCEEDED when
+        none answers within ``timeout``); with ``index``, also check that the server serves that index
+        (another server holding the port answers health checks too)."""
+        # wait_for_ready, not grpc.channel_ready_future: the future's connectivity-polling thread could
+        # outlive it and raise "Channel closed!" when the client was closed right after
+        status = self.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout,
+                                   wait_for_ready=True).status
         if status != health_pb2.HealthCheckResponse.SERVING:
             raise RuntimeError(f"server not serving (health status {status})")
         if index is not None:
