@@ -325,6 +325,15 @@ def data_identity(source: str | Path) -> dict[str, str]:
     return {"table": Path(source).name, "sha256": sha256_file(Path(source))}
 
 
+def same_data(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
+    """Whether two :func:`data_identity` records name the same data: the same dataset, or the same bytes
+    (a table's file name may differ)."""
+    def key(d: Mapping[str, str]) -> str | None:
+        return d.get("sha256") or d.get("dataset")
+
+    return key(a) == key(b)
+
+
 def load_ctr(
     source: str | Path,
     root: str | Path | None = None,

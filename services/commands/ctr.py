@@ -157,7 +157,7 @@ def compress_ctr_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at OUT.")] = False,
 ) -> None:
     """Atomic Feature Mimicking: one calibration pass, top-k eigenvectors per layer, no retraining."""
-    from recsys.data.ctr import data_identity, load_ctr
+    from recsys.data.ctr import data_identity, load_ctr, same_data
     from recsys.data.table_file import is_table_file
     from recsys.lowrank import affected_layers, compress, default_targets, parameter_count
     from recsys.training.ctr import batches, evaluate_ctr, load_ctr_model, save_ctr_model
@@ -173,10 +173,8 @@ def compress_ctr_command(
         table = table_config(label or read.get("label", "label"),
                              header=read.get("header", True) if header is None else header)
         dataset = load_ctr(calib, data_root, seed, table=table, schema=art.schema)
-        trained_on = art.params.get("data")
-        calib_id = data_identity(calib)  # the same bytes under another name are the same data
-        other_data = trained_on is not None and any(
-            k in trained_on and trained_on[k] != calib_id.get(k) for k in ("dataset", "sha256"))
+        trained_on = art.params.get("data")  # None for models saved before it was recorded
+        other_data = trained_on is not None and not same_data(trained_on, data_identity(calib))
         targets = default_targets(art.model) + (["embedding"] if embedding else [])
         rows = np.random.default_rng(seed).permutation(len(dataset.train))[:calib_rows]
         small = compress(art.model, batches(dataset.train.features[rows], 4096), rank=rank, energy=energy,
