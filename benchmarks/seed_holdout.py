@@ -7,7 +7,9 @@ about 0.001-0.002 per run. This script re-measures each targeted cell on held-ou
 default): the full table and the grid's validation-chosen method (read from the committed
 ``embedding_compression.json``, so nothing is chosen here and test chooses nothing), under the grid's
 protocol (:func:`embeddings.sweep.run_sweep`: same split, early stopping and seeding). A target that
-holds on the grid's seeds but not here is within seed noise of its threshold.
+holds on the grid's seeds but not here is within seed noise of its threshold. Each cell also reports
+the gap pooled over all six seeds (the grid's summary and these runs, weighted by finished runs): the
+better estimate of the two, with twice the runs behind it.
 
 Cells: DCNv2 at budgets 0.1 (target 0.003) and 0.01 (target 0.01), DeepFM at 0.1 (target 0.003).
 Resumable: runs live under ``--work``. Writes ``benchmarks/results/seed_holdout.json``
@@ -36,12 +38,27 @@ RESULTS = ROOT / "benchmarks" / "results"
 CELLS = (("dcnv2", 0.1, 0.003), ("dcnv2", 0.01, 0.01), ("deepfm", 0.1, 0.003))  # (model, budget, target)
 
 
-def grid_choices(path: Path) -> dict[tuple[str, float], dict[str, Any]]:
-    """The grid's validation-chosen method per (model, budget), with the grid's own gap."""
+def grid_metrics(path: Path) -> dict[str, Any]:
+    """The ``metrics`` of the grid's results file."""
     if not path.is_file():
         raise InputError(str(path), "not found: run benchmarks/embedding_compression.py first")
-    rows = json.loads(path.read_text())["metrics"]["recommendation"]
-    return {(r["model"], float(r["budget"])): r for r in rows}
+    return json.loads(path.read_text())["metrics"]
+
+
+def grid_choices(metrics: dict[str, Any]) -> dict[tuple[str, float], dict[str, Any]]:
+    """The grid's validation-chosen method per (model, budget), with the grid's own gap."""
+    return {(r["model"], float(r["budget"])): r for r in metrics["recommendation"]}
+
+
+def grid_cells(metrics: dict[str, Any]) -> dict[tuple[str, str, float], dict[str, Any]]:
+    """The grid's summary rows (mean test AUC, finished runs) per (model, method, budget)."""
+    return {(r["model"], r["method"], float(r["budget"])): r for r in metrics["summary"]}
+
+
+def pooled(grid: dict[str, Any], held: dict[str, Any]) -> float:
+    """Mean test AUC over the grid's runs and the held-out ones, each run weighted once."""
+    n_grid, n_held = grid["n_ok"], held["n_ok"]
+    return (grid["test_auc"] * n_grid + held["test_auc"] * n_held) / (n_grid + n_held)
 
 
 def sweep(model: str, methods: tuple[str, ...], budgets: tuple[float, ...], args: argparse.Namespace,
@@ -52,10 +69,11 @@ def sweep(model: str, methods: tuple[str, ...], budgets: tuple[float, ...], args
     return run_sweep(config)
 
 
-def measure(choices: dict[tuple[str, float], dict[str, Any]], args: argparse.Namespace,
+def measure(metrics: dict[str, Any], args: argparse.Namespace,
             seeds: tuple[int, ...]) -> list[dict[str, Any]]:
-    """Per cell: the held-out seeds' mean test AUC of the full table and the chosen method, and the gap."""
-    cells = []
+    """Per cell: the held-out seeds' mean test AUC of the full table and the chosen method, the gap, and
+    the gap pooled with the grid's seeds."""
+    choices, summary_rows, cells = grid_choices(metrics), grid_cells(metrics), []
     for model in dict.fromkeys(m for m, _, _ in CELLS):
         mine = [(b, t) for m, b, t in CELLS if m == model]
         methods = tuple(dict.fromkeys(choices[(model, b)]["method"] for b, _ in mine))
@@ -65,10 +83,14 @@ def measure(choices: dict[tuple[str, float], dict[str, Any]], args: argparse.Nam
             chosen = choices[(model, budget)]
             row = summary.filter((pl.col("method") == chosen["method"]) & (pl.col("budget") == budget))
             held = row.row(0, named=True)
+            grid_full = summary_rows[(model, BASELINE, 1.0)]
+            grid_held = summary_rows[(model, chosen["method"], budget)]
             cells.append({"model": model, "budget": budget, "method": chosen["method"], "target": target,
                           "full_test_auc": full["test_auc"], "test_auc": held["test_auc"],
                           "gap": full["test_auc"] - held["test_auc"], "n_ok": held["n_ok"],
-                          "grid_gap": chosen["gap_to_full"]})
+                          "grid_gap": chosen["gap_to_full"],
+                          "pooled_gap": pooled(grid_full, full) - pooled(grid_held, held),
+                          "pooled_runs": grid_held["n_ok"] + held["n_ok"]})
     return cells
 
 
@@ -87,10 +109,13 @@ def main() -> None:
     seeds = tuple(int(s) for s in args.seeds.split(","))
     if {0, 1, 2} & set(seeds):
         raise InputError("--seeds", f"{seeds} overlaps the grid's seeds 0, 1, 2: they are not held out")
-    cells = measure(grid_choices(args.grid), args, seeds)
+    cells = measure(grid_metrics(args.grid), args, seeds)
     acc = [entry(f"{c['model']} at budget {c['budget']:g}, held-out seeds {args.seeds} (the grid's "
                  f"validation-chosen {c['method']}; gap on the grid's seeds {c['grid_gap']:.6f}): full test "
                  f"AUC - its test AUC", c["gap"], "<=", c["target"], digits=6) for c in cells]
+    acc += [entry(f"{c['model']} at budget {c['budget']:g}, the grid's seeds and the held-out ones pooled "
+                  f"({c['pooled_runs']} runs of {c['method']}): full test AUC - its test AUC",
+                  c["pooled_gap"], "<=", c["target"], digits=6) for c in cells]
     metrics = {"dataset": "frappe", "seeds": list(seeds), "grid": args.grid.name,
                "protocol": {"max_epochs": args.max_epochs, "patience": 2, "min_epochs": args.min_epochs},
                "cells": cells}

@@ -1,0 +1,38 @@
+"""benchmarks/seed_holdout.py re-measures the grid's own choices, only on seeds the grid never used."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import seed_holdout
+from sparsekit.errors import InputError
+
+
+def test_choices_come_from_the_grid_results_file(tmp_path: Path) -> None:
+    rows = [{"model": "dcnv2", "budget": 0.1, "method": "dpq", "gap_to_full": 0.0007},
+            {"model": "deepfm", "budget": 0.1, "method": "qr", "gap_to_full": 0.0064}]
+    path = tmp_path / "embedding_compression.json"
+    path.write_text(json.dumps({"metrics": {"recommendation": rows, "summary": []}}))
+    got = seed_holdout.grid_choices(seed_holdout.grid_metrics(path))
+    assert got[("dcnv2", 0.1)]["method"] == "dpq" and got[("deepfm", 0.1)]["method"] == "qr"
+
+
+def test_pooling_weights_every_finished_run_once() -> None:
+    grid, held = {"test_auc": 0.95, "n_ok": 3}, {"test_auc": 0.94, "n_ok": 1}
+    assert seed_holdout.pooled(grid, held) == pytest.approx((3 * 0.95 + 0.94) / 4)
+
+
+def test_a_missing_grid_file_names_itself(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"nope\.json.*embedding_compression\.py first"):
+        seed_holdout.grid_metrics(tmp_path / "nope.json")
+
+
+def test_seeds_the_grid_trained_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(sys, "argv", ["seed_holdout.py", "--seeds", "2,3", "--out", str(tmp_path)])
+    with pytest.raises(InputError, match="not held out"):
+        seed_holdout.main()
+    assert not any(tmp_path.iterdir())  # refused before anything was trained or written
