@@ -77,7 +77,9 @@ def measure(metrics: dict[str, Any], args: argparse.Namespace,
     for model in dict.fromkeys(m for m, _, _ in CELLS):
         mine = [(b, t) for m, b, t in CELLS if m == model]
         methods = tuple(dict.fromkeys(choices[(model, b)]["method"] for b, _ in mine))
-        summary = summarize(sweep(model, methods, tuple(b for b, _ in mine), args, seeds))
+        runs = sweep(model, methods, tuple(b for b, _ in mine), args, seeds)
+        summary = summarize(runs)
+        trained_at = runs.filter(pl.col("status") == "ok")["commit"].value_counts().rows()
         full = summary.filter(pl.col("method") == BASELINE).row(0, named=True)
         for budget, target in mine:
             chosen = choices[(model, budget)]
@@ -90,7 +92,8 @@ def measure(metrics: dict[str, Any], args: argparse.Namespace,
                           "gap": full["test_auc"] - held["test_auc"], "n_ok": held["n_ok"],
                           "grid_gap": chosen["gap_to_full"],
                           "pooled_gap": pooled(grid_full, full) - pooled(grid_held, held),
-                          "pooled_runs": grid_held["n_ok"] + held["n_ok"]})
+                          "pooled_runs": grid_held["n_ok"] + held["n_ok"],
+                          "runs_trained_at": trained_at})
     return cells
 
 
