@@ -27,7 +27,7 @@ Design choices:
 - ``temperature`` 0.3 was chosen on the Frappe validation split under the embedding benchmark's
   protocol (DCNv2 at budgets 0.01 and 0.1, seeds 0-2, early stopping from epoch 10). Mean validation
   AUC at 0.01 / 0.1: 0.1 gave 0.9341 / 0.9425, 0.3 0.9384 / 0.9466, 1.0 0.9359 / 0.9443, 3.0 0.9234 /
-  0.9397. :class:`~embeddings.mgqe.MGQETable` keeps its own default (1.0, not tuned).
+  0.9397. :class:`~embeddings.mgqe.MGQETable` has its own default, chosen the same way.
 """
 
 from __future__ import annotations
