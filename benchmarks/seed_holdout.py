@@ -72,28 +72,24 @@ def sweep(model: str, methods: tuple[str, ...], budgets: tuple[float, ...], args
 def measure(metrics: dict[str, Any], args: argparse.Namespace,
             seeds: tuple[int, ...]) -> list[dict[str, Any]]:
     """Per cell: the held-out seeds' mean test AUC of the full table and the chosen method, the gap, and
-    the gap pooled with the grid's seeds."""
+    the gap pooled with the grid's seeds. A model's full-table runs are trained once and shared."""
     choices, summary_rows, cells = grid_choices(metrics), grid_cells(metrics), []
-    for model in dict.fromkeys(m for m, _, _ in CELLS):
-        mine = [(b, t) for m, b, t in CELLS if m == model]
-        methods = tuple(dict.fromkeys(choices[(model, b)]["method"] for b, _ in mine))
-        runs = sweep(model, methods, tuple(b for b, _ in mine), args, seeds)
+    for model, budget, target in CELLS:
+        chosen = choices[(model, budget)]
+        runs = sweep(model, (chosen["method"],), (budget,), args, seeds)
         summary = summarize(runs)
         trained_at = runs.filter(pl.col("status") == "ok")["commit"].value_counts().rows()
         full = summary.filter(pl.col("method") == BASELINE).row(0, named=True)
-        for budget, target in mine:
-            chosen = choices[(model, budget)]
-            row = summary.filter((pl.col("method") == chosen["method"]) & (pl.col("budget") == budget))
-            held = row.row(0, named=True)
-            grid_full = summary_rows[(model, BASELINE, 1.0)]
-            grid_held = summary_rows[(model, chosen["method"], budget)]
-            cells.append({"model": model, "budget": budget, "method": chosen["method"], "target": target,
-                          "full_test_auc": full["test_auc"], "test_auc": held["test_auc"],
-                          "gap": full["test_auc"] - held["test_auc"], "n_ok": held["n_ok"],
-                          "grid_gap": chosen["gap_to_full"],
-                          "pooled_gap": pooled(grid_full, full) - pooled(grid_held, held),
-                          "pooled_runs": grid_held["n_ok"] + held["n_ok"],
-                          "runs_trained_at": trained_at})
+        held = summary.filter(pl.col("method") == chosen["method"]).row(0, named=True)
+        grid_full = summary_rows[(model, BASELINE, 1.0)]
+        grid_held = summary_rows[(model, chosen["method"], budget)]
+        cells.append({"model": model, "budget": budget, "method": chosen["method"], "target": target,
+                      "full_test_auc": full["test_auc"], "test_auc": held["test_auc"],
+                      "gap": full["test_auc"] - held["test_auc"], "n_ok": held["n_ok"],
+                      "grid_gap": chosen["gap_to_full"],
+                      "pooled_gap": pooled(grid_full, full) - pooled(grid_held, held),
+                      "pooled_runs": grid_held["n_ok"] + held["n_ok"],
+                      "runs_trained_at": trained_at})
     return cells
 
 
