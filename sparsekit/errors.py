@@ -23,13 +23,22 @@ class InputError(SparsekitError, ValueError):
         where = f"{self.source}:{line}" if line is not None else self.source
         super().__init__(f"{where}: {message}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, int | None]]:
+        """Pickle by constructor arguments, so the error crosses process boundaries (worker pools)."""
+        return type(self), (self.source, self.reason, self.line)
+
 
 class ArtifactError(SparsekitError):
     """A missing, corrupt or mismatched artifact directory."""
 
     def __init__(self, path: str | Path, message: str) -> None:
         self.path = str(path)
+        self.reason = message
         super().__init__(f"{self.path}: {message}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        """Pickle by constructor arguments, so the error crosses process boundaries (worker pools)."""
+        return type(self), (self.path, self.reason)
 
 
 class TrainingDiverged(SparsekitError, ArithmeticError):
