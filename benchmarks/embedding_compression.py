@@ -47,7 +47,7 @@ import torch
 
 from benchmarks.acceptance import entry, not_measured
 from benchmarks.environment import BenchmarkRun, write_result
-from embeddings.registry import COMPOSED
+from embeddings.registry import ADDED, COMPOSED
 from embeddings.sweep import KINDS, SEEDING, SweepConfig, recommend, run_sweep, summarize, write_report
 from embeddings.table import BUDGET_SLACK, BudgetError, table_class
 from recsys.data.ctr import frappe_schema
@@ -177,6 +177,7 @@ _entry = functools.partial(entry, digits=6)
 GAP_TARGETS = (("dcnv2", 0.1, 0.003), ("dcnv2", 0.01, 0.01), ("deepfm", 0.1, 0.003))
 BEST_PREFIX = "best method"
 COMPOSED_PREFIX = "best table, compositions of two methods included"
+VLDB_PREFIX = "best of the VLDB 2024 benchmark's methods (LSQ, added later, left out)"
 
 
 def best_entries(best: pl.DataFrame, prefix: str = BEST_PREFIX) -> list[dict]:
@@ -215,11 +216,14 @@ def synthetic_entry(syn: dict[str, Any]) -> dict:
                   f"({len(methods) - len(feasible)} infeasible)", len(measured), ">=", len(feasible))
 
 
-def findings(composed: pl.DataFrame | None) -> list[dict]:
+def findings(composed: pl.DataFrame | None, vldb: pl.DataFrame | None = None) -> list[dict]:
     """The compositions (:data:`embeddings.registry.COMPOSED`) are this project's, not published methods,
     and were added after the published methods missed targets: their choice is reported as findings,
-    never as meeting the issue's criteria."""
-    return [] if composed is None else best_entries(composed, COMPOSED_PREFIX)
+    never as meeting the issue's criteria. LSQ (:data:`embeddings.registry.ADDED`) is a published method
+    that competes in the acceptance entries, but was added after the VLDB 2024 benchmark's own methods
+    missed DeepFM's target; the choice among those alone is reported here beside it."""
+    entries = [] if vldb is None else best_entries(vldb, VLDB_PREFIX)
+    return entries + ([] if composed is None else best_entries(composed, COMPOSED_PREFIX))
 
 
 def caveats(protocol: dict[str, Any]) -> list[str]:
@@ -242,8 +246,9 @@ def rescore(path: Path) -> None:
     full = next(e["value"] for e in result["acceptance"] if e["criterion"].startswith("DCNv2 full-table"))
     result["acceptance"] = [*kept, _entry(FULL_LABEL, full, ">", 0.5),
                             *best_entries(pl.DataFrame(m["recommendation"])), synthetic_entry(m["synthetic"])]
-    composed = m.get("recommendation_composed")
-    result["findings"] = findings(None if composed is None else pl.DataFrame(composed))
+    composed, vldb = m.get("recommendation_composed"), m.get("recommendation_vldb")
+    result["findings"] = findings(None if composed is None else pl.DataFrame(composed),
+                                  None if vldb is None else pl.DataFrame(vldb))
     result["caveats"] = caveats(m["protocol"])
     result["rescored_commit"] = commit()
     write_result(path, result, indent=1)
@@ -314,7 +319,9 @@ def main() -> None:
     for key in ("csv", "md", "png"):
         with atomic_path(args.out / paths[key].name) as tmp:
             shutil.copyfile(paths[key], tmp)
-    best, composed = recommend(summarize(runs)), recommend(summarize(runs), composed=True)
+    summary = summarize(runs)
+    best, composed = recommend(summary), recommend(summary, composed=True)
+    vldb = recommend(summary, exclude=ADDED) if runs["method"].is_in(list(ADDED)).any() else None
     torch.set_num_threads(os.cpu_count() or 1)
     syn = {} if args.skip_synthetic else synthetic(list(methods), 0.01, args.synthetic_batch, 5,
                                                    args.synthetic_steps)
@@ -323,9 +330,10 @@ def main() -> None:
                             "runs_trained_at": _run_commits(runs)},
                "memory_accounting": mem, "recommendation": best.to_dicts(),
                **({"recommendation_composed": composed.to_dicts()} if _has_compositions(runs) else {}),
-               "summary": summarize(runs).to_dicts(), "synthetic": syn}
+               **({} if vldb is None else {"recommendation_vldb": vldb.to_dicts()}),
+               "summary": summary.to_dicts(), "synthetic": syn}
     run.report(metrics, acceptance(mem, best, runs, syn), args.out / "embedding_compression.json", indent=1,
-               findings=findings(composed if _has_compositions(runs) else None),
+               findings=findings(composed if _has_compositions(runs) else None, vldb),
                caveats=caveats(metrics["protocol"]))
 
 

@@ -4,7 +4,9 @@ table shared with ALPT (:mod:`embeddings.alpt`).
 The quantization entries of the VLDB 2024 benchmark ("Experimental Analysis of Large-scale Learnable
 Vector Storage Compression"): each weight is stored as a ``bits``-bit integer code ``q`` and read as
 ``q * scale``. :class:`QuantizedTable` stores exactly that: the codes (int16, int8, or 2 / 4 codes packed
-per uint8 for 4- and 2-bit) and float32 or float16 scales, one per row, per field or per table.
+per uint8 for 4- and 2-bit, a bit stream for 3-bit) and float32 or float16 scales, one per row, per
+field, per table, or per field and column (``"field_column"``, the learned steps of
+:mod:`embeddings.lsq`).
 
 :class:`Int8Table` (kind ``"int8"``) and :class:`Int16Table` (``"int16"``) train by quantization-aware
 training with the straight-through estimator (STE): a float32 master table is fake-quantized in every
@@ -32,9 +34,10 @@ from embeddings.table import BUDGET_SLACK, BudgetError, EmbeddingTable
 from kernels.row_lookup import lookup_rows
 from sparsekit.errors import InputError
 
-GRANULARITIES = ("row", "field", "table")
+GRANULARITIES = ("row", "field", "table", "field_column")
 SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-PACKED_BITS = (2, 4)
+PACKED_BITS = (2, 3, 4)
+QAT_GRANULARITIES = ("row", "field", "table")  # the max-abs scales of INT8 / INT16 QAT
 CODE_DTYPES = {8: torch.int8, 16: torch.int16}
 
 
@@ -48,8 +51,10 @@ def row_code_bytes(dim: int, bits: int) -> int:
     return -(-dim * bits // 8)
 
 
-def scale_count(granularity: str, num_features: int, field_dims: Sequence[int] | None) -> int:
-    """How many scales ``granularity`` stores."""
+def scale_count(
+    granularity: str, num_features: int, field_dims: Sequence[int] | None, dim: int = 1
+) -> int:
+    """How many scales ``granularity`` stores (``dim`` matters only for ``"field_column"``)."""
     if granularity == "row":
         return num_features
     if granularity == "field":
@@ -58,6 +63,8 @@ def scale_count(granularity: str, num_features: int, field_dims: Sequence[int] |
         return len(field_dims)
     if granularity == "table":
         return 1
+    if granularity == "field_column":
+        return scale_count("field", num_features, field_dims) * dim
     raise InputError("granularity", f"unknown scale granularity {granularity!r} (known: {GRANULARITIES})")
 
 
@@ -68,7 +75,7 @@ def quantized_bytes(
     """Bytes of codes and scales (not the field offsets)."""
     scale_size = torch.empty(0, dtype=SCALE_DTYPES[scale_dtype]).element_size()
     codes = num_features * row_code_bytes(dim, bits)
-    return codes + scale_count(granularity, num_features, field_dims) * scale_size
+    return codes + scale_count(granularity, num_features, field_dims, dim) * scale_size
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -76,10 +83,12 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     if bits in CODE_DTYPES:
         return codes.to(CODE_DTYPES[bits])
     if bits not in PACKED_BITS:
-        raise InputError("bits", f"supported widths are 2, 4, 8 and 16, got {bits}")
-    per_byte = 8 // bits
+        raise InputError("bits", f"supported widths are 2, 3, 4, 8 and 16, got {bits}")
     low, _ = code_range(bits)
     unsigned = (codes.long() - low).to(torch.uint8)
+    if 8 % bits:
+        return _pack_stream(unsigned, bits)
+    per_byte = 8 // bits
     pad = -codes.shape[1] % per_byte
     unsigned = torch.nn.functional.pad(unsigned, (0, pad)).view(codes.shape[0], -1, per_byte)
     shifts = torch.arange(per_byte, device=codes.device, dtype=torch.uint8) * bits
@@ -90,11 +99,31 @@ def unpack_codes(stored: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
     """Inverse of :func:`pack_codes` on gathered rows ``[M, row_bytes]``: signed int64 codes ``[M, dim]``."""
     if bits in CODE_DTYPES:
         return stored.long()
+    low, _ = code_range(bits)
+    if 8 % bits:
+        return _unpack_stream(stored, bits, dim) + low
     per_byte = 8 // bits
     shifts = torch.arange(per_byte, device=stored.device, dtype=torch.uint8) * bits
     fields = (stored[..., None] >> shifts) & (2**bits - 1)
-    low, _ = code_range(bits)
     return fields.flatten(-2)[..., :dim].long() + low
+
+
+def _pack_stream(unsigned: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned codes ``[N, dim]`` as one little-endian bit stream per row, padded to whole bytes (the
+    layout of the 2- and 4-bit packing, for widths that do not divide a byte)."""
+    rows, dim = unsigned.shape
+    planes = (unsigned[..., None] >> torch.arange(bits, device=unsigned.device, dtype=torch.uint8)) & 1
+    stream = torch.nn.functional.pad(planes.reshape(rows, dim * bits), (0, -dim * bits % 8))
+    weights = torch.arange(8, device=unsigned.device, dtype=torch.uint8)
+    return (stream.view(rows, -1, 8) << weights).sum(dim=2, dtype=torch.uint8)
+
+
+def _unpack_stream(stored: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """Inverse of :func:`_pack_stream` on gathered rows ``[..., row_bytes]``: unsigned int64 codes."""
+    weights = torch.arange(8, device=stored.device, dtype=torch.uint8)
+    stream = ((stored[..., None] >> weights) & 1).flatten(-2)[..., : dim * bits]
+    planes = stream.reshape(*stored.shape[:-1], dim, bits).long()
+    return (planes << torch.arange(bits, device=stored.device)).sum(dim=-1)
 
 
 class QuantizedTable(EmbeddingTable):
@@ -116,11 +145,11 @@ class QuantizedTable(EmbeddingTable):
     ) -> None:
         super().__init__(num_features, dim, budget, field_dims=field_dims)
         if bits not in (*PACKED_BITS, *CODE_DTYPES):
-            raise InputError("bits", f"supported widths are 2, 4, 8 and 16, got {bits}")
+            raise InputError("bits", f"supported widths are 2, 3, 4, 8 and 16, got {bits}")
         if scale_dtype not in SCALE_DTYPES:
             raise InputError("scale_dtype", f"one of {sorted(SCALE_DTYPES)}, got {scale_dtype!r}")
         self.bits, self.granularity, self.scale_dtype = int(bits), granularity, scale_dtype
-        scales = scale_count(granularity, num_features, field_dims)
+        scales = scale_count(granularity, num_features, field_dims, dim)
         width = dim if self.bits in CODE_DTYPES else row_code_bytes(dim, self.bits)
         storage = CODE_DTYPES.get(self.bits, torch.uint8)
         self.register_buffer("codes", torch.zeros(num_features, width, dtype=storage))
@@ -152,18 +181,20 @@ class QuantizedTable(EmbeddingTable):
         return {"bits": self.bits, "granularity": self.granularity, "scale_dtype": self.scale_dtype}
 
     def scale_of(self, ids: torch.Tensor) -> torch.Tensor:
-        """The float32 scale of each id."""
+        """The float32 scales of each id: ``[..., 1]``, or ``[..., dim]`` for ``"field_column"``."""
+        if self.granularity == "field_column":
+            return self.scales.view(-1, self.dim)[self.field_of(ids)].float()
         if self.granularity == "row":
             index = ids
         elif self.granularity == "field":
             index = self.field_of(ids)
         else:
             index = torch.zeros_like(ids)
-        return self.scales[index].float()
+        return self.scales[index].float()[..., None]
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         codes = unpack_codes(self.codes[ids], self.bits, self.dim)
-        return codes.float() * self.scale_of(ids)[..., None]
+        return codes.float() * self.scale_of(ids)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, bits={self.bits}, scales={self.granularity}:{self.scale_dtype}"
@@ -196,7 +227,9 @@ class FakeQuantTable(EmbeddingTable):
         self.weight = nn.Parameter(torch.randn(num_features, dim) * self.init_std)
 
     def _granularity(self, granularity: str) -> str:
-        wanted = GRANULARITIES if granularity == "auto" else (granularity,)
+        if granularity not in ("auto", *QAT_GRANULARITIES):
+            raise InputError("granularity", f"one of {('auto', *QAT_GRANULARITIES)}, got {granularity!r}")
+        wanted = QAT_GRANULARITIES if granularity == "auto" else (granularity,)
         for name in wanted:
             if name == "field" and self.field_dims is None and granularity == "auto":
                 continue

@@ -386,17 +386,17 @@ def summarize(runs: pl.DataFrame) -> pl.DataFrame:
                                                                      descending=[False, True, False])
 
 
-def recommend(summary: pl.DataFrame, composed: bool = False) -> pl.DataFrame:
+def recommend(summary: pl.DataFrame, composed: bool = False, exclude: Sequence[str] = ()) -> pl.DataFrame:
     """Per model and budget: the method with the best mean validation AUC, its test AUC and the gap to
     the full table's mean test AUC. Only methods whose every seed trained compete (one that diverged in
     some seeds could win on its lucky ones). Compositions (:data:`embeddings.registry.COMPOSED`)
-    compete only with ``composed``."""
+    compete only with ``composed``; methods in ``exclude`` never."""
     full = (summary.filter(pl.col("method") == BASELINE)
             .select("model", pl.col("test_auc").alias("full_test_auc")))
     cand = summary.filter((pl.col("method") != BASELINE) & (pl.col("n_ok") > 0)
                           & (pl.col("n_ok") == pl.col("n_runs")))
-    if not composed:
-        cand = cand.filter(~pl.col("method").is_in(list(COMPOSED)))
+    left_out = [*exclude, *([] if composed else COMPOSED)]
+    cand = cand.filter(~pl.col("method").is_in(left_out))
     best = cand.sort("val_auc", descending=True).group_by("model", "budget", maintain_order=True).first()
     return (best.join(full, on="model", how="left")
             .with_columns((pl.col("full_test_auc") - pl.col("test_auc")).alias("gap_to_full"))

@@ -23,7 +23,7 @@ FRAPPE_FIELDS = [957, 4082, 7, 7, 2, 3, 2, 9, 80, 233]
 
 @settings(max_examples=30, deadline=None)
 @given(
-    bits=st.sampled_from([2, 4, 8, 16]),
+    bits=st.sampled_from([2, 3, 4, 8, 16]),
     rows=st.integers(1, 6),
     dim=st.integers(1, 11),
     seed=st.integers(0, 999),

@@ -64,6 +64,18 @@ def test_a_method_that_failed_in_some_seeds_is_not_recommended() -> None:
     assert recommend(summary)["method"].to_list() == ["a"]
 
 
+def test_excluded_methods_and_compositions_do_not_compete() -> None:
+    summary = pl.DataFrame({
+        "model": ["m"] * 4, "method": ["full", "a", "lsq", "qr+int4"], "budget": [1.0, 0.1, 0.1, 0.1],
+        "val_auc": [0.90, 0.80, 0.85, 0.88], "test_auc": [0.91, 0.80, 0.90, 0.90], "n_ok": [3] * 4,
+        "n_runs": [3] * 4, "stored_bytes": [100.0, 10.0, 10.0, 10.0], "budget_bytes": [100, 10, 10, 10],
+    })
+    assert recommend(summary)["method"].to_list() == ["lsq"]
+    assert recommend(summary, exclude=("lsq",))["method"].to_list() == ["a"]
+    assert recommend(summary, composed=True)["method"].to_list() == ["qr+int4"]
+    assert recommend(summary, composed=True, exclude=("qr+int4",))["method"].to_list() == ["lsq"]
+
+
 def test_the_markdown_report_keeps_small_budgets_and_gaps_apart() -> None:
     from embeddings.sweep import _markdown
 
