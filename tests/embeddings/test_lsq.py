@@ -30,7 +30,7 @@ def test_plan_takes_the_widest_code_that_fits() -> None:
 
 @pytest.mark.parametrize(
     ("options", "source"),
-    [({"bits": 5}, "bits"), ({"granularity": "table"}, "granularity"), ({"init_step": 0.0}, "init_step")],
+    [({"bits": 5}, "bits"), ({"granularity": "table"}, "granularity"), ({"init_range": 0.0}, "init_range")],
 )
 def test_bad_options_name_the_option(options: dict, source: str) -> None:
     with pytest.raises(InputError) as info:
@@ -39,7 +39,7 @@ def test_bad_options_name_the_option(options: dict, source: str) -> None:
 
 
 def test_forward_rounds_and_clips_to_the_learned_grid() -> None:
-    table = LSQTable(4, 2, 1.0, bits=3, granularity="row", init_step=0.5)
+    table = LSQTable(4, 2, 1.0, bits=3, granularity="row", init_range=2.0)
     with torch.no_grad():
         table.weight.copy_(torch.tensor([[0.2, 0.3], [-0.7, 1.2], [5.0, -5.0], [0.0, -2.0]]))
     table.eval()
@@ -50,7 +50,7 @@ def test_forward_rounds_and_clips_to_the_learned_grid() -> None:
 def test_step_gradient_is_lsq_scaled() -> None:
     """d out / d step = round(w/s) - w/s inside the range, qmin or qmax when clipped, times the LSQ
     gradient scale 1 / sqrt(weights per step x qmax); the weight gradient passes inside the range only."""
-    table = LSQTable(2, 2, 1.0, bits=3, granularity="row", init_step=0.5)
+    table = LSQTable(2, 2, 1.0, bits=3, granularity="row", init_range=2.0)
     with torch.no_grad():
         table.weight.copy_(torch.tensor([[0.2, 0.3], [5.0, -0.7]]))
     table.train()
