@@ -40,8 +40,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 # The grid's best published methods for DeepFM at 0.1 by mean *validation* AUC (QR, TT-Rec, ROBE, DPQ,
 # hashing when this script was written; MGQE and dedup rank 4th and 5th in the grid as retrained since), its
 # best composition by the same rule (qr+int4), PEP, the pruned table traced by pruned_fields.py, and LSQ,
-# added to the grid later (3-bit codes need 9.4% of the dim-16 table: with the first-order table counted it
-# cannot fit). Every method (--methods all) is about 2.5 CPU-hours on this machine.
+# added to the grid later (with the first-order table counted the embedding table gets 4.4% of its full
+# size, and even 2-bit codes need 6.25%: it cannot fit). Every method (--methods all) is about 2.5
+# CPU-hours on this machine.
 DEFAULT_METHODS = ("qr", "tt_rec", "robe", "dpq", "hashing", "mgqe", "dedup", "qr+int4", "pep", "lsq")
 MODES = ("free", "counted")
 GAP_TARGET = 0.003  # the target for the best method at budget 0.1

@@ -6,9 +6,12 @@ The INT8 / INT16 entries (:mod:`embeddings.quantization`) derive each scale from
 learns the step ``s`` by gradient descent, alongside a float32 master table: the forward pass reads
 ``round(clamp(w / s, qmin, qmax)) * s`` with the straight-through estimator for the rounding, so
 ``d out / d s`` is ``round(w / s) - w / s`` inside the code range and ``qmin`` or ``qmax`` where the
-weight is clipped, and the step gradient is scaled by ``1 / sqrt(n * qmax)`` (``n`` the weights a
-step covers in the batch) as the paper prescribes. The step is held as its logarithm (always
-positive). :meth:`LSQTable.finalize` stores the codes and steps in a
+weight is clipped, and the step gradient is scaled by ``1 / sqrt(n * qmax)``, the paper's scale with
+``n`` counted as the weights a step covers in the batch (the batch size for field-column steps). The
+step is held as its logarithm (always positive). Under Adam a constant scale cancels out except
+against Adam's ``eps``, and there it matters: at 16 bits the log-step's gradient (step ~2e-5 times
+the scale) stays far below ``eps``, so the step barely moves and the 16-bit table (budget 0.5) is in
+effect a fixed grid spanning ``+-init_range``. :meth:`LSQTable.finalize` stores the codes and steps in a
 :class:`~embeddings.quantization.QuantizedTable`, which serves exactly what was validated.
 
 This is not one of the VLDB 2024 benchmark's methods: it was added after the published methods
@@ -92,6 +95,8 @@ class LSQTable(EmbeddingTable):
             raise InputError("bits", f"one of {BIT_WIDTHS}, got {bits}")
         if granularity not in ("auto", *STEP_GRANULARITIES):
             raise InputError("granularity", f"one of {('auto', *STEP_GRANULARITIES)}, got {granularity!r}")
+        if granularity == "field_column" and self.field_dims is None:
+            raise InputError("granularity", "field-column steps need field_dims")
         grains = STEP_GRANULARITIES if granularity == "auto" else (granularity,)
         if self.field_dims is None:
             grains = tuple(g for g in grains if g == "row")
@@ -115,11 +120,19 @@ class LSQTable(EmbeddingTable):
         index = ids if self.granularity == "row" else self.field_of(ids)
         return self.log_step.exp()[index]
 
+    def _weights_per_step(self, ids: torch.Tensor) -> torch.Tensor | float:
+        """How many weights each id's step scales in this batch: ``dim`` x the row's reads in the batch
+        (row steps), or one per read of the field (field-column steps: the batch size)."""
+        if self.granularity == "row":
+            reads = torch.bincount(ids.reshape(-1), minlength=self.num_features)[ids]
+            return (reads * self.dim).unsqueeze(-1).float()
+        return ids.numel() / len(self.field_dims)
+
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         rows = lookup_rows(self.weight, ids)
         step = self._steps_of(ids)
         if self.training:  # LSQ's gradient scale: 1 / sqrt(weights per step in the batch x qmax)
-            scale = (rows.numel() / step.shape[-1] / self.log_step.shape[0] * self.qmax) ** -0.5
+            scale = (self._weights_per_step(ids) * self.qmax) ** -0.5
             step = step * scale + (step - step * scale).detach()
         ratio = (rows / step).clamp(self.qmin, self.qmax)
         codes = ratio + (ratio.round() - ratio).detach()  # straight-through rounding

@@ -79,7 +79,8 @@ def quantized_bytes(
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Signed codes ``[N, dim]`` -> their storage: int8 / int16, or uint8 with ``8 // bits`` per byte."""
+    """Signed codes ``[N, dim]`` -> their storage: int8 / int16, uint8 with ``8 // bits`` per byte (2- and
+    4-bit), or a little-endian bit stream per row padded to whole bytes (3-bit)."""
     if bits in CODE_DTYPES:
         return codes.to(CODE_DTYPES[bits])
     if bits not in PACKED_BITS:
@@ -127,8 +128,8 @@ def _unpack_stream(stored: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
 
 
 class QuantizedTable(EmbeddingTable):
-    """Integer codes times per-row / per-field / per-table scales: the serving form of INT8, INT16 and
-    ALPT tables. Stores only buffers (codes and scales)."""
+    """Integer codes times per-row / per-field / per-table / per-field-and-column scales: the serving
+    form of INT8, INT16, ALPT and LSQ tables. Stores only buffers (codes and scales)."""
 
     kind = "quantized"
 
@@ -168,7 +169,8 @@ class QuantizedTable(EmbeddingTable):
         scale_dtype: str = "float32",
         field_dims: Sequence[int] | None = None,
     ) -> QuantizedTable:
-        """The table storing signed ``codes [N, dim]`` and ``scales`` (one per row / field / table)."""
+        """The table storing signed ``codes [N, dim]`` and ``scales`` (one per row / field / table, or
+        ``[fields, dim]`` for ``"field_column"``)."""
         table = cls(
             codes.shape[0], codes.shape[1], budget, field_dims=field_dims,
             bits=bits, granularity=granularity, scale_dtype=scale_dtype,

@@ -36,6 +36,21 @@ def test_bad_options_name_the_option(options: dict, source: str) -> None:
     with pytest.raises(InputError) as info:
         LSQTable(N, 16, 0.1, field_dims=FRAPPE_FIELDS, **options)
     assert info.value.source == source
+    with pytest.raises(InputError) as info:
+        LSQTable(N, 16, 0.5, granularity="field_column")  # no fields to share steps over
+    assert info.value.source == "granularity"
+
+
+def test_row_step_gradient_counts_each_rows_reads_in_the_batch() -> None:
+    """A row read twice has twice the weights behind its step: its scale is 1/sqrt(2) of a row read once."""
+    table = LSQTable(3, 2, 1.0, bits=3, granularity="row", init_range=2.0)
+    with torch.no_grad():
+        table.weight.copy_(torch.full((3, 2), 0.2))
+    table.train()
+    table.lookup(torch.tensor([0, 0, 1])).sum().backward()
+    grad = table.log_step.grad.flatten()
+    once = grad[1]  # row 1: read once; row 0 read twice (twice the terms, scale / sqrt(2)); row 2 unread
+    assert torch.allclose(grad[0], 2 * once / 2**0.5) and grad[2] == 0 and once != 0
 
 
 def test_forward_rounds_and_clips_to_the_learned_grid() -> None:
