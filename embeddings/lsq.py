@@ -124,8 +124,8 @@ class LSQTable(EmbeddingTable):
         """How many weights each id's step scales in this batch: ``dim`` x the row's reads in the batch
         (row steps), or one per read of the field (field-column steps: the batch size)."""
         if self.granularity == "row":
-            reads = torch.bincount(ids.reshape(-1), minlength=self.num_features)[ids]
-            return (reads * self.dim).unsqueeze(-1).float()
+            _, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)  # O(batch)
+            return (counts[inverse] * self.dim).unsqueeze(-1).float()
         return ids.numel() / len(self.field_dims)
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
