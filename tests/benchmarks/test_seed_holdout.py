@@ -36,3 +36,15 @@ def test_seeds_the_grid_trained_are_refused(monkeypatch: pytest.MonkeyPatch, tmp
     with pytest.raises(InputError, match="not held out"):
         seed_holdout.main()
     assert not any(tmp_path.iterdir())  # refused before anything was trained or written
+
+
+def test_a_different_composition_inclusive_pick_is_remeasured_too() -> None:
+    single = [{"model": "dcnv2", "budget": 0.01, "method": "dpq"},
+              {"model": "dcnv2", "budget": 0.1, "method": "lsq"}]
+    composed = [{"model": "dcnv2", "budget": 0.01, "method": "qr+int4"},
+                {"model": "dcnv2", "budget": 0.1, "method": "lsq"}]
+    metrics = {"recommendation": single, "recommendation_composed": composed}
+    got = [(pool, r["method"]) for pool, r in seed_holdout.picks(metrics, "dcnv2", 0.01)]
+    assert got == [("method", "dpq"), ("table, compositions included", "qr+int4")]
+    assert [r["method"] for _, r in seed_holdout.picks(metrics, "dcnv2", 0.1)] == ["lsq"]  # same table once
+    assert [r["method"] for _, r in seed_holdout.picks({"recommendation": single}, "dcnv2", 0.01)] == ["dpq"]
