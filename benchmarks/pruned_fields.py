@@ -40,6 +40,7 @@ import embeddings.registry  # noqa: F401  (registers every table kind)
 from benchmarks.acceptance import entry
 from benchmarks.environment import BenchmarkRun
 from embeddings.sweep import (
+    RunKey,
     SweepConfig,
     first_order_bytes,
     load_dataset,
@@ -56,7 +57,7 @@ FREQUENCY_BUCKETS = (1, 5, 20, 100, 1000)  # train occurrences: [1, 5), [5, 20),
 def train(data: CTRDataset, model: str, method: str, budget: float, seed: int, grid: SweepConfig) -> Any:
     """One run trained exactly as the sweep trains it (:func:`embeddings.sweep.run_one`), model kept."""
     table = seeded_table(method, data, grid.embed_dim, budget, seed)
-    return train_ctr(train_config(model, seed, grid), data, table)
+    return train_ctr(train_config(RunKey(model, method, budget, seed), grid), data, table)
 
 
 def magnitude_by_frequency(data: CTRDataset, weight: torch.Tensor) -> list[dict[str, Any]]:

@@ -23,6 +23,11 @@ PEP and OptEmbed, which count the dim-``d`` table only. ``"counted"`` charges it
 is then a fraction of *both* full tables, the compressed table gets what the full first-order table leaves
 (``(budget * (full + first) - first) / full`` of its own full size), and ``stored_bytes`` adds the
 first-order bytes. Below ``first / (full + first)`` nothing is left and the cell is infeasible.
+``"projected"`` charges the same budget (a fraction of both full tables: the full model stays the
+reference), but the compressed models read no first-order table: their first-order weights are projected
+from the compressed embeddings (``wide="projected"`` of :class:`~recsys.models.ctr.wdl.WideDeep`, one
+``dim``-vector per field), and only those ``num_fields x dim`` floats come out of the budget. The full
+baseline keeps its table.
 
 The report: a tidy table (polars -> CSV and Markdown, mean and std over seeds), AUC vs budget per method
 (log x; PNG), and "which method at which budget": per model and budget the method with the best mean
@@ -62,7 +67,7 @@ from sparsekit.provenance import commit
 BASELINE = "full"
 KINDS = METHODS + COMPOSED  # what a sweep may run: the methods, and compositions of two of them
 IDENTITY = "sweep.json"
-FIRST_ORDER = ("free", "counted")
+FIRST_ORDER = ("free", "counted", "projected")
 SEEDING = 2  # how a run seeds its table (:func:`table_seed`, :func:`seed_options`); part of the identity
 
 
@@ -81,7 +86,8 @@ class SweepConfig:
     max_epochs: int = 30
     patience: int = 2
     min_epochs: int = 1
-    first_order: str = "free"  # DeepFM / WDL's dim-1 table: outside the budget, or "counted" in it
+    first_order: str = "free"  # DeepFM / WDL's dim-1 table: outside the budget, "counted" in it, or
+    # "projected": compressed models project it from their embeddings, and that projection is counted
     lr: float = 1e-2  # Adam's learning rate (CTRTrainConfig's default)
     embedding_l2: float = 1e-2  # L2 on the embedding rows a batch reads (CTRTrainConfig's default)
     threads: int = 1  # torch threads per run
@@ -161,12 +167,25 @@ def first_order_bytes(model: str, num_features: int, field_dims: Sequence[int] |
     return num_features * FLOAT_BYTES + 8 * len(field_dims or ())
 
 
+def projects_first_order(key: RunKey, config: SweepConfig) -> bool:
+    """Whether ``key``'s model projects its first-order weights from its embeddings (module doc): under
+    ``first_order="projected"``, every compressed run of a model with a first-order part."""
+    from recsys.models.ctr.wdl import WideDeep
+    from recsys.training.ctr import CTR_MODELS
+
+    return (config.first_order == "projected" and key.method != BASELINE
+            and issubclass(CTR_MODELS[key.model], WideDeep))
+
+
 def table_budget(key: RunKey, num_features: int, config: SweepConfig,
                  field_dims: Sequence[int] | None = None) -> tuple[float, int]:
     """The compressed table's own budget fraction and the run's whole budget in bytes (see module doc)."""
     full = num_features * config.embed_dim * FLOAT_BYTES
-    side = first_order_bytes(key.model, num_features, field_dims) if config.first_order == "counted" else 0
-    allowed = int(key.budget * (full + side))
+    charged = config.first_order in ("counted", "projected")
+    first = first_order_bytes(key.model, num_features, field_dims) if charged else 0
+    allowed = int(key.budget * (full + first))
+    projection = len(field_dims or ()) * config.embed_dim * FLOAT_BYTES
+    side = projection if projects_first_order(key, config) else first
     return (allowed - side) / full, allowed
 
 
@@ -196,13 +215,14 @@ def seeded_table(kind: str, data: Any, dim: int, budget: float, seed: int) -> An
                              **seed_options(kind, seed))
 
 
-def train_config(model: str, seed: int, config: SweepConfig) -> Any:
+def train_config(key: RunKey, config: SweepConfig) -> Any:
     """How every run of the sweep trains (:class:`~recsys.training.ctr.CTRTrainConfig`)."""
     from recsys.training.ctr import CTRTrainConfig
 
-    return CTRTrainConfig(model=model, embed_dim=config.embed_dim, max_epochs=config.max_epochs,
+    return CTRTrainConfig(model=key.model, embed_dim=config.embed_dim, max_epochs=config.max_epochs,
                           patience=config.patience, min_epochs=config.min_epochs, lr=config.lr,
-                          embedding_l2=config.embedding_l2, seed=seed, threads=config.threads,
+                          embedding_l2=config.embedding_l2, seed=key.seed, threads=config.threads,
+                          wide="projected" if projects_first_order(key, config) else "table",
                           progress=False)
 
 
@@ -221,12 +241,12 @@ def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
     except BudgetError as exc:
         return {**row, "status": "infeasible", "reason": str(exc)}
     try:
-        result = train_ctr(train_config(key.model, key.seed, config), data, table)
+        result = train_ctr(train_config(key, config), data, table)
     except TrainingDiverged as exc:
         return {**row, "status": "diverged", "commit": commit(), "reason": str(exc)}
     served = result.model.embedding
-    first = result.model.first_order.memory_bytes() if config.first_order == "counted" and hasattr(
-        result.model, "first_order") else 0
+    first = (result.model.first_order_bytes() if config.first_order != "free"
+             and hasattr(result.model, "first_order_bytes") else 0)
     return {**row, "status": "ok", "commit": commit(), "table": served.kind,
             "stored_bytes": served.memory_bytes() + first, "first_order_bytes": first,
             "budget_bytes": allowed,

@@ -45,7 +45,7 @@ from recsys.lowrank import restructure
 from recsys.models.ctr.dcnv2 import DCNv2
 from recsys.models.ctr.deepfm import DeepFM
 from recsys.models.ctr.dlrm import DLRM
-from recsys.models.ctr.wdl import WideDeep
+from recsys.models.ctr.wdl import WIDE, WideDeep
 from recsys.training.checkpoint_folder import check_checkpoint_folder
 from recsys.training.ctr_checkpoint import CTRRun, load_checkpoint, run_identity, save_checkpoint
 from sparsekit.artifacts import open_artifact, write_artifact
@@ -70,6 +70,7 @@ class CTRTrainConfig:
     hidden: tuple[int, ...] = (400, 400, 400)
     dropout: float = 0.2
     cross_layers: int = 3
+    wide: str = "table"  # wdl / deepfm's first-order part: a dim-1 table, or "projected" from e (WideDeep)
     lr: float = 1e-2
     embedding_l2: float = 1e-2
     batch_size: int = 1024
@@ -90,6 +91,11 @@ class CTRTrainConfig:
         count(self, 1, "embed_dim", "batch_size", "max_epochs", "patience", "min_epochs",
                  "eval_batch_size", "threads")
         count(self, 0, "cross_layers")
+        if self.wide not in WIDE:
+            raise InputError("wide", f"one of {WIDE}, got {self.wide!r}")
+        if self.wide != "table" and not issubclass(CTR_MODELS[self.model], WideDeep):
+            raise InputError("wide", f"{self.model} has no first-order part: only wdl and deepfm take "
+                                     f"wide={self.wide!r}")
         at_least(self, 0, "lr", "embedding_l2")  # lr 0 freezes the model
         each_count(self, 1, "hidden")
         within(self, 0.0, 1.0, "dropout", open_high=True)
@@ -120,6 +126,8 @@ def build_ctr_model(
     kwargs: dict[str, Any] = {"hidden": tuple(config.hidden), "dropout": config.dropout}
     if config.model == "dcnv2":
         kwargs["cross_layers"] = config.cross_layers
+    if config.wide != "table":
+        kwargs["wide"] = config.wide
     return CTR_MODELS[config.model](table, len(field_dims), **kwargs)
 
 

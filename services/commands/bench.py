@@ -44,8 +44,10 @@ def bench_embeddings_command(
         min=1, help="Epoch cap (early stopping on validation AUC).")] = 30,
     min_epochs: Annotated[int, typer.Option(min=1, help="Never stop early before this epoch.")] = 1,
     first_order: Annotated[str, typer.Option(help="DeepFM / WDL's dim-1 first-order table: 'free' (outside "
-                                                  "the budget, as PEP / OptEmbed count) or 'counted' (its "
-                                                  "bytes come out of the budget).")] = "free",
+                                                  "the budget, as PEP / OptEmbed count), 'counted' (its "
+                                                  "bytes come out of the budget) or 'projected' (compressed "
+                                                  "models project it from their embeddings, one vector per "
+                                                  "field, counted).")] = "free",
     lr: Annotated[float, typer.Option(callback=above(0),
                                       help="Adam learning rate of every run (> 0).")] = 1e-2,
     embedding_l2: Annotated[float, typer.Option(

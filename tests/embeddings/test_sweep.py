@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from embeddings import sweep
-from embeddings.sweep import SweepConfig, recommend, run_keys, run_sweep, summarize, write_report
+from embeddings.sweep import RunKey, SweepConfig, recommend, run_keys, run_sweep, summarize, write_report
 from recsys.data.synthetic_ctr import SyntheticCTRConfig, make_synthetic_ctr
 from sparsekit.errors import InputError
 
@@ -154,6 +154,25 @@ def test_counted_first_order_table_comes_out_of_the_budget(tiny, tmp_path) -> No
     assert runs[("deepfm", "full", 1.0)]["budget_bytes"] == full + first
 
 
+def test_projected_first_order_charges_only_the_projection(tiny, tmp_path) -> None:
+    config = SweepConfig(models=("deepfm", "dcnv2"), methods=("hashing",), budgets=(0.1,), seeds=(0,),
+                         out_dir=str(tmp_path), max_epochs=1, progress=False, first_order="projected")
+    runs = {(r["model"], r["method"], r["budget"]): r for r in run_sweep(config).iter_rows(named=True)}
+    n, dim, fields = tiny.num_features, config.embed_dim, len(tiny.field_dims)
+    full, first, projection = 4 * n * dim, 4 * n + 8 * fields, 4 * fields * dim
+    deepfm = runs[("deepfm", "hashing", 0.1)]
+    assert deepfm["budget_bytes"] == int(0.1 * (full + first))  # the same budget as "counted"
+    assert deepfm["first_order_bytes"] == projection  # no first-order table: the per-field projection
+    assert deepfm["stored_bytes"] <= 1.02 * deepfm["budget_bytes"]
+    assert deepfm["stored_bytes"] - projection > 1.02 * (0.1 * (full + first) - first)  # more than counted
+    # the reference keeps its first-order table; a model without one is unaffected
+    assert runs[("deepfm", "full", 1.0)]["first_order_bytes"] == first
+    assert runs[("dcnv2", "hashing", 0.1)]["first_order_bytes"] == 0
+    assert sweep.train_config(RunKey("deepfm", "hashing", 0.1, 0), config).wide == "projected"
+    assert sweep.train_config(RunKey("deepfm", "full", 1.0, 0), config).wide == "table"
+    assert sweep.train_config(RunKey("dcnv2", "hashing", 0.1, 0), config).wide == "table"
+
+
 def test_first_order_setting_is_checked_and_part_of_the_folder_identity(tiny, tmp_path) -> None:
     with pytest.raises(InputError, match="first_order"):
         SweepConfig(first_order="sometimes")
@@ -208,8 +227,9 @@ def test_training_settings_reach_the_runs_and_are_part_of_the_folder_identity(ti
     config = SweepConfig(models=("wdl",), methods=("hashing",), budgets=(0.5,), seeds=(0,),
                          out_dir=str(tmp_path / "a"), max_epochs=1, progress=False)
     slow = SweepConfig(**{**config.__dict__, "lr": 1e-4, "out_dir": str(tmp_path / "b")})
-    assert sweep.train_config("wdl", 0, slow).lr == 1e-4
-    assert sweep.train_config("wdl", 0, SweepConfig(embedding_l2=0.0)).embedding_l2 == 0.0
+    assert sweep.train_config(RunKey("wdl", "hashing", 0.1, 0), slow).lr == 1e-4
+    key = RunKey("wdl", "hashing", 0.1, 0)
+    assert sweep.train_config(key, SweepConfig(embedding_l2=0.0)).embedding_l2 == 0.0
     key = run_keys(config)[1]
     assert sweep.run_one(key, tiny, config)["val_auc"] != sweep.run_one(key, tiny, slow)["val_auc"]
     run_sweep(config)

@@ -73,6 +73,38 @@ def test_any_table_and_id_validation(cls) -> None:
     assert info.value.source == "feature ids"
 
 
+@pytest.mark.parametrize("cls", [WideDeep, DeepFM])
+def test_projected_first_order_is_a_per_field_dot_with_the_embeddings(cls, tmp_path: Path) -> None:
+    model = _model(cls, wide="projected")
+    assert model.first_order is None and model.first_order_bytes() == 4 * len(FIELDS) * 8
+    with torch.no_grad():
+        model.wide_projection.normal_()
+    ids = _ids()
+    emb = model.embedding(ids)
+    brute = sum((emb[:, f] * model.wide_projection[f]).sum(-1) for f in range(len(FIELDS)))
+    assert torch.allclose(model.first_order_logit(ids, emb), brute, atol=1e-6)
+    torch.nn.functional.binary_cross_entropy_with_logits(model(ids), torch.ones(8)).backward()
+    assert model.wide_projection.grad.abs().sum() > 0
+    path = save_ctr_model(model, tmp_path / "m")  # the mode travels in the artifact
+    assert torch.equal(load_ctr_model(path).model(ids), model.eval()(ids))
+
+
+def test_a_table_mode_model_charges_its_first_order_table() -> None:
+    model = _model(DeepFM)
+    assert model.wide_projection is None and model.first_order_bytes() == model.first_order.memory_bytes()
+
+
+def test_bad_wide_options_name_themselves() -> None:
+    with pytest.raises(InputError, match="wide"):
+        _model(DeepFM, wide="sometimes")
+    with pytest.raises(InputError, match="first_order"):
+        _model(DeepFM, wide="projected", first_order=FullTable(sum(FIELDS), 1, field_dims=FIELDS))
+    with pytest.raises(InputError, match=r"wide.*dcnv2 has no first-order part"):
+        CTRTrainConfig(model="dcnv2", wide="projected")
+    built = build_ctr_model(CTRTrainConfig(model="deepfm", wide="projected"), FIELDS)
+    assert isinstance(built.wide_projection, torch.nn.Parameter)
+
+
 def test_fm_interaction_is_the_sum_of_pairwise_dots() -> None:
     emb = torch.randn(5, 4, 3, dtype=torch.float64)
     brute = sum((emb[:, i] * emb[:, j]).sum(-1) for i in range(4) for j in range(i + 1, 4))
