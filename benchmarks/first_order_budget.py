@@ -87,7 +87,7 @@ def plot(summary: pl.DataFrame, path: Path) -> None:
     ax.set_yticks(range(len(methods)), methods)
     ax.set_xlim(min(0.9, float(cells["test_auc"].min()) - 0.005), full + 0.01)
     ax.set_xlabel("test AUC (mean over seeds), DeepFM on Frappe at budget 0.1")
-    ax.legend(fontsize=8, loc="upper right")  # the weakest tables sit at the top: room there
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)  # below: bars fill the axes
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
