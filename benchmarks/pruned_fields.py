@@ -130,7 +130,7 @@ def main() -> None:
             row = {"model": model, "method": method, "val_auc": round(result.metrics["val_auc"], 4),
                    "best_epoch": result.best_epoch,
                    "nonzero_share_by_field": nonzero_by_field(data, result.model)}
-            if hasattr(result.model, "first_order"):
+            if getattr(result.model, "first_order", None) is not None:
                 row["val_auc_first_order_zeroed"] = round(without_first_order(data, result.model), 4)
             runs.append(row)
             print(json.dumps(row), file=sys.stderr)

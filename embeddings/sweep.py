@@ -234,8 +234,10 @@ def run_one(key: RunKey, data: Any, config: SweepConfig) -> dict[str, Any]:
     row: dict[str, Any] = {**asdict(key), "dataset": config.dataset}
     budget, allowed = table_budget(key, data.num_features, config, data.field_dims)
     if budget <= 0:
-        return {**row, "status": "infeasible", "reason": f"the first-order table alone needs more than the "
-                                                          f"{allowed} bytes of the budget"}
+        weights = ("the first-order projection" if projects_first_order(key, config)
+                   else "the first-order table")
+        return {**row, "status": "infeasible",
+                "reason": f"{weights} alone needs more than the {allowed} bytes of the budget"}
     try:
         table = seeded_table(key.method, data, config.embed_dim, min(budget, 1.0), key.seed)
     except BudgetError as exc:

@@ -39,6 +39,9 @@ FORMAT, VERSION = "ctr-checkpoint", 1
 # a CUDA run resumed on CPU draws dropout from another random stream: the resumed run is then no longer
 # bit-identical to an uninterrupted one.)
 RUNTIME_FIELDS = frozenset({"eval_batch_size", "device", "threads", "progress", "checkpoint_dir", "resume"})
+# Config fields added after checkpoints were first written, with the value that reproduces the behaviour
+# of the versions before them: a checkpoint that lacks such a field was trained with that value.
+ADDED_FIELDS: dict[str, Any] = {"wide": "table"}
 
 
 @dataclass
@@ -109,6 +112,8 @@ def load_checkpoint(run: CTRRun, config: CTRTrainConfig, identity: dict[str, Any
     for part, what in (("config", "a different config"), ("table", "a different embedding table"),
                        ("data", "other training data")):
         stored, ours = manifest.params.get(part) or {}, identity[part]
+        if part == "config":
+            stored = {**ADDED_FIELDS, **stored}
         diff = sorted(k for k in stored.keys() | ours.keys() if stored.get(k) != ours.get(k))
         if diff:
             raise ArtifactError(path, f"checkpoint was written with {what} (fields {diff}); resuming would "

@@ -163,7 +163,7 @@ def test_projected_first_order_charges_only_the_projection(tiny, tmp_path) -> No
     deepfm = runs[("deepfm", "hashing", 0.1)]
     assert deepfm["budget_bytes"] == int(0.1 * (full + first))  # the same budget as "counted"
     assert deepfm["first_order_bytes"] == projection  # no first-order table: the per-field projection
-    assert deepfm["stored_bytes"] <= 1.02 * deepfm["budget_bytes"]
+    assert deepfm["stored_bytes"] <= deepfm["budget_bytes"]
     assert deepfm["stored_bytes"] - projection > 1.02 * (0.1 * (full + first) - first)  # more than counted
     # the reference keeps its first-order table; a model without one is unaffected
     assert runs[("deepfm", "full", 1.0)]["first_order_bytes"] == first

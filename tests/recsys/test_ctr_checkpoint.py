@@ -116,6 +116,25 @@ def test_a_checkpoint_resumes_only_its_own_run(tmp_path: Path) -> None:
     train_ctr(_config(max_epochs=1, checkpoint_dir=ckpt, resume=True, eval_batch_size=64), data)
 
 
+def test_a_checkpoint_from_before_the_wide_option_resumes_as_table_mode(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _data(600)
+    ckpt = str(tmp_path / "ckpt")
+    current = ctr_training.run_identity
+
+    def without_wide(*args: object) -> dict:
+        identity = current(*args)
+        del identity["config"]["wide"]  # what versions before ``wide`` recorded
+        return identity
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ctr_training, "run_identity", without_wide)
+        train_ctr(_config(max_epochs=1, checkpoint_dir=ckpt), data)
+    train_ctr(_config(max_epochs=1, checkpoint_dir=ckpt, resume=True), data)  # resumes: table mode
+    with pytest.raises(ArtifactError, match=r"different config \(fields \['wide'\]\)"):
+        train_ctr(_config(max_epochs=1, checkpoint_dir=ckpt, resume=True, wide="projected"), data)
+
+
 def test_checkpoint_settings_are_checked(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         _config(resume=True)

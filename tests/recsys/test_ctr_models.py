@@ -85,6 +85,7 @@ def test_projected_first_order_is_a_per_field_dot_with_the_embeddings(cls, tmp_p
     assert torch.allclose(model.first_order_logit(ids, emb), brute, atol=1e-6)
     torch.nn.functional.binary_cross_entropy_with_logits(model(ids), torch.ones(8)).backward()
     assert model.wide_projection.grad.abs().sum() > 0
+    assert model.hparams["wide"] == "projected" and "wide" not in _model(cls).hparams  # table: as before
     path = save_ctr_model(model, tmp_path / "m")  # the mode travels in the artifact
     assert torch.equal(load_ctr_model(path).model(ids), model.eval()(ids))
 

@@ -231,6 +231,23 @@ def test_compressed_model_round_trips(tmp_path: Path, cls) -> None:
     )
 
 
+def test_a_projected_first_order_model_compresses_and_round_trips(tmp_path: Path) -> None:
+    """wide="projected" reads the embeddings for its first-order logit too: compressing the embedding
+    must keep that path (exact at full rank) and the artifact must bring the mode back."""
+    torch.manual_seed(0)
+    table = FullTable(sum(FIELDS), DIM, field_dims=FIELDS, init_std=0.3)
+    model = DeepFM(table, len(FIELDS), hidden=(20, 10), wide="projected").eval()
+    with torch.no_grad():
+        model.wide_projection.normal_()
+    ids = _ids(40, seed=5)
+    exact = compress(model, _calib(), rank=10_000, targets=[*default_targets(model), "embedding"])
+    assert torch.allclose(exact(ids), model(ids), atol=1e-4, rtol=0)
+    low = compress(model, _calib(), rank=3, targets=[*default_targets(model), "embedding"])
+    loaded = load_ctr_model(save_ctr_model(low, tmp_path / "low")).model
+    assert loaded.first_order is None and torch.equal(loaded.wide_projection, low.wide_projection)
+    assert torch.equal(loaded(ids), low(ids))
+
+
 def test_default_rank_meets_the_budget_or_says_it_cannot() -> None:
     """The largest rank whose codes, bases, means and field offsets fit; BudgetError below rank 1."""
     fields = [957, 4082, 7, 7, 2, 3, 2, 9, 80, 233]  # Frappe's layout, dim 16

@@ -6,7 +6,7 @@ as in the BARS / FuxiCTR benchmark version. The deep tower reads the ``dim``-16 
 
 ``wide="projected"`` replaces the first-order table by a projection of the embeddings themselves:
 ``w[x_f] = <e_f, u_f>`` with one learned ``dim``-vector ``u_f`` per field, i.e. ``num_fields x dim`` floats
-instead of one float per feature. Under a memory budget that charges every stored byte, a full
+instead of one float per feature. Under a memory budget that charges every embedding-side byte, a full
 first-order table can take much of it (on Frappe 21.5 KB, 62% of a 10% budget of the dim-16 table);
 the projection costs 640 bytes there and is as compressed as the embedding table it reads. This ties the
 linear terms to the embeddings with one vector per field, as the FeLV linear terms of field-weighted FMs
@@ -47,7 +47,9 @@ class WideDeep(nn.Module):
             raise InputError("wide", f"one of {WIDE}, got {wide!r}")
         if wide == "projected" and first_order is not None:
             raise InputError("first_order", "wide='projected' reads no first-order table")
-        self.hparams = {"num_fields": num_fields, "hidden": list(hidden), "dropout": dropout, "wide": wide}
+        self.hparams = {"num_fields": num_fields, "hidden": list(hidden), "dropout": dropout}
+        if wide != "table":  # recorded only then: versions before ``wide`` still load table-mode models
+            self.hparams["wide"] = wide
         self.embedding = embedding
         self.first_order = None if wide == "projected" else first_order or FullTable(
             embedding.num_features, 1, field_dims=embedding.field_dims
