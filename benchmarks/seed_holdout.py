@@ -129,7 +129,7 @@ def measure(source: Source, targets: tuple[tuple[str, float, float], ...], args:
         for pool, chosen in source.picks[(model, budget)]:
             runs = sweep(model, chosen["method"], budget, source, args, seeds)
             summary = summarize(runs)
-            trained_at = runs.filter(pl.col("status") == "ok")["commit"].value_counts().rows()
+            trained_at = sorted(runs.filter(pl.col("status") == "ok")["commit"].value_counts().rows())
             full = summary.filter(pl.col("method") == BASELINE).row(0, named=True)
             held = summary.filter(pl.col("method") == chosen["method"]).row(0, named=True)
             grid_full = source.summary[(model, BASELINE, 1.0)]

@@ -145,7 +145,7 @@ def main() -> None:
                  f"AUC", gaps[m], "<=", GAP_TARGET, digits=6) for label, m in TABLES]
     args.out.mkdir(parents=True, exist_ok=True)
     plot(summary, chosen, args.out / "tuned_training.png")
-    trained_at = runs.filter(pl.col("status") == "ok")["commit"].value_counts().rows()
+    trained_at = sorted(runs.filter(pl.col("status") == "ok")["commit"].value_counts().rows())
     metrics: dict[str, Any] = {
         "dataset": "frappe", "model": args.model, "budget": args.budget, "seeds": list(seeds),
         "settings": [s.__dict__ for s in SETTINGS],
