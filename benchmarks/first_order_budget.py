@@ -44,7 +44,7 @@ from sparsekit.atomic import atomic_path
 
 RESULTS = ROOT / "benchmarks" / "results"
 # The grid's best published methods for DeepFM at 0.1 by mean *validation* AUC (QR, TT-Rec, ROBE, DPQ,
-# hashing when this script was written; MGQE and dedup rank 4th and 5th in the grid as retrained since), its
+# hashing when this script was written; as retrained since: QR, TT-Rec, ROBE, ALPT, MGQE, dedup, DPQ), its
 # best composition by the same rule (qr+int4), PEP, the pruned table traced by pruned_fields.py, and LSQ,
 # added to the grid later (with the first-order table counted the embedding table gets 4.4% of its full
 # size, and even 2-bit codes need 6.25%: it cannot fit). Every method (--methods all) is about 2.5
