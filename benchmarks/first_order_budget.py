@@ -39,7 +39,7 @@ import polars as pl
 from benchmarks.acceptance import entry
 from benchmarks.environment import BenchmarkRun
 from embeddings.registry import ADDED
-from embeddings.sweep import KINDS, SweepConfig, recommend, run_sweep, summarize
+from embeddings.sweep import KINDS, SweepConfig, recommend, run_sweep, runs_trained_at, summarize
 from sparsekit.atomic import atomic_path
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -144,8 +144,7 @@ def main() -> None:
     metrics: dict[str, Any] = {
         "dataset": "frappe", "model": "deepfm", "budget": args.budget, "seeds": list(seeds),
         "protocol": {"max_epochs": args.max_epochs, "patience": 2, "min_epochs": args.min_epochs,
-                     "runs_trained_at": sorted(runs.filter(pl.col("status") == "ok")["commit"]
-                                               .value_counts().rows())},
+                     "runs_trained_at": runs_trained_at(runs)},
         "recommendation": chosen,
         "summary": table.select("first_order", "method", "val_auc", "test_auc", "test_auc_std",
                                 "stored_bytes", "budget_bytes", "n_ok", "n_runs").to_dicts(),

@@ -17,9 +17,9 @@ its single-method pick, that table is re-measured too, with its own entries: bot
 validation by the grid, so neither is chosen here.
 
 One more cell comes from ``benchmarks/first_order_budget.py``: DeepFM at 0.1 with its first-order
-weights projected from the compressed embeddings, every embedding-side byte counted (table and
-first-order weights; the dense MLP is counted in no mode) (its ``projected`` mode,
-target 0.003), re-measured the same way under that mode (its pick read from
+weights projected from the compressed embeddings and every embedding-side byte counted (table and
+first-order weights; the dense MLP is counted in no mode): its ``projected`` mode, target 0.003,
+re-measured the same way under that mode (its pick read from
 ``first_order_budget.json``).
 Resumable: runs live under ``--work`` (the first-order cell's under ``--work-first-order``). Writes
 ``benchmarks/results/seed_holdout.json`` (../shared/docs/DESIGN.md §7) and prints the JSON.
@@ -41,7 +41,7 @@ import polars as pl
 
 from benchmarks.acceptance import entry
 from benchmarks.environment import BenchmarkRun
-from embeddings.sweep import BASELINE, SweepConfig, run_sweep, summarize
+from embeddings.sweep import BASELINE, SweepConfig, run_sweep, runs_trained_at, summarize
 from sparsekit.errors import InputError
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -129,14 +129,14 @@ def measure(source: Source, targets: tuple[tuple[str, float, float], ...], args:
         for pool, chosen in source.picks[(model, budget)]:
             runs = sweep(model, chosen["method"], budget, source, args, seeds)
             summary = summarize(runs)
-            trained_at = sorted(runs.filter(pl.col("status") == "ok")["commit"].value_counts().rows())
+            trained_at = runs_trained_at(runs)
             full = summary.filter(pl.col("method") == BASELINE).row(0, named=True)
             held = summary.filter(pl.col("method") == chosen["method"]).row(0, named=True)
             grid_full = source.summary[(model, BASELINE, 1.0)]
             grid_held = source.summary[(model, chosen["method"], budget)]
             cells.append({"source": source.name, "chooser": source.chooser, "model": model, "budget": budget,
-                          "pick": pool,
-                          "method": chosen["method"], "target": target, "full_test_auc": full["test_auc"],
+                          "pick": pool, "method": chosen["method"], "target": target,
+                          "full_test_auc": full["test_auc"],
                           "test_auc": held["test_auc"], "gap": full["test_auc"] - held["test_auc"],
                           "n_ok": held["n_ok"], "grid_gap": chosen["gap_to_full"],
                           "pooled_gap": pooled(grid_full, full) - pooled(grid_held, held),

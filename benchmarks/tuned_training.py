@@ -37,7 +37,7 @@ import polars as pl
 
 from benchmarks.acceptance import entry
 from benchmarks.environment import BenchmarkRun
-from embeddings.sweep import BASELINE, SweepConfig, run_sweep, summarize
+from embeddings.sweep import BASELINE, SweepConfig, run_sweep, runs_trained_at, summarize
 from sparsekit.atomic import atomic_path
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -145,7 +145,7 @@ def main() -> None:
                  f"AUC", gaps[m], "<=", GAP_TARGET, digits=6) for label, m in TABLES]
     args.out.mkdir(parents=True, exist_ok=True)
     plot(summary, chosen, args.out / "tuned_training.png")
-    trained_at = sorted(runs.filter(pl.col("status") == "ok")["commit"].value_counts().rows())
+    trained_at = runs_trained_at(runs)
     metrics: dict[str, Any] = {
         "dataset": "frappe", "model": args.model, "budget": args.budget, "seeds": list(seeds),
         "settings": [s.__dict__ for s in SETTINGS],

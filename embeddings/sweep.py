@@ -396,6 +396,11 @@ def _run_in_worker(key: RunKey) -> dict[str, Any]:
     return run_one(key, _WORKER["data"], _WORKER["config"])
 
 
+def runs_trained_at(runs: pl.DataFrame) -> list[tuple[str, int]]:
+    """(commit, finished runs it trained) pairs in commit order: which code a sweep's numbers came from."""
+    return sorted(runs.filter(pl.col("status") == "ok")["commit"].value_counts().rows())
+
+
 def summarize(runs: pl.DataFrame) -> pl.DataFrame:
     """Mean and std over seeds per (model, method, budget); infeasible cells keep a row with n_ok 0."""
     ok = pl.col("status") == "ok"

@@ -338,3 +338,9 @@ def test_workers_train_the_same_runs_as_one_process(tiny, tmp_path, monkeypatch)
     assert two.select(columns).equals(one.select(columns))
     assert len(list((tmp_path / "two" / "runs").glob("*.json"))) == one.height == 10
     assert set(two.filter(pl.col("status") == "ok")["commit"]) == {"abc1234"}
+
+
+def test_runs_trained_at_counts_finished_runs_per_commit_in_commit_order() -> None:
+    runs = pl.DataFrame({"status": ["ok", "ok", "infeasible", "ok", "diverged"],
+                         "commit": ["bbb", "aaa", None, "bbb", "ccc"]})
+    assert sweep.runs_trained_at(runs) == [("aaa", 1), ("bbb", 2)]
